@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make run` (the pipeline on the small preset) and `make test`.
+# Both create the virtual environment .venv from requirements.txt when it is missing or stale.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+RUN_DIR ?= runs/small
+PRESET ?= small
+ARGS ?=
+
+.PHONY: venv run test bench clean-venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	@test -n "$(PYTHON)" || { echo "error: no python3.11 or python3 on PATH"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  echo "python venv support is missing; installing python3-venv (Debian)"; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; \
+	  else echo "error: run 'sudo apt-get install python3-venv' and retry"; exit 1; fi; \
+	  rm -rf $(VENV); $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	@touch $@
+
+run: venv
+	$(PY) -m wm.pipeline --run_dir=$(RUN_DIR) --config=configs/carracing.py:$(PRESET) $(ARGS)
+
+test: venv
+	$(PY) -m pytest tests -q $(ARGS)
+
+bench: venv
+	$(PY) scripts/benchmark_data.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,56 @@
+"""CarRacing-v3 experiments. Presets: debug (tests, seconds on a CPU), small (a laptop run of the
+whole pipeline on 2 cores), paper (Ha & Schmidhuber 2018's scale, for a SLURM cluster).
+
+Fields and their meaning: wm/config.py. Each preset below changes only what differs from there.
+"""
+
+from wm.config import Config
+
+
+def get_config(preset: str = 'small') -> Config:
+  c = Config(preset=preset)
+  if preset == 'small':
+    pass  # wm/config.py's defaults are the small preset
+  elif preset == 'debug':
+    c.env.max_steps = 40  # episodes of 40 steps
+    c.collect.num_rollouts = 6
+    c.records.shard_size_mb = 0.05  # several tiny shards, to exercise sharding
+    c.records.valid_fraction = 0.2
+    c.data.obs_sampled_per_rollout = 16
+    c.data.shuffle_buffer = 64
+    c.data.batch_size = 16
+    c.vae.z_size = 8
+    c.vae.train_steps = 20
+    c.vae.save_every = 10
+    c.vae.log_every = 5
+    c.vae.valid_batches = 2
+    c.encode.batch_size = 64
+    c.seq.hidden_size = 16
+    c.seq.num_mixtures = 2
+    c.seq.sequence_length = 10
+    c.seq.batch_size = 4
+    c.seq.train_steps = 20
+    c.seq.save_every = 10
+    c.seq.log_every = 5
+    c.seq.num_layers = 1
+    c.seq.num_heads = 2
+    c.controller.population_size = 4
+    c.controller.trials = 1
+    c.controller.generations = 2
+    c.controller.eval_every = 1
+    c.controller.eval_episodes = 1
+  elif preset == 'paper':
+    c.collect.num_rollouts = 10000  # the paper's 10,000 random rollouts
+    c.data.obs_sampled_per_rollout = 1000
+    c.data.shuffle_buffer = 100000
+    c.vae.train_steps = 100000  # ~1 epoch of 10M frames at batch 100
+    c.vae.save_every = 5000
+    c.seq.train_steps = 20000  # ~20 epochs of 10,000 rollouts at batch 100 x 100 steps
+    c.seq.save_every = 2000
+    c.controller.population_size = 64  # the paper's population
+    c.controller.trials = 16  # ... and 16 rollouts per candidate
+    c.controller.generations = 1800
+    c.controller.eval_episodes = 1024  # the paper's evaluation of the best every 25 generations
+  else:
+    raise ValueError(f'unknown preset {preset!r}; presets: debug, small, paper')
+  return c

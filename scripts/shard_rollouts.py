@@ -1,0 +1,51 @@
+"""Stage 2: pack rollouts into GZIP TFRecord shards with a train/validation split.
+
+Input:  RUN/rollouts/rollout-*.npz (stage 1).
+Output: RUN/records/{train,valid}/raw.tfrecord-00003-of-00074, one tf.train.Example per rollout
+        (schema: wm/records.py), manifest.json per split (rollouts, frames, bytes and sha256 per
+        shard), and RUN/records/DONE.
+
+    python scripts/shard_rollouts.py --run_dir=RUN --parallelism=2 [--num_tasks=4 --task_index=1]
+
+Shards are sized by records.shard_size_mb. A rerun after a kill writes only what is missing.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags, logging
+
+from wm import cli, sharding
+from wm.errors import UserError
+
+_PARALLELISM = flags.DEFINE_integer('parallelism', 1, 'Worker processes in this job.')
+_NUM_TASKS = flags.DEFINE_integer('num_tasks', 1, 'Jobs sharing the work (SLURM array size).')
+_TASK_INDEX = flags.DEFINE_integer('task_index', 0, 'This job\'s share: shard k when '
+                                   'k % num_tasks == task_index.')
+_INPUT_DIR = flags.DEFINE_string('input_dir', None, 'Rollout folder (default RUN/rollouts).')
+
+
+def main(stage: cli.Stage) -> None:
+  if _PARALLELISM.value < 1:
+    raise UserError(f'--parallelism must be >= 1, got {_PARALLELISM.value}')
+  if not 0 <= _TASK_INDEX.value < _NUM_TASKS.value:
+    raise UserError(f'--task_index={_TASK_INDEX.value} must be in [0, --num_tasks='
+                    f'{_NUM_TASKS.value})')
+  in_dir = _INPUT_DIR.value or stage.run.stage_dir('collect')
+  manifests = sharding.shard(stage.config, in_dir, stage.dir, _PARALLELISM.value,
+                             _TASK_INDEX.value, _NUM_TASKS.value, log=logging.info)
+  for split, manifest in manifests.items():
+    if manifest is None:
+      logging.info('%s: waiting for shards written by other tasks', split)
+    else:
+      logging.info('%s: %d shards, %d rollouts, %d frames, %.1f MB', split,
+                   manifest['num_shards'], manifest['num_rollouts'], manifest['num_frames'],
+                   manifest['bytes'] / 2**20)
+  if all(m is not None for m in manifests.values()):
+    stage.run.mark_done('shard', **{s: m['num_rollouts'] for s, m in manifests.items()})
+
+
+if __name__ == '__main__':
+  cli.run('shard', main)

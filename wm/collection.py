@@ -1,0 +1,109 @@
+"""Parallel rollout collection into one folder, safe for many processes and SLURM jobs at once.
+
+Rollout `i` (0 <= i < num_rollouts) has its own seed derived from (experiment seed, i), so the data
+never depends on how the work was split. A job takes the indices `i % num_tasks == task_index`
+(SLURM array tasks), skips rollouts already on disk, and claims each index before working on it,
+so concurrent instances never do the same rollout twice. Rerunning tops the folder up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import time
+from typing import Iterator
+
+import numpy as np
+
+from wm import envs, fileio, policies, rollouts
+from wm.config import Config
+
+
+@dataclasses.dataclass
+class Result:
+  index: int  # rollout index
+  steps: int  # env steps taken (0 when skipped)
+  seconds: float  # wall time spent on it
+  skipped: bool = False  # already on disk or claimed by another process
+
+
+def run_episode(env: envs.PixelEnv, policy: policies.Policy, seed: int,
+                max_steps: int) -> dict[str, np.ndarray]:
+  """Plays one episode and returns it in the rollout format of wm/rollouts.py."""
+  frame = env.reset(seed=seed)
+  policy.reset(seed)
+  frames = np.empty((max_steps + 1, *frame.shape), np.uint8)
+  actions = np.empty((max_steps, env.action_size), np.float32)
+  rewards = np.empty(max_steps, np.float32)
+  terminated = np.zeros(max_steps, np.bool_)
+  truncated = np.zeros(max_steps, np.bool_)
+  frames[0] = frame
+  t = 0
+  while t < max_steps:
+    action = policy.act(frame).action
+    frame, reward, term, trunc = env.step(action)
+    actions[t], rewards[t], terminated[t], truncated[t] = action, reward, term, trunc
+    t += 1
+    frames[t] = frame
+    if term or trunc:
+      break
+  if t == max_steps:
+    truncated[t - 1] |= not terminated[t - 1]
+  return {'frames': frames[:t + 1], 'actions': actions[:t], 'rewards': rewards[:t],
+          'terminated': terminated[:t], 'truncated': truncated[:t], 'seed': np.int64(seed)}
+
+
+def todo(folder: str, num_rollouts: int, task_index: int = 0, num_tasks: int = 1) -> list[int]:
+  """This task's indices that are not on disk yet."""
+  done = set(rollouts.list_indices(folder))
+  return [i for i in range(task_index, num_rollouts, num_tasks) if i not in done]
+
+
+class Worker:
+  """Owns one environment and policy; collects the rollouts it is given by index."""
+
+  def __init__(self, config: Config, folder: str):
+    self.config, self.folder = config, folder
+    self.env = envs.make(config.env)
+    self.policy = policies.make_random(config.collect, self.env.action_space)
+
+  def collect(self, index: int) -> Result:
+    path = rollouts.path_for(self.folder, index)
+    start = time.perf_counter()
+    with fileio.claim(path) as held:
+      if not held or os.path.exists(path):
+        return Result(index, 0, 0.0, skipped=True)
+      seed = rollouts.rollout_seed(self.config.seed, index)
+      rollout = run_episode(self.env, self.policy, seed, self.config.env.max_steps)
+      rollouts.save(path, rollout, self.config.collect.compress_level)
+    return Result(index, len(rollout['actions']), time.perf_counter() - start)
+
+
+_WORKER: Worker | None = None
+
+
+def _init_worker(config: Config, folder: str) -> None:
+  global _WORKER
+  _WORKER = Worker(config, folder)
+
+
+def _collect(index: int) -> Result:
+  return _WORKER.collect(index)
+
+
+def collect(config: Config, folder: str, parallelism: int = 1, task_index: int = 0,
+            num_tasks: int = 1) -> Iterator[Result]:
+  """Collects this task's missing rollouts with `parallelism` processes, yielding each result."""
+  rollouts.stale_cleanup(folder)
+  indices = todo(folder, config.collect.num_rollouts, task_index, num_tasks)
+  if not indices:
+    return
+  if parallelism == 1:
+    worker = Worker(config, folder)
+    for index in indices:
+      yield worker.collect(index)
+    return
+  context = multiprocessing.get_context('spawn')
+  with context.Pool(min(parallelism, len(indices)), _init_worker, (config, folder)) as pool:
+    yield from pool.imap_unordered(_collect, indices, chunksize=1)

@@ -1,0 +1,292 @@
+"""The experiment config: typed sections, presets, dotted overrides and validation.
+
+The schema lives here, one dataclass per stage, every field with its meaning. Experiment files in
+`configs/` (for example `configs/carracing.py`) define `get_config(preset)` returning a `Config`
+with the preset's values. On the command line `--config=configs/carracing.py:debug` picks file and
+preset and `--config.vae.learning_rate=3e-4` overrides any field. Unknown fields, wrong types and
+impossible values are refused with a `ConfigError` naming the field, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import typing
+from typing import Any
+
+from wm.errors import ConfigError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = 'configs/carracing.py:small'
+
+
+@dataclasses.dataclass
+class EnvConfig:
+  name: str = 'CarRacing-v3'  # registered environment name (see wm/envs.py REGISTRY)
+  max_steps: int = 1000  # steps per episode at most (the episode is truncated there)
+  frame_size: int = 64  # frames are resized to frame_size x frame_size x 3 uint8
+  crop_dashboard: bool = True  # cut the env's dashboard rows off before resizing (the paper does)
+  domain_randomize: bool = False  # CarRacing only: random track and grass colours each episode
+
+
+@dataclasses.dataclass
+class CollectConfig:
+  num_rollouts: int = 200  # rollouts wanted in RUN/rollouts; reruns top up to this, never beyond
+  policy: str = 'brownian'  # random policy: uniform | brownian | held (see wm/policies.py)
+  brownian_sigma: float = 0.3  # brownian: std of the action change per step, in action-range units
+  hold_min: int = 1  # held: an action is held for at least this many frames
+  hold_max: int = 10  # held: ... and at most this many frames
+  compress_level: int = 1  # zlib level of the rollout .npz files (1 is fast, 9 is small)
+
+
+@dataclasses.dataclass
+class RecordsConfig:
+  shard_size_mb: float = 150.0  # target size of one TFRecord shard on disk
+  valid_fraction: float = 0.1  # share of rollouts in the validation split (at least one if > 0)
+
+
+@dataclasses.dataclass
+class DataConfig:
+  obs_sampled_per_rollout: int = 1000  # frames drawn (without replacement) each time a rollout is read
+  shuffle_buffer: int = 20000  # frames in the tf.data shuffle buffer
+  batch_size: int = 100  # frames per training batch of V
+
+
+@dataclasses.dataclass
+class VaeConfig:
+  model: str = 'conv_vae'  # encoder class by name (see wm/models/registry.py)
+  z_size: int = 32  # latent size
+  kl_tolerance: float = 0.5  # free bits: KL per latent dimension below this costs nothing
+  learning_rate: float = 1e-4  # Adam learning rate
+  train_steps: int = 20000  # optimizer steps in total (a rerun continues up to this)
+  save_every: int = 1000  # checkpoint every this many steps
+  log_every: int = 100  # write scalars every this many steps
+  valid_batches: int = 10  # validation batches per evaluation
+  mixed_precision: bool = True  # bfloat16 compute where the CPU/GPU supports it
+
+
+@dataclasses.dataclass
+class EncodeConfig:
+  batch_size: int = 1000  # frames per encoder call
+
+
+@dataclasses.dataclass
+class SeqConfig:
+  model: str = 'mdnrnn'  # sequence model by name: mdnrnn | transformer
+  hidden_size: int = 256  # LSTM units (mdnrnn) or model width (transformer)
+  num_mixtures: int = 5  # Gaussians per latent dimension
+  sequence_length: int = 100  # steps per training sequence (never crosses a rollout's end)
+  batch_size: int = 100  # sequences per batch
+  learning_rate: float = 1e-3  # Adam learning rate
+  train_steps: int = 4000  # optimizer steps in total (a rerun continues up to this)
+  save_every: int = 500  # checkpoint every this many steps
+  log_every: int = 100  # write scalars every this many steps
+  temperature: float = 1.0  # sampling temperature of the mixture
+  num_layers: int = 2  # transformer: attention blocks
+  num_heads: int = 4  # transformer: attention heads
+
+
+@dataclasses.dataclass
+class ControllerConfig:
+  inputs: str = 'zh'  # controller input: z | zh (the paper's) | zh_hidden (one hidden layer)
+  hidden_units: int = 40  # zh_hidden: width of the hidden layer
+  population_size: int = 16  # CMA-ES candidates per generation
+  trials: int = 4  # episodes per candidate; fitness is their mean return
+  generations: int = 100  # generations in total (a rerun continues up to this)
+  init_sigma: float = 0.1  # CMA-ES initial step size
+  mode: str = 'real'  # where candidates are evaluated: real | dream
+  dream_temperature: float = 1.15  # dream: sampling temperature of M
+  eval_every: int = 25  # every this many generations the best is evaluated in the real env
+  eval_episodes: int = 16  # ... over this many episodes
+
+
+@dataclasses.dataclass
+class PlayConfig:
+  num_episodes: int = 1  # episodes to play
+  fps: int = 50  # frames per second of recorded videos
+
+
+@dataclasses.dataclass
+class Config:
+  preset: str = 'small'  # name of the preset these values came from (informational)
+  seed: int = 0  # experiment seed: every random choice derives from it
+  env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
+  collect: CollectConfig = dataclasses.field(default_factory=CollectConfig)
+  records: RecordsConfig = dataclasses.field(default_factory=RecordsConfig)
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  vae: VaeConfig = dataclasses.field(default_factory=VaeConfig)
+  encode: EncodeConfig = dataclasses.field(default_factory=EncodeConfig)
+  seq: SeqConfig = dataclasses.field(default_factory=SeqConfig)
+  controller: ControllerConfig = dataclasses.field(default_factory=ControllerConfig)
+  play: PlayConfig = dataclasses.field(default_factory=PlayConfig)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load(spec: str = DEFAULT_CONFIG) -> Config:
+  """Loads `path/to/file.py:preset` (the path relative to cwd or to the repository)."""
+  path, _, preset = spec.partition(':')
+  candidates = [path, os.path.join(REPO_ROOT, path)]
+  found = next((p for p in candidates if os.path.isfile(p)), None)
+  if found is None:
+    raise ConfigError(f'config file {path!r} not found (looked in {candidates}); '
+                      f'pass --config=PATH.py:PRESET, e.g. --config={DEFAULT_CONFIG}')
+  module_spec = importlib.util.spec_from_file_location('_wm_experiment_config', found)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise ConfigError(f'{found} defines no get_config(preset)')
+  config = module.get_config(preset) if preset else module.get_config()
+  if not isinstance(config, Config):
+    raise ConfigError(f'{found}: get_config returned {type(config).__name__}, not wm.config.Config')
+  return config
+
+
+def from_dict(data: dict[str, Any], cls: type = Config, where: str = '') -> Any:
+  """Builds a config from nested dicts (such as RUN/config.json), refusing unknown fields."""
+  hints = typing.get_type_hints(cls)
+  kwargs = {}
+  for key, value in data.items():
+    name = f'{where}{key}'
+    if key not in hints:
+      raise ConfigError(_unknown_field_message(name, cls))
+    if dataclasses.is_dataclass(hints[key]):
+      if not isinstance(value, dict):
+        raise ConfigError(f'config field {name} is a section; got {value!r}')
+      kwargs[key] = from_dict(value, hints[key], name + '.')
+    else:
+      kwargs[key] = _coerce(name, hints[key], value)
+  return cls(**kwargs)
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+  return dataclasses.asdict(config)
+
+
+def to_json(config: Config) -> str:
+  return json.dumps(to_dict(config), indent=2, sort_keys=False)
+
+
+def load_json(path: str) -> Config:
+  with open(path) as f:
+    return from_dict(json.load(f))
+
+
+# ---------------------------------------------------------------------------- overrides
+
+
+def override(config: Config, dotted: str, value: Any) -> None:
+  """Sets `dotted` (e.g. 'vae.learning_rate') to `value`, parsing strings by the field's type."""
+  parts = dotted.split('.')
+  node = config
+  for i, part in enumerate(parts):
+    where = '.'.join(parts[:i + 1])
+    fields = {f.name: f for f in dataclasses.fields(node)}
+    if part not in fields:
+      raise ConfigError(_unknown_field_message(where, type(node)))
+    if i == len(parts) - 1:
+      hint = typing.get_type_hints(type(node))[part]
+      if dataclasses.is_dataclass(hint):
+        raise ConfigError(f'config field {where} is a section; override one of its fields, '
+                          f'e.g. --config.{where}.{dataclasses.fields(hint)[0].name}=...')
+      setattr(node, part, _coerce(where, hint, value))
+    else:
+      node = getattr(node, part)
+
+
+def apply_overrides(config: Config, overrides: dict[str, str]) -> Config:
+  for dotted, value in overrides.items():
+    override(config, dotted, value)
+  return config
+
+
+def _unknown_field_message(name: str, cls: type) -> str:
+  known = ', '.join(f.name for f in dataclasses.fields(cls))
+  return f'unknown config field {name!r}; {cls.__name__} has: {known}'
+
+
+_TRUE = {'true', '1', 'yes', 'on'}
+_FALSE = {'false', '0', 'no', 'off'}
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+  """Converts `value` to the field's type or raises a ConfigError naming the field."""
+  try:
+    if hint is bool:
+      if isinstance(value, bool):
+        return value
+      if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    elif hint is int:
+      if isinstance(value, bool):
+        raise ValueError
+      if isinstance(value, int):
+        return value
+      if isinstance(value, str):
+        return int(value)
+    elif hint is float:
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+      if isinstance(value, str):
+        return float(value)
+    elif hint is str:
+      if isinstance(value, str):
+        return value
+  except ValueError:
+    pass
+  raise ConfigError(f'config field {name} expects {getattr(hint, "__name__", hint)}, '
+                    f'got {value!r}')
+
+
+# ---------------------------------------------------------------------------- validation
+
+_CHOICES = {
+    'collect.policy': ('uniform', 'brownian', 'held'),
+    'seq.model': ('mdnrnn', 'transformer'),
+    'controller.inputs': ('z', 'zh', 'zh_hidden'),
+    'controller.mode': ('real', 'dream'),
+}
+_POSITIVE = (
+    'env.max_steps', 'env.frame_size', 'collect.num_rollouts', 'collect.hold_min',
+    'records.shard_size_mb', 'data.obs_sampled_per_rollout', 'data.shuffle_buffer',
+    'data.batch_size', 'vae.z_size', 'vae.learning_rate', 'vae.train_steps', 'vae.save_every',
+    'vae.log_every', 'vae.valid_batches', 'encode.batch_size', 'seq.hidden_size',
+    'seq.num_mixtures', 'seq.sequence_length', 'seq.batch_size', 'seq.learning_rate',
+    'seq.train_steps', 'seq.save_every', 'seq.log_every', 'seq.temperature', 'seq.num_layers',
+    'seq.num_heads', 'controller.hidden_units', 'controller.population_size',
+    'controller.trials', 'controller.generations', 'controller.init_sigma',
+    'controller.dream_temperature', 'controller.eval_every', 'controller.eval_episodes',
+    'play.num_episodes', 'play.fps',
+)
+
+
+def get(config: Config, dotted: str) -> Any:
+  node = config
+  for part in dotted.split('.'):
+    node = getattr(node, part)
+  return node
+
+
+def validate(config: Config) -> Config:
+  """Refuses impossible values with a message naming the field and the allowed range."""
+  for name, allowed in _CHOICES.items():
+    if get(config, name) not in allowed:
+      raise ConfigError(f'config field {name}={get(config, name)!r} is not one of {allowed}')
+  for name in _POSITIVE:
+    if not get(config, name) > 0:
+      raise ConfigError(f'config field {name} must be > 0, got {get(config, name)!r}')
+  checks = [
+      ('collect.hold_max', config.collect.hold_max >= config.collect.hold_min,
+       f'must be >= collect.hold_min ({config.collect.hold_min})'),
+      ('collect.brownian_sigma', config.collect.brownian_sigma >= 0, 'must be >= 0'),
+      ('collect.compress_level', 0 <= config.collect.compress_level <= 9, 'must be in 0..9'),
+      ('records.valid_fraction', 0 <= config.records.valid_fraction < 1, 'must be in [0, 1)'),
+      ('vae.kl_tolerance', config.vae.kl_tolerance >= 0, 'must be >= 0'),
+  ]
+  for name, ok, requirement in checks:
+    if not ok:
+      raise ConfigError(f'config field {name}={get(config, name)!r} {requirement}')
+  return config

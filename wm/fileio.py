@@ -1,0 +1,130 @@
+"""Atomic file writes: a reader never sees a partial file, concurrent writers never collide.
+
+Every writer writes to a temporary name in the target's folder (host and pid in the name, so
+several processes and SLURM jobs can share the folder), fsyncs, then `os.replace`s into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import socket
+from typing import Any, Iterator
+
+_HOST = socket.gethostname().split('.')[0]
+TMP_MARK = '.tmp-'
+
+
+def tmp_name(path: str) -> str:
+  """A temporary name beside `path`, unique to this host and process."""
+  folder, base = os.path.split(path)
+  return os.path.join(folder, f'.{base}{TMP_MARK}{_HOST}-{os.getpid()}')
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+  """Yields a temporary path to write; on success it is fsynced and renamed to `path`."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = tmp_name(path)
+  try:
+    yield tmp
+    with open(tmp, 'rb') as f:
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path) or '.')
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+    f.write(data)
+
+
+def write_text(path: str, text: str) -> None:
+  write_bytes(path, text.encode())
+
+
+def write_json(path: str, obj: Any) -> None:
+  write_text(path, json.dumps(obj, indent=2) + '\n')
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def fsync_dir(folder: str) -> None:
+  fd = os.open(folder, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def remove_stale_tmp_files(folder: str) -> list[str]:
+  """Removes temporary files left in `folder` by dead processes of this host."""
+  removed = []
+  for path in glob.glob(os.path.join(glob.escape(folder), f'.*{TMP_MARK}{_HOST}-*')):
+    try:
+      pid = int(path.rsplit('-', 1)[1])
+    except ValueError:
+      continue
+    if pid != os.getpid() and not pid_alive(pid):
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+      removed.append(path)
+  return removed
+
+
+@contextlib.contextmanager
+def claim(path: str) -> Iterator[bool]:
+  """An exclusive claim on producing `path`, shared by processes and SLURM jobs.
+
+  Yields True if this process holds the claim (it is released on exit), False if a live process
+  of this host, or any process of another host, holds it. Claims of dead processes on this host
+  (a SIGKILLed worker) are taken over.
+  """
+  lock = path + '.claim'
+  owner = f'{_HOST} {os.getpid()}'
+  held = _try_create(lock, owner)
+  if not held:
+    try:
+      with open(lock) as f:
+        host, pid = f.read().split()
+      stale = host == _HOST and not pid_alive(int(pid))
+    except (FileNotFoundError, ValueError):
+      stale = True
+    if stale:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(lock)
+      held = _try_create(lock, owner)
+  try:
+    yield held
+  finally:
+    if held:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(lock)
+
+
+def _try_create(lock: str, owner: str) -> bool:
+  try:
+    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+  except FileExistsError:
+    return False
+  with os.fdopen(fd, 'w') as f:
+    f.write(owner)
+  return True

@@ -1,0 +1,1 @@
+"""Models: observation encoders (V), sequence models (M) and controllers (C), chosen by name."""

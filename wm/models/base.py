@@ -1,0 +1,82 @@
+"""The interfaces every model implements. Stages and play talk only to these.
+
+    frames --ObservationEncoder.encode--> (mu, logvar) --sample--> z
+    (z, action, state) --SequenceModel.step--> (Prediction of z', reward, done; new state)
+    (z, SequenceModel.features(state)) --Controller--> action
+
+The interaction loop of one real episode:
+
+    state = seq.initial_state(batch)
+    frame = env.reset()
+    while not done:
+      mu, logvar = encoder.encode(frame)
+      action = controller(mu, seq.features(state))
+      frame, reward, done = env.step(action)
+      prediction, state = seq.step(mu, action, state)
+
+A dream episode replaces the env by `seq.sample(prediction, temperature)` and the reward and done
+heads of the prediction.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any
+
+import tensorflow as tf
+
+
+class ObservationEncoder(tf.keras.Model, abc.ABC):
+  """Maps uint8 frames [B, H, W, 3] to a Gaussian latent and back (V)."""
+
+  z_size: int  # latent size
+  frame_shape: tuple[int, int, int]  # (H, W, 3) the encoder was built for
+
+  @abc.abstractmethod
+  def encode(self, frames: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """uint8 or [0, 1] float frames [B, H, W, 3] -> (mu, logvar), float32 [B, z_size] each."""
+
+  @abc.abstractmethod
+  def decode(self, z: tf.Tensor) -> tf.Tensor:
+    """Latents [B, z_size] -> frames float32 [B, H, W, 3] in [0, 1]."""
+
+  def compute_full_representation(self, frames: tf.Tensor) -> dict[str, tf.Tensor]:
+    """What re-encoding stores per frame: {'mu': [B, Z], 'logvar': [B, Z]}."""
+    mu, logvar = self.encode(frames)
+    return {'mu': mu, 'logvar': logvar}
+
+
+@dataclasses.dataclass
+class Prediction:
+  """M's prediction of the next step, batched over [B] (or [B, T] in training)."""
+  logits: tf.Tensor  # mixture weights (unnormalised) [..., Z, K]
+  means: tf.Tensor  # component means [..., Z, K]
+  log_stds: tf.Tensor  # component log standard deviations [..., Z, K]
+  reward: tf.Tensor  # predicted reward [...]
+  done_logit: tf.Tensor  # logit of "the episode ends after this step" [...]
+
+
+class SequenceModel(tf.keras.Model, abc.ABC):
+  """Predicts the next latent, reward and episode end from latents and actions (M)."""
+
+  z_size: int
+  action_size: int
+  feature_size: int  # size of features(state), the controller's extra input (h)
+
+  @abc.abstractmethod
+  def initial_state(self, batch_size: int) -> Any:
+    """The state before the first step (a nest of tensors with leading dimension batch_size)."""
+
+  @abc.abstractmethod
+  def step(self, z: tf.Tensor, action: tf.Tensor, state: Any) -> tuple[Prediction, Any]:
+    """One step: z [B, Z], action [B, A] -> (prediction for the next step, new state)."""
+
+  @abc.abstractmethod
+  def features(self, state: Any) -> tf.Tensor:
+    """What the controller sees of the state: float32 [B, feature_size] (the LSTM's h)."""
+
+  @abc.abstractmethod
+  def sample(self, prediction: Prediction, temperature: float = 1.0,
+             seed: Any = None) -> tf.Tensor:
+    """Draws the next latent [B, Z] from a prediction at `temperature`."""

@@ -1,0 +1,179 @@
+"""Stage 2: pack rollout .npz files into GZIP TFRecord shards with a train/validation split.
+
+The plan is a pure function of the rollouts on disk and the config: each rollout goes to the
+validation split when a hash of (seed, index) falls under records.valid_fraction (so a rollout
+never changes split when the folder is topped up), and each split is cut into consecutive shards
+of about records.shard_size_mb. Every shard is written atomically, then a small metadata file
+`.meta/<shard>.json` (rollouts, frames, bytes, sha256) records it as complete; a rerun skips
+complete shards. Once every shard of a split is complete, `manifest.json` is written and shards
+of an older plan are removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import multiprocessing
+import os
+import re
+from typing import Iterable
+
+import numpy as np
+
+from wm import fileio, rollouts, runs
+from wm.config import Config
+from wm.errors import DataError
+
+PREFIX = 'raw'
+MANIFEST = 'manifest.json'
+META = '.meta'
+FORMAT = 'raw-rollouts-v1'
+_SHARD = re.compile(r'^(raw|encoded)\.tfrecord-\d{5}-of-\d{5}$')
+
+
+def split_of(seed: int, index: int, valid_fraction: float) -> str:
+  u = np.random.SeedSequence([seed, index, 0x5EED]).generate_state(1)[0] / 2.0**32
+  return 'valid' if u < valid_fraction else 'train'
+
+
+def plan(config: Config, folder: str) -> dict[str, list[list[int]]]:
+  """{split: [[rollout indices of shard 0], ...]} for the rollouts in `folder`."""
+  indices = rollouts.list_indices(folder)
+  if not indices:
+    raise DataError(f'no rollouts in {folder}; run scripts/collect_rollouts.py first')
+  fraction = config.records.valid_fraction
+  splits = {s: [] for s in runs.SPLITS}
+  for index in indices:
+    splits[split_of(config.seed, index, fraction)].append(index)
+  if fraction > 0 and not splits['valid'] and len(indices) > 1:
+    # Tiny data sets: the rollout with the smallest hash goes to validation.
+    first = min(indices, key=lambda i: np.random.SeedSequence([config.seed, i, 0x5EED])
+                .generate_state(1)[0])
+    splits['train'].remove(first)
+    splits['valid'].append(first)
+  target = config.records.shard_size_mb * 2**20
+  sizes = {i: os.path.getsize(rollouts.path_for(folder, i)) for i in indices}
+  return {split: _cut(members, sizes, target) for split, members in splits.items() if members}
+
+
+def _cut(members: list[int], sizes: dict[int, int], target: float) -> list[list[int]]:
+  """Consecutive groups of about `target` bytes each (at least one rollout per shard)."""
+  num_shards = min(len(members), max(1, math.ceil(sum(sizes[i] for i in members) / target)))
+  bounds = np.linspace(0, len(members), num_shards + 1).round().astype(int)
+  return [members[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _meta_path(out_dir: str, name: str) -> str:
+  return os.path.join(out_dir, META, name + '.json')
+
+
+def shard_complete(out_dir: str, name: str, members: list[int]) -> bool:
+  meta = _meta_path(out_dir, name)
+  if not (os.path.exists(meta) and os.path.exists(os.path.join(out_dir, name))):
+    return False
+  info = fileio.read_json(meta)
+  return info.get('rollouts') == members and info.get('bytes') == os.path.getsize(
+      os.path.join(out_dir, name))
+
+
+def sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 22), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def write_shard(job: tuple[str, str, list[int], str]) -> dict:
+  """Writes one shard from rollout files; returns its metadata. `job` = (in, out, members, name)."""
+  from wm import records  # TensorFlow is imported only by the processes that write
+  in_dir, out_dir, members, name = job
+  path = os.path.join(out_dir, name)
+  frames = 0
+
+  def examples() -> Iterable[bytes]:
+    nonlocal frames
+    for index in members:
+      rollout = rollouts.load(rollouts.path_for(in_dir, index))
+      frames += len(rollout['frames'])
+      yield records.raw_example(rollout, index)
+
+  with fileio.atomic_path(path) as tmp:
+    records.write(tmp, examples())
+  info = {'file': name, 'rollouts': members, 'num_rollouts': len(members), 'frames': frames,
+          'bytes': os.path.getsize(path), 'sha256': sha256(path)}
+  fileio.write_json(_meta_path(out_dir, name), info)
+  return info
+
+
+def shard(config: Config, in_dir: str, out_root: str, parallelism: int = 1, task_index: int = 0,
+          num_tasks: int = 1, log=print) -> dict[str, dict]:
+  """Writes this task's missing shards; writes manifests for splits that are complete."""
+  the_plan = plan(config, in_dir)
+  jobs, position = [], 0
+  for split, groups in the_plan.items():
+    out_dir = os.path.join(out_root, split)
+    os.makedirs(os.path.join(out_dir, META), exist_ok=True)
+    fileio.remove_stale_tmp_files(out_dir)
+    for k, members in enumerate(groups):
+      name = rollouts_shard_name(k, len(groups))
+      mine = position % num_tasks == task_index
+      position += 1
+      if mine and not shard_complete(out_dir, name, members):
+        jobs.append((in_dir, out_dir, members, name))
+  log(f'{sum(map(len, the_plan.values()))} shards planned, {len(jobs)} to write here')
+  if parallelism > 1 and len(jobs) > 1:
+    with multiprocessing.get_context('spawn').Pool(min(parallelism, len(jobs))) as pool:
+      for info in pool.imap_unordered(write_shard, jobs):
+        log(f'wrote {info["file"]}: {info["num_rollouts"]} rollouts, {info["bytes"] / 2**20:.1f} MB')
+  else:
+    for job in jobs:
+      info = write_shard(job)
+      log(f'wrote {info["file"]}: {info["num_rollouts"]} rollouts, {info["bytes"] / 2**20:.1f} MB')
+  return {split: finish_split(os.path.join(out_root, split), groups)
+          for split, groups in the_plan.items()}
+
+
+def rollouts_shard_name(k: int, n: int) -> str:
+  return f'{PREFIX}.tfrecord-{k:05d}-of-{n:05d}'
+
+
+def finish_split(out_dir: str, groups: list[list[int]]) -> dict | None:
+  """Writes manifest.json when every planned shard is complete; None while some are missing."""
+  names = [rollouts_shard_name(k, len(groups)) for k in range(len(groups))]
+  if not all(shard_complete(out_dir, n, g) for n, g in zip(names, groups)):
+    return None
+  shards = [fileio.read_json(_meta_path(out_dir, n)) for n in names]
+  manifest = {'format': FORMAT, 'num_shards': len(shards),
+              'num_rollouts': sum(s['num_rollouts'] for s in shards),
+              'num_frames': sum(s['frames'] for s in shards),
+              'bytes': sum(s['bytes'] for s in shards), 'shards': shards}
+  fileio.write_json(os.path.join(out_dir, MANIFEST), manifest)
+  for name in os.listdir(out_dir):  # shards of an older plan (before a top-up)
+    if _SHARD.match(name) and name.startswith(PREFIX) and name not in names:
+      os.remove(os.path.join(out_dir, name))
+      if os.path.exists(_meta_path(out_dir, name)):
+        os.remove(_meta_path(out_dir, name))
+  return manifest
+
+
+def read_manifest(split_dir: str) -> dict:
+  """The manifest of a finished split, or a DataError saying which stage to run."""
+  path = os.path.join(split_dir, MANIFEST)
+  if not os.path.exists(path):
+    raise DataError(f'{path} does not exist: the shards in {split_dir} are missing or '
+                    'incomplete; run (or rerun) the stage that writes them')
+  try:
+    return fileio.read_json(path)
+  except ValueError as e:
+    raise DataError(f'{path} is not valid JSON ({e}); rerun the stage that writes it') from None
+
+
+def shard_paths(split_dir: str) -> list[str]:
+  manifest = read_manifest(split_dir)
+  paths = [os.path.join(split_dir, s['file']) for s in manifest['shards']]
+  missing = [p for p in paths if not os.path.exists(p)]
+  if missing:
+    raise DataError(f'{len(missing)} shards listed in {split_dir}/{MANIFEST} are missing, '
+                    f'e.g. {missing[0]}; rerun the stage that writes them')
+  return paths

@@ -1,0 +1,111 @@
+"""Stage snapshots: the code, config and context that produced a stage's outputs.
+
+`RUN/<stage>/snapshot/` holds
+    code.tar.gz       wm/, scripts/, configs/, slurm/ as they were when the stage started
+    config.json       the resolved config;  overrides.json  the command-line overrides
+    command.txt       the exact command and working directory
+    git.txt, git.diff the revision, status and uncommitted diff (when run from a checkout)
+    pip_freeze.txt    installed distributions and versions
+    host.json         host name, pid, time, Python, SLURM job / array / step ids
+It is written before the stage does any work, replaced whole on a rerun (never half-written).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import json
+import os
+import platform
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+
+from wm import config as config_lib
+from wm import fileio
+
+CODE_DIRS = ('wm', 'scripts', 'configs', 'slurm')
+_SKIP = ('__pycache__', '.pyc', '.claim')
+
+
+def write(stage_dir: str, config: config_lib.Config, overrides: dict[str, str],
+          argv: list[str] | None = None, repo_root: str = config_lib.REPO_ROOT) -> str:
+  """Writes `stage_dir/snapshot/` atomically and returns its path."""
+  argv = sys.argv if argv is None else argv
+  final = os.path.join(stage_dir, 'snapshot')
+  tmp = fileio.tmp_name(final)
+  os.makedirs(tmp)
+  try:
+    _write_code_archive(os.path.join(tmp, 'code.tar.gz'), repo_root)
+    _put(tmp, 'config.json', config_lib.to_json(config) + '\n')
+    _put(tmp, 'overrides.json', json.dumps(overrides, indent=2) + '\n')
+    _put(tmp, 'command.txt', f'cd {shlex.quote(os.getcwd())} && '
+         f'{shlex.quote(sys.executable)} {shlex.join(argv)}\n')
+    revision, status, diff = _git(repo_root)
+    _put(tmp, 'git.txt', f'revision: {revision}\n{status}')
+    _put(tmp, 'git.diff', diff)
+    _put(tmp, 'pip_freeze.txt', pip_freeze())
+    _put(tmp, 'host.json', json.dumps(host_info(), indent=2) + '\n')
+    old = None
+    if os.path.exists(final):
+      old = fileio.tmp_name(final + '-old')
+      os.replace(final, old)
+    os.replace(tmp, final)
+    if old:
+      shutil.rmtree(old, ignore_errors=True)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return final
+
+
+def extract_code(snapshot_dir: str, dest: str) -> str:
+  """Unpacks a snapshot's code archive into `dest` (refusing paths that leave it)."""
+  archive = os.path.join(snapshot_dir, 'code.tar.gz')
+  with tarfile.open(archive) as tar:
+    tar.extractall(dest, filter='data')
+  return dest
+
+
+def pip_freeze() -> str:
+  dists = sorted({(d.metadata['Name'] or '?', d.version) for d in importlib.metadata.distributions()},
+                 key=lambda nv: nv[0].lower())
+  return ''.join(f'{name}=={version}\n' for name, version in dists)
+
+
+def host_info() -> dict:
+  slurm = {k: v for k, v in os.environ.items()
+           if k in ('SLURM_JOB_ID', 'SLURM_ARRAY_JOB_ID', 'SLURM_ARRAY_TASK_ID', 'SLURM_STEP_ID',
+                    'SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_JOB_NODELIST', 'SLURM_RESTART_COUNT',
+                    'SLURM_JOB_PARTITION', 'CUDA_VISIBLE_DEVICES')}
+  return {'host': socket.gethostname(), 'pid': os.getpid(), 'time': time.strftime('%F %T %z'),
+          'python': sys.version.split()[0], 'platform': platform.platform(), 'env': slurm}
+
+
+def _put(folder: str, name: str, text: str) -> None:
+  with open(os.path.join(folder, name), 'w') as f:
+    f.write(text)
+
+
+def _write_code_archive(path: str, repo_root: str) -> None:
+  def keep(info: tarfile.TarInfo):
+    return None if any(s in info.name for s in _SKIP) else info
+  with tarfile.open(path, 'w:gz', compresslevel=6) as tar:
+    for name in CODE_DIRS:
+      src = os.path.join(repo_root, name)
+      if os.path.isdir(src):
+        tar.add(src, arcname=name, filter=keep)
+
+
+def _git(repo_root: str) -> tuple[str, str, str]:
+  def run(*args: str) -> str:
+    try:
+      return subprocess.run(['git', '-C', repo_root, *args], capture_output=True, text=True,
+                            timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+      return ''
+  revision = run('rev-parse', 'HEAD').strip() or 'not a git checkout'
+  return revision, run('status', '--short'), run('diff', 'HEAD')
