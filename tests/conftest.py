@@ -1,0 +1,52 @@
+"""Shared test set-up: run stage scripts as a user would, and one debug data set per session.
+
+The session fixtures build the debug preset's data once (collect, shard, ...) in a temporary run
+dir; later stages' tests copy or read it instead of collecting again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEBUG = 'configs/carracing.py:debug'
+
+
+def script_env() -> dict[str, str]:
+  env = dict(os.environ)
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
+  return env
+
+
+def run_script(name: str, *args: str, check: bool = True, timeout: float = 300,
+               config: str | None = DEBUG) -> subprocess.CompletedProcess:
+  """Runs scripts/<name>.py with `args` (and --config=debug unless config=None)."""
+  argv = [sys.executable, os.path.join(REPO, 'scripts', name + '.py'), *args]
+  if config and not any(a.startswith('--config=') for a in args):
+    argv.append(f'--config={config}')
+  result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=script_env(),
+                          cwd=REPO)
+  if check and result.returncode != 0:
+    raise AssertionError(f'{name} exited {result.returncode}\nstdout:\n{result.stdout[-3000:]}\n'
+                         f'stderr:\n{result.stderr[-6000:]}')
+  return result
+
+
+def copy_run(src: str, dst: str) -> str:
+  shutil.copytree(src, dst, symlinks=True)
+  return dst
+
+
+@pytest.fixture(scope='session')
+def debug_data(tmp_path_factory) -> str:
+  """A run dir with the debug preset's rollouts and shards (read-only: copy before changing)."""
+  run_dir = str(tmp_path_factory.mktemp('debug_run'))
+  run_script('collect_rollouts', f'--run_dir={run_dir}', '--parallelism=2')
+  run_script('shard_rollouts', f'--run_dir={run_dir}', '--parallelism=1')
+  return run_dir

@@ -1,0 +1,14 @@
+"""The debug preset's first two stages produce a complete, consistent data set."""
+
+import os
+
+from wm import rollouts, sharding
+
+
+def test_debug_data_is_complete(debug_data):
+  assert len(rollouts.list_indices(os.path.join(debug_data, 'rollouts'))) == 6
+  train = sharding.read_manifest(os.path.join(debug_data, 'records', 'train'))
+  valid = sharding.read_manifest(os.path.join(debug_data, 'records', 'valid'))
+  assert train['num_rollouts'] + valid['num_rollouts'] == 6
+  assert valid['num_rollouts'] >= 1
+  assert os.path.exists(os.path.join(debug_data, 'records', 'DONE'))
