@@ -34,6 +34,10 @@ class ObservationEncoder(tf.keras.Model, abc.ABC):
   frame_shape: tuple[int, int, int]  # (H, W, 3) the encoder was built for
 
   @abc.abstractmethod
+  def build_for_loading(self) -> None:
+    """Creates every variable (e.g. by calling the model on zeros) so weights can be loaded."""
+
+  @abc.abstractmethod
   def encode(self, frames: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """uint8 or [0, 1] float frames [B, H, W, 3] -> (mu, logvar), float32 [B, z_size] each."""
 
@@ -63,6 +67,10 @@ class SequenceModel(tf.keras.Model, abc.ABC):
   z_size: int
   action_size: int
   feature_size: int  # size of features(state), the controller's extra input (h)
+
+  @abc.abstractmethod
+  def build_for_loading(self) -> None:
+    """Creates every variable (e.g. by calling the model on zeros) so weights can be loaded."""
 
   @abc.abstractmethod
   def initial_state(self, batch_size: int) -> Any:

@@ -1,0 +1,72 @@
+"""Saved models: a folder with the model's registry name, constructor arguments and weights.
+
+    EXPORT/model.json          {"kind": "encoder"|"sequence_model", "name": "conv_vae",
+                                "kwargs": {...}, "step": 20000, ...extra}
+    EXPORT/model.weights.h5    the weights (Keras format)
+
+`load(EXPORT)` rebuilds the model from its registry name and kwargs and loads the weights, so a
+later stage needs only the folder (e.g. RUN/vae/export). Written atomically: a folder either has
+both files of one export or none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import tensorflow as tf
+
+from wm import fileio
+from wm.errors import DataError
+from wm.models import registry
+
+KINDS = {'encoder': registry.encoder_class, 'sequence_model': registry.sequence_model_class}
+
+
+def save(model: tf.keras.Model, folder: str, kind: str, name: str, kwargs: dict[str, Any],
+         **extra: Any) -> str:
+  """Exports `model` (built, i.e. called once) to `folder`, replacing an older export whole."""
+  assert kind in KINDS, (kind, sorted(KINDS))
+  tmp = fileio.tmp_name(folder)
+  os.makedirs(tmp)
+  try:
+    model.save_weights(os.path.join(tmp, 'model.weights.h5'))
+    with open(os.path.join(tmp, 'model.json'), 'w') as f:
+      json.dump({'kind': kind, 'name': name, 'kwargs': kwargs, **extra}, f, indent=2)
+    old = None
+    if os.path.exists(folder):
+      old = fileio.tmp_name(folder + '-old')
+      os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old:
+      shutil.rmtree(old, ignore_errors=True)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return folder
+
+
+def read_info(folder: str) -> dict[str, Any]:
+  path = os.path.join(folder, 'model.json')
+  if not os.path.exists(path):
+    raise DataError(f'no exported model in {folder} ({path} is missing); run the stage that '
+                    'trains it first')
+  try:
+    return fileio.read_json(path)
+  except ValueError as e:
+    raise DataError(f'{path} is not valid JSON ({e}); rerun the stage that exports it') from None
+
+
+def load(folder: str, kind: str | None = None) -> tf.keras.Model:
+  """Rebuilds and returns the model exported in `folder` (checking its kind if given)."""
+  info = read_info(folder)
+  if kind is not None and info['kind'] != kind:
+    raise DataError(f'{folder} holds a {info["kind"]}, expected a {kind}')
+  model = KINDS[info['kind']](info['name'])(**info['kwargs'])
+  model.build_for_loading()
+  try:
+    model.load_weights(os.path.join(folder, 'model.weights.h5'))
+  except (ValueError, OSError) as e:
+    raise DataError(f'weights in {folder} do not fit {info["name"]}({info["kwargs"]}): {e}') from None
+  return model
