@@ -34,14 +34,18 @@ def main(stage: cli.Stage) -> None:
   todo = collection.todo(stage.dir, config.collect.num_rollouts, _TASK_INDEX.value,
                          _NUM_TASKS.value)
   progress = Progress('collect rollouts', total)
-  done, steps = total - len(todo), 0
+  done, steps, collected = total - len(todo), 0, 0
   progress.update(done, force=True)
   for result in collection.collect(config, stage.dir, _PARALLELISM.value, _TASK_INDEX.value,
                                    _NUM_TASKS.value):
     done += 1
     steps += result.steps
+    collected += not result.skipped
     progress.update(done, env_steps=steps)
   have = len(rollouts.list_indices(stage.dir))
+  logging.info('collected %d rollouts here (%d steps, %.0f steps/s); %d skipped (on disk or '
+               'claimed by another process)', collected, steps, steps / max(progress.elapsed(), 1e-9),
+               len(todo) - collected)
   logging.info('%d of %d rollouts in %s', have, config.collect.num_rollouts, stage.dir)
   if have >= config.collect.num_rollouts:
     stage.run.mark_done('collect', rollouts=have)
