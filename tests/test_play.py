@@ -1,0 +1,78 @@
+"""scripts/play.py as a user runs it: videos, panels only with --alg_render, replay with archived
+code, and clear errors for a run dir that lacks a stage."""
+
+import json
+import os
+import re
+import shutil
+
+
+from conftest import REPO, run_script
+from wm import play as play_lib
+from wm import snapshot, video
+
+EPISODE_STEPS = 40  # the debug preset's env.max_steps
+
+
+def test_random_policy_video_has_one_frame_per_step_and_no_panels(tmp_path):
+  run_dir = str(tmp_path / 'run')
+  result = run_script('play', f'--run_dir={run_dir}', '--policy=random', '--num_episodes=2',
+                      '--record_file=random.mp4')
+  returns = re.findall(r'episode (\d): return (-?[\d.]+) over (\d+) steps', result.stdout)
+  assert [r[0] for r in returns] == ['0', '1'], result.stdout
+  steps = sum(int(r[2]) for r in returns)
+  assert steps == 2 * EPISODE_STEPS
+  frames = video.read(os.path.join(run_dir, 'play', 'random.mp4'))
+  # Without --alg_render: only the 64x64 frame at 4x, no cells beside it.
+  assert frames.shape == (steps, 64 * play_lib.SCALE, 64 * play_lib.SCALE, 3)
+  saved = json.load(open(os.path.join(run_dir, 'play', 'returns.json')))
+  assert [round(r, 2) for r in saved['returns']] == [float(r[1]) for r in returns]
+  assert os.path.exists(os.path.join(run_dir, 'play', 'DONE'))
+
+
+def test_a_run_dir_without_a_stage_names_the_stage_to_run(tmp_path):
+  for flags, stage in ((['--alg_render', '--policy=random'], "'vae'"), ([], "'vae'"),
+                       (['--dream', '--policy=random'], "'vae'")):
+    result = run_script('play', f'--run_dir={tmp_path / "empty"}', *flags, check=False)
+    assert result.returncode == 2, (flags, result.stderr[-2000:])
+    assert f'run the {stage} stage first' in result.stderr, result.stderr[-2000:]
+    assert 'Traceback' not in result.stderr
+
+
+def test_use_snapshot_refuses_a_run_without_a_snapshot(tmp_path):
+  result = run_script('play', f'--run_dir={tmp_path}', '--policy=random', '--use_snapshot',
+                      check=False)
+  assert result.returncode == 2
+  assert 'has no code snapshot of the controller stage' in result.stderr
+  assert 'code.tar.gz' in result.stderr
+
+
+def archive_changed_code(run_dir: str, tmp_path) -> None:
+  """Archives a copy of this code with one constant changed, as if the live code moved on since
+  the controller was trained (the real working tree is never touched)."""
+  tree = tmp_path / 'archived_tree'
+  for name in ('wm', 'scripts', 'configs'):
+    shutil.copytree(os.path.join(REPO, name), tree / name,
+                    ignore=shutil.ignore_patterns('__pycache__'))
+  module = tree / 'wm' / 'play.py'
+  text = module.read_text()
+  assert "EPISODE_LINE = 'episode " in text
+  module.write_text(text.replace("EPISODE_LINE = 'episode ", "EPISODE_LINE = 'archived episode "))
+  snapshot_dir = os.path.join(run_dir, 'controller', 'snapshot')
+  os.makedirs(snapshot_dir)
+  snapshot._write_code_archive(os.path.join(snapshot_dir, 'code.tar.gz'), str(tree))
+
+
+def test_use_snapshot_runs_the_archived_code_not_the_live_code(tmp_path):
+  run_dir = str(tmp_path / 'run')
+  archive_changed_code(run_dir, tmp_path)
+  live = run_script('play', f'--run_dir={run_dir}', '--policy=random')
+  assert re.search(r'^episode 0: return', live.stdout, re.M), live.stdout
+  replay = run_script('play', f'--run_dir={run_dir}', '--policy=random', '--use_snapshot',
+                      '--record_file=archived.gif')
+  assert 'replaying with the code archived in' in replay.stdout
+  assert re.search(r'^archived episode 0: return', replay.stdout, re.M), replay.stdout
+  # The same episode (same seed) by both codes, and the archived code wrote the video.
+  ret = lambda out: re.search(r'episode 0: return (\S+)', out).group(1)
+  assert ret(live.stdout) == ret(replay.stdout)
+  assert video.read(os.path.join(run_dir, 'play', 'archived.gif')).shape[0] == EPISODE_STEPS
