@@ -51,9 +51,13 @@ def main(stage: cli.Stage) -> None:
   record = _RECORD_FILE.value and os.path.join(stage.dir, _RECORD_FILE.value)
   if record:
     video.check_path(record)
+  needs_world = _POLICY.value == 'controller' or _ALG_RENDER.value or _DREAM.value
+  if needs_world:  # fail fast, naming the missing stage, before any model is loaded
+    play_lib.require_world_model(stage.run)
+  if _POLICY.value == 'controller':
+    play_lib.require_controller(stage.run)
   render.enable(_ALG_RENDER.value)
   env = envs.make(config.env)
-  needs_world = _POLICY.value == 'controller' or _ALG_RENDER.value or _DREAM.value
   world = play_lib.load_world_model(stage.run) if needs_world else None
   policy = make_policy(stage, env, world)
   if _ALG_RENDER.value and not _DREAM.value:

@@ -43,13 +43,24 @@ class WorldModel:
   initial_latents: np.ndarray | None  # [N, Z] first latents of real rollouts, for dreams
 
 
-def load_world_model(run: runs.Run) -> WorldModel:
-  """V and M exported by their stages (a clear error names a stage that has not run)."""
-  from wm.models import export
+def require_world_model(run: runs.Run) -> tuple[str, str]:
+  """The export folders of V and M (checked before TensorFlow is even imported)."""
   vae_dir = os.path.join(run.stage_dir('vae'), 'export')
   seq_dir = os.path.join(run.stage_dir('seq'), 'export')
   require_stage(run, 'vae', os.path.join(vae_dir, 'model.json'), 'trained V (VAE)')
   require_stage(run, 'seq', os.path.join(seq_dir, 'model.json'), 'trained M (sequence model)')
+  return vae_dir, seq_dir
+
+
+def require_controller(run: runs.Run) -> str:
+  return require_stage(run, 'controller', os.path.join(run.stage_dir('controller'), 'best.npz'),
+                       'trained controller (C)')
+
+
+def load_world_model(run: runs.Run) -> WorldModel:
+  """V and M exported by their stages (a clear error names a stage that has not run)."""
+  vae_dir, seq_dir = require_world_model(run)
+  from wm.models import export
   encoder = export.load(vae_dir, 'encoder')
   seq = export.load(seq_dir, 'sequence_model')
   if encoder.z_size != seq.z_size:
@@ -71,8 +82,7 @@ def load_controller(run: runs.Run, config, world: WorldModel, env) -> Policy:
   """The controller stage's best parameters acting through V and M (wm.agent.Agent)."""
   from wm import agent
   from wm.models.controller import Controller
-  path = require_stage(run, 'controller', os.path.join(run.stage_dir('controller'), 'best.npz'),
-                       'trained controller (C)')
+  path = require_controller(run)
   controller = Controller(config.controller.inputs, world.encoder.z_size, world.seq.feature_size,
                           env.action_space, config.controller.hidden_units)
   params = agent.load_params(path, controller)
