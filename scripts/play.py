@@ -15,6 +15,7 @@ display on a headless node); --dream plays inside M instead of the real env; --u
 this command with the code archived when the controller was trained, in a subprocess.
 """
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -57,41 +58,46 @@ def main(stage: cli.Stage) -> None:
   if _POLICY.value == 'controller':
     play_lib.require_controller(stage.run)
   render.enable(_ALG_RENDER.value)
-  env = envs.make(config.env)
-  world = play_lib.load_world_model(stage.run) if needs_world else None
-  policy = make_policy(stage, env, world)
-  if _ALG_RENDER.value and not _DREAM.value:
-    policy = play_lib.WorldModelPanels(policy, world, env.action_space, config.seq.temperature)
-  writer = video.Writer(record, config.play.fps) if record else None
-  window = play_lib.Window(f'play: {stage.run.root}') if _RENDER.value else None
-  sinks = [s for s in (writer and writer.append, window) if s]
-  low, high, _ = play_lib.action_bounds(env.action_space)
-  results, ok = [], False
-  try:
-    for index in range(_NUM_EPISODES.value or config.play.num_episodes):
-      seed = rollouts.rollout_seed(config.seed, 1_000_000 + index)  # tracks unseen in training
-      if _DREAM.value:
-        result = play_lib.dream_episode(world, policy, seed, config.controller.dream_temperature,
-                                        config.env.max_steps, low, high, sinks)
-      else:
-        result = play_lib.play_episode(env, policy, seed, sinks)
-      results.append(result)
-      where = ' (dream: rewards predicted by M)' if _DREAM.value else ''
-      print(play_lib.EPISODE_LINE.format(index=index, ret=result.ret, steps=result.steps,
-                                         where=where), flush=True)
-    ok = True
-  finally:
+  with contextlib.ExitStack() as cleanup:
+    sinks = []
+    if _RENDER.value:
+      window = play_lib.Window(f'play: {stage.run.root}')
+      cleanup.callback(window.close)
+      sinks.append(window)
+    env = envs.make(config.env)
+    cleanup.callback(env.close)
+    world = play_lib.load_world_model(stage.run) if needs_world else None
+    policy = make_policy(stage, env, world)
+    writer = video.Writer(record, config.play.fps) if record else None
     if writer:
-      writer.close(keep=ok)
-    if window:
-      window.close()
-    env.close()
+      cleanup.enter_context(writer)  # renamed into place only when every episode finished
+      sinks.append(writer.append)
+    results = play_episodes(config, env, world, policy, sinks)
   fileio.write_json(os.path.join(stage.dir, 'returns.json'), {
       'dream': _DREAM.value, 'policy': _POLICY.value,
       'returns': [r.ret for r in results], 'steps': [r.steps for r in results]})
   if record:
     print(f'video: {record} ({writer.frames} frames)', flush=True)
   stage.run.mark_done('play', episodes=len(results), video=record or None)
+
+
+def play_episodes(config, env, world, policy, sinks) -> list[play_lib.EpisodeResult]:
+  low, high, _ = play_lib.action_bounds(env.action_space)
+  if _ALG_RENDER.value and not _DREAM.value:
+    policy = play_lib.WorldModelPanels(policy, world, env.action_space, config.seq.temperature)
+  results = []
+  for index in range(_NUM_EPISODES.value or config.play.num_episodes):
+    seed = rollouts.rollout_seed(config.seed, 1_000_000 + index)  # tracks unseen in training
+    if _DREAM.value:
+      result = play_lib.dream_episode(world, policy, seed, config.controller.dream_temperature,
+                                      config.env.max_steps, low, high, sinks)
+    else:
+      result = play_lib.play_episode(env, policy, seed, sinks)
+    results.append(result)
+    where = ' (dream: rewards predicted by M)' if _DREAM.value else ''
+    print(play_lib.EPISODE_LINE.format(index=index, ret=result.ret, steps=result.steps,
+                                       where=where), flush=True)
+  return results
 
 
 def make_policy(stage: cli.Stage, env, world) -> policies.Policy:

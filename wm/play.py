@@ -258,21 +258,23 @@ def dream_episode(world: WorldModel, policy: Policy, seed: int, temperature: flo
 
 
 class Window:
-  """Shows images in a pygame window; on a node without a display, inside a virtual one (Xvfb)."""
+  """Shows images in a pygame window; on a node without a display, inside a virtual one (Xvfb).
 
-  def __init__(self, title: str = 'play'):
+  The virtual display starts at once, so a node without Xvfb is refused before any episode."""
+
+  def __init__(self, title: str = 'play', max_size: tuple[int, int] = (2048, 1024)):
     self.title, self.screen, self.display = title, None, None
-
-  def open(self, width: int, height: int) -> None:
     if not os.environ.get('DISPLAY'):
       try:
         from pyvirtualdisplay import Display
-        self.display = Display(visible=False, size=(width, height))
+        self.display = Display(visible=False, size=max_size)
         self.display.start()
       except Exception as e:  # pyvirtualdisplay raises plain exceptions when Xvfb is missing
         raise DataError(f'--render needs a display: $DISPLAY is not set and no virtual display '
                         f'could start ({type(e).__name__}: {e}); install Xvfb (apt-get install '
                         f'xvfb) or drop --render and use --record_file') from None
+
+  def open(self, width: int, height: int) -> None:
     os.environ['SDL_VIDEODRIVER'] = 'x11'  # wm.envs set 'dummy' for the env's own rendering
     import pygame
     pygame.display.init()
