@@ -7,9 +7,12 @@ import re
 import shutil
 
 
-from conftest import REPO, run_script
+import numpy as np
+
+from conftest import DEBUG, REPO, run_script
+from wm import config as config_lib
+from wm import envs, policies, render, snapshot, video
 from wm import play as play_lib
-from wm import snapshot, video
 
 EPISODE_STEPS = 40  # the debug preset's env.max_steps
 
@@ -76,3 +79,56 @@ def test_use_snapshot_runs_the_archived_code_not_the_live_code(tmp_path):
   ret = lambda out: re.search(r'episode 0: return (\S+)', out).group(1)
   assert ret(live.stdout) == ret(replay.stdout)
   assert video.read(os.path.join(run_dir, 'play', 'archived.gif')).shape[0] == EPISODE_STEPS
+
+
+class PanelPublishingPolicy(policies.Policy):
+  """A policy that publishes its own panel (while rendering), as any model may."""
+
+  def __init__(self, action_space):
+    self.inner = policies.UniformPolicy(action_space)
+    self.infos = []
+
+  def reset(self, seed):
+    self.inner.reset(seed)
+
+  def act(self, frame):
+    step = self.inner.act(frame)
+    if render.enabled():
+      step.info['mine'] = {'gauge': render.BarPanel('my gauge', [2.5], limit=3.0)}
+    self.infos.append(step.info)
+    return step
+
+
+def test_a_policys_own_panels_are_drawn_only_when_rendering():
+  config = config_lib.load(DEBUG)
+  env = envs.make(config.env)
+  try:
+    for enabled in (False, True):
+      render.enable(enabled)
+      policy, images = PanelPublishingPolicy(env.action_space), []
+      result = play_lib.play_episode(env, policy, seed=3, sinks=[images.append])
+      assert len(images) == result.steps == EPISODE_STEPS
+      frame_side = 64 * play_lib.SCALE
+      if not enabled:
+        assert images[0].shape == (frame_side, frame_side, 3)
+        assert not any(render.find_panels(info) for info in policy.infos)
+      else:  # the policy's gauge and play's return curve, in the layout's cells, labelled
+        layout = render.Layout((64, 64), 2, scale=play_lib.SCALE)
+        assert images[-1].shape == layout.shape
+        for rect, label in zip(layout.rects, ('my gauge', 'return so far')):
+          assert label_at(images[-1], rect, label) < 1.0, label
+          assert label_at(images[-1], rect, 'something else') > 10.0
+  finally:
+    render.enable(False)
+    env.close()
+
+
+def label_at(image: np.ndarray, rect, label: str) -> float:
+  """Mean absolute difference between a cell's label strip and `label` drawn there."""
+  y, x, _, _ = rect
+  width = render.text_mask(label).shape[1] + render.PAD + 2
+  expected = np.empty((render.LABEL_HEIGHT, width, 3), np.uint8)
+  expected[...] = render.PANEL
+  render.put_text(expected, label, 1, render.PAD)
+  found = image[y + 1:y + 1 + render.LABEL_HEIGHT, x + 1:x + 1 + width].astype(float)
+  return float(np.abs(found - expected).mean())
