@@ -8,6 +8,7 @@ import shutil
 
 
 import numpy as np
+import pytest
 
 from conftest import DEBUG, REPO, run_script
 from wm import config as config_lib
@@ -132,3 +133,19 @@ def label_at(image: np.ndarray, rect, label: str) -> float:
   render.put_text(expected, label, 1, render.PAD)
   found = image[y + 1:y + 1 + render.LABEL_HEIGHT, x + 1:x + 1 + width].astype(float)
   return float(np.abs(found - expected).mean())
+
+
+@pytest.mark.skipif(shutil.which('Xvfb') is None, reason='a headless --render needs Xvfb')
+def test_render_window_shows_the_image_on_a_virtual_display(monkeypatch):
+  monkeypatch.delenv('DISPLAY', raising=False)
+  monkeypatch.setenv('SDL_VIDEODRIVER', 'dummy')  # as wm.envs leaves it
+  window = play_lib.Window('test')
+  try:
+    image = np.random.default_rng(0).integers(0, 256, (60, 80, 3), np.uint8)
+    window(image)
+    import pygame
+    assert pygame.display.get_driver() == 'x11'
+    shown = pygame.surfarray.array3d(pygame.display.get_surface()).swapaxes(0, 1)
+    np.testing.assert_array_equal(shown, image)
+  finally:
+    window.close()
