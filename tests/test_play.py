@@ -35,11 +35,22 @@ def test_random_policy_video_has_one_frame_per_step_and_no_panels(tmp_path):
 
 
 def test_a_run_dir_without_a_stage_names_the_stage_to_run(tmp_path):
-  for flags, stage in ((['--alg_render', '--policy=random'], "'vae'"), ([], "'vae'"),
-                       (['--dream', '--policy=random'], "'vae'")):
-    result = run_script('play', f'--run_dir={tmp_path / "empty"}', *flags, check=False)
+  run_dir = tmp_path / 'run'
+  # What each stage leaves (only existence is checked before anything loads), added one by one.
+  outputs = {'vae': 'vae/export/model.json', 'seq': 'seq/export/model.json',
+             'controller': 'controller/best.npz'}
+  cases = [('vae', ['--alg_render', '--policy=random']), ('vae', ['--dream', '--policy=random']),
+           ('vae', []), ('seq', []), ('controller', [])]
+  for missing, flags in cases:
+    for stage, path in outputs.items():
+      if stage == missing:
+        break
+      (run_dir / path).parent.mkdir(parents=True, exist_ok=True)
+      (run_dir / path).write_text('{}')
+    result = run_script('play', f'--run_dir={run_dir}', *flags, check=False)
     assert result.returncode == 2, (flags, result.stderr[-2000:])
-    assert f'run the {stage} stage first' in result.stderr, result.stderr[-2000:]
+    assert f'run the {missing!r} stage first' in result.stderr, result.stderr[-2000:]
+    assert outputs[missing] in result.stderr.replace(os.sep, '/')
     assert 'Traceback' not in result.stderr
 
 
