@@ -1,4 +1,4 @@
-"""Benchmark: drawing a frame with six panels, wm.render (numpy/PIL) vs a matplotlib figure per frame.
+"""Benchmark: six panels beside a frame, wm.render (numpy/PIL) vs a matplotlib figure per frame.
 
 Input:  nothing (synthetic frames and panel data of the paper's sizes: a 64x64 frame, 64x64
         reconstruction and prediction, z of 32 with sigmas, 3 bounded actions, an LSTM h of 256,

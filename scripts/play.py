@@ -121,7 +121,8 @@ def replay_with_snapshot(run) -> int:
     if not os.path.exists(script):
       raise UserError(f'--use_snapshot: the archived code in {archive} has no scripts/play.py '
                       '(it predates play); drop --use_snapshot')
-    argv = [a for a in sys.argv[1:] if a.split('=')[0] not in ('--use_snapshot', '--nouse_snapshot')]
+    skip = ('--use_snapshot', '--nouse_snapshot')
+    argv = [a for a in sys.argv[1:] if a.split('=')[0] not in skip]
     print(f'--use_snapshot: replaying with the code archived in {archive}, not the working tree '
           f'(unpacked to {code}; running scripts/play.py from there in a subprocess)', flush=True)
     env = dict(os.environ)
