@@ -82,7 +82,6 @@ def main(stage: cli.Stage) -> None:
 
 
 def play_episodes(config, env, world, policy, sinks) -> list[play_lib.EpisodeResult]:
-  low, high, _ = play_lib.action_bounds(env.action_space)
   if _ALG_RENDER.value and not _DREAM.value:
     policy = play_lib.WorldModelPanels(policy, world, env.action_space, config.seq.temperature)
   results = []
@@ -90,7 +89,7 @@ def play_episodes(config, env, world, policy, sinks) -> list[play_lib.EpisodeRes
     seed = rollouts.rollout_seed(config.seed, 1_000_000 + index)  # tracks unseen in training
     if _DREAM.value:
       result = play_lib.dream_episode(world, policy, seed, config.controller.dream_temperature,
-                                      config.env.max_steps, low, high, sinks)
+                                      config.env.max_steps, env.action_space, sinks)
     else:
       result = play_lib.play_episode(env, policy, seed, sinks)
     results.append(result)

@@ -209,7 +209,7 @@ def play_episode(env, policy: Policy, seed: int, sinks: Sequence[Sink] = ()) -> 
 
 
 def dream_episode(world: WorldModel, policy: Policy, seed: int, temperature: float,
-                  max_steps: int, low: np.ndarray, high: np.ndarray,
+                  max_steps: int, action_space: gym.Space,
                   sinks: Sequence[Sink] = ()) -> EpisodeResult:
   """One episode inside M: frames decoded from M's own samples, the policy acting on them.
 
@@ -219,6 +219,7 @@ def dream_episode(world: WorldModel, policy: Policy, seed: int, temperature: flo
   import tensorflow as tf
   rng = np.random.default_rng(seed)
   encoder, seq = world.encoder, world.seq
+  bounds = action_bounds(action_space)
   if world.initial_latents is not None and len(world.initial_latents):
     z = world.initial_latents[rng.integers(len(world.initial_latents))][None]
   else:
@@ -245,7 +246,7 @@ def dream_episode(world: WorldModel, policy: Policy, seed: int, temperature: flo
       if render.enabled():
         step.info['dream'] = {
             'latent': render.BarPanel('M: dreamt z', _numpy(z)),
-            'action': render.BoundedBarPanel('action', step.action, low, high),
+            'action': render.BoundedBarPanel('action', step.action, *bounds),
             'hidden': render.HeatmapPanel('M: hidden state h', _numpy(h)),
         }
       image = show(frame, step.info, returns, max_steps)
