@@ -69,6 +69,8 @@ class Trainer:
             f'({model_kwargs(self.config)}): {str(e).splitlines()[0][:300]}. Train with the '
             f'config it was written with, or use a fresh run dir') from None
       logging.info('resumed from %s at step %d', latest, int(self.step))
+    # The checkpoint holds the optimizer's learning rate; the config's value wins on resume.
+    self.optimizer.learning_rate = self.config.vae.learning_rate
     return int(self.step)
 
   def save(self) -> None:

@@ -39,21 +39,29 @@ class ConvVAE(ObservationEncoder):
     self.kl_tolerance = float(kl_tolerance)
     self.mixed_precision = bool(mixed_precision)
     compute = 'mixed_bfloat16' if self.mixed_precision else 'float32'
-    self.encoder_convs = [
-        LAYERS.Conv2D(f, 4, strides=2, activation='relu', dtype=compute, name=f'enc_conv{i}')
-        for i, f in enumerate((32, 64, 128, 256))]
+    # One attribute per layer (not lists): tf.train.Checkpoint tracks attributes of Keras 3
+    # layers but not the lists Keras wraps, so layers in a list would be left out of checkpoints.
+    for i, filters in enumerate((32, 64, 128, 256)):
+      setattr(self, f'enc_conv{i}', LAYERS.Conv2D(filters, 4, strides=2, activation='relu',
+                                                   dtype=compute, name=f'enc_conv{i}'))
     self.flatten = LAYERS.Flatten(dtype=compute)
     self.mu_head = LAYERS.Dense(self.z_size, dtype='float32', name='enc_mu')
     self.logvar_head = LAYERS.Dense(self.z_size, dtype='float32', name='enc_logvar')
     self.decoder_dense = LAYERS.Dense(5 * 5 * 128, activation='relu', dtype=compute,
                                       name='dec_dense')
-    self.decoder_deconvs = [
-        LAYERS.Conv2DTranspose(64, 5, strides=2, activation='relu', dtype=compute,
-                               name='dec_deconv1'),
-        LAYERS.Conv2DTranspose(32, 6, strides=2, activation='relu', dtype=compute,
-                               name='dec_deconv2'),
-        LAYERS.Conv2DTranspose(3, 6, strides=2, dtype=compute, name='dec_deconv3'),
-    ]
+    self.dec_deconv1 = LAYERS.Conv2DTranspose(64, 5, strides=2, activation='relu', dtype=compute,
+                                              name='dec_deconv1')
+    self.dec_deconv2 = LAYERS.Conv2DTranspose(32, 6, strides=2, activation='relu', dtype=compute,
+                                              name='dec_deconv2')
+    self.dec_deconv3 = LAYERS.Conv2DTranspose(3, 6, strides=2, dtype=compute, name='dec_deconv3')
+
+  @property
+  def encoder_convs(self) -> list:
+    return [self.enc_conv0, self.enc_conv1, self.enc_conv2, self.enc_conv3]
+
+  @property
+  def decoder_deconvs(self) -> list:
+    return [self.dec_deconv1, self.dec_deconv2, self.dec_deconv3]
 
   def get_config(self) -> dict[str, Any]:
     return {'z_size': self.z_size, 'frame_size': self.frame_size,
