@@ -35,6 +35,7 @@ class StageCommand:
 STAGES = [
     StageCommand('collect', 'collect_rollouts', parallel=True),
     StageCommand('shard', 'shard_rollouts', parallel=True),
+    StageCommand('seq', 'train_sequence_model'),
 ]
 
 
