@@ -98,6 +98,20 @@ def save_initial_latents(paths: list[str], path: str) -> int:
   return len(first['mu'])
 
 
+def check_same_model(ckpt_dir: str, name: str, kwargs: dict[str, Any]) -> None:
+  """Refuses to resume checkpoints of another model; records the model of new checkpoints."""
+  path = os.path.join(ckpt_dir, 'model.json')
+  wanted = {'name': name, 'kwargs': kwargs}
+  if os.path.exists(path):
+    found = fileio.read_json(path)
+    if found != wanted:
+      raise ConfigError(
+          f'the checkpoints in {ckpt_dir} are of {found}, the config asks for {wanted}; use '
+          f'the seq.* config they were trained with, or remove {ckpt_dir} to start over')
+  else:
+    fileio.write_json(path, wanted)
+
+
 def restore(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> int:
   if manager.latest_checkpoint:
     try:
@@ -115,7 +129,6 @@ def restore(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager
 def train(config, run: Run, stage_dir: str) -> dict[str, Any]:
   """Trains (or resumes) M up to seq.train_steps, exports it; returns the final valid terms."""
   seq = config.seq
-  run.clear_done('seq')
   train_paths, manifest = read_split(run, 'train')
   has_valid = os.path.exists(os.path.join(run.split_dir('encode', 'valid'), sharding.MANIFEST))
   valid_paths = read_split(run, 'valid')[0] if has_valid else []
@@ -126,7 +139,9 @@ def train(config, run: Run, stage_dir: str) -> dict[str, Any]:
   checkpoint = tf.train.Checkpoint(model=model, optimizer=trainer.optimizer, step=step_var)
   ckpt_dir = os.path.join(stage_dir, 'checkpoints')
   manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=3)
+  check_same_model(ckpt_dir, seq.model, kwargs)
   step = restore(checkpoint, manager)
+  run.clear_done('seq')  # only once the inputs and checkpoints are known to fit
   train_data = sequences.train_batches(train_paths, seq.sequence_length, seq.batch_size,
                                        seq.shuffle_buffer, seed=config.seed)
   valid_data = valid_paths and sequences.valid_batches(valid_paths, seq.sequence_length,
