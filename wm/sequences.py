@@ -25,10 +25,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from wm import records
+from wm import datasets
 
 AUTOTUNE = tf.data.AUTOTUNE
-FORMAT = 'encoded-rollouts-v1'
+FORMAT = datasets.ENCODED_FORMAT
 
 
 def windows(rollout: dict[str, tf.Tensor], length: int, offset: tf.Tensor,
@@ -59,12 +59,7 @@ def windows(rollout: dict[str, tf.Tensor], length: int, offset: tf.Tensor,
 
 
 def _rollouts(paths: list[str], shuffle: bool, seed: int | None) -> tf.data.Dataset:
-  files = tf.data.Dataset.from_tensor_slices(list(paths))
-  if shuffle:
-    files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-  data = files.interleave(records.read_one, cycle_length=min(len(paths), 8),
-                          num_parallel_calls=AUTOTUNE, deterministic=not shuffle)
-  return data.map(records.parse_encoded, num_parallel_calls=AUTOTUNE, deterministic=not shuffle)
+  return datasets.encoded_rollouts(paths, shuffle=shuffle, seed=seed, deterministic=not shuffle)
 
 
 def train_batches(paths: list[str], length: int, batch_size: int, shuffle_buffer: int = 1000,
