@@ -70,3 +70,12 @@ def synthetic_encoded(tmp_path_factory) -> str:
   run_dir = str(tmp_path_factory.mktemp('synthetic_encoded_run'))
   synthetic_encoded_data.write(run_dir)
   return run_dir
+
+
+@pytest.fixture(scope='session')
+def debug_world_model(debug_encoded, tmp_path_factory) -> str:
+  """A copy of `debug_encoded` with M trained too (debug preset): V and M as play and the
+  controller load them (read-only: copy before changing)."""
+  run_dir = copy_run(debug_encoded, str(tmp_path_factory.mktemp('debug_world_model') / 'run'))
+  run_script('train_sequence_model', f'--run_dir={run_dir}')
+  return run_dir

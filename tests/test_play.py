@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import DEBUG, REPO, run_script
+from conftest import DEBUG, REPO, copy_run, run_script
 from wm import config as config_lib
 from wm import envs, policies, render, snapshot, video
 from wm import play as play_lib
@@ -160,3 +160,36 @@ def test_render_window_shows_the_image_on_a_virtual_display(monkeypatch):
     np.testing.assert_array_equal(shown, image)
   finally:
     window.close()
+
+
+AGENT_LABELS = ('V: reconstruction', 'M: next frame (T=1)', 'V: z mean +- sigma', 'action',
+                'M: hidden state h', 'return so far')
+
+
+def test_world_model_panels_are_in_their_cells_with_alg_render(debug_world_model, tmp_path):
+  run_dir = copy_run(debug_world_model, str(tmp_path / 'run'))
+  result = run_script('play', f'--run_dir={run_dir}', '--alg_render', '--record_file=panels.gif',
+                      '--policy=random')
+  steps = int(re.search(r'episode 0: return \S+ over (\d+) steps', result.stdout).group(1))
+  frames = video.read(os.path.join(run_dir, 'play', 'panels.gif'))
+  layout = render.Layout((64, 64), len(AGENT_LABELS), scale=play_lib.SCALE)
+  assert frames.shape == (steps, *layout.shape)
+  for rect, label in zip(layout.rects, AGENT_LABELS):
+    assert label_at(frames[-1], rect, label) < 4.0, label
+    assert label_at(frames[-1], rect, 'something else') > 10.0, label
+    y, x, h, w = rect
+    body = frames[-1, y + render.LABEL_HEIGHT + 2:y + h - render.PAD, x + render.PAD:x + w - 4]
+    assert body.std() > 3, f'{label}: nothing drawn in its cell'
+
+
+def test_dream_frames_come_from_the_world_model(debug_world_model, tmp_path):
+  run_dir = copy_run(debug_world_model, str(tmp_path / 'run'))
+  result = run_script('play', f'--run_dir={run_dir}', '--dream', '--alg_render',
+                      '--record_file=dream.mp4', '--policy=random')
+  match = re.search(r'episode 0: return \S+ over (\d+) steps \(dream', result.stdout)
+  assert match, result.stdout
+  frames = video.read(os.path.join(run_dir, 'play', 'dream.mp4'))
+  # M's latent, the action, M's hidden state and the return: no reconstruction in a dream.
+  layout = render.Layout((64, 64), 4, scale=play_lib.SCALE)
+  assert frames.shape == (int(match.group(1)), *layout.shape)
+  assert label_at(frames[0], layout.rects[0], 'M: dreamt z') < 8.0
