@@ -5,12 +5,14 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 
 import numpy as np
 import pytest
 
-from conftest import DEBUG, REPO, copy_run, run_script
+from conftest import DEBUG, REPO, copy_run, run_script, script_env
 from wm import config as config_lib
 from wm import envs, policies, render, snapshot, video
 from wm import play as play_lib
@@ -146,20 +148,34 @@ def label_at(image: np.ndarray, rect, label: str) -> float:
   return float(np.abs(found - expected).mean())
 
 
+WINDOW_CHECK = """
+import numpy as np
+from wm import config, envs, play
+env = envs.make(config.load('configs/carracing.py:debug').env)
+env.reset(seed=0)
+env.step(np.zeros(3, np.float32))  # the env's renderer starts pygame on SDL's dummy driver
+window = play.Window('test')
+image = np.random.default_rng(0).integers(0, 256, (60, 80, 3), np.uint8)
+window(image)
+import pygame
+assert pygame.display.get_driver() == 'x11', pygame.display.get_driver()
+shown = pygame.surfarray.array3d(pygame.display.get_surface()).swapaxes(0, 1)
+np.testing.assert_array_equal(shown, image)
+env.step(np.zeros(3, np.float32))  # the env still renders
+window.close()
+env.close()
+print('shown')
+"""
+
+
 @pytest.mark.skipif(shutil.which('Xvfb') is None, reason='a headless --render needs Xvfb')
-def test_render_window_shows_the_image_on_a_virtual_display(monkeypatch):
-  monkeypatch.delenv('DISPLAY', raising=False)
-  monkeypatch.setenv('SDL_VIDEODRIVER', 'dummy')  # as wm.envs leaves it
-  window = play_lib.Window('test')
-  try:
-    image = np.random.default_rng(0).integers(0, 256, (60, 80, 3), np.uint8)
-    window(image)
-    import pygame
-    assert pygame.display.get_driver() == 'x11'
-    shown = pygame.surfarray.array3d(pygame.display.get_surface()).swapaxes(0, 1)
-    np.testing.assert_array_equal(shown, image)
-  finally:
-    window.close()
+def test_render_window_shows_the_image_on_a_virtual_display():
+  # A process of its own, as play runs it: pygame's display cannot switch drivers twice safely.
+  env = script_env()
+  env.pop('DISPLAY', None)
+  result = subprocess.run([sys.executable, '-c', WINDOW_CHECK], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=120)
+  assert result.returncode == 0 and 'shown' in result.stdout, result.stderr[-3000:]
 
 
 AGENT_LABELS = ('V: reconstruction', 'M: next frame (T=1)', 'V: z mean +- sigma', 'action',

@@ -276,8 +276,10 @@ class Window:
                         f'xvfb) or drop --render and use --record_file') from None
 
   def open(self, width: int, height: int) -> None:
-    os.environ['SDL_VIDEODRIVER'] = 'x11'  # wm.envs set 'dummy' for the env's own rendering
     import pygame
+    if pygame.display.get_init() and pygame.display.get_driver() != 'x11':
+      pygame.display.quit()  # the env's renderer started it on SDL's 'dummy' driver (wm.envs)
+    os.environ['SDL_VIDEODRIVER'] = 'x11'
     pygame.display.init()
     pygame.display.set_caption(self.title)
     self.screen = pygame.display.set_mode((width, height))
