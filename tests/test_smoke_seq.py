@@ -85,3 +85,13 @@ def test_trains_on_real_encoded_debug_data(debug_encoded, tmp_path):
   state = model.initial_state(len(mu))
   prediction, state = model.step(mu, np.zeros((len(mu), model.action_size), np.float32), state)
   assert model.sample(prediction, 1.0, seed=(0, 1)).shape == mu.shape
+
+
+def test_diverging_training_stops_with_a_clear_error(synthetic_encoded, tmp_path):
+  run_dir = copy_run(synthetic_encoded, str(tmp_path / 'run'))
+  config = config_lib.load('configs/carracing.py:debug')
+  config.seq.learning_rate = 1e30  # Adam moves every weight by ~1e30: the loss overflows
+  config.seq.grad_clip = 0.0
+  with pytest.raises(training.NonFiniteLossError, match='diverged'):
+    seq_training.train(config, runs.Run(run_dir), os.path.join(run_dir, 'seq'))
+  assert not os.path.exists(os.path.join(run_dir, 'seq', 'export'))
