@@ -12,6 +12,7 @@ count) with Adam and gradient clipping on the same batch:
         mixture with tfp's `MixtureSameFamily(Categorical, Normal).log_prob`, `train_on_batch`;
   step  that model and loss in a hand-written tf.function step (isolates the likelihood's share);
   ours  wm.seq_training.Trainer on MDNRNN with the log-sum-exp likelihood of wm/models/mdn.py.
+It then times the mixture likelihood alone (forward and gradient), tfp's and ours.
 Rounds alternate between them so a machine busy with other work slows all alike; medians count.
 """
 
@@ -100,13 +101,41 @@ def baseline_step(z_size, action_size, hidden_size, num_mixtures):
   return step, model.count_params()
 
 
+def likelihood_steps(b, t, z, k):
+  """The mixture NLL alone (forward and gradient) on random parameters [b, t, z, k]: tfp vs ours."""
+  import numpy as np
+  import tensorflow as tf
+  import tensorflow_probability as tfp
+
+  from wm.models import mdn
+  tfd = tfp.distributions
+  rng = np.random.default_rng(1)
+  params = [tf.Variable(rng.normal(size=(b, t, z, k)).astype(np.float32)) for _ in range(3)]
+  x = tf.constant(rng.normal(size=(b, t, z)).astype(np.float32))
+
+  def tfp_log_prob(logits, means, log_stds, x):
+    return tfd.MixtureSameFamily(tfd.Categorical(logits=logits),
+                                 tfd.Normal(means, tf.exp(log_stds))).log_prob(x)
+
+  def make(log_prob):
+    @tf.function
+    def step(batch):
+      del batch
+      with tf.GradientTape() as tape:
+        loss = -tf.reduce_mean(log_prob(*params, x))
+      return [loss] + tape.gradient(loss, params)
+    return step
+
+  return {'nll_tfp': make(tfp_log_prob), 'nll_ours': make(mdn.log_prob)}
+
+
 def rate(step, batch, steps) -> float:
   step(batch)  # trace and warm up
   step(batch)
   start = time.perf_counter()
   for _ in range(steps):
     loss = step(batch)
-  float(loss['loss'] if isinstance(loss, dict) else loss)
+  float(loss['loss'] if isinstance(loss, dict) else loss[0] if isinstance(loss, list) else loss)
   return steps * FLAGS.batch_size * FLAGS.sequence_length / (time.perf_counter() - start)
 
 
@@ -130,6 +159,7 @@ def main(argv):
   for name, build in (('fit', baseline_fit), ('step', baseline_step)):
     steps[name], params = build(z, a, FLAGS.hidden_size, FLAGS.num_mixtures)
     assert params == ours.count_params(), (name, params, ours.count_params())
+  steps.update(likelihood_steps(b, t, z, FLAGS.num_mixtures))
   results = {name: [] for name in steps}
   for _ in range(FLAGS.rounds):
     for name, step in steps.items():
@@ -145,6 +175,12 @@ def main(argv):
     print(f'  {labels[name]:<50s} {median[name]:>8,.0f} sequence-steps/s  ({rounds})')
   print(f'  ratio vs the tfp Keras model:        {median["ours"] / median["fit"]:.2f}x')
   print(f'  ratio vs the tfp loss in our step:   {median["ours"] / median["step"]:.2f}x')
+  print(f'The mixture NLL alone, forward + gradient, [{b}, {t}, {z}, {FLAGS.num_mixtures}]:')
+  for name in ('nll_tfp', 'nll_ours'):
+    rounds = ', '.join(f'{r:,.0f}' for r in results[name])
+    label = 'tfp MixtureSameFamily.log_prob' if name == 'nll_tfp' else 'wm.models.mdn.log_prob'
+    print(f'  {label:<50s} {median[name]:>8,.0f} sequence-steps/s  ({rounds})')
+  print(f'  ratio: {median["nll_ours"] / median["nll_tfp"]:.2f}x')
 
 
 if __name__ == '__main__':

@@ -171,6 +171,7 @@ def train(config, run: Run, stage_dir: str) -> dict[str, Any]:
       if clocks['save'](step) or preemption.requested:
         manager.save(checkpoint_number=step)
       if preemption.requested:
+        writer.flush()
         training.exit_for_requeue(f'checkpoint at step {step}')
       progress.update(step, sequence_steps=(step - first) * seq.batch_size * seq.sequence_length)
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f'-{step}'):
