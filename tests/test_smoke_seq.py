@@ -1,4 +1,4 @@
-"""scripts/train_sequence_model.py as a user runs it: preemption, resume by rerun, outputs, errors."""
+"""scripts/train_sequence_model.py as a user runs it: preemption, resume, outputs, errors."""
 
 import json
 import os
