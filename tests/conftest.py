@@ -79,3 +79,15 @@ def debug_world_model(debug_encoded, tmp_path_factory) -> str:
   run_dir = copy_run(debug_encoded, str(tmp_path_factory.mktemp('debug_world_model') / 'run'))
   run_script('train_sequence_model', f'--run_dir={run_dir}')
   return run_dir
+
+
+@pytest.fixture(scope='session')
+def debug_agent(debug_world_model, tmp_path_factory) -> str:
+  """A copy of `debug_world_model` with the controller evolved too (debug preset): all of V, M
+  and C as play loads them (read-only: copy before changing). Skips until the controller stage
+  (scripts/train_controller.py) is in the tree."""
+  if not os.path.exists(os.path.join(REPO, 'scripts', 'train_controller.py')):
+    pytest.skip('the controller stage is not in this tree yet')
+  run_dir = copy_run(debug_world_model, str(tmp_path_factory.mktemp('debug_agent') / 'run'))
+  run_script('train_controller', f'--run_dir={run_dir}')
+  return run_dir

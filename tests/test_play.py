@@ -209,3 +209,18 @@ def test_dream_frames_come_from_the_world_model(debug_world_model, tmp_path):
   layout = render.Layout((64, 64), 4, scale=play_lib.SCALE)
   assert frames.shape == (int(match.group(1)), *layout.shape)
   assert label_at(frames[0], layout.rects[0], 'M: dreamt z') < 8.0
+
+
+def test_the_trained_agent_plays_with_panels_and_replays_from_its_snapshot(debug_agent, tmp_path):
+  run_dir = copy_run(debug_agent, str(tmp_path / 'run'))
+  live = run_script('play', f'--run_dir={run_dir}', '--alg_render', '--record_file=agent.gif')
+  ret = lambda out: re.search(r'episode 0: return (\S+) over (\d+) steps', out).groups()
+  frames = video.read(os.path.join(run_dir, 'play', 'agent.gif'))
+  layout = render.Layout((64, 64), len(AGENT_LABELS), scale=play_lib.SCALE)
+  assert frames.shape == (int(ret(live.stdout)[1]), *layout.shape)
+  for rect, label in zip(layout.rects, AGENT_LABELS):
+    assert label_at(frames[-1], rect, label) < 4.0, label
+  # The controller stage archived the code it ran with: replaying with it plays the same episode.
+  replay = run_script('play', f'--run_dir={run_dir}', '--use_snapshot')
+  assert 'replaying with the code archived in' in replay.stdout
+  assert ret(replay.stdout) == ret(live.stdout)
