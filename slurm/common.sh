@@ -39,6 +39,7 @@ wm_init() {
   PATH=$(dirname "$WM_PYTHON"):$PATH
   export WM_PYTHON PATH WM_REPO
   export PYTHONPATH=$WM_REPO${PYTHONPATH:+:$PYTHONPATH}
+  export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
   wm_open_log
   trap 'wm_forward USR1' USR1
   trap 'wm_forward TERM' TERM

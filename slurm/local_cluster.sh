@@ -24,7 +24,8 @@ MARK='# written by slurm/local_cluster.sh'
 say() { echo "local_cluster: $*"; }
 cannot() { echo "local_cluster: cannot start here: $*" >&2; exit 3; }
 
-alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# /proc, not kill -0: a user may ask about root's daemons.
+alive() { [[ -f $1 && -d /proc/$(cat "$1") ]]; }
 
 install_packages() {
   local want=(slurmctld slurmd slurm-client)
@@ -128,13 +129,13 @@ wait_idle() {
 
 main() {
   [[ $AUTH == munge || $AUTH == none ]] || cannot "WM_SLURM_AUTH=$AUTH; use munge or none"
-  [[ $(id -u) == 0 ]] || cannot "it needs root (run it with sudo); or use a real cluster"
-  mkdir -p "$STATE"
-  install_packages
   if alive "$STATE/slurmctld.pid" && alive "$STATE/slurmd.pid" && sinfo -h >/dev/null 2>&1; then
     say "already running (state in $STATE)"
     return 0
   fi
+  [[ $(id -u) == 0 ]] || cannot "it needs root (run it with sudo); or use a real cluster"
+  mkdir -p "$STATE"
+  install_packages
   local since
   since=$(date +%s)
   write_conf

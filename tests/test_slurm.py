@@ -1,0 +1,235 @@
+"""The sbatch scripts, the submitter and the local pipeline, on a real one-node SLURM cluster.
+
+The cluster is slurm/local_cluster.sh's (started once per session, stopped at the end if this
+session started it). Tests marked `slurm` are skipped, with the reason, when it cannot start
+(not root and not running). Every job runs the real stage scripts on the debug preset.
+"""
+
+from __future__ import annotations
+
+import collections
+import fnmatch
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import DEBUG, REPO, copy_run, script_env
+
+from wm import fileio, pipeline, rollouts, runs, sharding, slurm
+
+# Loaded by every Python process of the jobs (through PYTHONPATH): logs each file a process puts
+# in place with os.replace / os.rename, and which array task and job did it.
+AUDIT_HOOK = '''
+import os, sys
+def _wm_audit(event, args, _log=os.environ.get('WM_AUDIT_LOG')):
+  if event == 'os.rename' and _log:
+    with open(_log, 'a') as f:
+      f.write('%s %s %s\\n' % (os.environ.get('SLURM_ARRAY_TASK_ID', '-'),
+                              os.environ.get('SLURM_JOB_ID', '-'), os.fsdecode(args[1])))
+sys.addaudithook(_wm_audit)
+'''
+
+
+def sh(*argv: str, env=None, timeout: float = 60) -> subprocess.CompletedProcess:
+  return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope='session')
+def slurm_cluster():
+  """The local cluster, started here when needed and able; skips the test when not."""
+  if os.environ.get('WM_SLURM_TESTS') == '0':
+    pytest.skip('WM_SLURM_TESTS=0')
+  started = sh('bash', 'slurm/local_cluster.sh', timeout=300)
+  if started.returncode != 0:
+    pytest.skip('local SLURM cluster unavailable: '
+                f'{(started.stderr or started.stdout).strip().splitlines()[-1:]}')
+  yield
+  if 'already running' not in started.stdout:
+    sh('bash', 'slurm/stop_local_cluster.sh')
+
+
+def job_env(**extra: str) -> dict[str, str]:
+  env = dict(script_env(), WM_PYTHON=sys.executable)
+  for name in list(env):  # settings of the person running the tests must not leak in
+    if name.startswith(('WM_SBATCH', 'WM_PARTITION', 'WM_GPU', 'WM_ACCOUNT', 'WM_COLLECT',
+                        'WM_SHARD', 'WM_ENCODE', 'WM_CONTROLLER')):
+      del env[name]
+  return dict(env, **extra)
+
+
+def submit(run_dir: str, *args: str, env=None, timeout: float = 600):
+  argv = ['bash', 'slurm/submit_pipeline.sh', f'--run_dir={run_dir}', f'--config={DEBUG}',
+          '--sbatch_args=--cpus-per-task=1 --mem=2G', *args]
+  return sh(*argv, env=env or job_env(), timeout=timeout)
+
+
+def audited_env(tmp_path) -> tuple[dict[str, str], str]:
+  hook_dir = tmp_path / 'audit'
+  hook_dir.mkdir()
+  (hook_dir / 'sitecustomize.py').write_text(AUDIT_HOOK)
+  log = str(tmp_path / 'replaced.txt')
+  env = job_env(WM_AUDIT_LOG=log)
+  env['PYTHONPATH'] = f'{hook_dir}{os.pathsep}{env["PYTHONPATH"]}'
+  return env, log
+
+
+def replaced(log: str, pattern: str) -> dict[str, list[tuple[str, str]]]:
+  """{final file name matching pattern: [(array task, job), ...]} from the audit log."""
+  found = collections.defaultdict(list)
+  with open(log) as f:
+    for line in f:
+      task, job, path = line.rstrip('\n').split(' ', 2)
+      name = os.path.basename(path)
+      if fnmatch.fnmatch(name, pattern):
+        found[path].append((task, job))
+  return found
+
+
+def check_logs(run_dir: str, jobs: list[dict]) -> None:
+  for job in jobs:
+    if job['kind'] == 'array':
+      first, last = map(int, job['array'].split('-'))
+      names = [f'{job["stage"]}-{job["job_id"]}_{k}.log' for k in range(first, last + 1)]
+    else:
+      names = [f'{job["stage"]}-{job["job_id"]}.log']
+    for name in names:
+      with open(os.path.join(run_dir, 'logs', name)) as f:
+        text = f.read()
+      assert f' {job["stage"]} job ' in text and f'{job["stage"]} finished' in text, (name, text)
+
+
+@pytest.mark.slurm
+def test_debug_pipeline_on_slurm_writes_each_file_once(slurm_cluster, tmp_path):
+  run_dir = str(tmp_path / 'run')
+  env, audit = audited_env(tmp_path)
+  result = submit(run_dir, '--collect_tasks=3', '--shard_tasks=2', '--encode_tasks=2', '--wait',
+                  env=env)
+  assert result.returncode == 0, result.stdout + result.stderr
+  jobs = fileio.read_json(os.path.join(run_dir, 'slurm_jobs.json'))['submissions'][-1]['jobs']
+  stages = [s.name for s in pipeline.STAGES]
+  assert [j['stage'] for j in jobs if j['kind'] != 'array'] == stages
+  for before, job in zip(jobs, jobs[1:]):  # one chain, in order
+    assert job['after'] == before['job_id'], jobs
+  run = runs.Run(run_dir)
+  for stage in stages:
+    assert run.is_done(stage), stage
+  check_logs(run_dir, jobs)
+  # Collection: task k of 3 wrote exactly rollouts k, k+3; the finishing job wrote none.
+  finish = [j for j in jobs if j['stage'] == 'collect' and j['kind'] == 'finish'][0]
+  written = replaced(audit, 'rollout-*.npz')
+  assert sorted(rollouts.list_indices(run.stage_dir('collect'))) == list(range(6))
+  assert len(written) == 6, written
+  for path, writers in written.items():
+    index = int(os.path.basename(path)[len('rollout-'):-len('.npz')])
+    assert writers == [(str(index % 3), writers[0][1])], (path, writers)
+    assert writers[0][1] != finish['job_id']
+  # Sharding: every shard of the manifests written once, by an array task, and intact.
+  shards = replaced(audit, 'raw.tfrecord-*')
+  for split in runs.SPLITS:
+    manifest = sharding.read_manifest(run.split_dir('shard', split))
+    for entry in manifest['shards']:
+      path = os.path.join(run.split_dir('shard', split), entry['file'])
+      assert len(shards[path]) == 1 and shards[path][0][0] in ('0', '1'), (path, shards[path])
+      assert sharding.sha256(path) == entry['sha256']
+  assert sum(sharding.read_manifest(run.split_dir('shard', s))['num_rollouts']
+             for s in runs.SPLITS) == 6
+
+
+@pytest.mark.slurm
+def test_failed_stage_cancels_its_dependants(slurm_cluster, tmp_path):
+  run_dir = tmp_path / 'run'
+  run_dir.mkdir()
+  (run_dir / 'rollouts').write_text('a file where the rollout folder belongs')  # collect fails
+  result = submit(str(run_dir), '--collect_tasks=1', '--wait')
+  assert result.returncode == 1, result.stdout + result.stderr
+  jobs = fileio.read_json(str(run_dir / 'slurm_jobs.json'))['submissions'][-1]['jobs']
+  states = [slurm.job_states(j['job_id']) for j in jobs]
+  assert list(states[0].values()) == ['FAILED'], states
+  for job, state in zip(jobs[1:], states[1:]):
+    assert set(state.values()) == {'CANCELLED'}, (job, state)
+  assert not os.path.exists(run_dir / 'records')  # nothing after collection ran
+
+
+def wait_final(job_id: str, timeout: float = 300) -> str:
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    state = slurm.job_states(job_id)[job_id]
+    if state in slurm.FINAL_STATES:
+      return state
+    time.sleep(1)
+  raise AssertionError(f'job {job_id} still {state} after {timeout}s')
+
+
+@pytest.mark.slurm
+def test_signalled_job_requeues_and_resumes(slurm_cluster, tmp_path):
+  run_dir = str(tmp_path / 'run')
+  os.makedirs(os.path.join(run_dir, 'logs'))
+  folder = os.path.join(run_dir, 'rollouts')
+  result = sh('sbatch', '--parsable', '--cpus-per-task=1', '--mem=2G',
+              f'--output={run_dir}/logs/collect-%j.log', 'slurm/collect.sbatch',
+              f'--run_dir={run_dir}', f'--config={DEBUG}', '--config.env.max_steps=60',
+              env=job_env(WM_REPO=REPO))
+  assert result.returncode == 0, result.stderr
+  job = result.stdout.strip()
+  deadline = time.time() + 120
+  while not rollouts.list_indices(folder):
+    assert time.time() < deadline, 'no rollout was written in 120 s'
+    time.sleep(0.2)
+  first = {i: os.stat(os.path.join(folder, f'rollout-{i:06d}.npz')).st_ino
+           for i in rollouts.list_indices(folder)}
+  assert sh('scancel', '--batch', '--signal=USR1', job).returncode == 0
+  assert wait_final(job) == 'COMPLETED'
+  info = sh('scontrol', 'show', 'job', job).stdout
+  assert 'Restarts=1' in info, info
+  with open(os.path.join(run_dir, 'logs', f'collect-{job}.log')) as f:
+    log = f.read()
+  assert 'SIGUSR1 received' in log and f'scontrol requeue {job}' in log, log
+  assert ', run 1,' in log and log.rstrip().endswith('collect finished'), log
+  assert sorted(rollouts.list_indices(folder)) == list(range(6))
+  for i, inode in first.items():  # rollouts from before the signal were kept, not redone
+    assert os.stat(os.path.join(folder, f'rollout-{i:06d}.npz')).st_ino == inode
+  assert not [n for n in os.listdir(folder) if fileio.TMP_MARK in n or n.endswith('.claim')]
+  assert runs.Run(run_dir).is_done('collect')
+
+
+def test_submit_dry_run_chains_stages_with_resources(tmp_path):
+  env = job_env(WM_SBATCH_SHARD='--time=0:30:00', WM_COLLECT_TASKS='5')
+  result = sh(sys.executable, '-m', 'wm.submit', f'--run_dir={tmp_path}', f'--config={DEBUG}',
+              '--dry_run', '--partition=cpuq', '--account=proj', '--config.seed=7', env=env)
+  assert result.returncode == 0, result.stderr
+  commands = [line.strip() for line in result.stdout.splitlines() if line.startswith('  sbatch')]
+  assert len(commands) == 2 * len(pipeline.STAGES), result.stdout  # collect, shard: array+finish
+  assert '--array=0-4' in commands[0] and '--array' not in commands[1]
+  assert all('--partition=cpuq' in c and '--account=proj' in c for c in commands)
+  assert all('--kill-on-invalid-dep=yes' in c and '--config.seed=7' in c for c in commands)
+  assert '--dependency' not in commands[0]
+  assert "'--dependency=afterok:<collect-array>'" in commands[1]
+  assert all('--time=0:30:00' in c for c in commands[2:4])
+  assert '--time=0:30:00' not in commands[0]
+  assert not os.path.exists(tmp_path / 'slurm_jobs.json')  # a dry run writes nothing
+  bad = sh(sys.executable, '-m', 'wm.submit', f'--run_dir={tmp_path}', '--stages=colect',
+           '--dry_run', env=env)
+  assert bad.returncode == 2 and 'unknown' in bad.stderr and 'Traceback' not in bad.stderr
+
+
+def test_local_pipeline_runs_missing_stages_and_skips_done_ones(debug_data, tmp_path):
+  run_dir = copy_run(debug_data, str(tmp_path / 'run'))
+  run = runs.Run(run_dir)
+  run.clear_done('shard')  # the data stages are done; shard is redone, later stages run
+  argv = [sys.executable, '-m', 'wm.pipeline', f'--run_dir={run_dir}', '--parallelism=1']
+  first = sh(*argv, env=script_env(), timeout=600)
+  assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+  assert '[1/' in first.stdout and 'collect: done already' in first.stdout
+  for stage in pipeline.STAGES[1:]:
+    assert f'{stage.name}: finished in' in first.stdout, first.stdout
+    assert run.is_done(stage.name)
+  summary = first.stdout[first.stdout.index('== summary'):]
+  assert 'collect     skipped' in summary and 'shard       ran' in summary, summary
+  marks = {s.name: os.stat(run.done_path(s.name)).st_mtime_ns for s in pipeline.STAGES}
+  again = sh(*argv, env=script_env(), timeout=120)
+  assert again.returncode == 0, again.stderr
+  for stage in pipeline.STAGES:
+    assert f'{stage.name}: done already' in again.stdout
+    assert os.stat(run.done_path(stage.name)).st_mtime_ns == marks[stage.name]
