@@ -233,3 +233,27 @@ def test_local_pipeline_runs_missing_stages_and_skips_done_ones(debug_data, tmp_
   for stage in pipeline.STAGES:
     assert f'{stage.name}: done already' in again.stdout
     assert os.stat(run.done_path(stage.name)).st_mtime_ns == marks[stage.name]
+
+
+def test_srun_helpers_build_the_asked_resources():
+  env = dict(job_env(WM_SRUN_DRY_RUN='1', WM_PARTITION='cpuq'))
+  gpu = sh('bash', 'slurm/srun_gpu.sh', '-g', '2', '-c', '3', '-m', '5G', '-t', '0:10:00',
+           '-p', 'gpuq', env=env)
+  assert gpu.returncode == 0, gpu.stderr
+  for option in ('--gres=gpu:2', '--cpus-per-task=3', '--mem=5G', '--time=0:10:00',
+                 '--partition=gpuq', '--pty'):
+    assert option in gpu.stdout, gpu.stdout
+  cpu = sh('bash', 'slurm/srun_general.sh', '-c', '2', env=env)
+  assert '--partition=cpuq' in cpu.stdout and '--gres' not in cpu.stdout, cpu.stdout
+  bad = sh('bash', 'slurm/srun_general.sh', '-g', '1', env=env)
+  assert bad.returncode == 2 and 'usage' in bad.stderr
+
+
+@pytest.mark.slurm
+def test_srun_general_opens_a_shell_in_a_job(slurm_cluster):
+  shell = subprocess.run(['bash', 'slurm/srun_general.sh', '-c', '1', '-m', '1G'], cwd=REPO,
+                         input='echo "job=$SLURM_JOB_ID cpus=$SLURM_CPUS_PER_TASK dir=$PWD"\n',
+                         capture_output=True, text=True, timeout=120, env=job_env())
+  assert shell.returncode == 0, shell.stderr
+  assert 'cpus=1' in shell.stdout and f'dir={REPO}' in shell.stdout, shell.stdout
+  assert 'job=' in shell.stdout and 'job= ' not in shell.stdout
