@@ -61,6 +61,9 @@ write_conf() {
   node=$(slurmd -C | head -1 | sed -E "s/^NodeName=[^ ]+ //")
   auth=auth/munge cred=cred/munge
   [[ $AUTH == none ]] && auth=auth/none cred=cred/none
+  # srun -n N starts MPI ranks (mpi4py on Debian's Open MPI) through PMIx when the plugin is there.
+  mpi=none
+  if compgen -G '/usr/lib/*/slurm*/mpi_pmix.so' >/dev/null; then mpi=pmix; fi
   mkdir -p "$STATE/ctld" "$STATE/d" "$STATE/log"
   cat >"$STATE/slurm.conf" <<CONF
 $MARK: a one-node cluster on localhost.
@@ -83,7 +86,7 @@ ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
-MpiDefault=none
+MpiDefault=$mpi
 MailProg=/bin/true
 ReturnToService=2
 SchedulerParameters=batch_sched_delay=0,sched_interval=5,bf_interval=5

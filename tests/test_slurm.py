@@ -257,3 +257,21 @@ def test_srun_general_opens_a_shell_in_a_job(slurm_cluster):
   assert shell.returncode == 0, shell.stderr
   assert 'cpus=1' in shell.stdout and f'dir={REPO}' in shell.stdout, shell.stdout
   assert 'job=' in shell.stdout and 'job= ' not in shell.stdout
+
+
+def test_resources_are_fitted_to_the_partition(tmp_path):
+  script = tmp_path / 'x.sbatch'
+  script.write_text('#!/bin/bash\n#SBATCH --cpus-per-task=8\n#SBATCH --mem=64G\n'
+                    '#SBATCH --ntasks=16\n#SBATCH --requeue\necho hi\n')
+  options = slurm.header_options(str(script))
+  assert options == {'cpus-per-task': '8', 'mem': '64G', 'ntasks': '16', 'requeue': ''}
+  laptop = slurm.Partition(cpus=2, mem_mb=24000, total_cpus=2, gpus=0)
+  fitted, notes = slurm.fit(options, laptop)
+  assert (fitted['cpus-per-task'], fitted['mem'], fitted['ntasks']) == ('2', '24000M', '1')
+  assert len(notes) == 3
+  big = slurm.Partition(cpus=128, mem_mb=512000, total_cpus=1024, gpus=8)
+  assert slurm.fit(options, big) == (options, [])
+  assert slurm.fit(options, None) == (options, [])  # sinfo could not tell: unchanged
+  assert [slurm.mem_mb(m) for m in ('4000', '512M', '8G', '1T')] == [4000, 512, 8192, 1048576]
+  with pytest.raises(slurm.UserError, match='memory size'):
+    slurm.mem_mb('lots')

@@ -31,8 +31,8 @@ _STAGES = flags.DEFINE_list('stages', None, 'Only these stages (default: all).')
 class StageCommand:
   name: str  # stage key (wm/runs.py)
   script: str  # scripts/<script>.py
+  args: tuple[str, ...] = ()  # fixed extra flags of the one-machine run
   parallel: bool = False  # takes --parallelism
-  args: tuple[str, ...] = ()  # extra flags; '{run_dir}' is replaced by the run dir
 
 
 STAGES = [
