@@ -81,11 +81,12 @@ wm_spawn() {
   WM_PIDS+=($!)
 }
 
-# wm_wait: waits for every spawned process, then exits the job: 0 when all succeeded, after a
-# requeue when one asked for it, else with the first failure's status.
-wm_wait() {
-  local pid code status=0 requeue=0 signum=0
-  [[ -n $WM_SIGNAL ]] && signum=$(kill -l "$WM_SIGNAL")
+# wm_collect: waits for the spawned processes; notes failures and requeue requests. Returns 1
+# when the job should stop starting new processes (a failure, a requeue, a signal).
+WM_STATUS=0
+WM_REQUEUE=0
+wm_collect() {
+  local pid code signum=0
   for pid in "${WM_PIDS[@]}"; do
     while true; do
       WM_TRAPPED=0
@@ -96,18 +97,31 @@ wm_wait() {
     done
     [[ -n $WM_SIGNAL ]] && signum=$(kill -l "$WM_SIGNAL")
     if ((code == WM_EXIT_REQUEUE)) || { ((signum > 0)) && ((code == 128 + signum)); }; then
-      requeue=1
-    elif ((code != 0 && status == 0)); then
-      status=$code
+      WM_REQUEUE=1
+    elif ((code != 0 && WM_STATUS == 0)); then
+      WM_STATUS=$code
     fi
   done
-  if ((status != 0)); then
-    echo "== $(date '+%T') $WM_STAGE failed with exit status $status"
-    exit "$status"
+  WM_PIDS=()
+  ((WM_STATUS == 0 && WM_REQUEUE == 0)) && [[ -z $WM_SIGNAL ]]
+}
+
+# wm_finish: exits the job: 0 when all succeeded, after a requeue when one asked for it, else
+# with the first failure's status.
+wm_finish() {
+  if ((WM_STATUS != 0)); then
+    echo "== $(date '+%T') $WM_STAGE failed with exit status $WM_STATUS"
+    exit "$WM_STATUS"
   fi
-  ((requeue)) && wm_requeue
+  ((WM_REQUEUE)) && wm_requeue
   echo "== $(date '+%T') $WM_STAGE finished"
   exit 0
+}
+
+# wm_wait: waits for every spawned process, then exits the job (wm_finish).
+wm_wait() {
+  wm_collect || true
+  wm_finish
 }
 
 wm_requeue() {

@@ -77,8 +77,9 @@ def stage_extra(name: str) -> list[str]:
   return extra
 
 
-def resources(name: str, spec: slurm.SlurmStage, script: str) -> tuple[list[str], list[str]]:
-  """sbatch options choosing partition, account, GPUs, tasks and fitting CPUs/memory."""
+def resources(spec: slurm.SlurmStage, script: str) -> tuple[list[str], list[str], int]:
+  """sbatch options choosing partition, account, GPUs, tasks and fitting CPUs/memory; notes on
+  what was fitted; GPUs per job."""
   partition = setting(_PARTITION, 'WM_PARTITION')
   if spec.gpu:
     partition = setting(_GPU_PARTITION, 'WM_GPU_PARTITION') or partition
@@ -94,14 +95,16 @@ def resources(name: str, spec: slurm.SlurmStage, script: str) -> tuple[list[str]
     argv.append(f'--partition={partition}')
   if setting(_ACCOUNT, 'WM_ACCOUNT'):
     argv.append(f'--account={setting(_ACCOUNT, "WM_ACCOUNT")}')
+  gpus = 0
   if spec.gpu:
-    gpus = str(setting(_GPUS, 'WM_GPUS'))
-    if gpus == 'auto':
-      gpus = '1' if info and info.gpus else '0'
-    if gpus != '0':
-      argv.append(f'--gres=gpu:{int(gpus)}')
+    asked = str(setting(_GPUS, 'WM_GPUS'))
+    if asked != 'auto' and not asked.isdigit():
+      raise UserError(f'--gpus={asked!r}: give a number of GPUs per job, or auto')
+    gpus = int(asked) if asked != 'auto' else int(bool(info and info.gpus))
+    if gpus:
+      argv.append(f'--gres=gpu:{gpus}')
   notes = [f'{n} (largest node of partition {partition or "default"})' for n in notes]
-  return argv, notes
+  return argv, notes, gpus
 
 
 def stage_args(run_dir: str) -> list[str]:
@@ -127,13 +130,16 @@ def plan(run: runs.Run) -> list[dict]:
       continue
     spec = slurm.SLURM_STAGES[stage.name]
     script = slurm.sbatch_script(stage.name)
-    argv, notes = resources(stage.name, spec, script)
+    argv, notes, gpus = resources(spec, script)
     argv += stage_extra(stage.name)
     logs = os.path.join(run.root, 'logs')
-    common = dict(stage=stage.name, script=script, notes=notes)
     size = setting(flags.FLAGS[spec.array], 'WM_' + spec.array.upper()) if spec.array else 0
-    if size and size < 1:
+    if spec.array and size < 1:
       raise UserError(f'--{spec.array} must be >= 1, got {size}')
+    env = {}
+    if stage.name == 'encode':  # every encoding process must agree on the outer shards
+      env['WM_NUM_OUTER_SHARDS'] = str(size * max(gpus, 1))
+    common = dict(stage=stage.name, script=script, notes=notes, env=env)
     if size:
       jobs.append(dict(common, kind='array', array=f'0-{size - 1}', sbatch=argv + [
           f'--array=0-{size - 1}', f'--output={logs}/{stage.name}-%A_%a.log']))
@@ -161,7 +167,7 @@ def main(argv: list[str]) -> None:
                       *stage_args(run.root)]
     job['after'] = previous
     job['job_id'] = (f'<{job["stage"]}-{job["kind"]}>' if _DRY_RUN.value
-                     else slurm.submit(job['command'], env))
+                     else slurm.submit(job['command'], dict(env, **job['env'])))
     previous = job['job_id']
     print(f'{job["stage"]:11s} {job["kind"]:6s} job {job["job_id"]:>8s}'
           f'{"  array " + job["array"] if "array" in job else ""}'
@@ -169,7 +175,7 @@ def main(argv: list[str]) -> None:
     for note in job['notes']:
       print(f'{"":11s} fitted: {note}')
     if _DRY_RUN.value:
-      print('  ' + shlex.join(job['command']))
+      print('  ' + shlex.join([f'{k}={v}' for k, v in job['env'].items()] + job['command']))
   if not _DRY_RUN.value and jobs:
     record(run, jobs)
   if _WAIT.value and not _DRY_RUN.value and jobs:
@@ -183,7 +189,7 @@ def main(argv: list[str]) -> None:
 def record(run: runs.Run, jobs: list[dict]) -> None:
   path = os.path.join(run.root, JOBS_FILE)
   history = fileio.read_json(path) if os.path.exists(path) else {'submissions': []}
-  keys = ('stage', 'kind', 'job_id', 'array', 'after', 'command')
+  keys = ('stage', 'kind', 'job_id', 'array', 'after', 'env', 'command')
   history['submissions'].append({
       'submitted_at': time.strftime('%F %T'),
       'jobs': [{k: j[k] for k in keys if k in j} for j in jobs]})
