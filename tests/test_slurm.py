@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import collections
 import fnmatch
+import glob
 import os
+import re
 import subprocess
 import sys
 import time
@@ -162,21 +164,56 @@ def wait_final(job_id: str, timeout: float = 300) -> str:
   raise AssertionError(f'job {job_id} still {state} after {timeout}s')
 
 
+def has_stage(name: str) -> bool:
+  return any(s.name == name for s in pipeline.STAGES)
+
+
+def sbatch(run_dir: str, stage: str, *args: str) -> str:
+  result = sh('sbatch', '--parsable', '--cpus-per-task=1', '--mem=2G',
+              f'--output={run_dir}/logs/{stage}-%j.log', f'slurm/{stage}.sbatch',
+              f'--run_dir={run_dir}', *args, env=job_env(WM_REPO=REPO))
+  assert result.returncode == 0, result.stderr
+  return result.stdout.strip()
+
+
+def wait_for(predicate, what: str, timeout: float = 120) -> None:
+  deadline = time.time() + timeout
+  while not predicate():
+    assert time.time() < deadline, f'{what}: not within {timeout}s'
+    time.sleep(0.2)
+
+
 @pytest.mark.slurm
+@pytest.mark.skipif(not has_stage('vae'), reason='no training stage (vae) yet')
+def test_training_job_saves_requeues_and_resumes_on_usr1(slurm_cluster, debug_data, tmp_path):
+  # USR1 is what --signal=B:USR1@600 sends before the time limit; here it is sent at once.
+  run_dir = copy_run(debug_data, str(tmp_path / 'run'))
+  os.makedirs(os.path.join(run_dir, 'logs'))
+  job = sbatch(run_dir, 'vae', '--config.vae.train_steps=400', '--config.vae.save_every=20')
+  log_path = os.path.join(run_dir, 'logs', f'vae-{job}.log')
+  checkpoints = os.path.join(run_dir, 'vae', 'checkpoints')
+  wait_for(lambda: glob.glob(os.path.join(checkpoints, 'ckpt-*.index')), 'a first checkpoint')
+  assert sh('scancel', '--batch', '--signal=USR1', job).returncode == 0
+  assert wait_final(job) == 'COMPLETED'
+  assert 'Restarts=1' in sh('scontrol', 'show', 'job', job).stdout
+  with open(log_path) as f:
+    log = f.read()
+  assert 'SIGUSR1 received' in log and f'scontrol requeue {job}' in log, log
+  stopped = re.search(r'after saving step (\d+)', log)
+  resumed = re.search(r'resumed from \S+ at step (\d+)', log)
+  assert stopped and resumed and stopped.group(1) == resumed.group(1), log
+  assert 0 < int(resumed.group(1)) < 400
+  assert runs.Run(run_dir).is_done('vae') and log.rstrip().endswith('vae finished')
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(has_stage('vae'), reason='the training stage test covers requeueing')
 def test_signalled_job_requeues_and_resumes(slurm_cluster, tmp_path):
   run_dir = str(tmp_path / 'run')
   os.makedirs(os.path.join(run_dir, 'logs'))
   folder = os.path.join(run_dir, 'rollouts')
-  result = sh('sbatch', '--parsable', '--cpus-per-task=1', '--mem=2G',
-              f'--output={run_dir}/logs/collect-%j.log', 'slurm/collect.sbatch',
-              f'--run_dir={run_dir}', f'--config={DEBUG}', '--config.env.max_steps=60',
-              env=job_env(WM_REPO=REPO))
-  assert result.returncode == 0, result.stderr
-  job = result.stdout.strip()
-  deadline = time.time() + 120
-  while not rollouts.list_indices(folder):
-    assert time.time() < deadline, 'no rollout was written in 120 s'
-    time.sleep(0.2)
+  job = sbatch(run_dir, 'collect', f'--config={DEBUG}', '--config.env.max_steps=60')
+  wait_for(lambda: rollouts.list_indices(folder), 'a first rollout')
   first = {i: os.stat(os.path.join(folder, f'rollout-{i:06d}.npz')).st_ino
            for i in rollouts.list_indices(folder)}
   assert sh('scancel', '--batch', '--signal=USR1', job).returncode == 0
