@@ -94,6 +94,10 @@ def summary(reports: list[StageReport], total_s: float) -> str:
     result = ', '.join(f'{k}={v}' for k, v in r.done.items() if not isinstance(v, (dict, list)))
     lines.append(f'  {r.name:11s} {r.status:8s} {took:>8s} {r.files:6d} '
                  f'{r.bytes / 2**20:9.1f}M  {result}')
+  score = next((r.done['mean'] for r in reports if r.name == 'evaluate' and 'mean' in r.done),
+               None)
+  if score is not None:
+    lines.append(f'  final score (evaluate: mean return): {score}')
   return '\n'.join(lines)
 
 
