@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by every slurm/*.sbatch script (sourced, not run): finds the repository and its Python,
 # sends the job's output to RUN/logs/<stage>-<job>[_<task>].log, runs the stage processes,
 # forwards SIGUSR1/SIGTERM to them, and requeues the job when a stage asks for it.
@@ -60,7 +61,7 @@ wm_open_log() {
     echo "log: $log"
     exec >>"$log" 2>&1
   fi
-  WM_LOG=$log
+  export WM_LOG=$log  # for the stage processes
   echo "== $(date '+%F %T') $WM_STAGE job $(wm_job_id) on $(hostname -s)," \
     "run ${SLURM_RESTART_COUNT:-0}, cpus ${SLURM_CPUS_PER_TASK:-?}, tasks ${SLURM_NTASKS:-1}," \
     "gpus '${CUDA_VISIBLE_DEVICES:-}'"
