@@ -144,9 +144,12 @@ def test_failed_stage_cancels_its_dependants(slurm_cluster, tmp_path):
   run_dir = tmp_path / 'run'
   run_dir.mkdir()
   (run_dir / 'rollouts').write_text('a file where the rollout folder belongs')  # collect fails
-  result = submit(str(run_dir), '--collect_tasks=1', '--wait')
-  assert result.returncode == 1, result.stdout + result.stderr
+  result = submit(str(run_dir), '--collect_tasks=1')
+  assert result.returncode == 0, result.stdout + result.stderr
   jobs = fileio.read_json(str(run_dir / 'slurm_jobs.json'))['submissions'][-1]['jobs']
+  again = submit(str(run_dir), '--collect_tasks=1')  # while the first chain is queued
+  assert again.returncode == 2 and 'still queued or running' in again.stderr, again.stderr
+  slurm.wait([j['job_id'] for j in jobs], log=lambda _: None)
   states = [slurm.job_states(j['job_id']) for j in jobs]
   assert list(states[0].values()) == ['FAILED'], states
   for job, state in zip(jobs[1:], states[1:]):

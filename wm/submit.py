@@ -49,6 +49,8 @@ _STAGE_SBATCH = flags.DEFINE_multi_string('stage_sbatch', [], 'STAGE:OPTIONS ext
 _AFTER = flags.DEFINE_string('after', None, 'Job id the first stage waits for (afterok).')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the sbatch commands, submit nothing.')
 _WAIT = flags.DEFINE_bool('wait', False, 'Wait for every job to end; exit 1 unless all completed.')
+_AGAIN = flags.DEFINE_bool('allow_active', False, 'Submit even while jobs of an earlier '
+                           'submission to this run dir are still queued or running.')
 
 _DEFAULTS = {'collect_tasks': 4, 'shard_tasks': 2, 'encode_tasks': 2, 'gpus': 'auto'}
 JOBS_FILE = 'slurm_jobs.json'
@@ -155,6 +157,8 @@ def main(argv: list[str]) -> None:
     raise UserError('--run_dir is required: the folder every stage reads and writes')
   cli.resolve_config(flags.FLAGS.run_dir, cli._OVERRIDES)  # refuse a bad config now
   run = runs.Run(flags.FLAGS.run_dir)
+  if not _DRY_RUN.value and not _AGAIN.value:
+    refuse_if_active(run)
   jobs = plan(run)
   env = dict(os.environ, WM_REPO=slurm.REPO_ROOT, WM_PYTHON=sys.executable)
   if not _DRY_RUN.value:
@@ -184,6 +188,21 @@ def main(argv: list[str]) -> None:
     print('all jobs completed' if not bad else f'jobs that did not complete: {bad}')
     if bad:
       sys.exit(1)
+
+
+def refuse_if_active(run: runs.Run) -> None:
+  """Two chains on one run dir would do the same work twice: refuse while one is active."""
+  path = os.path.join(run.root, JOBS_FILE)
+  if not os.path.exists(path):
+    return
+  last = fileio.read_json(path)['submissions'][-1]['jobs']
+  active = sorted({j['job_id'] for j in last
+                   for state in slurm.job_states(j['job_id']).values()
+                   if state not in slurm.FINAL_STATES})
+  if active:
+    raise UserError(f'jobs {" ".join(active)} of the last submission to {run.root} are still '
+                    f'queued or running ({path}); wait for them, cancel them with '
+                    f'`scancel {" ".join(active)}`, or pass --allow_active')
 
 
 def record(run: runs.Run, jobs: list[dict]) -> None:
