@@ -144,11 +144,14 @@ def test_failed_stage_cancels_its_dependants(slurm_cluster, tmp_path):
   run_dir = tmp_path / 'run'
   run_dir.mkdir()
   (run_dir / 'rollouts').write_text('a file where the rollout folder belongs')  # collect fails
-  result = submit(str(run_dir), '--collect_tasks=1')
+  held = sh('sbatch', '--parsable', '--hold', '--output=/dev/null', '--wrap=true')
+  assert held.returncode == 0, held.stderr
+  result = submit(str(run_dir), '--collect_tasks=1', f'--after={held.stdout.strip()}')
   assert result.returncode == 0, result.stdout + result.stderr
   jobs = fileio.read_json(str(run_dir / 'slurm_jobs.json'))['submissions'][-1]['jobs']
-  again = submit(str(run_dir), '--collect_tasks=1')  # while the first chain is queued
+  again = submit(str(run_dir), '--collect_tasks=1')  # while the first chain waits
   assert again.returncode == 2 and 'still queued or running' in again.stderr, again.stderr
+  assert sh('scontrol', 'release', held.stdout.strip()).returncode == 0
   slurm.wait([j['job_id'] for j in jobs], log=lambda _: None)
   states = [slurm.job_states(j['job_id']) for j in jobs]
   assert list(states[0].values()) == ['FAILED'], states
