@@ -10,6 +10,7 @@
 #   WM_REPO        repository root (set by slurm/submit_pipeline.sh; default: the submit dir)
 #   WM_PYTHON      Python to run the stages with (default: $VIRTUAL_ENV, then WM_REPO/.venv)
 #   WM_MAX_REQUEUES  requeue at most this many times (default 20), then fail
+#   WM_DONE_FILE   exit at once when this file exists (the submitter's check after an array)
 
 WM_EXIT_REQUEUE=75
 WM_PIDS=()
@@ -42,6 +43,12 @@ wm_init() {
   export PYTHONPATH=$WM_REPO${PYTHONPATH:+:$PYTHONPATH}
   export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
   wm_open_log
+  # The check after an array has nothing to do when the array's last task marked the stage done.
+  if [[ -n ${WM_DONE_FILE:-} && -e ${WM_DONE_FILE:-} ]]; then
+    echo "== $WM_STAGE done already ($WM_DONE_FILE)"
+    echo "== $(date '+%T') $WM_STAGE finished"
+    exit 0
+  fi
   trap 'wm_forward USR1' USR1
   trap 'wm_forward TERM' TERM
 }

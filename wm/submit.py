@@ -145,6 +145,8 @@ def plan(run: runs.Run) -> list[dict]:
     if size:
       jobs.append(dict(common, kind='array', array=f'0-{size - 1}', sbatch=argv + [
           f'--array=0-{size - 1}', f'--output={logs}/{stage.name}-%A_%a.log']))
+    if size:  # the check after the array: nothing to do if its last task marked the stage done
+      common['env'] = dict(env, WM_DONE_FILE=run.done_path(stage.name))
     jobs.append(dict(common, kind='finish' if size else 'job', sbatch=argv + [
         f'--output={logs}/{stage.name}-%j.log']))
   return jobs
