@@ -289,9 +289,13 @@ def test_submit_dry_run_chains_stages_with_resources(tmp_path):
   result = sh(sys.executable, '-m', 'wm.submit', f'--run_dir={tmp_path}', f'--config={DEBUG}',
               '--dry_run', '--partition=cpuq', '--account=proj', '--config.seed=7', env=env)
   assert result.returncode == 0, result.stderr
-  commands = [line.strip() for line in result.stdout.splitlines() if line.startswith('  sbatch')]
-  assert len(commands) == 2 * len(pipeline.STAGES), result.stdout  # collect, shard: array+finish
+  commands = [line.strip() for line in result.stdout.splitlines() if line.startswith('  ')
+               and ' sbatch ' in f' {line} ']
+  arrays = sum(1 for s in pipeline.STAGES if slurm.SLURM_STAGES[s.name].array)
+  assert len(commands) == len(pipeline.STAGES) + arrays, result.stdout  # arrays: + a check
   assert '--array=0-4' in commands[0] and '--array' not in commands[1]
+  assert 'WM_DONE_FILE=' not in commands[0]
+  assert commands[1].startswith(f'WM_DONE_FILE={tmp_path}/rollouts/DONE sbatch ')
   assert all('--partition=cpuq' in c and '--account=proj' in c for c in commands)
   assert all('--kill-on-invalid-dep=yes' in c and '--config.seed=7' in c for c in commands)
   assert '--dependency' not in commands[0]
