@@ -38,6 +38,9 @@ class StageCommand:
 STAGES = [
     StageCommand('collect', 'collect_rollouts', parallel=True),
     StageCommand('shard', 'shard_rollouts', parallel=True),
+    StageCommand('vae', 'train_vae'),
+    StageCommand('encode', 'encode_rollouts', ('--num_outer_shards=1', '--outer_shard_index=0',
+                                               '--num_sub_shards=1')),
 ]
 
 
@@ -58,6 +61,7 @@ def stage_argv(stage: StageCommand, run_dir: str, config: str | None, overrides:
   if config:
     argv.append(f'--config={config}')
   argv += [f'--config.{k}={v}' for k, v in overrides.items()]
+  argv += list(stage.args)
   if stage.parallel:
     argv.append(f'--parallelism={parallelism}')
   return argv + [a.replace('{run_dir}', run_dir) for a in stage.args]
