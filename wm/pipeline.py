@@ -64,7 +64,7 @@ def stage_argv(stage: StageCommand, run_dir: str, config: str | None, overrides:
   argv += list(stage.args)
   if stage.parallel:
     argv.append(f'--parallelism={parallelism}')
-  return argv + [a.replace('{run_dir}', run_dir) for a in stage.args]
+  return argv
 
 
 def folder_size(path: str) -> tuple[int, int]:
