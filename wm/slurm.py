@@ -142,9 +142,11 @@ def job_states(job_id: str) -> dict[str, str]:
   return states
 
 
-def wait(job_ids: list[str], poll_s: float = 2.0, log=print) -> dict[str, str]:
+def wait(job_ids: list[str], poll_s: float = 2.0, log=print,
+         timeout_s: float | None = None) -> dict[str, str]:
   """Waits until every job (and array task) is in a final state; returns the states."""
   last = None
+  deadline = time.time() + timeout_s if timeout_s else None
   while True:
     states = {}
     for job_id in job_ids:
@@ -154,6 +156,8 @@ def wait(job_ids: list[str], poll_s: float = 2.0, log=print) -> dict[str, str]:
     if states and all(s in FINAL_STATES for s in states.values()):
       return states
     summary = ', '.join(f'{k} {v}' for k, v in sorted(states.items()))
+    if deadline and time.time() > deadline:
+      raise TimeoutError(f'jobs still not finished after {timeout_s}s: {summary}')
     if summary != last:
       log(f'waiting: {summary}')
       last = summary
