@@ -24,8 +24,9 @@ MARK='# written by slurm/local_cluster.sh'
 say() { echo "local_cluster: $*"; }
 cannot() { echo "local_cluster: cannot start here: $*" >&2; exit 3; }
 
-# /proc, not kill -0: a user may ask about root's daemons.
-alive() { [[ -f $1 && -d /proc/$(cat "$1") ]]; }
+# alive PIDFILE NAME: /proc, not kill -0 (a user may ask about root's daemons), and the name, as
+# a pid file left from before a reboot may name another process now.
+alive() { [[ -f $1 && $(cat "/proc/$(cat "$1")/comm" 2>/dev/null) == "$2" ]]; }
 
 install_packages() {
   local want=(slurmctld slurmd slurm-client)
@@ -47,7 +48,7 @@ install_packages() {
 start_munge() {
   [[ $AUTH == munge ]] || return 0
   mkdir -p /run/munge && chown munge:munge /run/munge
-  alive /run/munge/munged.pid && return
+  alive /run/munge/munged.pid munged && return
   [[ -s /etc/munge/munge.key ]] || { mungekey --create 2>/dev/null || create-munge-key -f; }
   chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
   runuser -u munge -- munged
@@ -132,7 +133,8 @@ wait_idle() {
 
 main() {
   [[ $AUTH == munge || $AUTH == none ]] || cannot "WM_SLURM_AUTH=$AUTH; use munge or none"
-  if alive "$STATE/slurmctld.pid" && alive "$STATE/slurmd.pid" && sinfo -h >/dev/null 2>&1; then
+  if alive "$STATE/slurmctld.pid" slurmctld && alive "$STATE/slurmd.pid" slurmd \
+    && sinfo -h >/dev/null 2>&1; then
     say "already running (state in $STATE)"
     return 0
   fi
@@ -143,8 +145,8 @@ main() {
   since=$(date +%s)
   write_conf
   start_munge
-  alive "$STATE/slurmctld.pid" || slurmctld
-  alive "$STATE/slurmd.pid" || slurmd
+  alive "$STATE/slurmctld.pid" slurmctld || slurmctld
+  alive "$STATE/slurmd.pid" slurmd || slurmd
   wait_idle "$since"
 }
 
