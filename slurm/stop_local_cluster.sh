@@ -16,11 +16,12 @@ for arg in "$@"; do
   esac
 done
 
+# stop_pid_file PIDFILE NAME: stops the process only if it still is that daemon (pids are reused).
 stop_pid_file() {
   local file=$1 pid
   [[ -f $file ]] || return 0
   pid=$(cat "$file")
-  if kill -0 "$pid" 2>/dev/null; then
+  if [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]]; then
     kill "$pid"
     for ((i = 0; i < 40; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
     kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
@@ -36,10 +37,10 @@ if [[ -f $STATE/slurmctld.pid ]] && command -v squeue >/dev/null; then
     for ((i = 0; i < 40; i++)); do [[ -z $(squeue -h 2>/dev/null) ]] && break; sleep 0.25; done
   fi
 fi
-stop_pid_file "$STATE/slurmd.pid"
-stop_pid_file "$STATE/slurmctld.pid"
+stop_pid_file "$STATE/slurmd.pid" slurmd
+stop_pid_file "$STATE/slurmctld.pid" slurmctld
 if [[ -f $STATE/started-munged ]]; then
-  stop_pid_file /run/munge/munged.pid
+  stop_pid_file /run/munge/munged.pid munged
   rm -f "$STATE/started-munged"
 fi
 if ((PURGE)); then
