@@ -39,6 +39,9 @@ SLURM_STAGES = {
 # Job states after which a job will not run again.
 FINAL_STATES = {'COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', 'NODE_FAIL', 'OUT_OF_MEMORY',
                 'BOOT_FAIL', 'DEADLINE', 'PREEMPTED', 'GONE'}
+# Reasons a pending job gives when no node of its partition can ever run it as asked.
+NEVER_RUNS = {'PartitionConfig', 'PartitionNodeLimit', 'PartitionTimeLimit', 'BadConstraints',
+              'InvalidAccount', 'InvalidQOS'}
 
 
 def sbatch_script(stage: str) -> str:
@@ -86,15 +89,18 @@ class Partition:
 
 def partition_info(name: str | None) -> Partition | None:
   """What a partition (default: the default one) offers, or None when sinfo cannot tell."""
-  argv = ['sinfo', '-h', '-N', '-o', '%c %m %G'] + (['-p', name] if name else [])
-  out = _run(argv)
-  rows = [line.split() for line in (out or '').splitlines() if line.strip()]
+  argv = ['sinfo', '-h', '-N', '-o', '%N %c %m %G %P'] + (['-p', name] if name else [])
+  rows = [line.split() for line in (_run(argv) or '').splitlines() if line.strip()]
+  if not name:  # the default partition, marked with '*'
+    rows = [r for r in rows if r[4].endswith('*')]
+  # A node is listed once per partition it belongs to.
+  rows = list({r[0]: r for r in rows}.values())
   if not rows:
     return None
-  gpus = [sum(int(n) for n in re.findall(r'gpu(?::[\w-]+)?:(\d+)', r[2])) for r in rows]
-  return Partition(cpus=max(int(r[0].rstrip('+')) for r in rows),
-                   mem_mb=max(int(r[1].rstrip('+')) for r in rows),
-                   total_cpus=sum(int(r[0].rstrip('+')) for r in rows), gpus=max(gpus))
+  gpus = [sum(int(n) for n in re.findall(r'gpu(?::[\w-]+)?:(\d+)', r[3])) for r in rows]
+  return Partition(cpus=max(int(r[1].rstrip('+')) for r in rows),
+                   mem_mb=max(int(r[2].rstrip('+')) for r in rows),
+                   total_cpus=sum(int(r[1].rstrip('+')) for r in rows), gpus=max(gpus))
 
 
 def fit(options: dict[str, str], partition: Partition | None) -> tuple[dict[str, str], list[str]]:
@@ -138,8 +144,13 @@ def job_states(job_id: str) -> dict[str, str]:
     fields = dict(re.findall(r'(\w+)=(\S*)', line))
     task = fields.get('ArrayTaskId')
     name = f'{fields.get("ArrayJobId")}_{task}' if task and task != 'N/A' else fields.get('JobId')
-    states[name] = fields.get('JobState', 'UNKNOWN')
+    state, reason = fields.get('JobState', 'UNKNOWN'), fields.get('Reason', '')
+    states[name] = f'{state}:{reason}' if state == 'PENDING' and reason in NEVER_RUNS else state
   return states
+
+
+def is_final(state: str) -> bool:
+  return state in FINAL_STATES or state.startswith('PENDING:')
 
 
 def wait(job_ids: list[str], poll_s: float = 2.0, log=print,
@@ -153,7 +164,7 @@ def wait(job_ids: list[str], poll_s: float = 2.0, log=print,
       # A job the controller no longer knows (past MinJobAge) is over: 'GONE'.
       states.update(job_states(job_id) or {job_id: 'GONE'})
     # A pending array shows as one record with a range of task ids ("12_[0-3]"): not final.
-    if states and all(s in FINAL_STATES for s in states.values()):
+    if states and all(is_final(s) for s in states.values()):
       return states
     summary = ', '.join(f'{k} {v}' for k, v in sorted(states.items()))
     if deadline and time.time() > deadline:

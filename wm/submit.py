@@ -188,6 +188,9 @@ def main(argv: list[str]) -> None:
     states = slurm.wait([j['job_id'] for j in jobs])
     bad = {k: v for k, v in states.items() if v != 'COMPLETED'}
     print('all jobs completed' if not bad else f'jobs that did not complete: {bad}')
+    if any(v.startswith('PENDING:') for v in bad.values()):
+      print('PENDING:<reason> jobs can never start as asked: change their resources (see '
+            '--stage_sbatch) and cancel them', file=sys.stderr)
     if bad:
       sys.exit(1)
 
@@ -200,7 +203,7 @@ def refuse_if_active(run: runs.Run) -> None:
   last = fileio.read_json(path)['submissions'][-1]['jobs']
   active = sorted({j['job_id'] for j in last
                    for state in slurm.job_states(j['job_id']).values()
-                   if state not in slurm.FINAL_STATES})
+                   if not slurm.is_final(state)})
   if active:
     raise UserError(f'jobs {" ".join(active)} of the last submission to {run.root} are still '
                     f'queued or running ({path}); wait for them, cancel them with '
