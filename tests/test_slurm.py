@@ -383,3 +383,15 @@ def test_resources_are_fitted_to_the_partition(tmp_path):
   assert [slurm.mem_mb(m) for m in ('4000', '512M', '8G', '1T')] == [4000, 512, 8192, 1048576]
   with pytest.raises(slurm.UserError, match='memory size'):
     slurm.mem_mb('lots')
+
+
+@pytest.mark.slurm
+def test_waiting_stops_at_a_job_that_can_never_start(slurm_cluster):
+  cpus = slurm.partition_info(None).total_cpus
+  job = sh('sbatch', '--parsable', f'--ntasks={cpus + 1}', '--output=/dev/null', '--wrap=true')
+  assert job.returncode == 0, job.stderr
+  try:
+    states = slurm.wait([job.stdout.strip()], log=lambda _: None, timeout_s=60)
+  finally:
+    sh('scancel', job.stdout.strip())
+  assert states == {job.stdout.strip(): 'PENDING:PartitionConfig'}
