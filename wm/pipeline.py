@@ -91,18 +91,25 @@ def report(run: runs.Run, name: str, status: str, seconds: float = 0.0) -> Stage
   return StageReport(name, status, seconds, files, size, done)
 
 
-def summary(reports: list[StageReport], total_s: float) -> str:
+def _show(value, root: str) -> str:
+  if isinstance(value, float):
+    return f'{value:.4g}'
+  return str(value).replace(root, 'RUN')
+
+
+def summary(reports: list[StageReport], total_s: float, root: str = '') -> str:
   lines = [f'== summary ({total_s:.1f}s in all)',
            f'  {"stage":11s} {"status":8s} {"time":>8s} {"files":>6s} {"size":>10s}  result']
   for r in reports:
     took = f'{r.seconds:.1f}s' if r.status != 'skipped' else '-'
-    result = ', '.join(f'{k}={v}' for k, v in r.done.items() if not isinstance(v, (dict, list)))
+    result = ', '.join(f'{k}={_show(v, root or "RUN")}' for k, v in r.done.items()
+                       if not isinstance(v, (dict, list)))
     lines.append(f'  {r.name:11s} {r.status:8s} {took:>8s} {r.files:6d} '
                  f'{r.bytes / 2**20:9.1f}M  {result}')
   score = next((r.done['mean'] for r in reports if r.name == 'evaluate' and 'mean' in r.done),
                None)
   if score is not None:
-    lines.append(f'  final score (evaluate: mean return): {score}')
+    lines.append(f'  final score (evaluate: mean return): {_show(score, root)}')
   return '\n'.join(lines)
 
 
@@ -156,7 +163,7 @@ def main(argv: list[str]) -> None:
   start = time.perf_counter()
   reports, code = run_stages(run, [s for s in STAGES if s.name in wanted], config,
                              cli._OVERRIDES, _PARALLELISM.value)
-  print(summary(reports, time.perf_counter() - start), flush=True)
+  print(summary(reports, time.perf_counter() - start, run.root), flush=True)
   if code:
     sys.exit(code)
 
