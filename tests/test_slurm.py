@@ -138,7 +138,8 @@ OUTPUT_CHECKS = {'vae': check_exported('vae'), 'encode': check_encoded,
 
 
 @pytest.mark.slurm
-def test_debug_pipeline_on_slurm_survives_preemption_and_writes_each_file_once(slurm_cluster, tmp_path):
+def test_debug_pipeline_on_slurm_survives_preemption_and_writes_each_file_once(
+    slurm_cluster, tmp_path):
   run_dir = str(tmp_path / 'run')
   env, audit = audited_env(tmp_path)
   # V trains longer than the debug preset's 20 steps, to be preempted on the way (below).
