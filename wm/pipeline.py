@@ -42,7 +42,6 @@ STAGES = [
     StageCommand('encode', 'encode_rollouts', ('--num_outer_shards=1', '--outer_shard_index=0',
                                                '--num_sub_shards=1')),
     StageCommand('seq', 'train_sequence_model'),
-    StageCommand('play', 'play', ('--record_file=play.mp4',)),  # a short video of the agent
 ]
 
 
