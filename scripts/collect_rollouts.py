@@ -19,36 +19,33 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags, logging
 
 from wm import cli, collection, envs, rollouts
-from wm.errors import UserError
 from wm.progress import Progress
 
-_PARALLELISM = flags.DEFINE_integer('parallelism', 1, 'Worker processes in this job.')
-_NUM_TASKS = flags.DEFINE_integer('num_tasks', 1, 'Jobs sharing the work (SLURM array size).')
-_TASK_INDEX = flags.DEFINE_integer('task_index', 0, 'This job\'s share: rollouts with '
-                                   'index % num_tasks == task_index.')
+_PARALLELISM = flags.DEFINE_integer('parallelism', 1, 'Worker processes in this job.',
+                                     lower_bound=1)
+_NUM_TASKS, _TASK_INDEX = cli.define_task_flags('rollouts')
 
 
 def main(stage: cli.Stage) -> None:
   config = stage.config
-  if _PARALLELISM.value < 1:
-    raise UserError(f'--parallelism must be >= 1, got {_PARALLELISM.value}')
-  if not 0 <= _TASK_INDEX.value < _NUM_TASKS.value:
-    raise UserError(f'--task_index={_TASK_INDEX.value} must be in [0, --num_tasks='
-                    f'{_NUM_TASKS.value})')
   facts = envs.check(config.env, seed=config.seed)
   logging.info('environment %s ok: %s', config.env.name, facts)
   total = len(range(_TASK_INDEX.value, config.collect.num_rollouts, _NUM_TASKS.value))
   todo = collection.todo(stage.dir, config.collect.num_rollouts, _TASK_INDEX.value,
                          _NUM_TASKS.value)
   progress = Progress('collect rollouts', total)
-  done, steps = total - len(todo), 0
+  done, steps, collected = total - len(todo), 0, 0
   progress.update(done, force=True)
   for result in collection.collect(config, stage.dir, _PARALLELISM.value, _TASK_INDEX.value,
                                    _NUM_TASKS.value):
     done += 1
     steps += result.steps
+    collected += not result.skipped
     progress.update(done, env_steps=steps)
   have = len(rollouts.list_indices(stage.dir))
+  logging.info('collected %d rollouts here (%d steps, %.0f steps/s); %d skipped (on disk or '
+               'claimed by another process)', collected, steps, steps / max(progress.elapsed(), 1e-9),
+               len(todo) - collected)
   logging.info('%d of %d rollouts in %s', have, config.collect.num_rollouts, stage.dir)
   if have >= config.collect.num_rollouts:
     stage.run.mark_done('collect', rollouts=have)

@@ -18,21 +18,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags, logging
 
 from wm import cli, sharding
-from wm.errors import UserError
 
-_PARALLELISM = flags.DEFINE_integer('parallelism', 1, 'Worker processes in this job.')
-_NUM_TASKS = flags.DEFINE_integer('num_tasks', 1, 'Jobs sharing the work (SLURM array size).')
-_TASK_INDEX = flags.DEFINE_integer('task_index', 0, 'This job\'s share: shard k when '
-                                   'k % num_tasks == task_index.')
+_PARALLELISM = flags.DEFINE_integer('parallelism', 1, 'Worker processes in this job.',
+                                     lower_bound=1)
+_NUM_TASKS, _TASK_INDEX = cli.define_task_flags('shards')
 _INPUT_DIR = flags.DEFINE_string('input_dir', None, 'Rollout folder (default RUN/rollouts).')
 
 
 def main(stage: cli.Stage) -> None:
-  if _PARALLELISM.value < 1:
-    raise UserError(f'--parallelism must be >= 1, got {_PARALLELISM.value}')
-  if not 0 <= _TASK_INDEX.value < _NUM_TASKS.value:
-    raise UserError(f'--task_index={_TASK_INDEX.value} must be in [0, --num_tasks='
-                    f'{_NUM_TASKS.value})')
   in_dir = _INPUT_DIR.value or stage.run.stage_dir('collect')
   manifests = sharding.shard(stage.config, in_dir, stage.dir, _PARALLELISM.value,
                              _TASK_INDEX.value, _NUM_TASKS.value, log=logging.info)

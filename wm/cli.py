@@ -34,6 +34,18 @@ flags.DEFINE_string('run_dir', None, 'Run directory every stage reads from and w
 flags.DEFINE_bool('store_snapshot', True, 'Archive code, config and context into the stage dir.')
 
 EXIT_USER_ERROR = 2
+
+
+def define_task_flags(unit: str) -> tuple[flags.FlagHolder, flags.FlagHolder]:
+  """--num_tasks / --task_index: this job's share of the `unit`s (SLURM array tasks)."""
+  num_tasks = flags.DEFINE_integer('num_tasks', 1, 'Jobs sharing the work (SLURM array size).',
+                                   lower_bound=1)
+  task_index = flags.DEFINE_integer('task_index', 0, f'This job\'s share: the {unit} k with '
+                                    'k % num_tasks == task_index.', lower_bound=0)
+  flags.register_multi_flags_validator(
+      ['num_tasks', 'task_index'], lambda f: f['task_index'] < f['num_tasks'],
+      message='--task_index must be smaller than --num_tasks')
+  return num_tasks, task_index
 _OVERRIDES: dict[str, str] = {}
 
 

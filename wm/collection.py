@@ -95,6 +95,7 @@ def _collect(index: int) -> Result:
 def collect(config: Config, folder: str, parallelism: int = 1, task_index: int = 0,
             num_tasks: int = 1) -> Iterator[Result]:
   """Collects this task's missing rollouts with `parallelism` processes, yielding each result."""
+  os.makedirs(folder, exist_ok=True)
   rollouts.stale_cleanup(folder)
   indices = todo(folder, config.collect.num_rollouts, task_index, num_tasks)
   if not indices:

@@ -112,15 +112,15 @@ class PlayConfig:
 class Config:
   preset: str = 'small'  # name of the preset these values came from (informational)
   seed: int = 0  # experiment seed: every random choice derives from it
-  env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
-  collect: CollectConfig = dataclasses.field(default_factory=CollectConfig)
-  records: RecordsConfig = dataclasses.field(default_factory=RecordsConfig)
-  data: DataConfig = dataclasses.field(default_factory=DataConfig)
-  vae: VaeConfig = dataclasses.field(default_factory=VaeConfig)
-  encode: EncodeConfig = dataclasses.field(default_factory=EncodeConfig)
-  seq: SeqConfig = dataclasses.field(default_factory=SeqConfig)
-  controller: ControllerConfig = dataclasses.field(default_factory=ControllerConfig)
-  play: PlayConfig = dataclasses.field(default_factory=PlayConfig)
+  env: EnvConfig = dataclasses.field(default_factory=EnvConfig)  # the environment and its frames
+  collect: CollectConfig = dataclasses.field(default_factory=CollectConfig)  # stage 1: random-policy rollouts
+  records: RecordsConfig = dataclasses.field(default_factory=RecordsConfig)  # stage 2: TFRecord shards
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)  # how V reads frames
+  vae: VaeConfig = dataclasses.field(default_factory=VaeConfig)  # stage 3: the observation encoder V
+  encode: EncodeConfig = dataclasses.field(default_factory=EncodeConfig)  # stage 4: re-encoding rollouts to latents
+  seq: SeqConfig = dataclasses.field(default_factory=SeqConfig)  # stage 5: the sequence model M
+  controller: ControllerConfig = dataclasses.field(default_factory=ControllerConfig)  # stage 6: the controller C and CMA-ES
+  play: PlayConfig = dataclasses.field(default_factory=PlayConfig)  # stage 7: playing and recording
 
 
 # ---------------------------------------------------------------------------- loading

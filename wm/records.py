@@ -49,7 +49,8 @@ def raw_example(rollout: dict[str, np.ndarray], index: int) -> bytes:
   features = _common(rollout, index)
   features['frames'] = _bytes(rollout['frames'])
   features['frame_shape'] = _ints(rollout['frames'].shape[1:])
-  return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+  return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(
+      deterministic=True)
 
 
 def encoded_example(rollout: dict[str, np.ndarray], index: int) -> bytes:
@@ -58,7 +59,8 @@ def encoded_example(rollout: dict[str, np.ndarray], index: int) -> bytes:
   features['mu'] = _bytes(rollout['mu'].astype(np.float32))
   features['logvar'] = _bytes(rollout['logvar'].astype(np.float32))
   features['z_size'] = _ints([rollout['mu'].shape[1]])
-  return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+  return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(
+      deterministic=True)
 
 
 _COMMON_SPEC = {

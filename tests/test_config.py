@@ -1,0 +1,94 @@
+"""Config: presets load, overrides are typed, bad fields are refused before any work."""
+
+import dataclasses
+import inspect
+import os
+import re
+
+import pytest
+
+from conftest import run_script
+from wm import config as config_lib
+from wm.errors import ConfigError
+
+
+@pytest.mark.parametrize('preset', ['debug', 'small', 'paper'])
+def test_presets_load_and_validate(preset):
+  config = config_lib.validate(config_lib.load(f'configs/carracing.py:{preset}'))
+  assert config.preset == preset
+
+
+def test_paper_preset_has_the_papers_sizes():
+  c = config_lib.load('configs/carracing.py:paper')
+  assert (c.collect.num_rollouts, c.env.max_steps, c.vae.z_size) == (10000, 1000, 32)
+  assert (c.seq.hidden_size, c.seq.num_mixtures) == (256, 5)
+  assert (c.controller.population_size, c.controller.trials) == (64, 16)
+
+
+def test_every_field_has_a_comment():
+  sections = [type(getattr(config_lib.Config(), f.name)) for f in dataclasses.fields(config_lib.Config)]
+  classes = [config_lib.Config] + [c for c in sections if dataclasses.is_dataclass(c)]
+  assert len(classes) > 5
+  for cls in classes:
+    source = inspect.getsource(cls)
+    for field in dataclasses.fields(cls):
+      line = re.search(rf'^\s+{field.name}: .*$', source, re.M)
+      assert line and '  # ' in line.group(0), (cls.__name__, field.name)
+
+
+def test_overrides_are_parsed_by_type():
+  c = config_lib.load('configs/carracing.py:debug')
+  config_lib.apply_overrides(c, {'collect.num_rollouts': '7', 'vae.learning_rate': '3e-4',
+                                 'env.crop_dashboard': 'false', 'collect.policy': 'held'})
+  assert (c.collect.num_rollouts, c.vae.learning_rate) == (7, 3e-4)
+  assert c.env.crop_dashboard is False and c.collect.policy == 'held'
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('collect.bogus', '1', "unknown config field 'collect.bogus'"),
+    ('nosection.x', '1', "unknown config field 'nosection'"),
+    ('collect.num_rollouts', '2.5', 'collect.num_rollouts expects int'),
+    ('env.crop_dashboard', 'maybe', 'env.crop_dashboard expects bool'),
+    ('collect', '3', 'is a section'),
+])
+def test_bad_overrides_name_the_field(key, value, message):
+  c = config_lib.load('configs/carracing.py:debug')
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    config_lib.override(c, key, value)
+
+
+@pytest.mark.parametrize('key,value', [('collect.num_rollouts', '0'),
+                                       ('collect.policy', 'clever'),
+                                       ('records.valid_fraction', '1.5'),
+                                       ('collect.hold_max', '0')])
+def test_impossible_values_are_refused(key, value):
+  c = config_lib.load('configs/carracing.py:debug')
+  config_lib.override(c, key, value)
+  with pytest.raises(ConfigError, match=re.escape(key)):
+    config_lib.validate(c)
+
+
+def test_json_round_trip_refuses_unknown_fields():
+  c = config_lib.load('configs/carracing.py:debug')
+  assert config_lib.from_dict(config_lib.to_dict(c)) == c
+  data = config_lib.to_dict(c)
+  data['vae']['mystery'] = 1
+  with pytest.raises(ConfigError, match='vae.mystery'):
+    config_lib.from_dict(data)
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config.collect.num_rollouts=-3'], 'collect.num_rollouts must be > 0'),
+    (['--config.collect.bogus=1'], "unknown config field 'collect.bogus'"),
+    (['--config=configs/nothing.py:debug'], "config file 'configs/nothing.py' not found"),
+    (['--parallelism=0'], '--parallelism=0: 0 is not a positive integer'),
+    (['--num_tasks=2', '--task_index=2'], '--task_index must be smaller than --num_tasks'),
+    (['--nonsense_flag=1'], 'nonsense_flag'),
+])
+def test_script_refuses_bad_input_and_writes_nothing(tmp_path, args, message):
+  run_dir = tmp_path / 'run'
+  result = run_script('collect_rollouts', f'--run_dir={run_dir}', *args, check=False)
+  assert result.returncode != 0, result
+  assert message in result.stderr, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+  assert not os.path.exists(run_dir)

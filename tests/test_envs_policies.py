@@ -1,0 +1,96 @@
+"""Environments give 64x64x3 frames (CarRacing and a classic-control env); the pre-check catches
+broken envs; random policies stay in bounds and are reproducible."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from wm import envs, policies
+from wm.config import CollectConfig, EnvConfig
+from wm.errors import ConfigError, UserError
+
+
+def test_carracing_frames_are_cropped_and_resized():
+  env = envs.make(EnvConfig(max_steps=5))
+  frame = env.reset(seed=3)
+  assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
+  frame, reward, terminated, truncated = env.step(np.array([0.0, 1.0, 0.0], np.float32))
+  assert frame.shape == (64, 64, 3) and isinstance(reward, float)
+  # Without cropping, the black dashboard shows in the bottom rows.
+  raw = envs.make(EnvConfig(max_steps=5, crop_dashboard=False))
+  uncropped = raw.reset(seed=3)
+  assert uncropped[-3:].mean() < 40 < frame[-3:].mean()
+
+
+def test_classic_control_env_renders_to_pixels():
+  env = envs.make(EnvConfig(name='CartPole-v1', max_steps=10))
+  frame = env.reset(seed=0)
+  assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8 and frame.std() > 0
+  assert env.action_size == 2
+  frame, *_ = env.step(np.array([0.0, 1.0], np.float32))
+  assert frame.shape == (64, 64, 3)
+
+
+def test_check_reports_facts_and_refuses_unknown_env():
+  facts = envs.check(EnvConfig(name='Pendulum-v1'))
+  assert facts['action_size'] == 1 and facts['frame_shape'][2] == 3
+  with pytest.raises(ConfigError, match='unknown environment'):
+    envs.check(EnvConfig(name='NoSuchEnv-v0'))
+
+
+class _BadObservationEnv(gym.Env):
+  observation_space = gym.spaces.Box(0, 1, (2,), np.float32)
+  action_space = gym.spaces.Discrete(2)
+
+  def __init__(self, render_mode=None):
+    self.render_mode = render_mode
+
+  def reset(self, seed=None, options=None):
+    return np.array([5.0, 5.0], np.float32), {}
+
+  def step(self, action):
+    return np.zeros(2, np.float32), 0.0, False, False, {}
+
+
+def test_check_names_an_observation_outside_its_space(monkeypatch):
+  gym.register('BadObs-v0', entry_point=_BadObservationEnv)
+  monkeypatch.setitem(envs.REGISTRY, 'BadObs-v0', envs.EnvSpec('BadObs-v0', 'observation'))
+  with pytest.raises(UserError, match='outside observation_space'):
+    envs.check(EnvConfig(name='BadObs-v0'))
+
+
+BOX = gym.spaces.Box(np.array([-1, 0, 0], np.float32), np.array([1, 1, 1], np.float32))
+
+
+@pytest.mark.parametrize('name', ['uniform', 'brownian', 'held'])
+def test_random_policies_stay_in_bounds_and_repeat_with_the_seed(name):
+  policy = policies.make_random(CollectConfig(policy=name), BOX)
+  def actions(seed):
+    policy.reset(seed)
+    return np.stack([policy.act(None).action for _ in range(50)])
+  a, b, c = actions(1), actions(1), actions(2)
+  assert a.dtype == np.float32 and a.shape == (50, 3)
+  assert (a >= BOX.low).all() and (a <= BOX.high).all()
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+
+
+def test_brownian_is_smooth_and_held_holds():
+  brownian = policies.make_random(CollectConfig(policy='brownian', brownian_sigma=0.05), BOX)
+  uniform = policies.make_random(CollectConfig(policy='uniform'), BOX)
+  def mean_change(policy):
+    policy.reset(0)
+    a = np.stack([policy.act(None).action for _ in range(200)])
+    return np.abs(np.diff(a, axis=0)).mean()
+  assert mean_change(brownian) < 0.3 * mean_change(uniform)
+  held = policies.make_random(CollectConfig(policy='held', hold_min=4, hold_max=4), BOX)
+  held.reset(0)
+  a = np.stack([held.act(None).action for _ in range(12)])
+  assert (a[0] == a[3]).all() and (a[4] == a[7]).all() and not (a[3] == a[4]).all()
+
+
+def test_discrete_actions_are_one_hot():
+  policy = policies.make_random(CollectConfig(policy='brownian'), gym.spaces.Discrete(3))
+  policy.reset(0)
+  action = policy.act(None).action
+  assert sorted(action.tolist()) == [0.0, 0.0, 1.0]
