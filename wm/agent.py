@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -95,7 +96,7 @@ def load_params(path: str, controller: Controller) -> np.ndarray:
   try:
     with np.load(path, allow_pickle=False) as data:
       params, inputs = data['params'], str(data['inputs'])
-  except (ValueError, KeyError, OSError, EOFError) as e:
+  except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
     raise DataError(f'{path} is not a controller parameter file ({type(e).__name__}: {e})') from None
   if inputs != controller.inputs or params.shape != (controller.num_params,):
     raise DataError(f'{path} holds a controller.inputs={inputs!r} controller with '

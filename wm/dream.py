@@ -12,6 +12,7 @@ dream is the same on every rerun.
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -33,7 +34,7 @@ class StartLatents:
     try:
       with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k].astype(np.float32) for k in data.files if k in ('mu', 'logvar', 'z')}
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
       raise DataError(f'{path} is truncated or corrupted ({type(e).__name__}: {e}); rerun '
                       'the sequence model stage') from None
     self.mu = arrays.get('mu', arrays.get('z'))

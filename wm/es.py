@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import zipfile
 from typing import Callable
 
 import cma
@@ -139,7 +140,7 @@ def load(folder: str, settings: Settings) -> State:
                     {c: data[f'column_{c}'] for c in COLUMNS},
                     [str(m) for m in data['modes']], float(data['best_score']),
                     bool(data['best_evaluated']))
-  except (ValueError, KeyError, OSError, EOFError, TypeError) as e:
+  except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, TypeError) as e:
     raise DataError(f'{path} is truncated or corrupted ({type(e).__name__}: {e}); move it away '
                     'to start the search again') from None
   if saved != settings:

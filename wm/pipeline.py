@@ -35,6 +35,8 @@ class StageCommand:
 STAGES = [
     StageCommand('collect', 'collect_rollouts', parallel=True),
     StageCommand('shard', 'shard_rollouts', parallel=True),
+    StageCommand('controller', 'train_controller', parallel=True),
+    StageCommand('evaluate', 'evaluate', parallel=True),
 ]
 
 

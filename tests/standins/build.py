@@ -14,7 +14,6 @@ def register() -> None:
   """Makes the stand-ins loadable in this process (subprocesses get sitecustomize.py)."""
   if HERE not in sys.path:
     sys.path.insert(0, HERE)
-  import sitecustomize  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   from wm.models import registry  # pylint: disable=import-outside-toplevel
   registry.ENCODERS.setdefault('standin_encoder', 'standin_models:StandinEncoder')
   registry.SEQUENCE_MODELS.setdefault('standin_seq', 'standin_models:StandinSeq')
