@@ -69,13 +69,16 @@ class Dream:
     batch = np.repeat(np.asarray(params, np.float32), trials, axis=0)
     z0 = self.start.draw(len(batch), rng)
     noise_seed = rng.integers(0, 2**31 - 1, size=2)
-    returns = self.returns(batch, z0, noise_seed)
+    returns, _ = self.returns(batch, z0, noise_seed)
     return returns.reshape(len(params), trials).mean(axis=1)
 
-  def returns(self, params: np.ndarray, z0: np.ndarray, noise_seed: np.ndarray) -> np.ndarray:
-    """Returns [B] of one dream episode per row (params [B, n], start latents [B, Z])."""
-    return self._run(tf.constant(params, tf.float32), tf.constant(z0, tf.float32),
-                     tf.constant(noise_seed, tf.int64)).numpy()
+  def returns(self, params: np.ndarray, z0: np.ndarray,
+              noise_seed: np.ndarray) -> tuple[np.ndarray, int]:
+    """Returns [B] of one dream episode per row (params [B, n], start latents [B, Z]), and
+    the number of steps the episodes took together."""
+    total, steps = self._run(tf.constant(params, tf.float32), tf.constant(z0, tf.float32),
+                             tf.constant(noise_seed, tf.int64))
+    return total.numpy(), int(steps)
 
   def _episodes(self, params, z0, noise_seed):
     seq, controller = self.world.seq, self.world.controller
@@ -83,16 +86,18 @@ class Dream:
     state = seq.initial_state(batch)
     total = tf.zeros([batch])
     alive = tf.ones([batch])
+    steps = tf.constant(0.0)
     z = z0
     for t in tf.range(self.max_steps):
       h = tf.cast(seq.features(state), tf.float32)
       action = controller(params, z, h)
       prediction, state = seq.step(z, action, state)
       total += alive * tf.cast(tf.reshape(prediction.reward, [batch]), tf.float32)
+      steps += tf.reduce_sum(alive)
       done = tf.reshape(prediction.done_logit, [batch]) > 0
       alive *= 1.0 - tf.cast(done, tf.float32)
       seed = tf.random.experimental.stateless_fold_in(noise_seed, tf.cast(t, tf.int64))
       z = tf.cast(seq.sample(prediction, self.temperature, seed=seed), tf.float32)
       if tf.reduce_max(alive) == 0.0:
         break
-    return total
+    return total, steps
