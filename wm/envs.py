@@ -18,6 +18,7 @@ import gymnasium as gym
 import numpy as np
 from PIL import Image
 
+from wm import carracing
 from wm.config import EnvConfig
 from wm.errors import ConfigError, UserError
 
@@ -65,13 +66,16 @@ class PixelEnv:
     self.config = config
     self.spec = spec_for(config.name)
     kwargs = dict(self.spec.make_kwargs)
+    gym_id = self.spec.gym_id
     if config.name.startswith('CarRacing'):
       kwargs['domain_randomize'] = config.domain_randomize
+      if config.fast_render:
+        gym_id = carracing.register()
     if self.spec.pixels_from == 'render':
       render_mode = 'rgb_array'
     _ensure_headless_sdl()
-    self.env = gym.make(self.spec.gym_id, render_mode=render_mode,
-                        max_episode_steps=config.max_steps, **kwargs)
+    self.env = gym.make(gym_id, render_mode=render_mode, max_episode_steps=config.max_steps,
+                        **kwargs)
     self.action_space = self.env.action_space
     self.action_size = action_size(self.action_space)
     self._discrete = isinstance(self.action_space, gym.spaces.Discrete)

@@ -1,0 +1,129 @@
+"""Benchmark of the data stages: collection overhead and scaling, and raw dataset reading speed.
+
+Input:  nothing (collects its own data into --work_dir, default a temporary folder).
+Output: the ratios the data stages must reach, printed as a table (and --json_out if given):
+  collect/overhead  collector steps/s with 1 worker / raw env+policy steps/s     (goal >= 0.95)
+  collect/scaling   collector steps/s with 2 workers / with 1 worker              (goal >= 1.8)
+  data/frames_per_s raw dataset builder output frames/s (all frames of each rollout, and 100 of
+                    each)                                                          (goal >= 30k)
+
+    python scripts/benchmark_data.py [--steps=500 --rollouts=8]
+
+The two sides of each ratio run alternately in the same process, several rounds, and the median
+is reported, since shared machines are noisy.
+"""
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags
+import numpy as np
+
+from wm import collection, config as config_lib, envs, policies
+
+_STEPS = flags.DEFINE_integer('steps', 500, 'Steps per rollout.')
+_ROLLOUTS = flags.DEFINE_integer('rollouts', 8, 'Rollouts per scaling measurement.')
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds per ratio.')
+_WORK_DIR = flags.DEFINE_string('work_dir', None, 'Scratch folder (default: a temp folder).')
+_JSON_OUT = flags.DEFINE_string('json_out', None, 'Also write the results here.')
+
+
+def make_config(num_rollouts: int) -> config_lib.Config:
+  c = config_lib.load('configs/carracing.py:small')
+  c.env.max_steps = _STEPS.value
+  c.collect.num_rollouts = num_rollouts
+  return c
+
+
+def raw_steps_per_s(config, seed: int) -> float:
+  """The env and policy alone: no frames kept, nothing written."""
+  env = envs.make(config.env)
+  policy = policies.make_random(config.collect, env.action_space)
+  frame, steps, start = env.reset(seed=seed), 0, time.perf_counter()
+  policy.reset(seed)
+  for _ in range(config.env.max_steps):
+    frame, _, terminated, truncated = env.step(policy.act(frame).action)
+    steps += 1
+    if terminated or truncated:
+      break
+  return steps / (time.perf_counter() - start)
+
+
+def collector_steps_per_s(config, folder: str, parallelism: int) -> float:
+  start = time.perf_counter()
+  steps = sum(r.steps for r in collection.collect(config, folder, parallelism))
+  return steps / (time.perf_counter() - start)
+
+
+def reading_frames_per_s(paths, per_rollout: int, seconds: float = 8.0) -> float:
+  from wm import datasets
+  data = datasets.raw_frames(paths, per_rollout, shuffle_buffer=10000, batch_size=100)
+  iterator = iter(data)
+  for _ in range(20):  # warm up the pipeline
+    next(iterator)
+  frames, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    frames += next(iterator).shape[0]
+  return frames / (time.perf_counter() - start)
+
+
+def main(argv):
+  del argv
+  work = _WORK_DIR.value or tempfile.mkdtemp(prefix='wm-bench-')
+  results = {}
+  # Overhead: raw loop vs the collector (one worker, in process), same seeds, alternating.
+  overhead = []
+  for r in range(_ROUNDS.value):
+    config = make_config(1)
+    raw = raw_steps_per_s(config, seed=collection_seed(config, 0))
+    collected = collector_steps_per_s(config, os.path.join(work, f'overhead-{r}'), 1)
+    overhead.append((raw, collected))
+  raw, collected = np.median(overhead, axis=0)
+  results['collect/raw_env_steps_per_s'] = raw
+  results['collect/collector_steps_per_s_1_worker'] = collected
+  results['collect/overhead_ratio'] = collected / raw
+  # Scaling: 1 worker vs 2 workers on the same number of rollouts.
+  scaling = []
+  for r in range(_ROUNDS.value):
+    config = make_config(_ROLLOUTS.value)
+    one = collector_steps_per_s(config, os.path.join(work, f'scale1-{r}'), 1)
+    two = collector_steps_per_s(config, os.path.join(work, f'scale2-{r}'), 2)
+    scaling.append((one, two))
+  one, two = np.median(scaling, axis=0)
+  results['collect/steps_per_s_2_workers'] = two
+  results['collect/scaling_ratio'] = two / one
+  # Reading: shard the last scaling data set and read it back.
+  from wm import sharding
+  config = make_config(_ROLLOUTS.value)
+  config.records.shard_size_mb = 1.0
+  config.records.valid_fraction = 0.0
+  source = os.path.join(work, f'scale2-{_ROUNDS.value - 1}')
+  sharding.shard(config, source, os.path.join(work, 'records'), parallelism=2, log=lambda m: None)
+  paths = sharding.shard_paths(os.path.join(work, 'records', 'train'))
+  results['data/shards'] = len(paths)
+  results['data/frames_per_s_all_frames'] = reading_frames_per_s(paths, _STEPS.value + 1)
+  results['data/frames_per_s_100_per_rollout'] = reading_frames_per_s(paths, 100)
+  print(f'{"metric":42s} value')
+  for key, value in results.items():
+    print(f'{key:42s} {value:,.2f}')
+  goals = {'collect/overhead_ratio': 0.95, 'collect/scaling_ratio': 1.8,
+           'data/frames_per_s_all_frames': 30000}
+  for key, goal in goals.items():
+    print(f'{key}: {results[key]:,.2f} (goal >= {goal:,}) {"ok" if results[key] >= goal else "MISSED"}')
+  if _JSON_OUT.value:
+    with open(_JSON_OUT.value, 'w') as f:
+      json.dump(results, f, indent=2)
+
+
+def collection_seed(config, index: int) -> int:
+  from wm import rollouts
+  return rollouts.rollout_seed(config.seed, index)
+
+
+if __name__ == '__main__':
+  app.run(main)
