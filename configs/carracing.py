@@ -50,6 +50,7 @@ def get_config(preset: str = 'small') -> Config:
     c.controller.population_size = 64  # the paper's population
     c.controller.trials = 16  # ... and 16 rollouts per candidate
     c.controller.generations = 1800
+    c.controller.mode = 'real'  # the paper trained CarRacing's controller in the real env
     c.controller.eval_episodes = 1024  # the paper's evaluation of the best every 25 generations
   else:
     raise ValueError(f'unknown preset {preset!r}; presets: debug, small, paper')
