@@ -1,7 +1,8 @@
 """Benchmark of the controller stage: dream vs real-environment steps/s, and 2 workers vs 1.
 
 Input:  RUN/vae/export, RUN/seq/export, RUN/seq/initial_latents.npz (any trained or freshly
-        initialised V and M: speed does not depend on the weights).
+        initialised V and M: speed does not depend on the weights; dream episodes all run
+        --dream_steps, whatever M's done head says).
 Output: printed figures, side by side from one run:
           real env steps/s of V+M+C in one process (a batch of --real_envs environments)
           dream steps/s of the same V+M+C (--dream_batch episodes as one batch inside M)
@@ -59,7 +60,9 @@ def main(argv: list[str]) -> None:
   worker.evaluate(params, seeds)
   real = (worker.steps - before) / (time.perf_counter() - start)
 
-  dream = Dream.load(model, run, _DREAM_STEPS.value, config.controller.dream_temperature)
+  # Every dream episode runs dream_steps: an untrained M's done head would end them at random.
+  dream = Dream.load(model, run, _DREAM_STEPS.value, config.controller.dream_temperature,
+                     use_done=False)
   batch = rng.normal(size=(_DREAM_BATCH.value, n)) * 0.1
   z0 = dream.start.draw(len(batch), rng)
   dream.returns(batch, z0, np.array([1, 2]))  # trace

@@ -53,15 +53,18 @@ class StartLatents:
 class Dream:
   """Evaluates candidate parameters [P, n] over `trials` dream episodes each."""
 
-  def __init__(self, world: WorldModel, start: StartLatents, max_steps: int, temperature: float):
+  def __init__(self, world: WorldModel, start: StartLatents, max_steps: int, temperature: float,
+               use_done: bool = True):
     self.world, self.start = world, start
     self.max_steps, self.temperature = max_steps, temperature
+    self.use_done = use_done  # False runs every episode max_steps (the benchmark's untrained M)
     self._run = tf.function(self._episodes, reduce_retracing=True)
 
   @classmethod
-  def load(cls, world: WorldModel, run: runs.Run, max_steps: int, temperature: float) -> 'Dream':
+  def load(cls, world: WorldModel, run: runs.Run, max_steps: int, temperature: float,
+           use_done: bool = True) -> 'Dream':
     path = os.path.join(run.stage_dir('seq'), INITIAL_LATENTS)
-    return cls(world, StartLatents(path, world.encoder.z_size), max_steps, temperature)
+    return cls(world, StartLatents(path, world.encoder.z_size), max_steps, temperature, use_done)
 
   def evaluate(self, params: np.ndarray, trials: int, seed: int) -> np.ndarray:
     """Mean dream return per candidate [P]; `seed` fixes starts and M's sampling noise."""
@@ -94,8 +97,9 @@ class Dream:
       prediction, state = seq.step(z, action, state)
       total += alive * tf.cast(tf.reshape(prediction.reward, [batch]), tf.float32)
       steps += tf.reduce_sum(alive)
-      done = tf.reshape(prediction.done_logit, [batch]) > 0
-      alive *= 1.0 - tf.cast(done, tf.float32)
+      if self.use_done:
+        done = tf.reshape(prediction.done_logit, [batch]) > 0
+        alive *= 1.0 - tf.cast(done, tf.float32)
       seed = tf.random.experimental.stateless_fold_in(noise_seed, tf.cast(t, tf.int64))
       z = tf.cast(seq.sample(prediction, self.temperature, seed=seed), tf.float32)
       if tf.reduce_max(alive) == 0.0:
