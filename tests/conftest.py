@@ -53,6 +53,16 @@ def debug_data(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope='session')
+def debug_encoded(debug_data, tmp_path_factory) -> str:
+  """A copy of `debug_data` with V trained (debug preset, exported to RUN/vae/export) and both
+  splits encoded into RUN/encoded/{train,valid} (read-only: copy before changing)."""
+  run_dir = copy_run(debug_data, str(tmp_path_factory.mktemp('debug_encoded') / 'run'))
+  run_script('train_vae', f'--run_dir={run_dir}')
+  run_script('encode_rollouts', f'--run_dir={run_dir}')
+  return run_dir
+
+
+@pytest.fixture(scope='session')
 def controller_models(tmp_path_factory) -> str:
   """A run dir holding V and M exports and dream starts, for the controller stage's tests.
 

@@ -29,12 +29,16 @@ _STAGES = flags.DEFINE_list('stages', None, 'Only these stages (default: all).')
 class StageCommand:
   name: str  # stage key (wm/runs.py)
   script: str  # scripts/<script>.py
+  args: tuple[str, ...] = ()  # fixed extra flags of the one-machine run
   parallel: bool = False  # takes --parallelism
 
 
 STAGES = [
     StageCommand('collect', 'collect_rollouts', parallel=True),
     StageCommand('shard', 'shard_rollouts', parallel=True),
+    StageCommand('vae', 'train_vae'),
+    StageCommand('encode', 'encode_rollouts', ('--num_outer_shards=1', '--outer_shard_index=0',
+                                               '--num_sub_shards=1')),
     StageCommand('controller', 'train_controller', parallel=True),
     StageCommand('evaluate', 'evaluate', parallel=True),
 ]
@@ -45,6 +49,7 @@ def stage_argv(stage: StageCommand, run_dir: str, config: str, overrides: dict[s
   argv = [sys.executable, os.path.join(REPO_ROOT, 'scripts', stage.script + '.py'),
           f'--run_dir={run_dir}', f'--config={config}']
   argv += [f'--config.{k}={v}' for k, v in overrides.items()]
+  argv += list(stage.args)
   if stage.parallel:
     argv.append(f'--parallelism={parallelism}')
   return argv

@@ -67,13 +67,21 @@ def _meta_path(out_dir: str, name: str) -> str:
   return os.path.join(out_dir, META, name + '.json')
 
 
-def shard_complete(out_dir: str, name: str, members: list[int]) -> bool:
+def shard_complete(out_dir: str, name: str, members: list[int], **expected) -> bool:
+  """True when `name` and its metadata exist, match `members` and every `expected` key."""
   meta = _meta_path(out_dir, name)
   if not (os.path.exists(meta) and os.path.exists(os.path.join(out_dir, name))):
     return False
   info = fileio.read_json(meta)
+  if any(info.get(key) != value for key, value in expected.items()):
+    return False
   return info.get('rollouts') == members and info.get('bytes') == os.path.getsize(
       os.path.join(out_dir, name))
+
+
+def write_meta(out_dir: str, name: str, info: dict) -> None:
+  """Records shard `name` as complete (call after the shard itself is in place)."""
+  fileio.write_json(_meta_path(out_dir, name), info)
 
 
 def sha256(path: str) -> str:
@@ -134,23 +142,30 @@ def shard(config: Config, in_dir: str, out_root: str, parallelism: int = 1, task
           for split, groups in the_plan.items()}
 
 
-def rollouts_shard_name(k: int, n: int) -> str:
-  return f'{PREFIX}.tfrecord-{k:05d}-of-{n:05d}'
+def rollouts_shard_name(k: int, n: int, prefix: str = PREFIX) -> str:
+  return f'{prefix}.tfrecord-{k:05d}-of-{n:05d}'
 
 
-def finish_split(out_dir: str, groups: list[list[int]]) -> dict | None:
-  """Writes manifest.json when every planned shard is complete; None while some are missing."""
-  names = [rollouts_shard_name(k, len(groups)) for k in range(len(groups))]
-  if not all(shard_complete(out_dir, n, g) for n, g in zip(names, groups)):
+def finish_split(out_dir: str, groups: list[list[int]], prefix: str = PREFIX,
+                 fmt: str = FORMAT, expected: dict | None = None,
+                 **extra) -> dict | None:
+  """Writes manifest.json when every planned shard is complete; None while some are missing.
+
+  `prefix` names the shards (raw, encoded), `expected` are metadata values every shard must
+  have (see shard_complete), `extra` are added to the manifest.
+  """
+  names = [rollouts_shard_name(k, len(groups), prefix) for k in range(len(groups))]
+  expected = expected or {}
+  if not all(shard_complete(out_dir, n, g, **expected) for n, g in zip(names, groups)):
     return None
   shards = [fileio.read_json(_meta_path(out_dir, n)) for n in names]
-  manifest = {'format': FORMAT, 'num_shards': len(shards),
+  manifest = {'format': fmt, **extra, 'num_shards': len(shards),
               'num_rollouts': sum(s['num_rollouts'] for s in shards),
               'num_frames': sum(s['frames'] for s in shards),
               'bytes': sum(s['bytes'] for s in shards), 'shards': shards}
   fileio.write_json(os.path.join(out_dir, MANIFEST), manifest)
   for name in os.listdir(out_dir):  # shards of an older plan (before a top-up)
-    if _SHARD.match(name) and name.startswith(PREFIX) and name not in names:
+    if _SHARD.match(name) and name.startswith(prefix + '.') and name not in names:
       os.remove(os.path.join(out_dir, name))
       if os.path.exists(_meta_path(out_dir, name)):
         os.remove(_meta_path(out_dir, name))

@@ -1,0 +1,111 @@
+"""Stage 4: re-encoding splits across processes into one folder, resumable, and refusing an
+encoder that does not fit the data."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import DEBUG, REPO, copy_run, run_script, script_env
+from wm import datasets, sharding
+from wm.models import export
+from wm.models.vae import ConvVAE
+
+
+def fake_manifest(shard_sizes: list[int]) -> dict:
+  shards, index = [], 0
+  for k, size in enumerate(shard_sizes):
+    shards.append({'file': f'raw.tfrecord-{k:05d}-of-{len(shard_sizes):05d}',
+                   'rollouts': list(range(index, index + size))})
+    index += size
+  return {'shards': shards}
+
+
+@pytest.mark.parametrize('sizes,outer,sub', [([3, 2, 4], 2, 3), ([1, 1], 3, 2), ([5], 1, 1)])
+def test_plan_covers_every_rollout_once(sizes, outer, sub):
+  from wm import encoding
+  outputs = encoding.plan(fake_manifest(sizes), outer, sub)
+  assert len(outputs) == outer * sub
+  assert [o.name for o in outputs] == [f'encoded.tfrecord-{k:05d}-of-{outer * sub:05d}'
+                                       for k in range(outer * sub)]
+  assert sorted(i for o in outputs for i in o.rollouts) == list(range(sum(sizes)))
+  for o in outputs:  # the reads of an output yield exactly its rollouts, in order
+    read = []
+    for name, first, count in o.reads:
+      k = int(name.split('-')[1])
+      read += fake_manifest(sizes)['shards'][k]['rollouts'][first:first + count]
+    assert read == o.rollouts
+
+
+def encode_argv(run_dir: str, *args: str) -> list[str]:
+  return [sys.executable, os.path.join(REPO, 'scripts', 'encode_rollouts.py'),
+          f'--run_dir={run_dir}', f'--config={DEBUG}', *args]
+
+
+def read_split(split_dir: str) -> dict[int, dict]:
+  paths = sharding.shard_paths(split_dir)
+  return {int(x['index']): {k: v.numpy() for k, v in x.items()}
+          for x in datasets.encoded_rollouts(paths)}
+
+
+def test_two_processes_write_every_output_once(debug_encoded, tmp_path):
+  run_dir = copy_run(debug_encoded, str(tmp_path / 'run'))
+  reference = {s: read_split(os.path.join(run_dir, 'encoded', s)) for s in ('train', 'valid')}
+  shutil.rmtree(os.path.join(run_dir, 'encoded'))
+  processes = [subprocess.Popen(encode_argv(run_dir, '--num_outer_shards=2',
+                                            f'--outer_shard_index={i}', '--num_sub_shards=2'),
+                                env=script_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  for p in processes:
+    _, stderr = p.communicate(timeout=300)
+    assert p.returncode == 0, stderr[-3000:]
+  assert os.path.exists(os.path.join(run_dir, 'encoded', 'DONE'))
+  for split in ('train', 'valid'):
+    out_dir = os.path.join(run_dir, 'encoded', split)
+    names = sorted(n for n in os.listdir(out_dir) if n.startswith('encoded.'))
+    assert names == [f'encoded.tfrecord-{k:05d}-of-00004' for k in range(4)]
+    manifest = sharding.read_manifest(out_dir)
+    raw = sharding.read_manifest(os.path.join(run_dir, 'records', split))
+    assert manifest['format'] == 'encoded-rollouts-v1'
+    assert (manifest['z_size'], manifest['action_size']) == (8, 3)
+    assert datasets.encoded_sizes(out_dir) == (8, 3)
+    assert manifest['num_shards'] == 4
+    assert (manifest['num_rollouts'], manifest['num_frames']) == (raw['num_rollouts'],
+                                                                  raw['num_frames'])
+    got = read_split(out_dir)
+    assert sorted(got) == sorted(i for s in raw['shards'] for i in s['rollouts'])
+    for index, x in got.items():  # the same latents as the one-process encoding
+      assert x['mu'].shape == (x['steps'] + 1, 8) and x['actions'].shape == (x['steps'], 3)
+      np.testing.assert_allclose(x['mu'], reference[split][index]['mu'], atol=1e-5)
+      np.testing.assert_array_equal(x['actions'], reference[split][index]['actions'])
+
+  before = {n: os.stat(os.path.join(run_dir, 'encoded', 'train', n)).st_mtime_ns
+            for n in os.listdir(os.path.join(run_dir, 'encoded', 'train')) if n.startswith('enc')}
+  result = run_script('encode_rollouts', f'--run_dir={run_dir}', '--num_outer_shards=2',
+                      '--outer_shard_index=0', '--num_sub_shards=2', '--split=train')
+  assert "2 of this process's 2 outputs were complete already" in result.stderr
+  after = {n: os.stat(os.path.join(run_dir, 'encoded', 'train', n)).st_mtime_ns for n in before}
+  assert before == after
+
+
+def test_mismatched_encoder_is_refused_before_writing(debug_encoded, tmp_path):
+  run_dir = copy_run(debug_encoded, str(tmp_path / 'run'))
+  shutil.rmtree(os.path.join(run_dir, 'encoded'))
+  result = run_script('encode_rollouts', f'--run_dir={run_dir}', '--config.vae.z_size=4',
+                      check=False)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert 'latent size 8' in result.stderr and 'vae.z_size=4' in result.stderr
+  assert not os.path.exists(os.path.join(run_dir, 'encoded', 'train'))
+
+  other = ConvVAE(z_size=8, frame_size=32)
+  other.build_for_loading()
+  other_dir = str(tmp_path / 'encoder32')
+  export.save(other, other_dir, kind='encoder', name='conv_vae', kwargs=other.get_config())
+  result = run_script('encode_rollouts', f'--run_dir={run_dir}', f'--encoder_dir={other_dir}',
+                      check=False)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert 'takes frames (32, 32, 3)' in result.stderr and '(64, 64, 3)' in result.stderr
+  assert not os.path.exists(os.path.join(run_dir, 'encoded', 'train'))

@@ -1,0 +1,127 @@
+"""Stage 3: V trains for real on the debug data, resumes by rerun, stops cleanly on preemption or
+divergence, and exports an encoder that later stages load back."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO, copy_run, run_script, script_env
+from wm import datasets, sharding, training
+from wm.errors import DataError
+from wm.models import export
+from wm.models.vae import ConvVAE
+
+
+def latest_step(run_dir: str) -> int | None:
+  latest = tf.train.latest_checkpoint(os.path.join(run_dir, 'vae', 'checkpoints'))
+  return int(latest.rsplit('-', 1)[1]) if latest else None
+
+
+def test_debug_training_resumes_and_tops_up(debug_encoded, tmp_path):
+  run_dir = copy_run(debug_encoded, str(tmp_path / 'run'))
+  assert latest_step(run_dir) == 20  # the fixture's run: vae.train_steps=20 in the debug preset
+  assert export.read_info(os.path.join(run_dir, 'vae', 'export'))['step'] == 20
+  assert os.path.exists(os.path.join(run_dir, 'vae', 'DONE'))
+  assert any(f.startswith('events') for f in os.listdir(os.path.join(run_dir, 'vae', 'tb')))
+
+  result = run_script('train_vae', f'--run_dir={run_dir}', '--config.vae.train_steps=30')
+  assert 'at step 20' in result.stderr  # resumed, not restarted
+  assert latest_step(run_dir) == 30
+  assert export.read_info(os.path.join(run_dir, 'vae', 'export'))['step'] == 30
+
+  weights = os.path.join(run_dir, 'vae', 'export', 'model.weights.h5')
+  before = os.stat(weights).st_mtime_ns
+  result = run_script('train_vae', f'--run_dir={run_dir}', '--config.vae.train_steps=30')
+  assert 'nothing to do' in result.stderr
+  assert os.stat(weights).st_mtime_ns == before
+
+  # Divergence: a NaN stops with exit 2 and leaves the last good checkpoint as the latest.
+  result = run_script('train_vae', f'--run_dir={run_dir}', '--config.vae.train_steps=40',
+                      '--config.vae.learning_rate=1e30', check=False)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert 'training diverged' in result.stderr
+  assert latest_step(run_dir) == 30
+
+
+def test_preemption_signal_saves_and_asks_for_requeue(debug_data, tmp_path):
+  run_dir = copy_run(debug_data, str(tmp_path / 'run'))
+  argv = [sys.executable, os.path.join(REPO, 'scripts', 'train_vae.py'), f'--run_dir={run_dir}',
+          '--config=configs/carracing.py:debug', '--config.vae.train_steps=100000',
+          '--config.vae.save_every=5']
+  process = subprocess.Popen(argv, env=script_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 120
+    while latest_step(run_dir) is None and process.poll() is None and time.time() < deadline:
+      time.sleep(0.2)
+    assert process.poll() is None, process.stderr.read()[-3000:]
+    process.send_signal(signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=120)
+  finally:
+    if process.poll() is None:
+      process.kill()
+  assert process.returncode == training.EXIT_REQUEUE, stderr[-3000:]
+  assert 'SIGUSR1 received' in stderr
+  saved = re.search(r'after saving step (\d+)', stderr)
+  assert saved, stderr[-3000:]
+  assert latest_step(run_dir) == int(saved.group(1)) >= 5
+  assert not os.path.exists(os.path.join(run_dir, 'vae', 'DONE'))
+
+
+def tiny_frames(run_dir: str, count: int = 32) -> tf.Tensor:
+  paths = sharding.shard_paths(os.path.join(run_dir, 'records', 'train'))
+  frames = np.concatenate([x['frames'].numpy() for x in datasets.raw_rollouts(paths, True)])
+  return tf.constant(frames[np.linspace(0, len(frames) - 1, count).astype(int)])
+
+
+def test_reconstruction_loss_falls_on_a_tiny_data_set(debug_data):
+  frames = tiny_frames(debug_data)
+  tf.keras.utils.set_random_seed(0)
+  model = ConvVAE(z_size=8, mixed_precision=False)
+  model.build_for_loading()
+  optimizer = tf.keras.optimizers.Adam(1e-3)
+  seed = tf.constant([0, 0])
+
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      loss = model.losses_for(frames)['loss']
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+  before = float(model.losses_for(frames, seed=seed)['recon'])
+  for _ in range(40):
+    step()
+  after = float(model.losses_for(frames, seed=seed)['recon'])
+  assert after < 0.5 * before, (before, after)
+
+
+def test_export_loads_back_the_trained_encoder(debug_encoded):
+  folder = os.path.join(debug_encoded, 'vae', 'export')
+  model = export.load(folder, kind='encoder')
+  assert isinstance(model, ConvVAE)
+  assert (model.z_size, model.frame_shape) == (8, (64, 64, 3))
+  frames = tiny_frames(debug_encoded, 8)
+  mu, logvar = model.encode(frames)
+  assert mu.shape == (8, 8) and mu.dtype == tf.float32 and logvar.dtype == tf.float32
+
+  # The same weights as the final checkpoint.
+  reference = ConvVAE(**export.read_info(folder)['kwargs'])
+  reference.build_for_loading()
+  checkpoint = tf.train.Checkpoint(model=reference)
+  checkpoint.restore(tf.train.latest_checkpoint(
+      os.path.join(debug_encoded, 'vae', 'checkpoints'))).expect_partial()
+  np.testing.assert_allclose(reference.encode(frames)[0].numpy(), mu.numpy(), rtol=1e-5, atol=1e-5)
+  untrained = ConvVAE(**export.read_info(folder)['kwargs'])
+  untrained.build_for_loading()
+  assert not np.allclose(untrained.encode(frames)[0].numpy(), mu.numpy(), atol=1e-3)
+
+  with pytest.raises(DataError, match='expected a sequence_model'):
+    export.load(folder, kind='sequence_model')

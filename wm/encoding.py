@@ -1,0 +1,186 @@
+"""Stage 4: re-encode raw rollouts into latent rollouts, split across processes, jobs and GPUs.
+
+The partition (the seed project's): a split's input shards are cut into `num_outer` roughly
+equal consecutive groups (np.array_split: they need not divide evenly); process `outer_index`
+encodes group `outer_index` into `num_sub` output files holding consecutive runs of its rollouts.
+Output k = outer_index * num_sub + j of outer x sub is `encoded.tfrecord-0000k-of-000NN`, so any
+number of processes (one per outer index, any mix of SLURM jobs and GPUs) write one folder with
+no collision. Each output is written atomically, then `.meta/<output>.json` records it complete
+(its rollouts, frames, bytes, sha256 and the encoder's fingerprint); a rerun skips complete
+outputs, redoes partial ones and redoes everything written by another encoder. The process that
+completes a split's last output writes its manifest.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from wm import datasets, fileio, records, sharding
+from wm.errors import ConfigError, DataError, UserError
+from wm.models import export
+from wm.progress import Progress
+
+PREFIX = 'encoded'
+FORMAT = datasets.ENCODED_FORMAT
+
+
+@dataclasses.dataclass
+class Output:
+  name: str  # encoded.tfrecord-00007-of-00012
+  rollouts: list[int]  # rollout indices, in order
+  reads: list[tuple[str, int, int]]  # (input shard file, first record, record count)
+
+
+def plan(raw_manifest: dict, num_outer: int, num_sub: int) -> list[Output]:
+  """Every output of a split (outer x sub), in order: a pure function of the raw manifest."""
+  shards = raw_manifest['shards']
+  outputs = []
+  for group in np.array_split(np.arange(len(shards)), num_outer):
+    positions = [(int(s), r) for s in group for r in range(len(shards[s]['rollouts']))]
+    for part in np.array_split(np.arange(len(positions)), num_sub):
+      picked = [positions[p] for p in part]
+      reads = {}
+      for s, r in picked:
+        first, count = reads.get(s, (r, 0))
+        reads[s] = (first, count + 1)
+      name = sharding.rollouts_shard_name(len(outputs), num_outer * num_sub, PREFIX)
+      outputs.append(Output(name, [shards[s]['rollouts'][r] for s, r in picked],
+                            [(shards[s]['file'], f, c) for s, (f, c) in reads.items()]))
+  return outputs
+
+
+def fingerprint(encoder_dir: str) -> str:
+  """Identifies an exported encoder by its description and weights."""
+  digest = hashlib.sha256()
+  for name in ('model.json', 'model.weights.h5'):
+    with open(os.path.join(encoder_dir, name), 'rb') as f:
+      digest.update(f.read())
+  return digest.hexdigest()[:16]
+
+
+def pin_device(gpu_index: int) -> str:
+  """Makes only GPU `gpu_index` visible (call before TensorFlow touches a device)."""
+  gpus = tf.config.list_physical_devices('GPU')
+  if not gpus:
+    logging.info('no GPU visible: encoding on the CPU (--gpu_index=%d ignored)', gpu_index)
+    return 'CPU'
+  if not 0 <= gpu_index < len(gpus):
+    raise UserError(f'--gpu_index={gpu_index} but {len(gpus)} GPUs are visible '
+                    f'({[g.name for g in gpus]}); pass 0..{len(gpus) - 1}')
+  tf.config.set_visible_devices(gpus[gpu_index], 'GPU')
+  return gpus[gpu_index].name
+
+
+def probe(split_dir: str, paths: list[str]) -> dict:
+  """Frame shape and action size of a split's data, from its first rollout."""
+  for serialized in records.read(paths[:1]).take(1):
+    x = records.parse_raw(serialized)
+    return {'frame_shape': tuple(int(d) for d in x['frames'].shape[1:]),
+            'action_size': int(x['actions'].shape[1])}
+  raise DataError(f'{paths[0]} holds no rollouts; rerun scripts/shard_rollouts.py for {split_dir}')
+
+
+def check_encoder(encoder, encoder_dir: str, data: dict, split_dir: str, z_size: int) -> None:
+  """Refuses an encoder that does not fit the data or the config, before anything is written."""
+  if tuple(encoder.frame_shape) != data['frame_shape']:
+    raise DataError(f'the encoder in {encoder_dir} takes frames {tuple(encoder.frame_shape)} but '
+                    f'the rollouts in {split_dir} have frames {data["frame_shape"]}; pass the '
+                    'encoder trained on this data with --encoder_dir')
+  if encoder.z_size != z_size:
+    raise ConfigError(f'the encoder in {encoder_dir} has latent size {encoder.z_size} but the '
+                      f'config says vae.z_size={z_size}; pass --config.vae.z_size='
+                      f'{encoder.z_size} or the matching --encoder_dir')
+
+
+class Encoder:
+  """A loaded encoder and its batched encode function (one trace for every batch size)."""
+
+  def __init__(self, encoder_dir: str, batch_size: int):
+    self.dir = encoder_dir
+    self.model = export.load(encoder_dir, kind='encoder')
+    self.fingerprint = fingerprint(encoder_dir)
+    self.batch_size = batch_size
+    shape = [None, *self.model.frame_shape]
+    self._encode = tf.function(self._full, input_signature=[tf.TensorSpec(shape, tf.uint8)])
+
+  def _full(self, frames: tf.Tensor) -> dict[str, tf.Tensor]:
+    return self.model.compute_full_representation(frames)
+
+  def __call__(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+    parts = [self._encode(frames[i:i + self.batch_size])
+             for i in range(0, len(frames), self.batch_size)]
+    return {k: np.concatenate([p[k].numpy() for p in parts]) for k in ('mu', 'logvar')}
+
+
+def rollouts_of(in_dir: str, output: Output) -> tf.data.Dataset:
+  """The raw rollouts of one output, in order, read and decoded ahead in parallel."""
+  if not output.reads:
+    return tf.data.Dataset.from_tensor_slices(tf.zeros([0], tf.string)).map(records.parse_raw)
+  files, firsts, counts = zip(*output.reads)
+  plan_data = tf.data.Dataset.from_tensor_slices(
+      ([os.path.join(in_dir, f) for f in files], tf.constant(firsts, tf.int64),
+       tf.constant(counts, tf.int64)))
+  data = plan_data.flat_map(lambda f, a, n: records.read_one(f).skip(a).take(n))
+  return data.map(records.parse_raw, num_parallel_calls=datasets.AUTOTUNE).prefetch(2)
+
+
+def write_output(encoder: Encoder, in_dir: str, out_dir: str, output: Output,
+                 data: dict, progress: Progress, counts: dict) -> dict:
+  path = os.path.join(out_dir, output.name)
+  frames = 0
+
+  def examples():
+    nonlocal frames
+    for x, index in zip(rollouts_of(in_dir, output), output.rollouts):
+      if int(x['index']) != index:
+        raise DataError(f'{in_dir}: expected rollout {index}, found {int(x["index"])}; the '
+                        'shards do not match their manifest.json (rerun scripts/shard_rollouts.py)')
+      rollout = {k: x[k].numpy() for k in ('actions', 'rewards', 'terminated', 'truncated')}
+      rollout.update(encoder(x['frames'].numpy()), seed=int(x['seed']))
+      frames += len(rollout['mu'])
+      counts['frames'] += len(rollout['mu'])
+      counts['rollouts'] += 1
+      progress.update(counts['rollouts'], frames=counts['frames'])
+      yield records.encoded_example(rollout, index)
+
+  with fileio.atomic_path(path) as tmp:
+    records.write(tmp, examples())
+  info = {'file': output.name, 'rollouts': output.rollouts, 'num_rollouts': len(output.rollouts),
+          'frames': frames, 'bytes': os.path.getsize(path), 'sha256': sharding.sha256(path),
+          'encoder': encoder.fingerprint, 'z_size': encoder.model.z_size,
+          'action_size': data['action_size']}
+  sharding.write_meta(out_dir, output.name, info)
+  return info
+
+
+def encode_split(encoder: Encoder, in_dir: str, out_dir: str, outputs: list[Output],
+                 mine: list[Output], data: dict) -> dict | None:
+  """Writes this process's missing outputs of a split; the manifest once the split is complete."""
+  expected = {'encoder': encoder.fingerprint}
+  todo = [o for o in mine if not sharding.shard_complete(out_dir, o.name, o.rollouts, **expected)]
+  os.makedirs(os.path.join(out_dir, sharding.META), exist_ok=True)
+  fileio.remove_stale_tmp_files(out_dir)
+  if todo and os.path.exists(os.path.join(out_dir, sharding.MANIFEST)):
+    os.remove(os.path.join(out_dir, sharding.MANIFEST))  # it will list the new outputs
+  progress = Progress(f'encode {os.path.basename(out_dir)}', sum(len(o.rollouts) for o in todo))
+  counts = {'rollouts': 0, 'frames': 0}
+  for output in todo:
+    with fileio.claim(os.path.join(out_dir, output.name)) as held:
+      if not held:
+        logging.info('%s is being written by another process: skipped', output.name)
+        continue
+      info = write_output(encoder, in_dir, out_dir, output, data, progress, counts)
+      logging.info('wrote %s: %d rollouts, %d frames', output.name, info['num_rollouts'],
+                   info['frames'])
+  progress.update(counts['rollouts'], force=True, frames=counts['frames'])
+  logging.info('%s: %d of this process\'s %d outputs were complete already',
+               os.path.basename(out_dir), len(mine) - len(todo), len(mine))
+  return sharding.finish_split(out_dir, [o.rollouts for o in outputs], prefix=PREFIX,
+                               fmt=FORMAT, expected=expected, z_size=encoder.model.z_size,
+                               action_size=data['action_size'], encoder=encoder.fingerprint)
