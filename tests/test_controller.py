@@ -14,7 +14,7 @@ import tensorflow as tf
 from conftest import copy_run, run_script
 from wm import config as config_lib
 from wm import envs, runs
-from wm.agent import Agent, WorldModel
+from wm.agent import Agent, WorldModel, load_params, save_params
 from wm.dream import Dream
 from wm.errors import DataError
 from wm.models.controller import Controller
@@ -110,13 +110,26 @@ def test_dream_is_reproducible_and_depends_on_the_controller(controller_models):
   assert len(np.unique(first)) > 1  # candidates differ
 
 
-def test_evaluate_random_baseline_and_controller(controller_models, controller_env, tmp_path):
+def test_evaluate_random_baseline(controller_models, controller_env, tmp_path):
   run_dir = copy_run(controller_models, str(tmp_path / 'run'))
   out = run_script('evaluate', f'--run_dir={run_dir}', '--policy=random', '--episodes=2',
                    '--output=random.json', '--config.env.max_steps=20')
   result = json.load(open(os.path.join(run_dir, 'evaluate', 'random.json')))
   assert result['policy'] == 'random' and len(result['returns']) == 2
   assert f'{result["mean"]:.1f} +- {result["std"]:.1f}' in out.stdout
-  missing = run_script('evaluate', f'--run_dir={run_dir}', '--episodes=2', check=False)
-  assert missing.returncode == 2 and 'train the controller first' in missing.stderr
-  assert not os.path.exists(os.path.join(run_dir, 'evaluate', 'result.json'))
+
+
+def test_parameter_files_are_checked(tmp_path):
+  c = Controller('zh', 4, 5, CAR_ACTIONS)
+  params = np.arange(c.num_params, dtype=np.float64)
+  path = str(tmp_path / 'best.npz')
+  with pytest.raises(DataError, match='train the controller first'):
+    load_params(path, c)
+  save_params(path, params, c, score=1.0)
+  np.testing.assert_array_equal(load_params(path, c), params)
+  with pytest.raises(DataError, match="inputs='z'"):
+    load_params(path, Controller('z', 4, 5, CAR_ACTIONS))
+  with open(path, 'r+b') as f:
+    f.truncate(50)
+  with pytest.raises(DataError, match='not a controller parameter file'):
+    load_params(path, c)

@@ -89,37 +89,34 @@ def _history(run_dir):
     return [json.loads(line) for line in f]
 
 
-def test_killed_dream_run_resumes_then_continues_in_real_env(controller_models, controller_env,
-                                                            tmp_path):
+def test_killed_dream_run_continues_in_real_env(controller_models, controller_env, tmp_path):
+  """SIGKILLed while dreaming; the rerun switches to the real env and continues the search."""
   run_dir = copy_run(controller_models, str(tmp_path / 'run'))
-  args = [f'--run_dir={run_dir}', '--config=configs/carracing.py:debug',
-          '--config.controller.mode=dream', '--config.controller.generations=12',
-          '--config.controller.eval_every=100', '--config.controller.init_sigma=1']
+  common = [f'--run_dir={run_dir}', '--config=configs/carracing.py:debug',
+            '--config.controller.generations=6', '--config.controller.init_sigma=1']
   proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'scripts', 'train_controller.py'),
-                           *args], env=script_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                           *common, '--config.controller.mode=dream',
+                           '--config.controller.eval_every=100', '--config.env.max_steps=200'],
+                          env=script_env(), cwd=REPO, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
   state = os.path.join(run_dir, 'controller', es.STATE)
   deadline = time.time() + 120
   while not os.path.exists(state) and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
+    time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
   stderr = proc.communicate()[1]
   assert proc.returncode == -signal.SIGKILL, stderr[-3000:]
   killed_at = len(_history(run_dir))
-  assert 1 <= killed_at < 12
-  run_script('train_controller', *args)
+  assert 1 <= killed_at < 6
+  assert not os.path.exists(os.path.join(run_dir, 'controller', 'DONE'))
+  run_script('train_controller', *common, '--config.controller.mode=real',
+             '--config.controller.eval_every=6', '--config.env.max_steps=20')
   rows = _history(run_dir)
-  assert [r['generation'] for r in rows] == list(range(1, 13))
-  assert os.path.exists(os.path.join(run_dir, 'controller', 'DONE'))
-  # The same search continues in the real environment, evaluated there too.
-  run_script('train_controller', *args[:2], '--config.controller.mode=real',
-             '--config.controller.generations=13', '--config.controller.eval_every=13',
-             '--config.controller.init_sigma=1', '--config.env.max_steps=20')
-  rows = _history(run_dir)
-  assert [r['generation'] for r in rows] == list(range(1, 14))
-  assert [r['mode'] for r in rows[-2:]] == ['dream', 'real']
-  assert rows[-1]['eval_mean'] is not None
+  assert [r['generation'] for r in rows] == [1, 2, 3, 4, 5, 6]  # no gap, no duplicate
+  assert [r['mode'] for r in rows] == ['dream'] * killed_at + ['real'] * (6 - killed_at)
+  assert rows[-1]['eval_mean'] is not None and rows[0]['eval_mean'] is None
   assert os.path.exists(os.path.join(run_dir, 'controller', es.BEST))
+  assert os.path.exists(os.path.join(run_dir, 'controller', 'DONE'))
 
 
 @pytest.mark.mpi
