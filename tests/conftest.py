@@ -63,6 +63,16 @@ def debug_encoded(debug_data, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope='session')
+def synthetic_encoded(tmp_path_factory) -> str:
+  """A run dir with only RUN/encoded/{train,valid}: a toy deterministic latent dynamics written
+  with the real encoded schema (tests/synthetic_encoded_data.py). Read-only: copy to change."""
+  import synthetic_encoded_data  # tests/ is on sys.path while pytest runs
+  run_dir = str(tmp_path_factory.mktemp('synthetic_encoded_run'))
+  synthetic_encoded_data.write(run_dir)
+  return run_dir
+
+
+@pytest.fixture(scope='session')
 def controller_models(tmp_path_factory) -> str:
   """A run dir holding V and M exports and dream starts, for the controller stage's tests.
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import DEBUG, REPO, copy_run, run_script, script_env
-from wm import datasets, sharding
+from wm import datasets, encoding, sharding
+from wm.errors import ConfigError
 from wm.models import export
 from wm.models.vae import ConvVAE
 
@@ -26,7 +27,6 @@ def fake_manifest(shard_sizes: list[int]) -> dict:
 
 @pytest.mark.parametrize('sizes,outer,sub', [([3, 2, 4], 2, 3), ([1, 1], 3, 2), ([5], 1, 1)])
 def test_plan_covers_every_rollout_once(sizes, outer, sub):
-  from wm import encoding
   outputs = encoding.plan(fake_manifest(sizes), outer, sub)
   assert len(outputs) == outer * sub
   assert [o.name for o in outputs] == [f'encoded.tfrecord-{k:05d}-of-{outer * sub:05d}'
@@ -82,23 +82,27 @@ def test_two_processes_write_every_output_once(debug_encoded, tmp_path):
       np.testing.assert_allclose(x['mu'], reference[split][index]['mu'], atol=1e-5)
       np.testing.assert_array_equal(x['actions'], reference[split][index]['actions'])
 
-  before = {n: os.stat(os.path.join(run_dir, 'encoded', 'train', n)).st_mtime_ns
-            for n in os.listdir(os.path.join(run_dir, 'encoded', 'train')) if n.startswith('enc')}
-  result = run_script('encode_rollouts', f'--run_dir={run_dir}', '--num_outer_shards=2',
-                      '--outer_shard_index=0', '--num_sub_shards=2', '--split=train')
-  assert "2 of this process's 2 outputs were complete already" in result.stderr
-  after = {n: os.stat(os.path.join(run_dir, 'encoded', 'train', n)).st_mtime_ns for n in before}
+  # A rerun skips complete outputs (here in-process: the same code the script runs).
+  encoder = encoding.Encoder(os.path.join(run_dir, 'vae', 'export'), 64)
+  in_dir, out_dir = (os.path.join(run_dir, d, 'train') for d in ('records', 'encoded'))
+  data = encoding.probe(in_dir, sharding.shard_paths(in_dir))
+  outputs = encoding.plan(sharding.read_manifest(in_dir), 2, 2)
+  before = {n: os.stat(os.path.join(out_dir, n)).st_mtime_ns
+            for n in os.listdir(out_dir) if n.startswith('enc')}
+  manifest = encoding.encode_split(encoder, in_dir, out_dir, outputs, outputs[:2], data)
+  assert manifest == sharding.read_manifest(out_dir)
+  after = {n: os.stat(os.path.join(out_dir, n)).st_mtime_ns for n in before}
   assert before == after
 
 
 def test_mismatched_encoder_is_refused_before_writing(debug_encoded, tmp_path):
   run_dir = copy_run(debug_encoded, str(tmp_path / 'run'))
   shutil.rmtree(os.path.join(run_dir, 'encoded'))
-  result = run_script('encode_rollouts', f'--run_dir={run_dir}', '--config.vae.z_size=4',
-                      check=False)
-  assert result.returncode == 2, result.stderr[-3000:]
-  assert 'latent size 8' in result.stderr and 'vae.z_size=4' in result.stderr
-  assert not os.path.exists(os.path.join(run_dir, 'encoded', 'train'))
+  trained = export.load(os.path.join(run_dir, 'vae', 'export'), kind='encoder')
+  data = {'frame_shape': (64, 64, 3), 'action_size': 3}
+  encoding.check_encoder(trained, 'export', data, 'records/train', 8)  # fits
+  with pytest.raises(ConfigError, match='latent size 8 but the config says vae.z_size=4'):
+    encoding.check_encoder(trained, 'export', data, 'records/train', 4)
 
   other = ConvVAE(z_size=8, frame_size=32)
   other.build_for_loading()

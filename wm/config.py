@@ -17,6 +17,7 @@ import typing
 from typing import Any
 
 from wm.errors import ConfigError
+from wm.models import registry
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = 'configs/carracing.py:small'
@@ -65,7 +66,7 @@ class VaeConfig:
   save_every: int = 1000  # checkpoint every this many steps
   log_every: int = 100  # write scalars every this many steps
   valid_batches: int = 10  # validation batches per evaluation
-  mixed_precision: bool = True  # bfloat16 compute where the CPU/GPU supports it
+  mixed_precision: bool = False  # bfloat16 convolutions: faster on GPUs/AMX CPUs, slower without
 
 
 @dataclasses.dataclass
@@ -84,6 +85,10 @@ class SeqConfig:
   train_steps: int = 4000  # optimizer steps in total (a rerun continues up to this)
   save_every: int = 500  # checkpoint every this many steps
   log_every: int = 100  # write scalars every this many steps
+  valid_every: int = 500  # evaluate on the validation split every this many steps (and at the end)
+  valid_batches: int = 10  # validation batches per evaluation at most
+  grad_clip: float = 1.0  # clip gradients to this global norm (0: no clipping)
+  shuffle_buffer: int = 1000  # training windows in the shuffle buffer
   temperature: float = 1.0  # sampling temperature of the mixture
   num_layers: int = 2  # transformer: attention blocks
   num_heads: int = 4  # transformer: attention heads
@@ -256,7 +261,8 @@ _POSITIVE = (
     'data.batch_size', 'vae.z_size', 'vae.learning_rate', 'vae.train_steps', 'vae.save_every',
     'vae.log_every', 'vae.valid_batches', 'encode.batch_size', 'seq.hidden_size',
     'seq.num_mixtures', 'seq.sequence_length', 'seq.batch_size', 'seq.learning_rate',
-    'seq.train_steps', 'seq.save_every', 'seq.log_every', 'seq.temperature', 'seq.num_layers',
+    'seq.train_steps', 'seq.save_every', 'seq.log_every', 'seq.valid_every', 'seq.valid_batches',
+    'seq.shuffle_buffer', 'seq.temperature', 'seq.num_layers',
     'seq.num_heads', 'controller.hidden_units', 'controller.population_size',
     'controller.trials', 'controller.generations', 'controller.init_sigma',
     'controller.dream_temperature', 'controller.eval_every', 'controller.eval_episodes',
@@ -286,6 +292,9 @@ def validate(config: Config) -> Config:
       ('collect.compress_level', 0 <= config.collect.compress_level <= 9, 'must be in 0..9'),
       ('records.valid_fraction', 0 <= config.records.valid_fraction < 1, 'must be in [0, 1)'),
       ('vae.kl_tolerance', config.vae.kl_tolerance >= 0, 'must be >= 0'),
+      ('vae.model', config.vae.model in registry.ENCODERS,
+       f'is not a registered encoder {sorted(registry.ENCODERS)} (wm/models/registry.py)'),
+      ('seq.grad_clip', config.seq.grad_clip >= 0, 'must be >= 0'),
   ]
   for name, ok, requirement in checks:
     if not ok:

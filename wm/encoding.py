@@ -112,21 +112,24 @@ class Encoder:
   def _full(self, frames: tf.Tensor) -> dict[str, tf.Tensor]:
     return self.model.compute_full_representation(frames)
 
-  def __call__(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+  def __call__(self, frames: tf.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+    """uint8 frames [N, H, W, 3] -> {'mu', 'logvar'} float32 [N, Z], in batches."""
     parts = [self._encode(frames[i:i + self.batch_size])
              for i in range(0, len(frames), self.batch_size)]
     return {k: np.concatenate([p[k].numpy() for p in parts]) for k in ('mu', 'logvar')}
 
 
 def rollouts_of(in_dir: str, output: Output) -> tf.data.Dataset:
-  """The raw rollouts of one output, in order, read and decoded ahead in parallel."""
+  """The raw rollouts of one output, read (several shards at once) and decoded ahead in
+  parallel, in a deterministic order: round robin over its input shards."""
   if not output.reads:
     return tf.data.Dataset.from_tensor_slices(tf.zeros([0], tf.string)).map(records.parse_raw)
   files, firsts, counts = zip(*output.reads)
   plan_data = tf.data.Dataset.from_tensor_slices(
       ([os.path.join(in_dir, f) for f in files], tf.constant(firsts, tf.int64),
        tf.constant(counts, tf.int64)))
-  data = plan_data.flat_map(lambda f, a, n: records.read_one(f).skip(a).take(n))
+  data = plan_data.interleave(lambda f, a, n: records.read_one(f).skip(a).take(n),
+                              cycle_length=len(files), num_parallel_calls=datasets.AUTOTUNE)
   return data.map(records.parse_raw, num_parallel_calls=datasets.AUTOTUNE).prefetch(2)
 
 
@@ -137,17 +140,24 @@ def write_output(encoder: Encoder, in_dir: str, out_dir: str, output: Output,
 
   def examples():
     nonlocal frames
-    for x, index in zip(rollouts_of(in_dir, output), output.rollouts):
-      if int(x['index']) != index:
-        raise DataError(f'{in_dir}: expected rollout {index}, found {int(x["index"])}; the '
-                        'shards do not match their manifest.json (rerun scripts/shard_rollouts.py)')
+    missing = set(output.rollouts)
+    for x in rollouts_of(in_dir, output):
+      index = int(x['index'])
+      if index not in missing:
+        raise DataError(f'{in_dir}: found rollout {index} where {output.name} expects '
+                        f'{sorted(missing)}; the shards do not match their manifest.json (rerun '
+                        'scripts/shard_rollouts.py)')
+      missing.remove(index)
       rollout = {k: x[k].numpy() for k in ('actions', 'rewards', 'terminated', 'truncated')}
-      rollout.update(encoder(x['frames'].numpy()), seed=int(x['seed']))
+      rollout.update(encoder(x['frames']), seed=int(x['seed']))
       frames += len(rollout['mu'])
       counts['frames'] += len(rollout['mu'])
       counts['rollouts'] += 1
       progress.update(counts['rollouts'], frames=counts['frames'])
       yield records.encoded_example(rollout, index)
+    if missing:
+      raise DataError(f'{in_dir}: rollouts {sorted(missing)} are missing from the shards their '
+                      'manifest.json lists them in (rerun scripts/shard_rollouts.py)')
 
   with fileio.atomic_path(path) as tmp:
     records.write(tmp, examples())

@@ -39,6 +39,7 @@ STAGES = [
     StageCommand('vae', 'train_vae'),
     StageCommand('encode', 'encode_rollouts', ('--num_outer_shards=1', '--outer_shard_index=0',
                                                '--num_sub_shards=1')),
+    StageCommand('seq', 'train_sequence_model'),
     StageCommand('controller', 'train_controller', parallel=True),
     StageCommand('evaluate', 'evaluate', parallel=True),
 ]

@@ -41,6 +41,23 @@ def build_model(config: Config) -> tf.keras.Model:
   return model
 
 
+def make_train_step(model: tf.keras.Model, optimizer: tf.keras.optimizers.Optimizer,
+                    step: tf.Variable):
+  """One optimizer step on a batch of uint8 frames, as a tf.function; counts `step` up."""
+
+  @tf.function
+  def train_step(frames: tf.Tensor) -> dict[str, tf.Tensor]:
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+      out = model.losses_for(frames)
+    grads = tape.gradient(out['loss'], variables)
+    optimizer.apply_gradients(zip(grads, variables))
+    step.assign_add(1)
+    return {k: out[k] for k in ('loss', 'recon', 'kl')}
+
+  return train_step
+
+
 class Trainer:
   """Owns the model, optimizer, checkpoint and summaries of one stage run."""
 
@@ -55,6 +72,7 @@ class Trainer:
     self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                           step=self.step)
     self.manager = tf.train.CheckpointManager(self.checkpoint, self.ckpt_dir, max_to_keep=3)
+    self.train_step = make_train_step(self.model, self.optimizer, self.step)
     self.writer = None
     self.valid_data = None
 
@@ -77,16 +95,6 @@ class Trainer:
     self.manager.save(checkpoint_number=int(self.step))
 
   # ------------------------------------------------------------------------ steps
-
-  @tf.function
-  def train_step(self, frames: tf.Tensor) -> dict[str, tf.Tensor]:
-    variables = self.model.trainable_variables
-    with tf.GradientTape() as tape:
-      out = self.model.losses_for(frames)
-    grads = tape.gradient(out['loss'], variables)
-    self.optimizer.apply_gradients(zip(grads, variables))
-    self.step.assign_add(1)
-    return {k: out[k] for k in ('loss', 'recon', 'kl')}
 
   @tf.function
   def eval_step(self, frames: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:

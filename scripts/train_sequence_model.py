@@ -1,0 +1,31 @@
+"""Stage 5: train the sequence model M (MDN-RNN or transformer, seq.model) on encoded rollouts.
+
+Input:  RUN/encoded/{train,valid}/encoded.tfrecord-* + manifest.json (stage 4; valid optional).
+Output: RUN/seq/checkpoints/ (model, optimizer, step; a rerun resumes from the latest),
+        RUN/seq/tb/ (TensorBoard: train/ and valid/ latent_nll, reward_nll, done_nll, loss),
+        RUN/seq/export/ (model.json + model.weights.h5, loaded by wm/models/export.load),
+        RUN/seq/initial_latents.npz (mu, logvar of every training rollout's first frame: where a
+        dream starts), RUN/seq/snapshot/, and RUN/seq/DONE.
+
+    python scripts/train_sequence_model.py --run_dir=RUN [--config.seq.model=transformer]
+
+SIGTERM or SIGUSR1 (SLURM preemption) saves a checkpoint and exits 75; rerunning the same command
+continues the step counter. Raising --config.seq.train_steps tops up a finished run.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from wm import cli, seq_training
+
+
+def main(stage: cli.Stage) -> None:
+  result = seq_training.train(stage.config, stage.run, stage.dir)
+  stage.run.mark_done('seq', step=result['step'], valid=result['valid'],
+                      model=stage.config.seq.model)
+
+
+if __name__ == '__main__':
+  cli.run('seq', main)

@@ -1,0 +1,107 @@
+"""Sequence models (M): single steps agree with the batched training call, sampling, export, and
+a tiny model learning the synthetic toy dynamics."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from wm import sequences, sharding
+from wm.config import SeqConfig
+from wm.models import export, registry
+from wm.seq_training import Trainer, model_kwargs
+
+KINDS = ['mdnrnn', 'transformer']
+Z, A = 4, 3
+
+
+def make(kind, **overrides):
+  seq = SeqConfig(model=kind, hidden_size=16, num_mixtures=2, sequence_length=6, num_layers=1,
+                  num_heads=2)
+  for key, value in overrides.items():
+    setattr(seq, key, value)
+  kwargs = model_kwargs(seq, Z, A)
+  model = registry.sequence_model_class(kind)(**kwargs)
+  model.build_for_loading()
+  return model, kwargs
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_step_matches_the_sequence_call_and_samples(kind):
+  model, _ = make(kind)
+  z = tf.random.stateless_normal([2, 6, Z], (1, 2))
+  actions = tf.random.stateless_uniform([2, 6, A], (3, 4), -1, 1)
+  whole = model.predict_sequence(z, actions)
+  assert whole.logits.shape == (2, 6, Z, 2) and whole.reward.shape == (2, 6)
+  state = model.initial_state(2)
+  assert model.features(state).shape == (2, model.feature_size)
+  for t in range(6):
+    prediction, state = model.step(z[:, t], actions[:, t], state)
+    np.testing.assert_allclose(prediction.means.numpy(), whole.means[:, t].numpy(), atol=1e-4)
+    np.testing.assert_allclose(prediction.done_logit.numpy(), whole.done_logit[:, t].numpy(),
+                               atol=1e-4)
+  assert model.features(state).shape == (2, model.feature_size)
+  draw = model.sample(prediction, temperature=1.2, seed=(5, 6))
+  assert draw.shape == (2, Z) and np.all(np.isfinite(draw.numpy()))
+  np.testing.assert_array_equal(draw.numpy(), model.sample(prediction, 1.2, seed=(5, 6)).numpy())
+  assert model.sample(prediction).shape == (2, Z)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_step_runs_inside_tf_function(kind):
+  model, _ = make(kind)
+
+  @tf.function
+  def dream(z, steps=8):
+    state = model.initial_state(3)
+    for t in tf.range(steps):
+      prediction, state = model.step(z, tf.zeros([3, A]), state)
+      z = model.sample(prediction, 1.0, seed=tf.stack([t, 7]))
+    return z, model.features(state)
+
+  z, h = dream(tf.zeros([3, Z]))
+  assert z.shape == (3, Z) and h.shape == (3, model.feature_size)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_export_round_trip(kind, tmp_path):
+  model, kwargs = make(kind)
+  folder = export.save(model, str(tmp_path / 'export'), 'sequence_model', kind, kwargs, step=3)
+  loaded = export.load(folder, kind='sequence_model')
+  assert type(loaded) is type(model) and export.read_info(folder)['step'] == 3
+  z, actions = tf.ones([1, 4, Z]), tf.ones([1, 4, A])
+  np.testing.assert_allclose(loaded.predict_sequence(z, actions).means.numpy(),
+                             model.predict_sequence(z, actions).means.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_tiny_model_learns_the_toy_dynamics(kind, synthetic_encoded):
+  tf.keras.utils.set_random_seed(0)
+  model, _ = make(kind, hidden_size=32, sequence_length=10)
+  trainer = Trainer(model, learning_rate=3e-3, grad_clip=1.0)
+  split = lambda s: sharding.shard_paths(os.path.join(synthetic_encoded, 'encoded', s))
+  train = sequences.train_batches(split('train'), 10, 8, shuffle_buffer=32, seed=0)
+  valid = sequences.valid_batches(split('valid'), 10, 8)
+  before = trainer.evaluate(valid, 10)
+  for batch in train.take(200):
+    trainer.train_step(batch)
+  after = trainer.evaluate(valid, 10)
+  # Untrained: ~1.25 nats per dimension; 200 steps reached -0.2 .. 0.15 in repeated runs (the
+  # noise floor of the sampled inputs and targets is about -1.3). 0.6 nats less is a predicted
+  # spread ~1.8x narrower.
+  assert after['latent_nll'] < before['latent_nll'] - 0.6, (before, after)
+  assert after['reward_nll'] < before['reward_nll'] / 2, (before, after)
+
+
+def test_transformer_context_slides_past_max_context():
+  model, _ = make('transformer', sequence_length=4)  # max_context 4
+  z = tf.random.stateless_normal([2, 7, Z], (8, 9))
+  actions = tf.random.stateless_uniform([2, 7, A], (1, 1), -1, 1)
+  state = model.initial_state(2)
+  for t in range(7):
+    prediction, state = model.step(z[:, t], actions[:, t], state)
+  # After 7 steps the state holds steps 3..6, seen as a fresh window of 4.
+  window = model.predict_sequence(z[:, 3:], actions[:, 3:])
+  np.testing.assert_allclose(prediction.means.numpy(), window.means[:, -1].numpy(), atol=1e-4)
+  np.testing.assert_allclose(model.features(state).numpy(), state['h'].numpy())

@@ -1,0 +1,74 @@
+"""Training windows cut from encoded rollouts: contents, padding, and no crossing of rollouts."""
+
+import os
+
+import numpy as np
+
+import synthetic_encoded_data as synthetic
+from wm import sequences, sharding
+
+
+def paths(run_dir, split):
+  return sharding.shard_paths(os.path.join(run_dir, 'encoded', split))
+
+
+def rollouts_by_index():
+  # The fixture writes with seed 0; regenerate the same arrays in memory.
+  rng = np.random.default_rng(0)
+  a, b = synthetic.dynamics(rng)
+  found, index = {}, 0
+  for lengths in synthetic.LENGTHS.values():
+    for steps in lengths:
+      found[index] = synthetic.rollout(index, steps, rng, a, b)
+      index += 1
+  return found
+
+
+def test_windows_never_cross_a_rollout(synthetic_encoded):
+  truth = rollouts_by_index()
+  length = 10
+  data = sequences.train_batches(paths(synthetic_encoded, 'train'), length, batch_size=4,
+                                 shuffle_buffer=16, seed=1)
+  seen_padding = seen_short = 0
+  for batch in data.take(30).as_numpy_iterator():
+    for i in range(4):
+      rollout = truth[int(batch['index'][i])]
+      start, steps = int(batch['start'][i]), len(rollout['actions'])
+      real = int(batch['mask'][i].sum())
+      assert real == min(length, steps - start), (start, steps, batch['mask'][i])
+      np.testing.assert_array_equal(batch['mask'][i][real:], 0)
+      window = slice(start, start + real)
+      np.testing.assert_allclose(batch['actions'][i][:real], rollout['actions'][window])
+      np.testing.assert_allclose(batch['reward'][i][:real], rollout['rewards'][window])
+      np.testing.assert_array_equal(batch['done'][i][:real], rollout['terminated'][window])
+      # Latents are samples around this rollout's mu (std 0.05), targets shifted by one frame.
+      assert np.abs(batch['z'][i][:real] - rollout['mu'][window]).max() < 0.05 * 6
+      next_window = slice(start + 1, start + 1 + real)
+      assert np.abs(batch['z_next'][i][:real] - rollout['mu'][next_window]).max() < 0.05 * 6
+      np.testing.assert_array_equal(batch['z'][i][1:real], batch['z_next'][i][:real - 1])
+      for key in ('z', 'z_next', 'actions', 'reward', 'done'):
+        assert not np.any(batch[key][i][real:]), (key, 'padding must be zeros')
+      seen_padding += real < length
+      seen_short += steps < length
+  assert seen_padding and seen_short
+
+
+def test_validation_windows_are_fixed_and_cover_every_step(synthetic_encoded):
+  truth = rollouts_by_index()
+  data = sequences.valid_batches(paths(synthetic_encoded, 'valid'), 10, batch_size=3, seed=5)
+  first, second = list(data.as_numpy_iterator()), list(data.as_numpy_iterator())
+  for a, b in zip(first, second):
+    np.testing.assert_array_equal(a['z'], b['z'])
+  mask = np.concatenate([b['mask'] for b in first])
+  index = np.concatenate([b['index'] for b in first])
+  for i in set(index.tolist()):
+    assert mask[index == i].sum() == len(truth[i]['actions'])
+
+
+def test_first_latents_are_every_rollouts_first_frame(synthetic_encoded):
+  truth = rollouts_by_index()
+  first = sequences.first_latents(paths(synthetic_encoded, 'train'))
+  assert sorted(first['index'].tolist()) == list(range(len(synthetic.LENGTHS['train'])))
+  for row, i in enumerate(first['index']):
+    np.testing.assert_array_equal(first['mu'][row], truth[int(i)]['mu'][0])
+  assert first['logvar'].shape == first['mu'].shape == (10, synthetic.Z_SIZE)

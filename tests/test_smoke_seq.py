@@ -1,0 +1,67 @@
+"""scripts/train_sequence_model.py as a user runs it: preemption, resume by rerun, outputs, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, copy_run, run_script, script_env
+from wm import config as config_lib
+from wm import runs, seq_training, training
+from wm.errors import ConfigError
+from wm.models import export
+
+
+def latest_step(run_dir):
+  path = os.path.join(run_dir, 'seq', 'checkpoints', 'checkpoint')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    first = f.readline()  # model_checkpoint_path: "ckpt-12"
+  return int(first.strip().strip('"').rsplit('-', 1)[1])
+
+
+def test_preempted_run_saves_exits_75_and_rerun_continues(synthetic_encoded, tmp_path):
+  run_dir = copy_run(synthetic_encoded, str(tmp_path / 'run'))
+  argv = [sys.executable, os.path.join(REPO, 'scripts', 'train_sequence_model.py'),
+          f'--run_dir={run_dir}', '--config=configs/carracing.py:debug',
+          '--config.seq.train_steps=100000', '--config.seq.save_every=5']
+  process = subprocess.Popen(argv, env=script_env(), cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 120
+  while latest_step(run_dir) is None and time.time() < deadline and process.poll() is None:
+    time.sleep(0.2)
+  process.send_signal(signal.SIGUSR1)
+  output = process.communicate(timeout=120)[0]
+  assert process.returncode == training.EXIT_REQUEUE, output[-3000:]
+  stopped = latest_step(run_dir)
+  assert stopped and stopped >= 5, output[-3000:]
+  assert not os.path.exists(os.path.join(run_dir, 'seq', 'DONE'))
+
+  # The rerun resumes from the saved step and tops up to train_steps.
+  result = run_script('train_sequence_model', f'--run_dir={run_dir}',
+                      f'--config.seq.train_steps={stopped + 5}')
+  assert f'(step {stopped})' in result.stderr, result.stderr[-3000:]
+  with open(os.path.join(run_dir, 'seq', 'DONE')) as f:
+    done = json.load(f)
+  assert done['step'] == stopped + 5 and latest_step(run_dir) == stopped + 5
+  assert set(done['valid']) == {'loss', 'latent_nll', 'reward_nll', 'done_nll'}
+  model = export.load(os.path.join(run_dir, 'seq', 'export'), kind='sequence_model')
+  assert (model.z_size, model.action_size) == (4, 3)
+  with np.load(os.path.join(run_dir, 'seq', 'initial_latents.npz'), allow_pickle=False) as f:
+    assert f['mu'].shape == f['logvar'].shape == (10, 4)
+  events = os.listdir(os.path.join(run_dir, 'seq', 'tb'))
+  assert events and all(e.startswith('events.out.tfevents') for e in events)
+
+  # Another model over these checkpoints: a clear error, and the finished outputs are kept.
+  # (In-process: the same code path the script runs, without another TensorFlow start-up.)
+  config = config_lib.load('configs/carracing.py:debug')
+  config.seq.model = 'transformer'
+  with pytest.raises(ConfigError, match='checkpoints'):
+    seq_training.train(config, runs.Run(run_dir), os.path.join(run_dir, 'seq'))
+  assert os.path.exists(os.path.join(run_dir, 'seq', 'DONE'))

@@ -1,0 +1,66 @@
+"""The paper's MDN-RNN: an LSTM over (z, action) with a mixture-density head (M).
+
+    x_t = [z_t, a_t] --LSTM--> h_t --PredictionHead--> p(z_{t+1}), reward_t, done_t
+
+Training unrolls whole sequences with the Keras LSTM layer (`predict_sequence`, teacher forcing);
+`step` runs the very same weights one step at a time through the layer's cell, for the
+controller, dream rollouts and play. The state is the LSTM's (h, c); the controller sees h.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from wm.models import mdn
+from wm.models.base import Prediction, SequenceModel
+
+
+class MDNRNN(SequenceModel):
+  """LSTM with `hidden_size` units and `num_mixtures` Gaussians per latent dimension."""
+
+  def __init__(self, z_size: int, action_size: int, hidden_size: int = 256,
+               num_mixtures: int = 5, **kwargs):
+    super().__init__(**kwargs)
+    self.z_size, self.action_size = z_size, action_size
+    self.hidden_size, self.num_mixtures = hidden_size, num_mixtures
+    self.feature_size = hidden_size
+    self.lstm = tf.keras.layers.LSTM(hidden_size, return_sequences=True, return_state=True,
+                                     name='lstm')
+    self.head = mdn.PredictionHead(z_size, num_mixtures, name='head')
+
+  def get_config(self) -> dict[str, Any]:
+    return {'z_size': self.z_size, 'action_size': self.action_size,
+            'hidden_size': self.hidden_size, 'num_mixtures': self.num_mixtures}
+
+  def build_for_loading(self) -> None:
+    self.predict_sequence(tf.zeros([1, 2, self.z_size]), tf.zeros([1, 2, self.action_size]))
+    self.built = True  # Keras tracks `built` only through call(); weights exist now
+
+  def predict_sequence(self, z: tf.Tensor, actions: tf.Tensor, state: Any = None,
+                       training: bool = False) -> Prediction:
+    """Teacher forcing: z [B, T, Z], actions [B, T, A] -> Prediction over [B, T]."""
+    del training
+    outputs = self.lstm(tf.concat([z, actions], -1), initial_state=state and list(state))
+    return self.head(outputs[0])
+
+  def call(self, inputs, training: bool = False) -> Prediction:
+    z, actions = inputs
+    return self.predict_sequence(z, actions, training=training)
+
+  def initial_state(self, batch_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    zeros = tf.zeros([batch_size, self.hidden_size])
+    return (zeros, zeros)
+
+  def step(self, z: tf.Tensor, action: tf.Tensor,
+           state: tuple[tf.Tensor, tf.Tensor]) -> tuple[Prediction, tuple[tf.Tensor, tf.Tensor]]:
+    h, (h, c) = self.lstm.cell(tf.concat([z, action], -1), list(state))
+    return self.head(h), (h, c)
+
+  def features(self, state: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+    return state[0]
+
+  def sample(self, prediction: Prediction, temperature: float = 1.0,
+             seed: Any = None) -> tf.Tensor:
+    return mdn.sample(prediction, temperature, seed)

@@ -1,0 +1,184 @@
+"""Stage 5's training loop: M on encoded rollouts, resumable, preemptible, NaN-guarded.
+
+One step counter paces everything (wm.training.Every clocks): scalars every seq.log_every steps,
+validation every seq.valid_every, a checkpoint (model, optimizer, step) every seq.save_every and
+on preemption. Rerunning the same command restores the latest checkpoint and continues up to
+seq.train_steps; raising seq.train_steps tops a finished run up. At the end the model is exported
+(wm/models/export.py) with the distribution of first latents the dream starts from.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from wm import fileio, sequences, sharding, training
+from wm.config import SeqConfig
+from wm.errors import ConfigError, DataError
+from wm.models import export, mdn, registry
+from wm.progress import Progress
+from wm.runs import Run
+
+TERMS = ('loss', 'latent_nll', 'reward_nll', 'done_nll')
+
+
+def read_split(run: Run, split: str) -> tuple[list[str], dict[str, Any]]:
+  """Shard paths and manifest of RUN/encoded/<split>, checked to be encoded rollouts."""
+  folder = run.split_dir('encode', split)
+  manifest = sharding.read_manifest(folder)
+  if manifest.get('format') != sequences.FORMAT:
+    raise DataError(f'{folder}/{sharding.MANIFEST} has format {manifest.get("format")!r}, '
+                    f'expected {sequences.FORMAT!r}: point the encode stage at this folder, '
+                    'or rerun scripts/encode_rollouts.py')
+  return sharding.shard_paths(folder), manifest
+
+
+def model_kwargs(seq: SeqConfig, z_size: int, action_size: int) -> dict[str, Any]:
+  """The constructor arguments of the configured model (JSON, saved with the export)."""
+  kwargs = {'z_size': z_size, 'action_size': action_size, 'hidden_size': seq.hidden_size,
+            'num_mixtures': seq.num_mixtures}
+  if seq.model == 'transformer':
+    kwargs.update(num_layers=seq.num_layers, num_heads=seq.num_heads,
+                  max_context=seq.sequence_length)
+  return kwargs
+
+
+class Trainer:
+  """Adam on the summed mdn.losses terms, with global-norm gradient clipping."""
+
+  def __init__(self, model, learning_rate: float, grad_clip: float = 0.0):
+    self.model = model
+    self.grad_clip = grad_clip
+    self.optimizer = tf.keras.optimizers.Adam(learning_rate)
+    model.build_for_loading()
+    self.optimizer.build(model.trainable_variables)
+    self.train_step = tf.function(self._train_step)
+    self.eval_step = tf.function(self._terms, reduce_retracing=True)
+
+  def _terms(self, batch: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+    prediction = self.model.predict_sequence(batch['z'], batch['actions'], training=training)
+    return mdn.losses(prediction, batch['z_next'], batch['reward'], batch['done'], batch['mask'])
+
+  def _train_step(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    with tf.GradientTape() as tape:
+      terms = self._terms(batch, training=True)
+    variables = self.model.trainable_variables
+    grads = tape.gradient(terms['loss'], variables)
+    if self.grad_clip > 0:
+      grads, _ = tf.clip_by_global_norm(grads, self.grad_clip)
+    self.optimizer.apply_gradients(zip(grads, variables))
+    return terms
+
+  def evaluate(self, data: tf.data.Dataset, max_batches: int) -> dict[str, float]:
+    """Mask-weighted means of the terms over at most `max_batches` batches."""
+    sums, count = dict.fromkeys(TERMS, 0.0), 0.0
+    for batch in data.take(max_batches):
+      weight = float(tf.reduce_sum(batch['mask']))
+      for key, value in self.eval_step(batch).items():
+        sums[key] += float(value) * weight
+      count += weight
+    return {key: value / max(count, 1.0) for key, value in sums.items()}
+
+
+def write_scalars(family: str, terms: dict[str, float], step: int) -> None:
+  for key, value in terms.items():
+    tf.summary.scalar(f'{family}/{key}', value, step=step)
+
+
+def save_initial_latents(paths: list[str], path: str) -> int:
+  """RUN/seq/initial_latents.npz: mu, logvar [N, Z] of each training rollout's first frame."""
+  first = sequences.first_latents(paths)
+  with fileio.atomic_path(path) as tmp, open(tmp, 'wb') as f:
+    np.savez(f, **first)
+  return len(first['mu'])
+
+
+def check_same_model(ckpt_dir: str, name: str, kwargs: dict[str, Any]) -> None:
+  """Refuses to resume checkpoints of another model; records the model of new checkpoints."""
+  path = os.path.join(ckpt_dir, 'model.json')
+  wanted = {'name': name, 'kwargs': kwargs}
+  if os.path.exists(path):
+    found = fileio.read_json(path)
+    if found != wanted:
+      raise ConfigError(
+          f'the checkpoints in {ckpt_dir} are of {found}, the config asks for {wanted}; use '
+          f'the seq.* config they were trained with, or remove {ckpt_dir} to start over')
+  else:
+    fileio.write_json(path, wanted)
+
+
+def restore(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> int:
+  if manager.latest_checkpoint:
+    try:
+      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as e:
+      raise ConfigError(
+          f'checkpoint {manager.latest_checkpoint} does not fit the configured model '
+          f'({str(e).splitlines()[0][:300]}); use the seq.* config it was trained with, or '
+          f'remove {os.path.dirname(manager.latest_checkpoint)} to start over') from None
+    logging.info('resuming from %s (step %d)', manager.latest_checkpoint,
+                 int(checkpoint.step))
+  return int(checkpoint.step)
+
+
+def train(config, run: Run, stage_dir: str) -> dict[str, Any]:
+  """Trains (or resumes) M up to seq.train_steps, exports it; returns the final valid terms."""
+  seq = config.seq
+  train_paths, manifest = read_split(run, 'train')
+  has_valid = os.path.exists(os.path.join(run.split_dir('encode', 'valid'), sharding.MANIFEST))
+  valid_paths = read_split(run, 'valid')[0] if has_valid else []
+  kwargs = model_kwargs(seq, int(manifest['z_size']), int(manifest['action_size']))
+  model = registry.sequence_model_class(seq.model)(**kwargs)
+  trainer = Trainer(model, seq.learning_rate, seq.grad_clip)
+  step_var = tf.Variable(0, dtype=tf.int64, name='step')
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=trainer.optimizer, step=step_var)
+  ckpt_dir = os.path.join(stage_dir, 'checkpoints')
+  manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=3)
+  check_same_model(ckpt_dir, seq.model, kwargs)
+  step = restore(checkpoint, manager)
+  run.clear_done('seq')  # only once the inputs and checkpoints are known to fit
+  train_data = sequences.train_batches(train_paths, seq.sequence_length, seq.batch_size,
+                                       seq.shuffle_buffer, seed=config.seed)
+  valid_data = valid_paths and sequences.valid_batches(valid_paths, seq.sequence_length,
+                                                       seq.batch_size, seed=config.seed)
+  writer = tf.summary.create_file_writer(os.path.join(stage_dir, 'tb'))
+  clocks = {name: training.Every(getattr(seq, name + '_every')) for name in ('log', 'valid', 'save')}
+
+  def evaluate() -> dict[str, float]:
+    terms = trainer.evaluate(valid_data, seq.valid_batches) if valid_paths else {}
+    write_scalars('valid', terms, step)
+    return terms
+
+  with training.Preemption() as preemption, writer.as_default():
+    progress = Progress('seq', seq.train_steps)
+    batches, start, first = iter(train_data), time.perf_counter(), step
+    while step < seq.train_steps:
+      terms = trainer.train_step(next(batches))
+      training.check_finite('train/loss', float(terms['loss']), step + 1, ckpt_dir)
+      step += 1
+      step_var.assign(step)
+      if clocks['log'](step) or step == seq.train_steps:
+        rate = (step - first) * seq.batch_size * seq.sequence_length / (time.perf_counter() - start)
+        write_scalars('train', {k: float(v) for k, v in terms.items()}, step)
+        tf.summary.scalar('train/sequence_steps_per_s', rate, step=step)
+      if clocks['valid'](step):
+        evaluate()
+      if clocks['save'](step) or preemption.requested:
+        manager.save(checkpoint_number=step)
+      if preemption.requested:
+        training.exit_for_requeue(f'checkpoint at step {step}')
+      progress.update(step, sequence_steps=(step - first) * seq.batch_size * seq.sequence_length)
+    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f'-{step}'):
+      manager.save(checkpoint_number=step)
+    final = evaluate()
+  writer.flush()
+  export.save(model, os.path.join(stage_dir, 'export'), 'sequence_model', seq.model, kwargs,
+              step=step, valid=final)
+  count = save_initial_latents(train_paths, os.path.join(stage_dir, 'initial_latents.npz'))
+  logging.info('seq: step %d, valid %s, %d initial latents', step, final, count)
+  return {'step': step, 'valid': final}

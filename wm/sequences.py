@@ -1,0 +1,97 @@
+"""Training sequences for M, cut from encoded rollouts (RUN/encoded/{train,valid}).
+
+Each time a rollout is read, one latent per frame is sampled from that frame's N(mu, exp(logvar/2))
+(as the paper did: M learns from the encoder's uncertainty, not only its means). The rollout
+(T steps, T+1 frames) is then cut into windows of `length` steps starting at o, o+L, o+2L, ...
+
+    z       [L, Z]  sampled latents of frames t .. t+L-1      (inputs)
+    actions [L, A]  actions taken at those frames             (inputs)
+    z_next  [L, Z]  sampled latents of frames t+1 .. t+L      (targets; same draws as z)
+    reward  [L]     rewards of those steps                     (targets)
+    done    [L]     terminated at those steps                  (targets; see wm/models/mdn.py)
+    mask    [L]     1 on real steps, 0 on padding
+    index, start    the rollout's index and t (for checks and debugging)
+
+A window never crosses into another rollout: the last window of a rollout (and the only window of
+a rollout shorter than L) is padded with zeros and masked, not filled from the next rollout. Short
+rollouts are kept rather than dropped because the episodes that end early (the car leaves the
+track) are the ones that teach the done head. Training draws a random offset o < L each pass (the
+first o steps are covered on other passes) and fresh latent samples; validation uses o = 0 and
+latent samples seeded by the rollout index, so its NLL is comparable across evaluations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from wm import datasets
+
+AUTOTUNE = tf.data.AUTOTUNE
+FORMAT = datasets.ENCODED_FORMAT
+
+
+def windows(rollout: dict[str, tf.Tensor], length: int, offset: tf.Tensor,
+            noise: tf.Tensor) -> dict[str, tf.Tensor]:
+  """Cuts one parsed encoded rollout into [N, length, ...] windows (see the module docstring).
+
+  `noise` [T+1, Z] is the standard normal draw that turns (mu, logvar) into latents.
+  """
+  steps = tf.shape(rollout['actions'])[0]
+  offset = tf.minimum(offset, tf.maximum(steps - 1, 0))
+  count = (steps - offset + length - 1) // length
+  span = count * length
+  z = rollout['mu'] + tf.exp(0.5 * rollout['logvar']) * noise
+
+  def cut(x, shift=0):
+    x = x[offset + shift:offset + shift + span]
+    pad = [[0, span - tf.shape(x)[0]]] + [[0, 0]] * (len(x.shape) - 1)
+    x = tf.pad(x, pad)
+    return tf.reshape(x, tf.concat([[count, length], tf.shape(x)[1:]], 0))
+
+  starts = offset + tf.range(count) * length
+  return {
+      'z': cut(z[:-1]), 'actions': cut(rollout['actions']), 'z_next': cut(z, 1),
+      'reward': cut(rollout['rewards']), 'done': cut(tf.cast(rollout['terminated'], tf.float32)),
+      'mask': cut(tf.ones([steps], tf.float32)),
+      'index': tf.fill([count], rollout['index']), 'start': starts,
+  }
+
+
+def _rollouts(paths: list[str], shuffle: bool, seed: int | None) -> tf.data.Dataset:
+  return datasets.encoded_rollouts(paths, shuffle=shuffle, seed=seed, deterministic=not shuffle)
+
+
+def train_batches(paths: list[str], length: int, batch_size: int, shuffle_buffer: int = 1000,
+                  seed: int | None = None) -> tf.data.Dataset:
+  """Endless shuffled batches of windows with random offsets and fresh latent samples."""
+
+  def cut(rollout):
+    offset = tf.random.uniform([], 0, length, tf.int32)
+    noise = tf.random.normal(tf.shape(rollout['mu']))
+    return windows(rollout, length, offset, noise)
+
+  data = _rollouts(paths, shuffle=True, seed=seed).repeat()
+  data = data.map(cut, num_parallel_calls=AUTOTUNE, deterministic=False).unbatch()
+  data = data.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  return data.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def valid_batches(paths: list[str], length: int, batch_size: int, seed: int = 0) -> tf.data.Dataset:
+  """The same windows every time: offset 0, latent samples seeded by (seed, rollout index)."""
+
+  def cut(rollout):
+    noise_seed = tf.stack([tf.constant(seed, tf.int64), rollout['index']])
+    noise = tf.random.stateless_normal(tf.shape(rollout['mu']), noise_seed)
+    return windows(rollout, length, tf.constant(0), noise)
+
+  data = _rollouts(paths, shuffle=False, seed=None).map(cut).unbatch()
+  return data.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def first_latents(paths: list[str]) -> dict[str, np.ndarray]:
+  """mu and logvar [N, Z] of every rollout's first frame, and their rollout indices [N]."""
+  data = _rollouts(paths, shuffle=False, seed=None).map(
+      lambda r: {'mu': r['mu'][0], 'logvar': r['logvar'][0], 'index': r['index']})
+  rows = list(data.as_numpy_iterator())
+  return {key: np.stack([row[key] for row in rows]) for key in ('mu', 'logvar', 'index')}
