@@ -74,21 +74,14 @@ def synthetic_encoded(tmp_path_factory) -> str:
 
 @pytest.fixture(scope='session')
 def controller_models(tmp_path_factory) -> str:
-  """A run dir holding V and M exports and dream starts, for the controller stage's tests.
-
-  The models are small real TF models (tests/standins) standing in for V and M; subprocesses see
-  them through controller_env(). Read-only: copy before changing.
-  """
-  from standins import build  # pylint: disable=import-outside-toplevel
-  run_dir = str(tmp_path_factory.mktemp('controller_run'))
-  build.write_models(run_dir)
-  return run_dir
+  """A run dir holding V and M exports (randomly initialised ConvVAE and MDNRNN at debug sizes)
+  and dream starts, for the controller stage's tests. Read-only: copy before changing."""
+  import controller_models as models  # tests/ is on sys.path while pytest runs
+  return models.write(str(tmp_path_factory.mktemp('controller_run')))
 
 
 @pytest.fixture
-def controller_env(monkeypatch) -> None:
-  """Makes the stand-in V and M loadable in scripts run by run_script (and their workers)."""
-  from standins import build  # pylint: disable=import-outside-toplevel
-  monkeypatch.setenv('PYTHONPATH', build.env_path() + os.pathsep + os.environ.get('PYTHONPATH', ''))
+def mpi_as_root(monkeypatch) -> None:
+  """Lets Open MPI's mpiexec run as root (CI containers); no effect for other users."""
   monkeypatch.setenv('OMPI_ALLOW_RUN_AS_ROOT', '1')
   monkeypatch.setenv('OMPI_ALLOW_RUN_AS_ROOT_CONFIRM', '1')

@@ -1,6 +1,6 @@
 """The controller's shapes and squashing, the Policy built from V+M+C, dreams, and evaluate.py.
 
-V and M here are small real TF models (tests/standins) standing in for the V and M stages' models.
+V and M are randomly initialised real ConvVAE and MDNRNN at debug sizes (tests/controller_models.py).
 """
 
 import json
@@ -110,7 +110,19 @@ def test_dream_is_reproducible_and_depends_on_the_controller(controller_models):
   assert len(np.unique(first)) > 1  # candidates differ
 
 
-def test_evaluate_random_baseline(controller_models, controller_env, tmp_path):
+def test_dream_with_the_transformer(tmp_path):
+  import controller_models  # pylint: disable=import-outside-toplevel
+  run = runs.Run(controller_models.write(str(tmp_path), seq='transformer'))
+  config = _debug_config()
+  config.seq.model = 'transformer'
+  world = WorldModel.load(run, config)
+  dream = Dream.load(world, run, max_steps=15, temperature=1.0)  # longer than its context
+  params = np.random.default_rng(5).normal(size=(3, world.controller.num_params))
+  returns = dream.evaluate(params, trials=2, seed=1)
+  assert returns.shape == (3,) and np.isfinite(returns).all()
+
+
+def test_evaluate_random_baseline(controller_models, tmp_path):
   run_dir = copy_run(controller_models, str(tmp_path / 'run'))
   out = run_script('evaluate', f'--run_dir={run_dir}', '--policy=random', '--episodes=2',
                    '--output=random.json', '--config.env.max_steps=20')

@@ -1,8 +1,7 @@
 """CMA-ES: it finds a known controller, resumes exactly, and the stage script survives a kill,
 switches from the dream to the real environment, and gives the same result under MPI.
 
-V and M of the script runs are small real TF models (tests/standins) standing in for the V and M
-stages' models.
+V and M of the script runs are randomly initialised real ConvVAE and MDNRNN (debug sizes).
 """
 
 import json
@@ -89,7 +88,7 @@ def _history(run_dir):
     return [json.loads(line) for line in f]
 
 
-def test_killed_dream_run_continues_in_real_env(controller_models, controller_env, tmp_path):
+def test_killed_dream_run_continues_in_real_env(controller_models, tmp_path):
   """SIGKILLed while dreaming; the rerun switches to the real env and continues the search."""
   run_dir = copy_run(controller_models, str(tmp_path / 'run'))
   common = [f'--run_dir={run_dir}', '--config=configs/carracing.py:debug',
@@ -120,7 +119,7 @@ def test_killed_dream_run_continues_in_real_env(controller_models, controller_en
 
 
 @pytest.mark.mpi
-def test_mpi_ranks_match_the_local_pool(controller_models, controller_env, tmp_path):
+def test_mpi_ranks_match_the_local_pool(controller_models, mpi_as_root, tmp_path):
   mpiexec = shutil.which('mpiexec')
   if mpiexec is None:
     pytest.skip('mpiexec not found: apt-get install openmpi-bin libopenmpi-dev (.ci/install_mpi.sh)')
