@@ -42,6 +42,7 @@ def get_config(preset: str = 'small') -> Config:
     c.controller.generations = 2
     c.controller.eval_every = 1
     c.controller.eval_episodes = 1
+    c.controller.test_episodes = 4
   elif preset == 'paper':
     c.collect.num_rollouts = 10000  # the paper's 10,000 random rollouts
     c.data.obs_sampled_per_rollout = 1000

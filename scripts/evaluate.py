@@ -29,7 +29,8 @@ from wm.errors import UserError
 
 _POLICY = flags.DEFINE_enum('policy', 'controller', ['controller', 'random'],
                             'controller: the trained one; random: uniform random actions.')
-_EPISODES = flags.DEFINE_integer('episodes', 100, 'Episodes to play.', lower_bound=1)
+_EPISODES = flags.DEFINE_integer('episodes', None, 'Episodes to play (default: '
+                                  'controller.test_episodes).', lower_bound=1)
 _PARALLELISM = flags.DEFINE_integer('parallelism', 1, 'Local worker processes (ignored under '
                                     'MPI: the ranks are the workers).', lower_bound=1)
 _PARAMS = flags.DEFINE_string('params', None, 'Controller parameters (default: '
@@ -46,12 +47,13 @@ def main(stage: cli.Stage) -> None:
     if world.comm is not None:
       evaluation.serve(world.comm, stage.config, stage.run.root)
     return
+  episodes = _EPISODES.value or stage.config.controller.test_episodes
   params = None
   if _POLICY.value == 'controller':
     model = WorldModel.load(stage.run, stage.config, action_space_of(stage.config))
     path = _PARAMS.value or os.path.join(stage.run.stage_dir('controller'), es.BEST)
-    params = np.repeat(load_params(path, model.controller)[None], _EPISODES.value, axis=0)
-  seeds = es.episode_seeds(stage.config.seed, es.TEST_STREAM, 0, _EPISODES.value)
+    params = np.repeat(load_params(path, model.controller)[None], episodes, axis=0)
+  seeds = es.episode_seeds(stage.config.seed, es.TEST_STREAM, 0, episodes)
   with evaluation.make(stage.config, stage.run.root, _PARALLELISM.value, world.comm) as pool:
     returns = pool.evaluate(params, seeds)
   result = {'policy': _POLICY.value, 'params': _PARAMS.value, 'env': stage.config.env.name,
