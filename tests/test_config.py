@@ -92,3 +92,13 @@ def test_script_refuses_bad_input_and_writes_nothing(tmp_path, args, message):
   assert message in result.stderr, result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
   assert not os.path.exists(run_dir)
+
+
+def test_a_refused_stage_keeps_the_run_config(debug_data, tmp_path):
+  from conftest import copy_run
+  run_dir = copy_run(debug_data, str(tmp_path / 'run'))
+  before = open(os.path.join(run_dir, 'config.json')).read()
+  result = run_script('shard_rollouts', f'--run_dir={run_dir}', '--config.collect.num_rollouts=99',
+                      f'--input_dir={tmp_path / "nothing"}', check=False)
+  assert result.returncode == 2 and 'no rollouts in' in result.stderr, result.stderr[-1500:]
+  assert open(os.path.join(run_dir, 'config.json')).read() == before

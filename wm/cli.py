@@ -99,11 +99,17 @@ def start(name: str, require_run_dir: bool = True) -> Stage:
   config = resolve_config(FLAGS.run_dir, _OVERRIDES)
   stage = Stage(name, config, runs.Run(FLAGS.run_dir), dict(_OVERRIDES))
   os.makedirs(stage.dir, exist_ok=True)
-  fileio.write_text(stage.run.config_path, config_lib.to_json(config) + '\n')
+  if not os.path.exists(stage.run.config_path):
+    save_run_config(stage)
   if FLAGS.store_snapshot:
     path = snapshot.write(stage.dir, config, stage.overrides)
     logging.info('snapshot: %s', path)
   return stage
+
+
+def save_run_config(stage: Stage) -> None:
+  """RUN/config.json: the config later stages default to (refreshed when a stage succeeds)."""
+  fileio.write_text(stage.run.config_path, config_lib.to_json(stage.config) + '\n')
 
 
 def run(name: str, main: Callable[[Stage], None], require_run_dir: bool = True) -> None:
@@ -124,7 +130,9 @@ def run(name: str, main: Callable[[Stage], None], require_run_dir: bool = True) 
     if len(argv) > 1:
       _fail(UserError(f'unexpected arguments {argv[1:]}; flags look like --name=value'))
     try:
-      main(start(name, require_run_dir))
+      stage = start(name, require_run_dir)
+      main(stage)
+      save_run_config(stage)
     except UserError as e:
       _fail(e)
 
