@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import multiprocessing
+import os
 import signal
 
 import numpy as np
@@ -125,11 +126,14 @@ class InProcess(Evaluator):
 _WORKER: Worker | None = None
 
 
-def _init_pool_worker(config: Config, run_root: str) -> None:
+def _init_pool_worker(config: Config, run_root: str, threads: int) -> None:
   global _WORKER
   # The parent handles preemption signals (SLURM signals the whole process group).
   for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
     signal.signal(sig, signal.SIG_IGN)
+  # N workers share the cores: TF's own thread pools would otherwise oversubscribe them.
+  tf.config.threading.set_intra_op_parallelism_threads(threads)
+  tf.config.threading.set_inter_op_parallelism_threads(threads)
   _WORKER = Worker(config, run_root)
 
 
@@ -141,7 +145,8 @@ class Pool(Evaluator):
   def __init__(self, config: Config, run_root: str, parallelism: int):
     self.workers = parallelism
     context = multiprocessing.get_context('spawn')
-    self.pool = context.Pool(parallelism, _init_pool_worker, (config, run_root))
+    threads = max(1, (os.cpu_count() or 1) // parallelism)
+    self.pool = context.Pool(parallelism, _init_pool_worker, (config, run_root, threads))
 
   def evaluate(self, params, seeds):
     seeds = np.asarray(seeds)
