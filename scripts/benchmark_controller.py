@@ -82,9 +82,10 @@ def main(argv: list[str]) -> None:
   jobs = _POOL_EPISODES.value
   with evaluation.Pool(config, run.root, 1) as one, evaluation.Pool(config, run.root, 2) as two:
     pools = {1: one, 2: two}
-    for workers, pool in pools.items():  # start-up and tracing
-      pool.evaluate(rng.normal(size=(workers, n)) * 0.1,
-                    es.episode_seeds(config.seed, es.TEST_STREAM, 98, workers))
+    for workers, pool in pools.items():  # tracing (V and M are loaded as the workers start)
+      for _ in range(2):
+        pool.evaluate(rng.normal(size=(workers, n)) * 0.1,
+                      es.episode_seeds(config.seed, es.TEST_STREAM, 98, workers))
     pool_params = rng.normal(size=(jobs, n)) * 0.1
     pool_seeds = es.episode_seeds(config.seed, es.TEST_STREAM, 97, jobs)
     pool_rates = {1: 0.0, 2: 0.0}

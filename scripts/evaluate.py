@@ -54,7 +54,8 @@ def main(stage: cli.Stage) -> None:
     path = _PARAMS.value or os.path.join(stage.run.stage_dir('controller'), es.BEST)
     params = np.repeat(load_params(path, model.controller)[None], episodes, axis=0)
   seeds = es.episode_seeds(stage.config.seed, es.TEST_STREAM, 0, episodes)
-  with evaluation.make(stage.config, stage.run.root, _PARALLELISM.value, world.comm) as pool:
+  with evaluation.make(stage.config, stage.run.root, _PARALLELISM.value, world.comm,
+                       preload=params is not None) as pool:
     returns = pool.evaluate(params, seeds)
   result = {'policy': _POLICY.value, 'params': _PARAMS.value, 'env': stage.config.env.name,
             'episodes': len(returns), 'mean': float(returns.mean()), 'std': float(returns.std()),

@@ -126,7 +126,7 @@ class InProcess(Evaluator):
 _WORKER: Worker | None = None
 
 
-def _init_pool_worker(config: Config, run_root: str, threads: int) -> None:
+def _init_pool_worker(config: Config, run_root: str, threads: int, preload: bool) -> None:
   global _WORKER
   # The parent handles preemption signals (SLURM signals the whole process group).
   for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
@@ -135,6 +135,8 @@ def _init_pool_worker(config: Config, run_root: str, threads: int) -> None:
   tf.config.threading.set_intra_op_parallelism_threads(threads)
   tf.config.threading.set_inter_op_parallelism_threads(threads)
   _WORKER = Worker(config, run_root)
+  if preload:  # load V and M now, so every worker is ready when the first jobs arrive
+    _WORKER.world  # pylint: disable=pointless-statement
 
 
 def _pool_chunk(job: tuple[np.ndarray | None, np.ndarray]) -> np.ndarray:
@@ -142,11 +144,12 @@ def _pool_chunk(job: tuple[np.ndarray | None, np.ndarray]) -> np.ndarray:
 
 
 class Pool(Evaluator):
-  def __init__(self, config: Config, run_root: str, parallelism: int):
+  def __init__(self, config: Config, run_root: str, parallelism: int, preload: bool = True):
     self.workers = parallelism
     context = multiprocessing.get_context('spawn')
     threads = max(1, (os.cpu_count() or 1) // parallelism)
-    self.pool = context.Pool(parallelism, _init_pool_worker, (config, run_root, threads))
+    self.pool = context.Pool(parallelism, _init_pool_worker,
+                             (config, run_root, threads, preload))
 
   def evaluate(self, params, seeds):
     seeds = np.asarray(seeds)
@@ -213,10 +216,12 @@ def _mpi_round(comm, worker: Worker, params, seeds) -> np.ndarray | None:
   return gathered
 
 
-def make(config: Config, run_root: str, parallelism: int, comm=None) -> Evaluator:
-  """The MPI evaluator when `comm` has several ranks, else a pool (or this process)."""
+def make(config: Config, run_root: str, parallelism: int, comm=None,
+         preload: bool = True) -> Evaluator:
+  """The MPI evaluator when `comm` has several ranks, else a pool (or this process).
+  `preload=False` (the random baseline) never loads V and M."""
   if comm is not None and comm.Get_size() > 1:
     return Mpi(comm, config, run_root)
   if parallelism > 1:
-    return Pool(config, run_root, parallelism)
+    return Pool(config, run_root, parallelism, preload)
   return InProcess(config, run_root)
