@@ -4,13 +4,16 @@ Input:  nothing (random in-memory batches of the configured shape).
 Output: sequence-steps/s (batch x sequence length per second) of both, side by side, and the ratio.
 
     python scripts/benchmark_seq.py [--batch_size=100 --sequence_length=100 --z_size=32
-                                     --hidden_size=256 --num_mixtures=5 --steps=20 --rounds=3]
+                                     --hidden_size=256 --num_mixtures=5 --steps=15 --rounds=5]
 
-Both train the same LSTM and the same output layer (mixture, reward, done) with Adam and gradient
-clipping, each step under one tf.function. The baseline scores the mixture with tfp's
-`MixtureSameFamily(Categorical, Normal).log_prob`; ours is wm.seq_training.Trainer with the
-hand-written log-sum-exp likelihood (wm/models/mdn.py). Rounds alternate between the two so a
-machine busy with other work slows both alike; the median round counts.
+All three train the same LSTM and the same output layer (mixture, reward, done; same parameter
+count) with Adam and gradient clipping on the same batch:
+  fit   the straightforward Keras way: a functional model compiled with a loss that scores the
+        mixture with tfp's `MixtureSameFamily(Categorical, Normal).log_prob`, `train_on_batch`;
+  step  that model and loss in a hand-written tf.function step (isolates the likelihood's share);
+  ours  wm.seq_training.Trainer on MDNRNN with the log-sum-exp likelihood of wm/models/mdn.py.
+It then times the mixture likelihood alone (forward and gradient), tfp's and ours.
+Rounds alternate between them so a machine busy with other work slows all alike; medians count.
 """
 
 import os
@@ -28,44 +31,102 @@ flags.DEFINE_integer('z_size', 32, 'Latent size.')
 flags.DEFINE_integer('action_size', 3, 'Action size.')
 flags.DEFINE_integer('hidden_size', 256, 'LSTM units.')
 flags.DEFINE_integer('num_mixtures', 5, 'Gaussians per latent dimension.')
-flags.DEFINE_integer('steps', 20, 'Timed training steps per round.')
-flags.DEFINE_integer('rounds', 3, 'Alternating rounds per model.')
+flags.DEFINE_integer('steps', 15, 'Timed training steps per round.')
+flags.DEFINE_integer('rounds', 5, 'Alternating rounds per model.')
 
 
-def baseline_step(z_size, action_size, hidden_size, num_mixtures, learning_rate=1e-3, clip=1.0):
-  """A Keras functional LSTM model scored with tfp's MixtureSameFamily: the plain way."""
+def tfp_loss(z_size, num_mixtures):
+  """Keras loss(y_true [B,T,Z+3] = z_next|reward|done|mask, y_pred [B,T,Z*K*3+2]) with tfp."""
   import tensorflow as tf
   import tensorflow_probability as tfp
   tfd = tfp.distributions
+
+  def loss(y_true, out):
+    z_next, reward, done, mask = (y_true[..., :z_size], y_true[..., -3], y_true[..., -2],
+                                  y_true[..., -1])
+    shape = tf.concat([tf.shape(out)[:2], [z_size, 3 * num_mixtures]], 0)
+    logits, means, log_stds = tf.split(tf.reshape(out[..., :-2], shape), 3, axis=-1)
+    mixture = tfd.MixtureSameFamily(tfd.Categorical(logits=logits),
+                                    tfd.Normal(means, tf.exp(log_stds)))
+    latent = -tf.reduce_sum(tf.reduce_mean(mixture.log_prob(z_next), -1) * mask)
+    reward = tf.reduce_sum(0.5 * tf.square(out[..., -2] - reward) * mask)
+    done = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(done, out[..., -1]) * mask)
+    return (latent + reward + done) / tf.reduce_sum(mask)
+
+  return loss
+
+
+def keras_model(z_size, action_size, hidden_size, num_mixtures):
+  import tensorflow as tf
   z_in = tf.keras.Input([None, z_size])
   a_in = tf.keras.Input([None, action_size])
   h = tf.keras.layers.LSTM(hidden_size, return_sequences=True)(
       tf.keras.layers.Concatenate()([z_in, a_in]))
   out = tf.keras.layers.Dense(z_size * num_mixtures * 3 + 2)(h)
-  model = tf.keras.Model([z_in, a_in], out)
-  optimizer = tf.keras.optimizers.Adam(learning_rate)
+  return tf.keras.Model([z_in, a_in], out)
+
+
+def baseline_fit(z_size, action_size, hidden_size, num_mixtures):
+  """The plain way: a compiled Keras model with a tfp loss, trained by train_on_batch."""
+  import tensorflow as tf
+  model = keras_model(z_size, action_size, hidden_size, num_mixtures)
+  model.compile(tf.keras.optimizers.Adam(1e-3, global_clipnorm=1.0),
+                tfp_loss(z_size, num_mixtures), jit_compile=False)
+
+  def step(batch):
+    y_true = tf.concat([batch['z_next'], tf.stack([batch['reward'], batch['done'],
+                                                   batch['mask']], -1)], -1)
+    return model.train_on_batch([batch['z'], batch['actions']], y_true)
+
+  return step, model.count_params()
+
+
+def baseline_step(z_size, action_size, hidden_size, num_mixtures):
+  """The same tfp loss in a hand-written tf.function step (isolates the likelihood's cost)."""
+  import tensorflow as tf
+  model = keras_model(z_size, action_size, hidden_size, num_mixtures)
+  optimizer = tf.keras.optimizers.Adam(1e-3)
+  loss_fn = tfp_loss(z_size, num_mixtures)
 
   @tf.function
   def step(batch):
+    y_true = tf.concat([batch['z_next'], tf.stack([batch['reward'], batch['done'],
+                                                   batch['mask']], -1)], -1)
     with tf.GradientTape() as tape:
-      out = model([batch['z'], batch['actions']])
-      shape = tf.concat([tf.shape(out)[:2], [z_size, 3 * num_mixtures]], 0)
-      logits, means, log_stds = tf.split(tf.reshape(out[..., :-2], shape), 3, axis=-1)
-      mixture = tfd.MixtureSameFamily(tfd.Categorical(logits=logits),
-                                      tfd.Normal(means, tf.exp(log_stds)))
-      mask = batch['mask']
-      count = tf.reduce_sum(mask)
-      latent = -tf.reduce_sum(tf.reduce_mean(mixture.log_prob(batch['z_next']), -1) * mask)
-      reward = tf.reduce_sum(0.5 * tf.square(out[..., -2] - batch['reward']) * mask)
-      done = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(batch['done'], out[..., -1])
-                           * mask)
-      loss = (latent + reward + done) / count
-    grads = tape.gradient(loss, model.trainable_variables)
-    grads, _ = tf.clip_by_global_norm(grads, clip)
+      loss = loss_fn(y_true, model([batch['z'], batch['actions']]))
+    grads, _ = tf.clip_by_global_norm(tape.gradient(loss, model.trainable_variables), 1.0)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     return loss
 
   return step, model.count_params()
+
+
+def likelihood_steps(b, t, z, k):
+  """The mixture NLL alone (forward and gradient) on random parameters [b, t, z, k]: tfp vs ours."""
+  import numpy as np
+  import tensorflow as tf
+  import tensorflow_probability as tfp
+
+  from wm.models import mdn
+  tfd = tfp.distributions
+  rng = np.random.default_rng(1)
+  params = [tf.Variable(rng.normal(size=(b, t, z, k)).astype(np.float32)) for _ in range(3)]
+  x = tf.constant(rng.normal(size=(b, t, z)).astype(np.float32))
+
+  def tfp_log_prob(logits, means, log_stds, x):
+    return tfd.MixtureSameFamily(tfd.Categorical(logits=logits),
+                                 tfd.Normal(means, tf.exp(log_stds))).log_prob(x)
+
+  def make(log_prob):
+    @tf.function
+    def step(batch):
+      del batch
+      with tf.GradientTape() as tape:
+        loss = -tf.reduce_mean(log_prob(*params, x))
+      return [loss] + tape.gradient(loss, params)
+    return step
+
+  return {'nll_tfp': make(tfp_log_prob), 'nll_ours': make(mdn.log_prob)}
 
 
 def rate(step, batch, steps) -> float:
@@ -74,7 +135,7 @@ def rate(step, batch, steps) -> float:
   start = time.perf_counter()
   for _ in range(steps):
     loss = step(batch)
-  float(loss if not isinstance(loss, dict) else loss['loss'])
+  float(loss['loss'] if isinstance(loss, dict) else loss[0] if isinstance(loss, list) else loss)
   return steps * FLAGS.batch_size * FLAGS.sequence_length / (time.perf_counter() - start)
 
 
@@ -94,20 +155,32 @@ def main(argv):
   batch = {k: tf.constant(v, tf.float32) for k, v in batch.items()}
   ours = MDNRNN(z, a, FLAGS.hidden_size, FLAGS.num_mixtures)
   trainer = Trainer(ours, 1e-3, grad_clip=1.0)
-  baseline, baseline_params = baseline_step(z, a, FLAGS.hidden_size, FLAGS.num_mixtures)
-  assert baseline_params == ours.count_params(), (baseline_params, ours.count_params())
-  results = {'ours': [], 'tfp': []}
+  steps = {'ours': trainer.train_step}
+  for name, build in (('fit', baseline_fit), ('step', baseline_step)):
+    steps[name], params = build(z, a, FLAGS.hidden_size, FLAGS.num_mixtures)
+    assert params == ours.count_params(), (name, params, ours.count_params())
+  steps.update(likelihood_steps(b, t, z, FLAGS.num_mixtures))
+  results = {name: [] for name in steps}
   for _ in range(FLAGS.rounds):
-    results['tfp'].append(rate(baseline, batch, FLAGS.steps))
-    results['ours'].append(rate(trainer.train_step, batch, FLAGS.steps))
+    for name, step in steps.items():
+      results[name].append(rate(step, batch, FLAGS.steps))
   median = {k: float(np.median(v)) for k, v in results.items()}
   print(f'M training, batch {b} x {t} steps, z {z}, LSTM {FLAGS.hidden_size}, '
         f'{FLAGS.num_mixtures} mixtures, {ours.count_params():,} parameters each')
-  print(f'  tfp MixtureSameFamily Keras model : {median["tfp"]:>9,.0f} sequence-steps/s '
-        f'(rounds: {", ".join(f"{r:,.0f}" for r in results["tfp"])})')
-  print(f'  MDNRNN + hand-written mixture NLL : {median["ours"]:>9,.0f} sequence-steps/s '
-        f'(rounds: {", ".join(f"{r:,.0f}" for r in results["ours"])})')
-  print(f'  ratio: {median["ours"] / median["tfp"]:.2f}x')
+  labels = {'fit': 'tfp MixtureSameFamily Keras model, train_on_batch',
+            'step': 'same model and tfp loss, tf.function step',
+            'ours': 'MDNRNN + hand-written NLL (Trainer)'}
+  for name in ('fit', 'step', 'ours'):
+    rounds = ', '.join(f'{r:,.0f}' for r in results[name])
+    print(f'  {labels[name]:<50s} {median[name]:>8,.0f} sequence-steps/s  ({rounds})')
+  print(f'  ratio vs the tfp Keras model:        {median["ours"] / median["fit"]:.2f}x')
+  print(f'  ratio vs the tfp loss in our step:   {median["ours"] / median["step"]:.2f}x')
+  print(f'The mixture NLL alone, forward + gradient, [{b}, {t}, {z}, {FLAGS.num_mixtures}]:')
+  for name in ('nll_tfp', 'nll_ours'):
+    rounds = ', '.join(f'{r:,.0f}' for r in results[name])
+    label = 'tfp MixtureSameFamily.log_prob' if name == 'nll_tfp' else 'wm.models.mdn.log_prob'
+    print(f'  {label:<50s} {median[name]:>8,.0f} sequence-steps/s  ({rounds})')
+  print(f'  ratio: {median["nll_ours"] / median["nll_tfp"]:.2f}x')
 
 
 if __name__ == '__main__':

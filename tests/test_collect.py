@@ -103,3 +103,19 @@ def test_concurrent_instances_share_one_folder(tmp_path):
                for _, err in outputs]
   assert sum(collected) == 8, collected  # every rollout collected exactly once
   assert rollouts.list_indices(run_dir / 'rollouts') == list(range(8))
+
+
+def test_claims_of_killed_unreaped_workers_are_taken_over(tmp_path):
+  from wm import fileio
+  child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+  target = str(tmp_path / 'rollout-000001.npz')
+  with open(target + '.claim', 'w') as f:
+    f.write(f'{os.uname().nodename.split(".")[0]} {child.pid}')
+  with fileio.claim(target) as held:
+    assert not held  # a live process holds it
+  child.kill()
+  time.sleep(0.2)  # killed but not reaped yet: a zombie
+  assert open(f'/proc/{child.pid}/stat').read().rsplit(')', 1)[1].split()[0] == 'Z'
+  with fileio.claim(target) as held:
+    assert held
+  child.wait()

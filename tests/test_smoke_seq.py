@@ -1,4 +1,4 @@
-"""scripts/train_sequence_model.py as a user runs it: preemption, resume by rerun, outputs, errors."""
+"""scripts/train_sequence_model.py as a user runs it: preemption, resume, outputs, errors."""
 
 import json
 import os
@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, copy_run, run_script, script_env
 from wm import config as config_lib
-from wm import runs, seq_training, training
+from wm import runs, seq_training, sharding, training
 from wm.errors import ConfigError
 from wm.models import export
 
@@ -65,3 +65,33 @@ def test_preempted_run_saves_exits_75_and_rerun_continues(synthetic_encoded, tmp
   with pytest.raises(ConfigError, match='checkpoints'):
     seq_training.train(config, runs.Run(run_dir), os.path.join(run_dir, 'seq'))
   assert os.path.exists(os.path.join(run_dir, 'seq', 'DONE'))
+
+
+def test_trains_on_real_encoded_debug_data(debug_encoded, tmp_path):
+  """The stage on the VAE-encoded debug rollouts, with the transformer (the synthetic test above
+  runs the MDN-RNN through the script)."""
+  run_dir = copy_run(debug_encoded, str(tmp_path / 'run'))
+  run_script('train_sequence_model', f'--run_dir={run_dir}', '--config.seq.model=transformer')
+  with open(os.path.join(run_dir, 'seq', 'DONE')) as f:
+    done = json.load(f)
+  assert done['model'] == 'transformer' and done['step'] == 20
+  assert all(np.isfinite(v) for v in done['valid'].values()), done
+  train = sharding.read_manifest(os.path.join(run_dir, 'encoded', 'train'))
+  model = export.load(os.path.join(run_dir, 'seq', 'export'), kind='sequence_model')
+  assert model.z_size == train['z_size'] and model.max_context == 10
+  with np.load(os.path.join(run_dir, 'seq', 'initial_latents.npz'), allow_pickle=False) as f:
+    assert f['mu'].shape == (train['num_rollouts'], train['z_size'])
+    mu = f['mu']
+  state = model.initial_state(len(mu))
+  prediction, state = model.step(mu, np.zeros((len(mu), model.action_size), np.float32), state)
+  assert model.sample(prediction, 1.0, seed=(0, 1)).shape == mu.shape
+
+
+def test_diverging_training_stops_with_a_clear_error(synthetic_encoded, tmp_path):
+  run_dir = copy_run(synthetic_encoded, str(tmp_path / 'run'))
+  config = config_lib.load('configs/carracing.py:debug')
+  config.seq.learning_rate = 1e30  # Adam moves every weight by ~1e30: the loss overflows
+  config.seq.grad_clip = 0.0
+  with pytest.raises(training.NonFiniteLossError, match='diverged'):
+    seq_training.train(config, runs.Run(run_dir), os.path.join(run_dir, 'seq'))
+  assert not os.path.exists(os.path.join(run_dir, 'seq', 'export'))

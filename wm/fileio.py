@@ -66,13 +66,19 @@ def fsync_dir(folder: str) -> None:
 
 
 def pid_alive(pid: int) -> bool:
+  """Whether process `pid` of this host is running (a zombie, killed but not reaped, is not)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
   except PermissionError:
     return True
-  return True
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      state = f.read().rsplit(')', 1)[1].split()[0]
+  except (OSError, IndexError):
+    return True  # no /proc: trust kill()
+  return state not in ('Z', 'X')
 
 
 def remove_stale_tmp_files(folder: str) -> list[str]:

@@ -5,6 +5,8 @@
 Each stage runs as its own process (`scripts/<stage>.py`), exactly as it would alone or under
 SLURM, so a stage that fails stops the pipeline with its own message and exit status, and a
 rerun continues where it stopped. Extra `--config.a.b=v` overrides are passed to every stage.
+The end summary lists each stage's time, the size of its outputs and what its DONE marker
+records (the final score, once the evaluation stage has run).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 
 from absl import app, flags
 
-from wm import cli, runs
+from wm import cli, fileio, runs
 from wm.config import REPO_ROOT
 
 _PARALLELISM = flags.DEFINE_integer('parallelism', os.cpu_count() or 1,
@@ -45,10 +47,22 @@ STAGES = [
 ]
 
 
-def stage_argv(stage: StageCommand, run_dir: str, config: str, overrides: dict[str, str],
+@dataclasses.dataclass
+class StageReport:
+  name: str
+  status: str  # ran | skipped | failed
+  seconds: float = 0.0
+  files: int = 0  # files under the stage dir
+  bytes: int = 0  # their total size
+  done: dict = dataclasses.field(default_factory=dict)  # what the DONE marker records
+
+
+def stage_argv(stage: StageCommand, run_dir: str, config: str | None, overrides: dict[str, str],
                parallelism: int) -> list[str]:
   argv = [sys.executable, os.path.join(REPO_ROOT, 'scripts', stage.script + '.py'),
-          f'--run_dir={run_dir}', f'--config={config}']
+          f'--run_dir={run_dir}']
+  if config:
+    argv.append(f'--config={config}')
   argv += [f'--config.{k}={v}' for k, v in overrides.items()]
   argv += list(stage.args)
   if stage.parallel:
@@ -56,39 +70,104 @@ def stage_argv(stage: StageCommand, run_dir: str, config: str, overrides: dict[s
   return argv
 
 
+def folder_size(path: str) -> tuple[int, int]:
+  """(files, bytes) under `path`, snapshots excluded."""
+  files = size = 0
+  for root, dirs, names in os.walk(path):
+    dirs[:] = [d for d in dirs if d != 'snapshot']
+    for name in names:
+      try:
+        size += os.path.getsize(os.path.join(root, name))
+        files += 1
+      except OSError:
+        pass
+  return files, size
+
+
+def report(run: runs.Run, name: str, status: str, seconds: float = 0.0) -> StageReport:
+  files, size = folder_size(run.stage_dir(name))
+  done = {}
+  if run.is_done(name):
+    done = fileio.read_json(run.done_path(name))
+    done.pop('finished_at', None)
+  return StageReport(name, status, seconds, files, size, done)
+
+
+def _show(value, root: str) -> str:
+  if isinstance(value, float):
+    return f'{value:.4g}'
+  return str(value).replace(root, 'RUN')
+
+
+def summary(reports: list[StageReport], total_s: float, root: str = '') -> str:
+  lines = [f'== summary ({total_s:.1f}s in all)',
+           f'  {"stage":11s} {"status":8s} {"time":>8s} {"files":>6s} {"size":>10s}  result']
+  for r in reports:
+    took = f'{r.seconds:.1f}s' if r.status != 'skipped' else '-'
+    result = ', '.join(f'{k}={_show(v, root or "RUN")}' for k, v in r.done.items()
+                       if not isinstance(v, (dict, list)))
+    lines.append(f'  {r.name:11s} {r.status:8s} {took:>8s} {r.files:6d} '
+                 f'{r.bytes / 2**20:9.1f}M  {result}')
+  score = next((r.done['mean'] for r in reports if r.name == 'evaluate' and 'mean' in r.done),
+               None)
+  if score is not None:
+    lines.append(f'  final score (evaluate: mean return): {_show(score, root)}')
+  return '\n'.join(lines)
+
+
+def run_stages(run: runs.Run, stages: list[StageCommand], config: str | None,
+               overrides: dict[str, str], parallelism: int) -> tuple[list[StageReport], int]:
+  """Runs the stages in order; returns their reports and the failing exit status (or 0)."""
+  reports = []
+  for i, stage in enumerate(stages, 1):
+    tag = f'[{i}/{len(stages)}] {stage.name}'
+    if run.is_done(stage.name):
+      print(f'== {tag}: done already ({run.done_path(stage.name)})', flush=True)
+      reports.append(report(run, stage.name, 'skipped'))
+      continue
+    argv = stage_argv(stage, run.root, config, overrides, parallelism)
+    print(f'== {tag}: started {time.strftime("%H:%M:%S")}: scripts/{stage.script}.py', flush=True)
+    start = time.perf_counter()
+    code = subprocess.call(argv, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get(
+        'TF_CPP_MIN_LOG_LEVEL', '2')))
+    took = time.perf_counter() - start
+    if code != 0:
+      print(f'== {tag} failed with exit status {code} after {took:.1f}s; fix and rerun the '
+            'same command: finished stages are skipped', file=sys.stderr, flush=True)
+      reports.append(report(run, stage.name, 'failed', took))
+      return reports, code
+    reports.append(report(run, stage.name, 'ran', took))
+    r = reports[-1]
+    print(f'== {tag}: finished in {took:.1f}s: {r.files} files, {r.bytes / 2**20:.1f} MB in '
+          f'{run.stage_dir(stage.name)}', flush=True)
+  return reports, 0
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     sys.exit(f'error: unexpected arguments {argv[1:]}')
   if not flags.FLAGS.run_dir:
     sys.exit('error: --run_dir is required')
-  # Refuse a bad config before anything runs.
+  # Refuse a bad config or stage list before anything runs.
   try:
-    cli.resolve_config(None, cli._OVERRIDES)
+    cli.resolve_config(flags.FLAGS.run_dir, cli._OVERRIDES)
   except cli.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(cli.EXIT_USER_ERROR)
+  names = [s.name for s in STAGES]
+  wanted = _STAGES.value or names
+  if set(wanted) - set(names):
+    print(f'error: --stages: unknown {sorted(set(wanted) - set(names))}; stages: {names}',
+          file=sys.stderr)
+    sys.exit(cli.EXIT_USER_ERROR)
   run = runs.Run(flags.FLAGS.run_dir)
-  wanted = _STAGES.value or [s.name for s in STAGES]
-  timings = []
-  for stage in STAGES:
-    if stage.name not in wanted:
-      continue
-    if run.is_done(stage.name):
-      print(f'== {stage.name}: done already ({run.done_path(stage.name)})', flush=True)
-      timings.append((stage.name, 'skipped'))
-      continue
-    print(f'== {stage.name}', flush=True)
-    start = time.perf_counter()
-    code = subprocess.call(stage_argv(stage, run.root, flags.FLAGS.config, cli._OVERRIDES,
-                                      _PARALLELISM.value))
-    if code != 0:
-      print(f'== {stage.name} failed with exit status {code}; fix and rerun the same command',
-            file=sys.stderr, flush=True)
-      sys.exit(code)
-    timings.append((stage.name, f'{time.perf_counter() - start:.1f}s'))
-  print('== summary')
-  for name, took in timings:
-    print(f'  {name:12s} {took}')
+  config = flags.FLAGS.config if flags.FLAGS['config'].present else None
+  start = time.perf_counter()
+  reports, code = run_stages(run, [s for s in STAGES if s.name in wanted], config,
+                             cli._OVERRIDES, _PARALLELISM.value)
+  print(summary(reports, time.perf_counter() - start, run.root), flush=True)
+  if code:
+    sys.exit(code)
 
 
 def parse(argv: list[str]) -> list[str]:

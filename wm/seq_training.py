@@ -98,11 +98,11 @@ def save_initial_latents(paths: list[str], path: str) -> int:
   return len(first['mu'])
 
 
-def check_same_model(ckpt_dir: str, name: str, kwargs: dict[str, Any]) -> None:
+def check_same_model(ckpt_dir: str, name: str, kwargs: dict[str, Any], resuming: bool) -> None:
   """Refuses to resume checkpoints of another model; records the model of new checkpoints."""
   path = os.path.join(ckpt_dir, 'model.json')
   wanted = {'name': name, 'kwargs': kwargs}
-  if os.path.exists(path):
+  if resuming and os.path.exists(path):
     found = fileio.read_json(path)
     if found != wanted:
       raise ConfigError(
@@ -139,7 +139,7 @@ def train(config, run: Run, stage_dir: str) -> dict[str, Any]:
   checkpoint = tf.train.Checkpoint(model=model, optimizer=trainer.optimizer, step=step_var)
   ckpt_dir = os.path.join(stage_dir, 'checkpoints')
   manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=3)
-  check_same_model(ckpt_dir, seq.model, kwargs)
+  check_same_model(ckpt_dir, seq.model, kwargs, resuming=bool(manager.latest_checkpoint))
   step = restore(checkpoint, manager)
   run.clear_done('seq')  # only once the inputs and checkpoints are known to fit
   train_data = sequences.train_batches(train_paths, seq.sequence_length, seq.batch_size,
@@ -147,7 +147,8 @@ def train(config, run: Run, stage_dir: str) -> dict[str, Any]:
   valid_data = valid_paths and sequences.valid_batches(valid_paths, seq.sequence_length,
                                                        seq.batch_size, seed=config.seed)
   writer = tf.summary.create_file_writer(os.path.join(stage_dir, 'tb'))
-  clocks = {name: training.Every(getattr(seq, name + '_every')) for name in ('log', 'valid', 'save')}
+  clocks = {name: training.Every(getattr(seq, name + '_every'))
+            for name in ('log', 'valid', 'save')}
 
   def evaluate() -> dict[str, float]:
     terms = trainer.evaluate(valid_data, seq.valid_batches) if valid_paths else {}
@@ -171,6 +172,7 @@ def train(config, run: Run, stage_dir: str) -> dict[str, Any]:
       if clocks['save'](step) or preemption.requested:
         manager.save(checkpoint_number=step)
       if preemption.requested:
+        writer.flush()
         training.exit_for_requeue(f'checkpoint at step {step}')
       progress.update(step, sequence_steps=(step - first) * seq.batch_size * seq.sequence_length)
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f'-{step}'):

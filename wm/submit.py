@@ -1,0 +1,244 @@
+"""Submits every stage of the pipeline to SLURM as a chain of jobs (slurm/submit_pipeline.sh).
+
+    slurm/submit_pipeline.sh --run_dir=runs/paper --config=configs/carracing.py:paper \\
+        [--partition=cpu --gpu_partition=gpu --account=ACC --collect_tasks=64] [--config.a.b=v]
+
+Each stage of wm.pipeline.STAGES without a DONE marker becomes a job of slurm/<stage>.sbatch
+waiting for the previous one (`--dependency=afterok`, `--kill-on-invalid-dep=yes`: a failed stage
+cancels everything after it). Array stages run as a job array, then as one short job without
+--array that checks every share is there and marks the stage DONE. Job ids are printed and
+appended to RUN/slurm_jobs.json; each job logs to RUN/logs/<stage>-<job>[_<task>].log.
+
+Resources: the #SBATCH lines of each sbatch script are the defaults; CPUs, memory and tasks that
+no node of the partition has are shrunk to fit (so the same command works on a laptop's local
+cluster). Every option below falls back to an environment variable (WM_PARTITION, ...), and
+WM_SBATCH_<STAGE> (e.g. WM_SBATCH_VAE='--time=2:00:00 --mem=32G') adds sbatch options to one
+stage, after --sbatch_args (all stages) and before --stage_sbatch=vae:'--mem=64G' flags.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+
+from absl import app, flags
+
+from wm import cli, fileio, pipeline, runs, slurm
+from wm.errors import UserError
+
+_PARTITION = flags.DEFINE_string('partition', None, 'Partition of CPU stages [WM_PARTITION].')
+_GPU_PARTITION = flags.DEFINE_string('gpu_partition', None, 'Partition of the training and '
+                                     'encoding stages (default: --partition) [WM_GPU_PARTITION].')
+_ACCOUNT = flags.DEFINE_string('account', None, 'Account charged [WM_ACCOUNT].')
+_GPUS = flags.DEFINE_string('gpus', None, 'GPUs per job of the GPU stages; auto: 1 when the GPU '
+                            'partition has GPUs, else 0 [WM_GPUS, default auto].')
+_COLLECT_TASKS = flags.DEFINE_integer('collect_tasks', None, 'Collection array size '
+                                      '[WM_COLLECT_TASKS, default 4].')
+_SHARD_TASKS = flags.DEFINE_integer('shard_tasks', None, 'Sharding array size [WM_SHARD_TASKS, '
+                                    'default 2].')
+_ENCODE_TASKS = flags.DEFINE_integer('encode_tasks', None, 'Encoding array size (outer shards) '
+                                     '[WM_ENCODE_TASKS, default 2].')
+_RANKS = flags.DEFINE_integer('controller_ranks', None, 'Controller MPI ranks (srun -n) '
+                              '[WM_CONTROLLER_RANKS, default: its sbatch script\'s --ntasks].')
+_SBATCH_ARGS = flags.DEFINE_string('sbatch_args', None, 'Extra sbatch options for every job, '
+                                   'e.g. "--qos=high --time=8:00:00" [WM_SBATCH_ARGS].')
+_STAGE_SBATCH = flags.DEFINE_multi_string('stage_sbatch', [], 'STAGE:OPTIONS extra sbatch '
+                                          'options for one stage, e.g. vae:"--mem=64G".')
+_AFTER = flags.DEFINE_string('after', None, 'Job id the first stage waits for (afterok).')
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the sbatch commands, submit nothing.')
+_WAIT = flags.DEFINE_bool('wait', False, 'Wait for every job to end; exit 1 unless all completed.')
+_AGAIN = flags.DEFINE_bool('allow_active', False, 'Submit even while jobs of an earlier '
+                           'submission to this run dir are still queued or running.')
+
+_DEFAULTS = {'collect_tasks': 4, 'shard_tasks': 2, 'encode_tasks': 2, 'gpus': 'auto'}
+JOBS_FILE = 'slurm_jobs.json'
+
+
+def setting(flag: flags.FlagHolder, env: str):
+  """The flag when given, else the environment variable, else the default."""
+  if flag.present:
+    return flag.value
+  if os.environ.get(env):
+    value = os.environ[env]
+    return int(value) if isinstance(_DEFAULTS.get(flag.name), int) else value
+  return _DEFAULTS.get(flag.name)
+
+
+def stage_extra(name: str) -> list[str]:
+  extra = shlex.split(setting(_SBATCH_ARGS, 'WM_SBATCH_ARGS') or '')
+  extra += shlex.split(os.environ.get(f'WM_SBATCH_{name.upper()}', ''))
+  for item in _STAGE_SBATCH.value:
+    stage, sep, options = item.partition(':')
+    if not sep or stage not in slurm.SLURM_STAGES:
+      raise UserError(f'--stage_sbatch={item!r}: expected STAGE:OPTIONS with STAGE one of '
+                      f'{sorted(slurm.SLURM_STAGES)}')
+    if stage == name:
+      extra += shlex.split(options)
+  return extra
+
+
+def resources(spec: slurm.SlurmStage, script: str) -> tuple[list[str], list[str], int]:
+  """sbatch options choosing partition, account, GPUs, tasks and fitting CPUs/memory; notes on
+  what was fitted; GPUs per job."""
+  partition = setting(_PARTITION, 'WM_PARTITION')
+  if spec.gpu:
+    partition = setting(_GPU_PARTITION, 'WM_GPU_PARTITION') or partition
+  header = slurm.header_options(script)
+  options = dict(header)
+  if spec.ranks and setting(_RANKS, 'WM_CONTROLLER_RANKS'):
+    options['ntasks'] = str(setting(_RANKS, 'WM_CONTROLLER_RANKS'))
+  info = slurm.partition_info(partition) if not _DRY_RUN.value else None
+  fitted, notes = slurm.fit(options, info)
+  argv = [f'--{k}={fitted[k]}' for k in ('cpus-per-task', 'mem', 'ntasks')
+          if k in fitted and fitted[k] != header.get(k)]
+  if partition:
+    argv.append(f'--partition={partition}')
+  if setting(_ACCOUNT, 'WM_ACCOUNT'):
+    argv.append(f'--account={setting(_ACCOUNT, "WM_ACCOUNT")}')
+  gpus = 0
+  if spec.gpu:
+    asked = str(setting(_GPUS, 'WM_GPUS'))
+    if asked != 'auto' and not asked.isdigit():
+      raise UserError(f'--gpus={asked!r}: give a number of GPUs per job, or auto')
+    gpus = int(asked) if asked != 'auto' else int(bool(info and info.gpus))
+    if gpus:
+      argv.append(f'--gres=gpu:{gpus}')
+  notes = [f'{n} (largest node of partition {partition or "default"})' for n in notes]
+  return argv, notes, gpus
+
+
+def stage_args(run_dir: str) -> list[str]:
+  args = [f'--run_dir={run_dir}']
+  if flags.FLAGS['config'].present:
+    args.append(f'--config={flags.FLAGS.config}')
+  return args + [f'--config.{k}={v}' for k, v in cli._OVERRIDES.items()]
+
+
+def plan(run: runs.Run) -> list[dict]:
+  """One entry per job to submit, in order, each waiting for the one before."""
+  wanted = pipeline._STAGES.value or [s.name for s in pipeline.STAGES]
+  unknown = set(wanted) - {s.name for s in pipeline.STAGES}
+  if unknown:
+    raise UserError(f'--stages: unknown {sorted(unknown)}; stages: '
+                    f'{[s.name for s in pipeline.STAGES]}')
+  jobs = []
+  for stage in pipeline.STAGES:
+    if stage.name not in wanted:
+      continue
+    if run.is_done(stage.name):
+      print(f'== {stage.name}: done already ({run.done_path(stage.name)}), not submitted')
+      continue
+    spec = slurm.SLURM_STAGES[stage.name]
+    script = slurm.sbatch_script(stage.name)
+    argv, notes, gpus = resources(spec, script)
+    argv += stage_extra(stage.name)
+    logs = os.path.join(run.root, 'logs')
+    size = setting(flags.FLAGS[spec.array], 'WM_' + spec.array.upper()) if spec.array else 0
+    if spec.array and size < 1:
+      raise UserError(f'--{spec.array} must be >= 1, got {size}')
+    env = {}
+    if stage.name == 'encode':  # every encoding process must agree on the outer shards
+      env['WM_NUM_OUTER_SHARDS'] = str(size * max(gpus, 1))
+    common = dict(stage=stage.name, script=script, notes=notes, env=env)
+    if size:
+      jobs.append(dict(common, kind='array', array=f'0-{size - 1}', sbatch=argv + [
+          f'--array=0-{size - 1}', f'--output={logs}/{stage.name}-%A_%a.log']))
+    if size:  # the check after the array: nothing to do if its last task marked the stage done
+      common['env'] = dict(env, WM_DONE_FILE=run.done_path(stage.name))
+    jobs.append(dict(common, kind='finish' if size else 'job', sbatch=argv + [
+        f'--output={logs}/{stage.name}-%j.log']))
+  return jobs
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise UserError(f'unexpected arguments {argv[1:]}; flags look like --name=value')
+  if not flags.FLAGS.run_dir:
+    raise UserError('--run_dir is required: the folder every stage reads and writes')
+  cli.resolve_config(flags.FLAGS.run_dir, cli._OVERRIDES)  # refuse a bad config now
+  run = runs.Run(flags.FLAGS.run_dir)
+  if not _DRY_RUN.value and not _AGAIN.value:
+    refuse_if_active(run)
+  jobs = plan(run)
+  env = dict(os.environ, WM_REPO=slurm.REPO_ROOT, WM_PYTHON=sys.executable)
+  if not _DRY_RUN.value:
+    os.makedirs(os.path.join(run.root, 'logs'), exist_ok=True)
+  previous = _AFTER.value
+  for job in jobs:
+    dependency = [f'--dependency=afterok:{previous}'] if previous else []
+    job['command'] = ['sbatch', '--parsable', f'--job-name=wm-{job["stage"]}',
+                      '--kill-on-invalid-dep=yes', *dependency, *job['sbatch'], job['script'],
+                      *stage_args(run.root)]
+    job['after'] = previous
+    job['job_id'] = (f'<{job["stage"]}-{job["kind"]}>' if _DRY_RUN.value
+                     else slurm.submit(job['command'], dict(env, **job['env'])))
+    previous = job['job_id']
+    print(f'{job["stage"]:11s} {job["kind"]:6s} job {job["job_id"]:>8s}'
+          f'{"  array " + job["array"] if "array" in job else ""}'
+          f'{"  after " + job["after"] if job["after"] else ""}', flush=True)
+    for note in job['notes']:
+      print(f'{"":11s} fitted: {note}')
+    if _DRY_RUN.value:
+      print('  ' + shlex.join([f'{k}={v}' for k, v in job['env'].items()] + job['command']))
+  if not _DRY_RUN.value and jobs:
+    record(run, jobs)
+  if _WAIT.value and not _DRY_RUN.value and jobs:
+    states = slurm.wait([j['job_id'] for j in jobs])
+    bad = {k: v for k, v in states.items() if v != 'COMPLETED'}
+    print('all jobs completed' if not bad else f'jobs that did not complete: {bad}')
+    if any(v.startswith('PENDING:') for v in bad.values()):
+      print('PENDING:<reason> jobs can never start as asked: change their resources (see '
+            '--stage_sbatch) and cancel them', file=sys.stderr)
+    if bad:
+      sys.exit(1)
+
+
+def refuse_if_active(run: runs.Run) -> None:
+  """Two chains on one run dir would do the same work twice: refuse while one is active."""
+  path = os.path.join(run.root, JOBS_FILE)
+  if not os.path.exists(path):
+    return
+  last = fileio.read_json(path)['submissions'][-1]['jobs']
+  active = sorted({j['job_id'] for j in last
+                   for state in slurm.job_states(j['job_id']).values()
+                   if not slurm.is_final(state)})
+  if active:
+    raise UserError(f'jobs {" ".join(active)} of the last submission to {run.root} are still '
+                    f'queued or running ({path}); wait for them, cancel them with '
+                    f'`scancel {" ".join(active)}`, or pass --allow_active')
+
+
+def record(run: runs.Run, jobs: list[dict]) -> None:
+  path = os.path.join(run.root, JOBS_FILE)
+  history = fileio.read_json(path) if os.path.exists(path) else {'submissions': []}
+  keys = ('stage', 'kind', 'job_id', 'array', 'after', 'env', 'command')
+  history['submissions'].append({
+      'submitted_at': time.strftime('%F %T'),
+      'jobs': [{k: j[k] for k in keys if k in j} for j in jobs]})
+  fileio.write_json(path, history)
+  print(f'job ids written to {path}; logs in {os.path.join(run.root, "logs")}')
+
+
+def parse(argv: list[str]) -> list[str]:
+  try:
+    rest, overrides = cli.split_overrides(argv)
+  except UserError as e:
+    cli._fail(e)
+  cli._OVERRIDES.update(overrides)
+  try:
+    return flags.FLAGS(rest)
+  except flags.Error as e:
+    cli._fail(e)
+
+
+def run_main(argv: list[str]) -> None:
+  try:
+    main(argv)
+  except UserError as e:
+    cli._fail(e)
+
+
+if __name__ == '__main__':
+  app.run(run_main, flags_parser=parse)
