@@ -34,6 +34,8 @@ class World:
 def launched_ranks() -> tuple[int, int]:
   """(size, rank) as the launcher's environment variables tell, (1, 0) when none is set."""
   for size_var, rank_var in _LAUNCHERS:
+    if size_var.startswith('SLURM') and 'SLURM_STEP_ID' not in os.environ:
+      continue  # an sbatch script itself (one process), not tasks started by srun
     if size_var in os.environ and rank_var in os.environ:
       try:
         return int(os.environ[size_var]), int(os.environ[rank_var])
