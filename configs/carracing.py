@@ -42,6 +42,7 @@ def get_config(preset: str = 'small') -> Config:
     c.controller.generations = 2
     c.controller.eval_every = 1
     c.controller.eval_episodes = 1
+    c.controller.test_episodes = 4
   elif preset == 'paper':
     c.collect.num_rollouts = 10000  # the paper's 10,000 random rollouts
     c.data.obs_sampled_per_rollout = 1000
@@ -54,6 +55,7 @@ def get_config(preset: str = 'small') -> Config:
     c.controller.population_size = 64  # the paper's population
     c.controller.trials = 16  # ... and 16 rollouts per candidate
     c.controller.generations = 1800
+    c.controller.mode = 'real'  # the paper trained CarRacing's controller in the real env
     c.controller.eval_episodes = 1024  # the paper's evaluation of the best every 25 generations
   else:
     raise ValueError(f'unknown preset {preset!r}; presets: debug, small, paper')

@@ -84,10 +84,22 @@ def debug_world_model(debug_encoded, tmp_path_factory) -> str:
 @pytest.fixture(scope='session')
 def debug_agent(debug_world_model, tmp_path_factory) -> str:
   """A copy of `debug_world_model` with the controller evolved too (debug preset): all of V, M
-  and C as play loads them (read-only: copy before changing). Skips until the controller stage
-  (scripts/train_controller.py) is in the tree."""
-  if not os.path.exists(os.path.join(REPO, 'scripts', 'train_controller.py')):
-    pytest.skip('the controller stage is not in this tree yet')
+  and C as play loads them (read-only: copy before changing)."""
   run_dir = copy_run(debug_world_model, str(tmp_path_factory.mktemp('debug_agent') / 'run'))
   run_script('train_controller', f'--run_dir={run_dir}')
   return run_dir
+
+
+@pytest.fixture(scope='session')
+def controller_models(tmp_path_factory) -> str:
+  """A run dir holding V and M exports (randomly initialised ConvVAE and MDNRNN at debug sizes)
+  and dream starts, for the controller stage's tests. Read-only: copy before changing."""
+  import controller_models as models  # tests/ is on sys.path while pytest runs
+  return models.write(str(tmp_path_factory.mktemp('controller_run')))
+
+
+@pytest.fixture
+def mpi_as_root(monkeypatch) -> None:
+  """Lets Open MPI's mpiexec run as root (CI containers); no effect for other users."""
+  monkeypatch.setenv('OMPI_ALLOW_RUN_AS_ROOT', '1')
+  monkeypatch.setenv('OMPI_ALLOW_RUN_AS_ROOT_CONFIRM', '1')

@@ -102,10 +102,11 @@ class ControllerConfig:
   trials: int = 4  # episodes per candidate; fitness is their mean return
   generations: int = 100  # generations in total (a rerun continues up to this)
   init_sigma: float = 0.1  # CMA-ES initial step size
-  mode: str = 'real'  # where candidates are evaluated: real | dream
+  mode: str = 'dream'  # where candidates are evaluated: dream (inside M) | real (the env)
   dream_temperature: float = 1.15  # dream: sampling temperature of M
   eval_every: int = 25  # every this many generations the best is evaluated in the real env
   eval_episodes: int = 16  # ... over this many episodes
+  test_episodes: int = 100  # scripts/evaluate.py: episodes (the paper's table used 100)
 
 
 @dataclasses.dataclass
@@ -266,6 +267,7 @@ _POSITIVE = (
     'seq.num_heads', 'controller.hidden_units', 'controller.population_size',
     'controller.trials', 'controller.generations', 'controller.init_sigma',
     'controller.dream_temperature', 'controller.eval_every', 'controller.eval_episodes',
+    'controller.test_episodes',
     'play.num_episodes', 'play.fps',
 )
 

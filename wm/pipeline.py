@@ -42,6 +42,9 @@ STAGES = [
     StageCommand('encode', 'encode_rollouts', ('--num_outer_shards=1', '--outer_shard_index=0',
                                                '--num_sub_shards=1')),
     StageCommand('seq', 'train_sequence_model'),
+    StageCommand('controller', 'train_controller', parallel=True),
+    StageCommand('evaluate', 'evaluate', parallel=True),
+    StageCommand('play', 'play', ('--record_file=agent.mp4', '--alg_render')),  # a short video
 ]
 
 

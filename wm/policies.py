@@ -2,8 +2,8 @@
 
 A policy sees one frame at a time and returns a `PolicyStep`: the action vector (float32; one-hot
 for Discrete spaces) and an `info` dict where a policy may publish extra outputs, such as render
-panels (see wm/render.py). The trained controller (wm/models/controller.py) implements the same
-interface, so the collector can gather rollouts with it (the paper's iterative training).
+panels (see wm/render.py). The trained agent (wm/agent.py: V + M + the controller) implements the
+same interface, so the collector can gather rollouts with it (the paper's iterative training).
 """
 
 from __future__ import annotations

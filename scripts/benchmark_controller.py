@@ -1,0 +1,116 @@
+"""Benchmark of the controller stage: dream vs real-environment steps/s, and 2 workers vs 1.
+
+Input:  RUN/vae/export, RUN/seq/export, RUN/seq/initial_latents.npz (any trained or freshly
+        initialised V and M: speed does not depend on the weights; dream episodes all run
+        --dream_steps, whatever M's done head says).
+Output: printed figures, side by side from one run:
+          real env steps/s of V+M+C in one process (a batch of --real_envs environments)
+          dream steps/s of the same V+M+C (--dream_batch episodes as one batch inside M)
+          real-env evaluation steps/s with a pool of 2 workers and of 1 worker
+
+    python scripts/benchmark_controller.py --run_dir=RUN --config=configs/carracing.py:small
+
+Goals on a 2-core machine: dream >= 300x real, 2 workers >= 1.8x one.
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+from absl import app, flags
+
+from wm import cli, es, evaluation, runs
+from wm.agent import WorldModel, action_space_of
+from wm.dream import Dream
+
+_REAL_ENVS = flags.DEFINE_integer('real_envs', 4, 'Environments stepped together in one process.')
+_REAL_STEPS = flags.DEFINE_integer('real_steps', 250, 'Steps per real episode measured.')
+_DREAM_BATCH = flags.DEFINE_integer('dream_batch', 256, 'Dream episodes in one batch '
+                                    '(population x trials).')
+_DREAM_STEPS = flags.DEFINE_integer('dream_steps', 1000, 'Steps per dream episode.')
+_POOL_EPISODES = flags.DEFINE_integer('pool_episodes', 8, 'Episodes per pool measurement.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Interleaved measurements of each figure; the best '
+                                'counts.')
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}')
+  if not flags.FLAGS.run_dir:
+    sys.exit('error: --run_dir is required (a run dir with V and M exports)')
+  try:
+    # Reads the run's config without writing anything into the run dir.
+    config = cli.resolve_config(flags.FLAGS.run_dir, cli._OVERRIDES)  # pylint: disable=protected-access
+    run = runs.Run(flags.FLAGS.run_dir)
+    config.env.max_steps = _REAL_STEPS.value
+    model = WorldModel.load(run, config, action_space_of(config))
+  except cli.UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(cli.EXIT_USER_ERROR)
+  rng = np.random.default_rng(0)
+  n = model.controller.num_params
+
+  worker = evaluation.Worker(config, run.root)
+  worker._world = model  # pylint: disable=protected-access  (the same V+M+C as the dream)
+  seeds = es.episode_seeds(config.seed, es.TEST_STREAM, 99, _REAL_ENVS.value)
+  params = rng.normal(size=(_REAL_ENVS.value, n)) * 0.1
+  worker.evaluate(params[:1], seeds[:1])  # builds envs' first and traces the fused step
+  dream = Dream.load(model, run, _DREAM_STEPS.value, config.controller.dream_temperature,
+                     use_done=False)  # every dream runs dream_steps: an untrained M's done head
+  batch = rng.normal(size=(_DREAM_BATCH.value, n)) * 0.1  # would end them at random
+  z0 = dream.start.draw(len(batch), rng)
+  dream.returns(batch, z0, np.array([1, 2]))  # trace
+
+  def real_rate() -> float:
+    start, before = time.perf_counter(), worker.steps
+    worker.evaluate(params, seeds)
+    return (worker.steps - before) / (time.perf_counter() - start)
+
+  def dream_rate() -> float:
+    start = time.perf_counter()
+    _, steps = dream.returns(batch, z0, np.array([3, 4]))
+    return steps / (time.perf_counter() - start)
+
+  # Interleaved repeats, best of each: other load on the machine hits both sides alike.
+  real = dreamt = 0.0
+  for _ in range(_REPEATS.value):
+    real, dreamt = max(real, real_rate()), max(dreamt, dream_rate())
+
+  jobs = _POOL_EPISODES.value
+  with evaluation.Pool(config, run.root, 1) as one, evaluation.Pool(config, run.root, 2) as two:
+    pools = {1: one, 2: two}
+    for workers, pool in pools.items():  # tracing (V and M are loaded as the workers start)
+      for _ in range(2):
+        pool.evaluate(rng.normal(size=(workers, n)) * 0.1,
+                      es.episode_seeds(config.seed, es.TEST_STREAM, 98, workers))
+    pool_params = rng.normal(size=(jobs, n)) * 0.1
+    pool_seeds = es.episode_seeds(config.seed, es.TEST_STREAM, 97, jobs)
+    pool_rates = {1: 0.0, 2: 0.0}
+    for _ in range(_REPEATS.value):
+      for workers, pool in pools.items():
+        start = time.perf_counter()
+        pool.evaluate(pool_params, pool_seeds)
+        rate = jobs * _REAL_STEPS.value / (time.perf_counter() - start)
+        pool_rates[workers] = max(pool_rates[workers], rate)
+
+  print(f'controller: {n} parameters (controller.inputs={config.controller.inputs}), '
+        f'z {model.encoder.z_size}, h {model.seq.feature_size}')
+  print(f'real env, 1 process, {_REAL_ENVS.value} envs: {real:10,.0f} steps/s')
+  print(f'dream, batch {_DREAM_BATCH.value}:           {dreamt:10,.0f} steps/s   '
+        f'{dreamt / real:6.0f}x real (goal >= 300x)')
+  print(f'real-env pool, 1 worker:      {pool_rates[1]:10,.0f} steps/s')
+  print(f'real-env pool, 2 workers:     {pool_rates[2]:10,.0f} steps/s   '
+        f'{pool_rates[2] / pool_rates[1]:6.2f}x (goal >= 1.8x)')
+
+
+def parse(argv: list[str]) -> list[str]:
+  rest, overrides = cli.split_overrides(argv)
+  cli._OVERRIDES.update(overrides)  # pylint: disable=protected-access
+  return flags.FLAGS(rest)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse)

@@ -1,0 +1,147 @@
+"""The controller's shapes and squashing, the Policy built from V+M+C, dreams, and evaluate.py.
+
+V and M are randomly initialised real ConvVAE and MDNRNN at debug sizes (tests/controller_models.py).
+"""
+
+import json
+import os
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import copy_run, run_script
+from wm import config as config_lib
+from wm import envs, runs
+from wm.agent import Agent, WorldModel, load_params, save_params
+from wm.dream import Dream
+from wm.errors import DataError
+from wm.models.controller import Controller
+
+CAR_ACTIONS = gym.spaces.Box(np.array([-1, 0, 0], np.float32), np.array([1, 1, 1], np.float32))
+
+
+def test_paper_controller_sizes():
+  assert Controller('zh', 32, 256, CAR_ACTIONS).num_params == 867  # the paper's count
+  assert Controller('z', 32, 256, CAR_ACTIONS).num_params == 32 * 3 + 3
+  assert Controller('zh_hidden', 32, 256, CAR_ACTIONS, 40).num_params == 288 * 40 + 40 + 40 * 3 + 3
+
+
+@pytest.mark.parametrize('inputs', ['z', 'zh', 'zh_hidden'])
+def test_batched_rows_match_single_rows_and_stay_in_bounds(inputs):
+  c = Controller(inputs, 4, 5, CAR_ACTIONS, hidden_units=6)
+  rng = np.random.default_rng(0)
+  params = rng.normal(size=(7, c.num_params)) * 3
+  z, h = rng.normal(size=(7, 4)), rng.normal(size=(7, 5))
+  actions = c(params, z, h).numpy()
+  for i in range(7):
+    single = c(params[i:i + 1], z[i:i + 1], h[i:i + 1]).numpy()[0]
+    np.testing.assert_allclose(actions[i], single, rtol=1e-5, atol=1e-6)
+  assert actions[:, 0].min() >= -1 and actions[:, 0].max() <= 1
+  assert actions[:, 1:].min() >= 0 and actions[:, 1:].max() <= 1
+  assert actions[:, 0].min() < 0 < actions[:, 0].max()  # steering uses both directions
+
+
+def test_linear_controller_is_w_times_inputs_plus_b():
+  c = Controller('zh', 2, 3, CAR_ACTIONS)
+  rng = np.random.default_rng(1)
+  params = rng.normal(size=c.num_params)
+  w = c.unflatten(params)
+  np.testing.assert_array_equal(c.flatten(w), params)
+  x = rng.normal(size=5)
+  raw = c.raw(params[None], x[None, :2], x[None, 2:]).numpy()[0]
+  np.testing.assert_allclose(raw, x @ w['w0'] + w['b0'], rtol=1e-5)
+  squashed = c.squash(tf.constant(raw[None], tf.float32)).numpy()[0]
+  np.testing.assert_allclose(squashed, [np.tanh(raw[0]), *(np.tanh(raw[1:]) + 1) / 2], rtol=1e-5)
+  with pytest.raises(ValueError, match='expected'):
+    c.unflatten(params[:-1])
+
+
+def test_discrete_actions_are_one_hot():
+  c = Controller('z', 3, 0, gym.spaces.Discrete(4))
+  actions = c(np.random.default_rng(2).normal(size=(5, c.num_params)),
+              np.ones((5, 3)), None).numpy()
+  np.testing.assert_array_equal(actions.sum(axis=1), 1)
+  assert set(np.unique(actions)) <= {0.0, 1.0}
+
+
+def _debug_config():
+  return config_lib.load('configs/carracing.py:debug')
+
+
+def test_agent_is_a_policy_with_panels_info(controller_models):
+  config = _debug_config()
+  world = WorldModel.load(runs.Run(controller_models), config)
+  agent = Agent(world, np.random.default_rng(3).normal(size=world.controller.num_params))
+  env = envs.make(config.env)
+  frame = env.reset(seed=5)
+  agent.reset(5)
+  steps = []
+  for _ in range(3):
+    step = agent.act(frame)
+    frame, *_ = env.step(step.action)
+    steps.append(step)
+  info = steps[-1].info
+  assert info['mu'].shape == info['logvar'].shape == (world.encoder.z_size,)
+  assert info['h'].shape == (world.seq.feature_size,)
+  assert set(info['prediction']) >= {'reward', 'done_logit', 'means'}
+  np.testing.assert_array_equal(info['action'], steps[-1].action)
+  assert not np.array_equal(steps[0].info['h'], steps[-1].info['h'])  # M's state advances
+
+
+def test_mismatched_models_are_refused(controller_models, tmp_path):
+  config = _debug_config()
+  config.env.name = 'CartPole-v1'  # 2 discrete actions; M was built for 3
+  with pytest.raises(DataError, match='actions of size 3'):
+    WorldModel.load(runs.Run(controller_models), config)
+
+
+def test_dream_is_reproducible_and_depends_on_the_controller(controller_models):
+  config = _debug_config()
+  run = runs.Run(controller_models)
+  world = WorldModel.load(run, config)
+  dream = Dream.load(world, run, max_steps=30, temperature=1.15)
+  params = np.random.default_rng(4).normal(size=(6, world.controller.num_params)) * 2
+  first = dream.evaluate(params, trials=3, seed=7)
+  assert first.shape == (6,) and np.isfinite(first).all()
+  np.testing.assert_array_equal(first, dream.evaluate(params, trials=3, seed=7))
+  assert not np.array_equal(first, dream.evaluate(params, trials=3, seed=8))
+  assert len(np.unique(first)) > 1  # candidates differ
+
+
+def test_dream_with_the_transformer(tmp_path):
+  import controller_models  # pylint: disable=import-outside-toplevel
+  run = runs.Run(controller_models.write(str(tmp_path), seq='transformer'))
+  config = _debug_config()
+  config.seq.model = 'transformer'
+  world = WorldModel.load(run, config)
+  dream = Dream.load(world, run, max_steps=15, temperature=1.0)  # longer than its context
+  params = np.random.default_rng(5).normal(size=(3, world.controller.num_params))
+  returns = dream.evaluate(params, trials=2, seed=1)
+  assert returns.shape == (3,) and np.isfinite(returns).all()
+
+
+def test_evaluate_random_baseline(controller_models, tmp_path):
+  run_dir = copy_run(controller_models, str(tmp_path / 'run'))
+  out = run_script('evaluate', f'--run_dir={run_dir}', '--policy=random', '--episodes=2',
+                   '--output=random.json', '--config.env.max_steps=20')
+  result = json.load(open(os.path.join(run_dir, 'evaluate', 'random.json')))
+  assert result['policy'] == 'random' and len(result['returns']) == 2
+  assert f'{result["mean"]:.1f} +- {result["std"]:.1f}' in out.stdout
+
+
+def test_parameter_files_are_checked(tmp_path):
+  c = Controller('zh', 4, 5, CAR_ACTIONS)
+  params = np.arange(c.num_params, dtype=np.float64)
+  path = str(tmp_path / 'best.npz')
+  with pytest.raises(DataError, match='train the controller first'):
+    load_params(path, c)
+  save_params(path, params, c, score=1.0)
+  np.testing.assert_array_equal(load_params(path, c), params)
+  with pytest.raises(DataError, match="inputs='z'"):
+    load_params(path, Controller('z', 4, 5, CAR_ACTIONS))
+  with open(path, 'r+b') as f:
+    f.truncate(50)
+  with pytest.raises(DataError, match='not a controller parameter file'):
+    load_params(path, c)

@@ -1,0 +1,149 @@
+"""CMA-ES: it finds a known controller, resumes exactly, and the stage script survives a kill,
+switches from the dream to the real environment, and gives the same result under MPI.
+
+V and M of the script runs are randomly initialised real ConvVAE and MDNRNN (debug sizes).
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from conftest import REPO, copy_run, run_script, script_env
+from wm import es
+from wm.errors import ConfigError, DataError
+from wm.models.controller import Controller
+
+
+def test_cma_es_finds_a_known_controller(tmp_path):
+  """Imitation of a known linear controller: the optimum is its parameters (fitness 0)."""
+  space = gym.spaces.Box(-1, 1, (2,), np.float32)
+  c = Controller('z', 3, 0, space)
+  rng = np.random.default_rng(0)
+  target = rng.normal(size=c.num_params)
+  z = rng.normal(size=(64, 3))
+  wanted = np.tanh(z @ c.unflatten(target)['w0'] + c.unflatten(target)['b0'])
+
+  def fitness(params, generation):
+    batch = np.repeat(params, len(z), axis=0)
+    actions = c(batch, np.tile(z, (len(params), 1)), None).numpy()
+    return -((actions.reshape(len(params), len(z), 2) - wanted) ** 2).mean(axis=(1, 2))
+
+  state = es.State.empty(es.Settings(c.num_params, 12, 0.5, seed=1))
+  list(es.run(str(tmp_path), state, 120, 'real', fitness, None, 1, lambda p, s: None))
+  best = es.replay(state).es.mean
+  assert state.columns['best'][-1] > -1e-4, state.columns['best'][-5:]
+  np.testing.assert_allclose(best, target, atol=0.05)
+
+
+def _quadratic(params, generation):
+  return -np.sum((params - 0.3) ** 2, axis=1) + 0.01 * generation
+
+
+def test_resume_continues_exactly(tmp_path):
+  settings = es.Settings(20, 8, 0.2, seed=3)
+  whole = es.State.empty(settings)
+  list(es.run(str(tmp_path / 'a'), whole, 6, 'dream', _quadratic, None, 1, lambda p, s: None))
+  calls = []
+  part = es.State.empty(settings)
+  stop_after_two = lambda: len(calls) >= 2  # noqa: E731
+  for gen in es.run(str(tmp_path / 'b'), part, 6, 'dream', _quadratic, None, 1,
+                    lambda p, s: None, stop=stop_after_two):
+    calls.append(gen.generation)
+  assert calls == [1, 2]
+  resumed = es.load(str(tmp_path / 'b'), settings)
+  list(es.run(str(tmp_path / 'b'), resumed, 6, 'real', _quadratic, None, 1, lambda p, s: None))
+  np.testing.assert_array_equal(resumed.returns, whole.returns)
+  rows = [json.loads(line) for line in open(tmp_path / 'b' / es.HISTORY)]
+  assert [r['generation'] for r in rows] == [1, 2, 3, 4, 5, 6]
+  assert [r['mode'] for r in rows] == ['dream'] * 2 + ['real'] * 4
+
+
+def test_changed_settings_and_corrupted_state_are_refused(tmp_path):
+  settings = es.Settings(5, 4, 0.2, seed=0)
+  state = es.State.empty(settings)
+  list(es.run(str(tmp_path), state, 1, 'real', _quadratic, None, 1, lambda p, s: None))
+  with pytest.raises(ConfigError, match='population_size=8'):
+    es.load(str(tmp_path), es.Settings(5, 8, 0.2, seed=0))
+  state.digests[0, 0] ^= 1
+  with pytest.raises(DataError, match='diverged at generation 1'):
+    es.replay(state)
+  path = tmp_path / es.STATE
+  path.write_bytes(path.read_bytes()[:100])
+  with pytest.raises(DataError, match='truncated or corrupted'):
+    es.load(str(tmp_path), settings)
+
+
+# ---------------------------------------------------------------------------- the script
+
+def _history(run_dir):
+  with open(os.path.join(run_dir, 'controller', es.HISTORY)) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_killed_dream_run_continues_in_real_env(controller_models, tmp_path):
+  """SIGKILLed while dreaming; the rerun switches to the real env and continues the search."""
+  run_dir = copy_run(controller_models, str(tmp_path / 'run'))
+  common = [f'--run_dir={run_dir}', '--config=configs/carracing.py:debug',
+            '--config.controller.generations=6', '--config.controller.init_sigma=1']
+  proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'scripts', 'train_controller.py'),
+                           *common, '--config.controller.mode=dream',
+                           '--config.controller.eval_every=100', '--config.env.max_steps=200'],
+                          env=script_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  state = os.path.join(run_dir, 'controller', es.STATE)
+  deadline = time.time() + 120
+  while not os.path.exists(state) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  stderr = proc.communicate()[1]
+  assert proc.returncode == -signal.SIGKILL, stderr[-3000:]
+  killed_at = len(_history(run_dir))
+  assert 1 <= killed_at < 6
+  assert not os.path.exists(os.path.join(run_dir, 'controller', 'DONE'))
+  run_script('train_controller', *common, '--config.controller.mode=real',
+             '--config.controller.eval_every=6', '--config.env.max_steps=20')
+  rows = _history(run_dir)
+  assert [r['generation'] for r in rows] == [1, 2, 3, 4, 5, 6]  # no gap, no duplicate
+  assert [r['mode'] for r in rows] == ['dream'] * killed_at + ['real'] * (6 - killed_at)
+  assert rows[-1]['eval_mean'] is not None and rows[0]['eval_mean'] is None
+  assert os.path.exists(os.path.join(run_dir, 'controller', es.BEST))
+  assert os.path.exists(os.path.join(run_dir, 'controller', 'DONE'))
+
+
+@pytest.mark.mpi
+def test_mpi_ranks_match_the_local_pool(controller_models, mpi_as_root, tmp_path):
+  mpiexec = shutil.which('mpiexec')
+  if mpiexec is None:
+    pytest.skip('mpiexec not found: apt-get install openmpi-bin libopenmpi-dev (.ci/install_system_packages.sh)')
+  probe = subprocess.run([sys.executable, '-c', 'from mpi4py import MPI'], capture_output=True,
+                         text=True, env=script_env())
+  if probe.returncode != 0:
+    pytest.skip(f'mpi4py cannot load MPI ({probe.stderr.strip()[-200:]}): pip install -r '
+                'requirements.txt and .ci/install_system_packages.sh')
+  args = ['--config=configs/carracing.py:debug', '--config.controller.mode=real',
+          '--config.controller.generations=1',
+          '--config.controller.trials=2', '--config.controller.init_sigma=2',
+          '--config.env.max_steps=30', '--config.controller.eval_episodes=2']
+  pool_dir = copy_run(controller_models, str(tmp_path / 'pool'))
+  run_script('train_controller', f'--run_dir={pool_dir}', '--parallelism=2', *args)
+  mpi_dir = copy_run(controller_models, str(tmp_path / 'mpi'))
+  launcher = [mpiexec, '-n', '2', '--oversubscribe']
+  if os.geteuid() == 0:
+    launcher.append('--allow-run-as-root')
+  result = subprocess.run([*launcher, sys.executable, 'scripts/train_controller.py',
+                           f'--run_dir={mpi_dir}', *args], env=script_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-4000:]
+  pool_state = np.load(os.path.join(pool_dir, 'controller', es.STATE))
+  mpi_state = np.load(os.path.join(mpi_dir, 'controller', es.STATE))
+  np.testing.assert_array_equal(mpi_state['returns'], pool_state['returns'])
+  assert len(np.unique(pool_state['returns'])) > 1  # the candidates really differ
+  assert _history(mpi_dir) == _history(pool_dir)

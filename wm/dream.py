@@ -1,0 +1,107 @@
+"""Dream episodes: controllers evaluated inside M instead of the real environment.
+
+The whole population x trials is one batch. Each episode starts from a latent drawn from the
+distribution of first frames' latents (RUN/seq/initial_latents.npz), then for env.max_steps
+steps: the controller acts on (z, h), M predicts the next latent (sampled at
+controller.dream_temperature), the reward and the episode's end (its reward and done heads;
+an episode ends once the done logit is positive). The loop is one compiled `tf.function`
+(a `tf.while_loop` over the steps); the noise comes from stateless seeds, so a generation's
+dream is the same on every rerun.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+import tensorflow as tf
+
+from wm import runs
+from wm.agent import WorldModel
+from wm.errors import DataError
+
+INITIAL_LATENTS = 'initial_latents.npz'
+
+
+class StartLatents:
+  """First latents to start dreams from: rows of `mu`/`logvar` (sampled), or of `z`."""
+
+  def __init__(self, path: str, z_size: int):
+    if not os.path.exists(path):
+      raise DataError(f'{path} is missing: the sequence model stage writes the first latents '
+                      'that dreams start from; rerun scripts/train_seq.py')
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k].astype(np.float32) for k in data.files if k in ('mu', 'logvar', 'z')}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+      raise DataError(f'{path} is truncated or corrupted ({type(e).__name__}: {e}); rerun '
+                      'the sequence model stage') from None
+    self.mu = arrays.get('mu', arrays.get('z'))
+    self.logvar = arrays.get('logvar', np.full_like(self.mu, -np.inf) if self.mu is not None
+                             else None)
+    if self.mu is None or self.mu.ndim != 2 or self.mu.shape[1] != z_size or not len(self.mu):
+      raise DataError(f'{path} should hold mu and logvar (or z) of shape [N, {z_size}], found '
+                      f'{ {k: v.shape for k, v in arrays.items()} }')
+
+  def draw(self, count: int, rng: np.random.Generator) -> np.ndarray:
+    rows = rng.integers(len(self.mu), size=count)
+    noise = rng.standard_normal(self.mu[rows].shape).astype(np.float32)
+    return self.mu[rows] + np.exp(0.5 * self.logvar[rows]) * noise
+
+
+class Dream:
+  """Evaluates candidate parameters [P, n] over `trials` dream episodes each."""
+
+  def __init__(self, world: WorldModel, start: StartLatents, max_steps: int, temperature: float,
+               use_done: bool = True):
+    self.world, self.start = world, start
+    self.max_steps, self.temperature = max_steps, temperature
+    self.use_done = use_done  # False runs every episode max_steps (the benchmark's untrained M)
+    self._run = tf.function(self._episodes, reduce_retracing=True)
+
+  @classmethod
+  def load(cls, world: WorldModel, run: runs.Run, max_steps: int, temperature: float,
+           use_done: bool = True) -> 'Dream':
+    path = os.path.join(run.stage_dir('seq'), INITIAL_LATENTS)
+    return cls(world, StartLatents(path, world.encoder.z_size), max_steps, temperature, use_done)
+
+  def evaluate(self, params: np.ndarray, trials: int, seed: int) -> np.ndarray:
+    """Mean dream return per candidate [P]; `seed` fixes starts and M's sampling noise."""
+    rng = np.random.default_rng(seed)
+    batch = np.repeat(np.asarray(params, np.float32), trials, axis=0)
+    z0 = self.start.draw(len(batch), rng)
+    noise_seed = rng.integers(0, 2**31 - 1, size=2)
+    returns, _ = self.returns(batch, z0, noise_seed)
+    return returns.reshape(len(params), trials).mean(axis=1)
+
+  def returns(self, params: np.ndarray, z0: np.ndarray,
+              noise_seed: np.ndarray) -> tuple[np.ndarray, int]:
+    """Returns [B] of one dream episode per row (params [B, n], start latents [B, Z]), and
+    the number of steps the episodes took together."""
+    total, steps = self._run(tf.constant(params, tf.float32), tf.constant(z0, tf.float32),
+                             tf.constant(noise_seed, tf.int64))
+    return total.numpy(), int(steps)
+
+  def _episodes(self, params, z0, noise_seed):
+    seq, controller = self.world.seq, self.world.controller
+    batch = params.shape[0]
+    state = seq.initial_state(batch)
+    total = tf.zeros([batch])
+    alive = tf.ones([batch])
+    steps = tf.constant(0.0)
+    z = z0
+    for t in tf.range(self.max_steps):
+      h = tf.cast(seq.features(state), tf.float32)
+      action = controller(params, z, h)
+      prediction, state = seq.step(z, action, state)
+      total += alive * tf.cast(tf.reshape(prediction.reward, [batch]), tf.float32)
+      steps += tf.reduce_sum(alive)
+      if self.use_done:
+        done = tf.reshape(prediction.done_logit, [batch]) > 0
+        alive *= 1.0 - tf.cast(done, tf.float32)
+      seed = tf.random.experimental.stateless_fold_in(noise_seed, tf.cast(t, tf.int64))
+      z = tf.cast(seq.sample(prediction, self.temperature, seed=seed), tf.float32)
+      if tf.reduce_max(alive) == 0.0:
+        break
+    return total, steps

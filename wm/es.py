@@ -1,0 +1,202 @@
+"""The CMA-ES loop (the `cma` package): ask, evaluate, tell, save, every generation; resumable.
+
+Resuming never unpickles anything. CMA-ES is deterministic given its seed and the fitness of
+every generation: its normal samples come from a numpy Generator seeded from the experiment seed
+(cma's `randn` option; the global numpy state is never used). So the saved state is just
+
+    RUN/controller/es_state.npz   returns [G, P] of every generation so far, a digest of CMA's
+                                  mean and sigma after each, the history columns, the search's
+                                  settings, and the best parameters' evaluation
+    RUN/controller/history.jsonl  one line per generation: generation, mode, best, mean, worst,
+                                  sigma, eval_mean, eval_std (rewritten whole from the state)
+    RUN/controller/best.npz       the best parameters (wm/agent.py format)
+
+and a rerun rebuilds CMA-ES by replaying ask/tell with the saved returns, checking each
+generation's digest (a different `cma` version or settings is refused, not silently diverged).
+All three files are replaced atomically; es_state.npz is written last and is the truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import zipfile
+from typing import Callable
+
+import cma
+import numpy as np
+
+from wm import fileio
+from wm.errors import ConfigError, DataError
+
+STATE, HISTORY, BEST = 'es_state.npz', 'history.jsonl', 'best.npz'
+COLUMNS = ('best', 'mean', 'worst', 'sigma', 'eval_mean', 'eval_std')
+# Independent seed streams: CMA-ES sampling, training episodes, evaluations during training,
+# and scripts/evaluate.py's episodes (never the same episodes as training).
+ES_STREAM, TRAIN_STREAM, EVAL_STREAM, TEST_STREAM = 101, 102, 103, 104
+
+
+def derive_seed(seed: int, stream: int, *keys: int) -> int:
+  return int(np.random.SeedSequence([seed, stream, *keys]).generate_state(1)[0])
+
+
+def episode_seeds(seed: int, stream: int, key: int, count: int) -> np.ndarray:
+  return np.array([derive_seed(seed, stream, key, i) for i in range(count)], np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  num_params: int  # length of the searched vector
+  population_size: int  # candidates per generation
+  init_sigma: float  # initial step size
+  seed: int  # experiment seed
+
+
+class Search:
+  """cma.CMAEvolutionStrategy from zeros, sampling from its own seeded Generator."""
+
+  def __init__(self, settings: Settings):
+    self.settings = settings
+    rng = np.random.default_rng(np.random.SeedSequence([settings.seed, ES_STREAM]))
+    options = {'popsize': settings.population_size, 'seed': np.nan, 'verbose': -9,
+               'verb_disp': 0, 'verb_log': 0, 'randn': lambda *shape: rng.standard_normal(shape)}
+    self.es = cma.CMAEvolutionStrategy(np.zeros(settings.num_params), settings.init_sigma,
+                                       options)
+
+  def ask(self) -> np.ndarray:
+    return np.asarray(self.es.ask(), np.float64)
+
+  def tell(self, solutions: np.ndarray, returns: np.ndarray) -> None:
+    self.es.tell(list(solutions), list(-np.asarray(returns, np.float64)))  # cma minimises
+
+  @property
+  def sigma(self) -> float:
+    return float(self.es.sigma)
+
+  def digest(self) -> np.ndarray:
+    data = np.asarray(self.es.mean, np.float64).tobytes() + np.float64(self.es.sigma).tobytes()
+    return np.frombuffer(hashlib.sha256(data).digest()[:8], np.uint8).copy()
+
+
+@dataclasses.dataclass
+class State:
+  """Everything a rerun needs, as plain arrays."""
+  settings: Settings
+  returns: np.ndarray  # [G, P] fitness of every candidate of every generation
+  digests: np.ndarray  # [G, 8] uint8 digest of CMA's mean and sigma after generation g
+  columns: dict[str, np.ndarray]  # COLUMNS -> [G]
+  modes: list[str]  # where generation g was evaluated: real | dream
+  best_score: float = -np.inf  # score of best.npz: its eval mean (once any), else its fitness
+  best_evaluated: bool = False  # best.npz was chosen by a real evaluation (fitness no longer counts)
+
+  @property
+  def generation(self) -> int:
+    return len(self.returns)
+
+  @classmethod
+  def empty(cls, settings: Settings) -> 'State':
+    return cls(settings, np.zeros((0, settings.population_size)), np.zeros((0, 8), np.uint8),
+               {c: np.zeros(0) for c in COLUMNS}, [])
+
+  def append(self, returns: np.ndarray, digest: np.ndarray, mode: str, **row: float) -> None:
+    self.returns = np.concatenate([self.returns, np.asarray(returns)[None]])
+    self.digests = np.concatenate([self.digests, digest[None]])
+    for c in COLUMNS:
+      self.columns[c] = np.append(self.columns[c], row.get(c, np.nan))
+    self.modes.append(mode)
+
+  def rows(self) -> list[dict]:
+    return [{'generation': g + 1, 'mode': self.modes[g],
+             **{c: _json_float(self.columns[c][g]) for c in COLUMNS}}
+            for g in range(self.generation)]
+
+
+def _json_float(x: float) -> float | None:
+  return None if not np.isfinite(x) else float(x)
+
+
+def save(folder: str, state: State) -> None:
+  fileio.write_text(os.path.join(folder, HISTORY),
+                    ''.join(json.dumps(row) + '\n' for row in state.rows()))
+  with fileio.atomic_path(os.path.join(folder, STATE)) as tmp, open(tmp, 'wb') as f:
+    np.savez(f, returns=state.returns, digests=state.digests, modes=np.array(state.modes, str),
+             best_score=np.float64(state.best_score),
+             best_evaluated=np.bool_(state.best_evaluated),
+             settings=np.array(json.dumps(dataclasses.asdict(state.settings))),
+             **{f'column_{c}': v for c, v in state.columns.items()})
+
+
+def load(folder: str, settings: Settings) -> State:
+  """The saved state (or an empty one), checked against `settings`."""
+  path = os.path.join(folder, STATE)
+  if not os.path.exists(path):
+    return State.empty(settings)
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      saved = Settings(**json.loads(str(data['settings'])))
+      state = State(saved, data['returns'], data['digests'],
+                    {c: data[f'column_{c}'] for c in COLUMNS},
+                    [str(m) for m in data['modes']], float(data['best_score']),
+                    bool(data['best_evaluated']))
+  except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, TypeError) as e:
+    raise DataError(f'{path} is truncated or corrupted ({type(e).__name__}: {e}); move it away '
+                    'to start the search again') from None
+  if saved != settings:
+    raise ConfigError(f'{path} holds a search with {saved}, the config asks for {settings}: '
+                      'restore the config (controller.*, seed) or use another run dir')
+  return state
+
+
+def replay(state: State) -> Search:
+  """Rebuilds CMA-ES after state.generation generations, checking every digest."""
+  search = Search(state.settings)
+  for g in range(state.generation):
+    search.tell(search.ask(), state.returns[g])
+    if not np.array_equal(search.digest(), state.digests[g]):
+      raise DataError(f'replaying the saved CMA-ES state diverged at generation {g + 1}: the '
+                      '`cma` version or its options differ from the run that wrote it')
+  return search
+
+
+@dataclasses.dataclass
+class Generation:
+  """What the loop reports after each generation."""
+  generation: int
+  row: dict[str, float]
+  best_params: np.ndarray
+
+
+def run(folder: str, state: State, generations: int, mode: str,
+        fitness: Callable[[np.ndarray, int], np.ndarray],
+        evaluate: Callable[[np.ndarray, int], np.ndarray] | None, eval_every: int,
+        save_best: Callable[[np.ndarray, float], None], stop: Callable[[], bool] = lambda: False):
+  """Runs generations state.generation+1 .. `generations`, saving after each; yields them.
+
+  fitness(params [P, n], generation) -> returns [P]; evaluate(params [n], generation) ->
+  returns of the real evaluation episodes. Stops early (after saving) when stop() is true.
+  """
+  search = replay(state)
+  while state.generation < generations:
+    g = state.generation + 1
+    solutions = search.ask()
+    returns = np.asarray(fitness(solutions, g), np.float64)
+    search.tell(solutions, returns)
+    top = int(np.argmax(returns))
+    row = {'best': returns[top], 'mean': returns.mean(), 'worst': returns.min(),
+           'sigma': search.sigma}
+    score, evaluated = returns[top], False
+    if evaluate is not None and g % eval_every == 0:
+      episodes = np.asarray(evaluate(solutions[top], g))
+      row.update(eval_mean=episodes.mean(), eval_std=episodes.std())
+      score, evaluated = episodes.mean(), True
+    if (evaluated and not state.best_evaluated) or (
+        evaluated == state.best_evaluated and score > state.best_score):
+      save_best(solutions[top], float(score))
+      state.best_score, state.best_evaluated = float(score), evaluated
+    state.append(returns, search.digest(), mode, **row)
+    save(folder, state)
+    yield Generation(g, row, solutions[top])
+    if stop():
+      return

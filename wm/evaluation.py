@@ -1,0 +1,227 @@
+"""Real-environment episodes for many controllers at once, on one machine or across MPI ranks.
+
+A job is (controller parameters, episode seed); its result is the episode's return. An
+`Evaluator` maps jobs [J] to returns [J]. The jobs are cut into contiguous chunks, one per
+worker; a `Worker` owns V, M and a batch of environments and plays its chunk with one fused
+V+M+C step per time step for the whole batch (wm/agent.py). The backends differ only in who
+runs the chunks:
+
+    InProcess   the calling process (parallelism 1)
+    Pool        `parallelism` spawned processes on this machine
+    Mpi         the MPI ranks (rank 0 included); rank 0 calls evaluate(), the others serve()
+
+Every backend with the same number of workers cuts the same chunks, so a fixed seed gives
+the same returns from a pool of N processes and from N MPI ranks. `params=None` plays the
+uniformly random policy (evaluate.py's baseline).
+"""
+
+from __future__ import annotations
+
+import abc
+import multiprocessing
+import os
+import signal
+
+import numpy as np
+import tensorflow as tf
+
+from wm import envs, policies, runs
+from wm.agent import WorldModel
+from wm.config import Config
+
+MAX_BATCH = 64  # environments a worker steps together at most
+
+
+def chunks(num_jobs: int, workers: int) -> list[np.ndarray]:
+  """Contiguous job indices per worker (the same cut for every backend)."""
+  return np.array_split(np.arange(num_jobs), workers)
+
+
+class Worker:
+  """Owns environments and (loaded on first use) V and M; plays chunks of jobs."""
+
+  def __init__(self, config: Config, run_root: str):
+    self.config, self.run = config, runs.Run(run_root)
+    self.envs: list[envs.PixelEnv] = []
+    self._world = None
+    self.steps = 0  # env steps taken so far
+
+  @property
+  def world(self) -> WorldModel:
+    if self._world is None:
+      self._world = WorldModel.load(self.run, self.config)
+    return self._world
+
+  def evaluate(self, params: np.ndarray | None, seeds: np.ndarray) -> np.ndarray:
+    returns = np.zeros(len(seeds))
+    for start in range(0, len(seeds), MAX_BATCH):
+      part = slice(start, start + MAX_BATCH)
+      batch = None if params is None else params[part]
+      returns[part] = self._play(batch, seeds[part])
+    return returns
+
+  def _play(self, params: np.ndarray | None, seeds: np.ndarray) -> np.ndarray:
+    count = len(seeds)
+    while len(self.envs) < count:
+      self.envs.append(envs.make(self.config.env))
+    batch = self.envs[:count]
+    frames = np.stack([env.reset(seed=int(s)) for env, s in zip(batch, seeds)])
+    returns, alive = np.zeros(count), np.ones(count, bool)
+    act = self._random_actor(batch, seeds) if params is None else self._world_actor(params)
+    for _ in range(self.config.env.max_steps):
+      actions = act(frames)
+      for i in np.flatnonzero(alive):
+        frames[i], reward, terminated, truncated = batch[i].step(actions[i])
+        returns[i] += reward
+        alive[i] = not (terminated or truncated)
+        self.steps += 1
+      if not alive.any():
+        break
+    return returns
+
+  def _world_actor(self, params: np.ndarray):
+    world = self.world
+    params_t = tf.constant(params, tf.float32)
+    state = [world.seq.initial_state(len(params))]
+
+    def act(frames: np.ndarray) -> np.ndarray:
+      out, state[0] = world.step(tf.constant(frames), state[0], params_t)
+      return out['action'].numpy()
+    return act
+
+  def _random_actor(self, batch: list[envs.PixelEnv], seeds: np.ndarray):
+    agents = [policies.UniformPolicy(env.action_space) for env in batch]
+    for agent, seed in zip(agents, seeds):
+      agent.reset(int(seed))
+    return lambda frames: [agent.act(frame).action for agent, frame in zip(agents, frames)]
+
+
+class Evaluator(abc.ABC):
+  """Maps jobs (params [J, n] or None, seeds [J]) to episode returns [J]."""
+
+  workers: int
+
+  @abc.abstractmethod
+  def evaluate(self, params: np.ndarray | None, seeds: np.ndarray) -> np.ndarray:
+    ...
+
+  def close(self) -> None:
+    pass
+
+  def __enter__(self) -> 'Evaluator':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+class InProcess(Evaluator):
+  def __init__(self, config: Config, run_root: str):
+    self.worker, self.workers = Worker(config, run_root), 1
+
+  def evaluate(self, params, seeds):
+    return self.worker.evaluate(params, np.asarray(seeds))
+
+
+_WORKER: Worker | None = None
+
+
+def _init_pool_worker(config: Config, run_root: str, threads: int, preload: bool) -> None:
+  global _WORKER
+  # The parent handles preemption signals (SLURM signals the whole process group).
+  for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+    signal.signal(sig, signal.SIG_IGN)
+  # N workers share the cores: TF's own thread pools would otherwise oversubscribe them.
+  tf.config.threading.set_intra_op_parallelism_threads(threads)
+  tf.config.threading.set_inter_op_parallelism_threads(threads)
+  _WORKER = Worker(config, run_root)
+  if preload:  # load V and M now, so every worker is ready when the first jobs arrive
+    _WORKER.world  # pylint: disable=pointless-statement
+
+
+def _pool_chunk(job: tuple[np.ndarray | None, np.ndarray]) -> np.ndarray:
+  return _WORKER.evaluate(*job)
+
+
+class Pool(Evaluator):
+  def __init__(self, config: Config, run_root: str, parallelism: int, preload: bool = True):
+    self.workers = parallelism
+    context = multiprocessing.get_context('spawn')
+    threads = max(1, (os.cpu_count() or 1) // parallelism)
+    self.pool = context.Pool(parallelism, _init_pool_worker,
+                             (config, run_root, threads, preload))
+
+  def evaluate(self, params, seeds):
+    seeds = np.asarray(seeds)
+    jobs = [(None if params is None else params[c], seeds[c])
+            for c in chunks(len(seeds), self.workers)]
+    return np.concatenate(self.pool.map(_pool_chunk, jobs, chunksize=1))
+
+  def close(self) -> None:
+    self.pool.close()
+    self.pool.join()
+
+
+# ---------------------------------------------------------------------------- MPI
+
+_EVAL, _STOP = 1, 0
+
+
+class Mpi(Evaluator):
+  """Rank 0's side: broadcasts the jobs, plays its own chunk, gathers everyone's returns.
+
+  Messages are numpy buffers (Bcast/Gatherv), never pickled objects.
+  """
+
+  def __init__(self, comm, config: Config, run_root: str):
+    self.comm, self.workers = comm, comm.Get_size()
+    self.worker = Worker(config, run_root)
+
+  def evaluate(self, params, seeds):
+    seeds = np.ascontiguousarray(seeds, np.int64)
+    if params is not None:
+      params = np.ascontiguousarray(params, np.float64)
+    width = 0 if params is None else params.shape[1]
+    self.comm.Bcast(np.array([_EVAL, len(seeds), width], np.int64), root=0)
+    return _mpi_round(self.comm, self.worker, params, seeds)
+
+  def close(self) -> None:
+    self.comm.Bcast(np.array([_STOP, 0, 0], np.int64), root=0)
+
+
+def serve(comm, config: Config, run_root: str) -> None:
+  """A rank > 0: plays its chunk of every round rank 0 broadcasts, until told to stop."""
+  worker = Worker(config, run_root)
+  while True:
+    header = np.zeros(3, np.int64)
+    comm.Bcast(header, root=0)
+    if header[0] == _STOP:
+      return
+    params = None if header[2] == 0 else np.zeros((header[1], header[2]))
+    _mpi_round(comm, worker, params, np.zeros(header[1], np.int64))
+
+
+def _mpi_round(comm, worker: Worker, params, seeds) -> np.ndarray | None:
+  from mpi4py import MPI  # pylint: disable=import-outside-toplevel
+  if params is not None:
+    comm.Bcast(params, root=0)
+  comm.Bcast(seeds, root=0)
+  parts = chunks(len(seeds), comm.Get_size())
+  mine = parts[comm.Get_rank()]
+  returns = worker.evaluate(None if params is None else params[mine], seeds[mine])
+  counts = [len(p) for p in parts]
+  gathered = np.zeros(len(seeds)) if comm.Get_rank() == 0 else None
+  comm.Gatherv(returns.astype(np.float64),
+               [gathered, counts, np.cumsum([0] + counts[:-1]), MPI.DOUBLE], root=0)
+  return gathered
+
+
+def make(config: Config, run_root: str, parallelism: int, comm=None,
+         preload: bool = True) -> Evaluator:
+  """The MPI evaluator when `comm` has several ranks, else a pool (or this process).
+  `preload=False` (the random baseline) never loads V and M."""
+  if comm is not None and comm.Get_size() > 1:
+    return Mpi(comm, config, run_root)
+  if parallelism > 1:
+    return Pool(config, run_root, parallelism, preload)
+  return InProcess(config, run_root)

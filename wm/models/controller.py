@@ -1,0 +1,105 @@
+"""The controller C: a tiny policy on V's latent z and M's features h, evolved by CMA-ES.
+
+    inputs='zh'         a = squash(W [z, h] + b)                 the paper's (867 parameters for
+                                                                   z=32, h=256, 3 actions)
+    inputs='z'          a = squash(W z + b)                      the paper's "V only" ablation
+    inputs='zh_hidden'  a = squash(W2 tanh(W1 [z, h] + b1) + b2)  "... with a hidden layer"
+
+Parameters are one flat float vector (what CMA-ES searches), laid out as the weights of each
+layer (row-major) followed by its bias. `__call__` is batched over candidates: row i of
+`params` drives row i of the inputs, so a whole population runs in one TensorFlow call.
+
+`squash` maps raw outputs into the action space: tanh onto each bounded Box dimension's
+[low, high] (steering in [-1, 1]; (tanh + 1) / 2 for gas and brake in [0, 1]), the raw value
+on unbounded dimensions, and a one-hot of the argmax for Discrete spaces.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import tensorflow as tf
+
+from wm.errors import ConfigError
+
+INPUTS = ('z', 'zh', 'zh_hidden')
+
+
+class Controller:
+  """Shapes, parameter layout and the batched forward pass of one controller variant."""
+
+  def __init__(self, inputs: str, z_size: int, h_size: int, action_space: gym.Space,
+               hidden_units: int = 40):
+    if inputs not in INPUTS:
+      raise ConfigError(f'controller.inputs={inputs!r} is not one of {INPUTS}')
+    self.inputs, self.z_size, self.h_size = inputs, z_size, h_size
+    self.input_size = z_size + (0 if inputs == 'z' else h_size)
+    self.discrete = isinstance(action_space, gym.spaces.Discrete)
+    if self.discrete:
+      self.action_size = int(action_space.n)
+      low = high = np.full(self.action_size, np.nan)
+    else:
+      self.action_size = int(np.prod(action_space.shape))
+      low = np.asarray(action_space.low, np.float64).ravel()
+      high = np.asarray(action_space.high, np.float64).ravel()
+    bounded = np.isfinite(low) & np.isfinite(high)
+    self._bounded = tf.constant(bounded)
+    self._low = tf.constant(np.where(bounded, low, 0.0), tf.float32)
+    self._high = tf.constant(np.where(bounded, high, 0.0), tf.float32)
+    sizes = [self.input_size] + ([hidden_units] if inputs == 'zh_hidden' else [])
+    sizes.append(self.action_size)
+    self.shapes = []  # [(name, shape)] in the order of the flat vector
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+      self.shapes += [(f'w{i}', (n_in, n_out)), (f'b{i}', (n_out,))]
+    self.num_params = int(sum(np.prod(shape) for _, shape in self.shapes))
+
+  # ------------------------------------------------------------------ flat vector <-> weights
+
+  def unflatten(self, params: np.ndarray) -> dict[str, np.ndarray]:
+    """One flat vector [num_params] -> {'w0': [in, out], 'b0': [out], ...}."""
+    params = np.asarray(params)
+    if params.shape != (self.num_params,):
+      raise ValueError(f'controller parameters of shape {params.shape}, expected '
+                       f'({self.num_params},) for inputs={self.inputs!r}')
+    weights, at = {}, 0
+    for name, shape in self.shapes:
+      size = int(np.prod(shape))
+      weights[name] = params[at:at + size].reshape(shape)
+      at += size
+    return weights
+
+  def flatten(self, weights: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(weights[name]).reshape(-1) for name, _ in self.shapes])
+
+  def _layers(self, params: tf.Tensor) -> list[tf.Tensor]:
+    """Batched [B, num_params] -> the per-row weights [B, in, out] and biases [B, out]."""
+    sizes = [int(np.prod(shape)) for _, shape in self.shapes]
+    parts = tf.split(params, sizes, axis=1)
+    return [tf.reshape(p, [-1, *shape]) for p, (_, shape) in zip(parts, self.shapes)]
+
+  # ------------------------------------------------------------------ forward pass
+
+  def inputs_of(self, z: tf.Tensor, h: tf.Tensor | None) -> tf.Tensor:
+    if self.inputs == 'z':
+      return z
+    return tf.concat([z, h], axis=1)
+
+  def raw(self, params: tf.Tensor, z: tf.Tensor, h: tf.Tensor | None) -> tf.Tensor:
+    """Unsquashed outputs [B, A] of candidate params [B, num_params] on z [B, Z], h [B, H]."""
+    x = self.inputs_of(tf.cast(z, tf.float32), None if h is None else tf.cast(h, tf.float32))
+    layers = self._layers(tf.cast(params, tf.float32))
+    for i in range(0, len(layers), 2):
+      x = tf.einsum('bi,bio->bo', x, layers[i]) + layers[i + 1]
+      if i + 2 < len(layers):
+        x = tf.tanh(x)
+    return x
+
+  def squash(self, raw: tf.Tensor) -> tf.Tensor:
+    if self.discrete:
+      return tf.one_hot(tf.argmax(raw, axis=1), self.action_size, dtype=tf.float32)
+    scaled = self._low + (tf.tanh(raw) + 1.0) * 0.5 * (self._high - self._low)
+    return tf.where(self._bounded, scaled, raw)
+
+  def __call__(self, params: tf.Tensor, z: tf.Tensor, h: tf.Tensor | None) -> tf.Tensor:
+    """Actions [B, A] (float32, inside the action space) for a batch of candidates."""
+    return self.squash(self.raw(params, z, h))
