@@ -30,7 +30,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags
 
 from wm import cli, runs
-from wm import config as config_lib
 
 _STEPS = flags.DEFINE_integer('steps', 6, 'Train steps per timed round.')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Timed rounds per variant (the median is shown).')

@@ -208,7 +208,9 @@ def test_dream_frames_come_from_the_world_model(debug_world_model, tmp_path):
   # M's latent, the action, M's hidden state and the return: no reconstruction in a dream.
   layout = render.Layout((64, 64), 4, scale=play_lib.SCALE)
   assert frames.shape == (int(match.group(1)), *layout.shape)
-  assert label_at(frames[0], layout.rects[0], 'M: dreamt z') < 8.0
+  # H.264 blurs small text: the right label must match far better than a wrong one.
+  right = label_at(frames[0], layout.rects[0], 'M: dreamt z')
+  assert right < 0.6 * label_at(frames[0], layout.rects[0], 'something else'), right
 
 
 def test_the_trained_agent_plays_with_panels_and_replays_from_its_snapshot(debug_agent, tmp_path):

@@ -147,12 +147,10 @@ def test_debug_pipeline_on_slurm_survives_preemption_and_writes_each_file_once(
                   '--config.vae.train_steps=80', '--config.vae.save_every=10', env=env)
   assert result.returncode == 0, result.stdout + result.stderr
   jobs = fileio.read_json(os.path.join(run_dir, 'slurm_jobs.json'))['submissions'][-1]['jobs']
-  if has_stage('vae'):
-    preempt_training(run_dir, [j for j in jobs if j['stage'] == 'vae'][0]['job_id'])
+  preempt_training(run_dir, [j for j in jobs if j['stage'] == 'vae'][0]['job_id'])
   states = slurm.wait([j['job_id'] for j in jobs], log=lambda _: None, timeout_s=900)
   assert set(states.values()) == {'COMPLETED'}, states
-  if has_stage('vae'):
-    check_resumed(run_dir, [j for j in jobs if j['stage'] == 'vae'][0]['job_id'])
+  check_resumed(run_dir, [j for j in jobs if j['stage'] == 'vae'][0]['job_id'])
   stages = [s.name for s in pipeline.STAGES]
   assert [j['stage'] for j in jobs if j['kind'] != 'array'] == stages
   for before, job in zip(jobs, jobs[1:]):  # one chain, in order
@@ -215,28 +213,6 @@ def test_failed_stage_cancels_its_dependants(slurm_cluster, tmp_path):
   assert not os.path.exists(run_dir / 'records')  # nothing after collection ran
 
 
-def wait_final(job_id: str, timeout: float = 300) -> str:
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    state = slurm.job_states(job_id)[job_id]
-    if state in slurm.FINAL_STATES:
-      return state
-    time.sleep(1)
-  raise AssertionError(f'job {job_id} still {state} after {timeout}s')
-
-
-def has_stage(name: str) -> bool:
-  return any(s.name == name for s in pipeline.STAGES)
-
-
-def sbatch(run_dir: str, stage: str, *args: str) -> str:
-  result = sh('sbatch', '--parsable', '--cpus-per-task=1', '--mem=2G',
-              f'--output={run_dir}/logs/{stage}-%j.log', f'slurm/{stage}.sbatch',
-              f'--run_dir={run_dir}', *args, env=job_env(WM_REPO=REPO))
-  assert result.returncode == 0, result.stderr
-  return result.stdout.strip()
-
-
 def wait_for(predicate, what: str, timeout: float = 120) -> None:
   deadline = time.time() + timeout
   while not predicate():
@@ -263,31 +239,6 @@ def check_resumed(run_dir: str, job: str) -> None:
   assert stopped and resumed and stopped.group(1) == resumed.group(1), log
   assert 0 < int(resumed.group(1)) < 80
   assert fileio.read_json(runs.Run(run_dir).done_path('vae'))['step'] == 80
-
-
-@pytest.mark.slurm
-@pytest.mark.skipif(has_stage('vae'), reason='the pipeline test preempts its training job')
-def test_signalled_job_requeues_and_resumes(slurm_cluster, tmp_path):
-  run_dir = str(tmp_path / 'run')
-  os.makedirs(os.path.join(run_dir, 'logs'))
-  folder = os.path.join(run_dir, 'rollouts')
-  job = sbatch(run_dir, 'collect', f'--config={DEBUG}', '--config.env.max_steps=60')
-  wait_for(lambda: rollouts.list_indices(folder), 'a first rollout')
-  first = {i: os.stat(os.path.join(folder, f'rollout-{i:06d}.npz')).st_ino
-           for i in rollouts.list_indices(folder)}
-  assert sh('scancel', '--batch', '--signal=USR1', job).returncode == 0
-  assert wait_final(job) == 'COMPLETED'
-  info = sh('scontrol', 'show', 'job', job).stdout
-  assert 'Restarts=1' in info, info
-  with open(os.path.join(run_dir, 'logs', f'collect-{job}.log')) as f:
-    log = f.read()
-  assert 'SIGUSR1 received' in log and f'scontrol requeue {job}' in log, log
-  assert ', run 1,' in log and log.rstrip().endswith('collect finished'), log
-  assert sorted(rollouts.list_indices(folder)) == list(range(6))
-  for i, inode in first.items():  # rollouts from before the signal were kept, not redone
-    assert os.stat(os.path.join(folder, f'rollout-{i:06d}.npz')).st_ino == inode
-  assert not [n for n in os.listdir(folder) if fileio.TMP_MARK in n or n.endswith('.claim')]
-  assert runs.Run(run_dir).is_done('collect')
 
 
 def test_submit_dry_run_chains_stages_with_resources(tmp_path):

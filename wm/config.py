@@ -62,8 +62,8 @@ class VaeConfig:
   z_size: int = 32  # latent size
   kl_tolerance: float = 0.5  # free bits: KL per latent dimension below this costs nothing
   learning_rate: float = 1e-4  # Adam learning rate
-  train_steps: int = 20000  # optimizer steps in total (a rerun continues up to this)
-  save_every: int = 1000  # checkpoint every this many steps
+  train_steps: int = 3000  # optimizer steps in total (a rerun continues up to this)
+  save_every: int = 500  # checkpoint every this many steps
   log_every: int = 100  # write scalars every this many steps
   valid_batches: int = 10  # validation batches per evaluation
   mixed_precision: bool = False  # bfloat16 convolutions: faster on GPUs/AMX CPUs, slower without
@@ -80,9 +80,9 @@ class SeqConfig:
   hidden_size: int = 256  # LSTM units (mdnrnn) or model width (transformer)
   num_mixtures: int = 5  # Gaussians per latent dimension
   sequence_length: int = 100  # steps per training sequence (never crosses a rollout's end)
-  batch_size: int = 100  # sequences per batch
+  batch_size: int = 32  # sequences per batch
   learning_rate: float = 1e-3  # Adam learning rate
-  train_steps: int = 4000  # optimizer steps in total (a rerun continues up to this)
+  train_steps: int = 2000  # optimizer steps in total (a rerun continues up to this)
   save_every: int = 500  # checkpoint every this many steps
   log_every: int = 100  # write scalars every this many steps
   valid_every: int = 500  # evaluate on the validation split every this many steps (and at the end)
@@ -106,7 +106,7 @@ class ControllerConfig:
   dream_temperature: float = 1.15  # dream: sampling temperature of M
   eval_every: int = 25  # every this many generations the best is evaluated in the real env
   eval_episodes: int = 16  # ... over this many episodes
-  test_episodes: int = 100  # scripts/evaluate.py: episodes (the paper's table used 100)
+  test_episodes: int = 20  # scripts/evaluate.py: episodes (the paper's table used 100)
 
 
 @dataclasses.dataclass

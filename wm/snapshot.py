@@ -13,7 +13,6 @@ It is written before the stage does any work, replaced whole on a rerun (never h
 from __future__ import annotations
 
 import importlib.metadata
-import io
 import json
 import os
 import platform
