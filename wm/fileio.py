@@ -10,8 +10,11 @@ import contextlib
 import glob
 import json
 import os
+import shutil
 import socket
 from typing import Any, Iterator
+
+from wm.errors import DataError
 
 _HOST = socket.gethostname().split('.')[0]
 TMP_MARK = '.tmp-'
@@ -39,6 +42,24 @@ def atomic_path(path: str) -> Iterator[str]:
       os.remove(tmp)
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str) -> Iterator[str]:
+  """Yields a temporary folder to fill; on success it replaces the folder `path` whole."""
+  tmp = tmp_name(path)
+  os.makedirs(tmp)
+  try:
+    yield tmp
+    old = None
+    if os.path.exists(path):
+      old = tmp_name(path + '-old')
+      os.replace(path, old)
+    os.replace(tmp, path)
+    if old:
+      shutil.rmtree(old, ignore_errors=True)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_bytes(path: str, data: bytes) -> None:
   with atomic_path(path) as tmp, open(tmp, 'wb') as f:
     f.write(data)
@@ -55,6 +76,16 @@ def write_json(path: str, obj: Any) -> None:
 def read_json(path: str) -> Any:
   with open(path) as f:
     return json.load(f)
+
+
+def read_json_checked(path: str, missing: str, fix: str) -> Any:
+  """Reads JSON or raises a DataError: `missing` says what its absence means, `fix` what to do."""
+  if not os.path.exists(path):
+    raise DataError(f'{path} does not exist: {missing}; {fix}')
+  try:
+    return read_json(path)
+  except ValueError as e:
+    raise DataError(f'{path} is not valid JSON ({e}); {fix}') from None
 
 
 def fsync_dir(folder: str) -> None:

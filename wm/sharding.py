@@ -174,14 +174,9 @@ def finish_split(out_dir: str, groups: list[list[int]], prefix: str = PREFIX,
 
 def read_manifest(split_dir: str) -> dict:
   """The manifest of a finished split, or a DataError saying which stage to run."""
-  path = os.path.join(split_dir, MANIFEST)
-  if not os.path.exists(path):
-    raise DataError(f'{path} does not exist: the shards in {split_dir} are missing or '
-                    'incomplete; run (or rerun) the stage that writes them')
-  try:
-    return fileio.read_json(path)
-  except ValueError as e:
-    raise DataError(f'{path} is not valid JSON ({e}); rerun the stage that writes it') from None
+  return fileio.read_json_checked(
+      os.path.join(split_dir, MANIFEST), f'the shards in {split_dir} are missing or incomplete',
+      'run (or rerun) the stage that writes them')
 
 
 def shard_paths(split_dir: str) -> list[str]:

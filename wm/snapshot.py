@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -36,9 +35,7 @@ def write(stage_dir: str, config: config_lib.Config, overrides: dict[str, str],
   """Writes `stage_dir/snapshot/` atomically and returns its path."""
   argv = sys.argv if argv is None else argv
   final = os.path.join(stage_dir, 'snapshot')
-  tmp = fileio.tmp_name(final)
-  os.makedirs(tmp)
-  try:
+  with fileio.atomic_dir(final) as tmp:
     _write_code_archive(os.path.join(tmp, 'code.tar.gz'), repo_root)
     _put(tmp, 'config.json', config_lib.to_json(config) + '\n')
     _put(tmp, 'overrides.json', json.dumps(overrides, indent=2) + '\n')
@@ -49,15 +46,6 @@ def write(stage_dir: str, config: config_lib.Config, overrides: dict[str, str],
     _put(tmp, 'git.diff', diff)
     _put(tmp, 'pip_freeze.txt', pip_freeze())
     _put(tmp, 'host.json', json.dumps(host_info(), indent=2) + '\n')
-    old = None
-    if os.path.exists(final):
-      old = fileio.tmp_name(final + '-old')
-      os.replace(final, old)
-    os.replace(tmp, final)
-    if old:
-      shutil.rmtree(old, ignore_errors=True)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
   return final
 
 

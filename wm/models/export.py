@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any
 
 import tensorflow as tf
@@ -29,33 +28,17 @@ def save(model: tf.keras.Model, folder: str, kind: str, name: str, kwargs: dict[
          **extra: Any) -> str:
   """Exports `model` (built, i.e. called once) to `folder`, replacing an older export whole."""
   assert kind in KINDS, (kind, sorted(KINDS))
-  tmp = fileio.tmp_name(folder)
-  os.makedirs(tmp)
-  try:
+  with fileio.atomic_dir(folder) as tmp:
     model.save_weights(os.path.join(tmp, 'model.weights.h5'))
     with open(os.path.join(tmp, 'model.json'), 'w') as f:
       json.dump({'kind': kind, 'name': name, 'kwargs': kwargs, **extra}, f, indent=2)
-    old = None
-    if os.path.exists(folder):
-      old = fileio.tmp_name(folder + '-old')
-      os.replace(folder, old)
-    os.replace(tmp, folder)
-    if old:
-      shutil.rmtree(old, ignore_errors=True)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
   return folder
 
 
 def read_info(folder: str) -> dict[str, Any]:
-  path = os.path.join(folder, 'model.json')
-  if not os.path.exists(path):
-    raise DataError(f'no exported model in {folder} ({path} is missing); run the stage that '
-                    'trains it first')
-  try:
-    return fileio.read_json(path)
-  except ValueError as e:
-    raise DataError(f'{path} is not valid JSON ({e}); rerun the stage that exports it') from None
+  return fileio.read_json_checked(os.path.join(folder, 'model.json'),
+                                  f'no exported model in {folder}',
+                                  'run (or rerun) the stage that trains and exports it')
 
 
 def load(folder: str, kind: str | None = None) -> tf.keras.Model:
