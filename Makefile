@@ -28,7 +28,7 @@ run: venv
 	$(PY) -m wm.pipeline --run_dir=$(RUN_DIR) --config=configs/carracing.py:$(PRESET) $(ARGS)
 
 test: venv
-	$(PY) -m pytest tests -q $(ARGS)
+	$(PY) -m pytest -c tests/pytest.ini --rootdir=. tests -q $(ARGS)
 
 bench: venv
 	$(PY) scripts/benchmark_data.py

@@ -90,7 +90,8 @@ def test_use_snapshot_runs_the_archived_code_not_the_live_code(tmp_path):
   assert 'replaying with the code archived in' in replay.stdout
   assert re.search(r'^archived episode 0: return', replay.stdout, re.M), replay.stdout
   # The same episode (same seed) by both codes, and the archived code wrote the video.
-  ret = lambda out: re.search(r'episode 0: return (\S+)', out).group(1)
+  def ret(out):
+    return re.search(r'episode 0: return (\S+)', out).group(1)
   assert ret(live.stdout) == ret(replay.stdout)
   assert video.read(os.path.join(run_dir, 'play', 'archived.gif')).shape[0] == EPISODE_STEPS
 
@@ -216,7 +217,8 @@ def test_dream_frames_come_from_the_world_model(debug_world_model, tmp_path):
 def test_the_trained_agent_plays_with_panels_and_replays_from_its_snapshot(debug_agent, tmp_path):
   run_dir = copy_run(debug_agent, str(tmp_path / 'run'))
   live = run_script('play', f'--run_dir={run_dir}', '--alg_render', '--record_file=agent.gif')
-  ret = lambda out: re.search(r'episode 0: return (\S+) over (\d+) steps', out).groups()
+  def ret(out):
+    return re.search(r'episode 0: return (\S+) over (\d+) steps', out).groups()
   frames = video.read(os.path.join(run_dir, 'play', 'agent.gif'))
   layout = render.Layout((64, 64), len(AGENT_LABELS), scale=play_lib.SCALE)
   assert frames.shape == (int(ret(live.stdout)[1]), *layout.shape)

@@ -80,7 +80,8 @@ def test_tiny_model_learns_the_toy_dynamics(kind, synthetic_encoded):
   tf.keras.utils.set_random_seed(0)
   model, _ = make(kind, hidden_size=32, sequence_length=10)
   trainer = Trainer(model, learning_rate=3e-3, grad_clip=1.0)
-  split = lambda s: sharding.shard_paths(os.path.join(synthetic_encoded, 'encoded', s))
+  def split(s):
+    return sharding.shard_paths(os.path.join(synthetic_encoded, 'encoded', s))
   train = sequences.train_batches(split('train'), 10, 8, shuffle_buffer=32, seed=0)
   valid = sequences.valid_batches(split('valid'), 10, 8)
   before = trainer.evaluate(valid, 10)

@@ -314,7 +314,8 @@ class CurvePanel(Panel):
     if high - low < 1e-6:
       high = low + 1.0
     plot_top, plot_height = 12, height - 13  # room for the value texts above the plot
-    to_y = lambda v: plot_top + np.round((high - v) / (high - low) * (plot_height - 1)).astype(int)
+    def to_y(v):
+      return plot_top + np.round((high - v) / (high - low) * (plot_height - 1)).astype(int)
     body[int(to_y(np.float32(0.0)))] = AXIS
     span = max(len(values), self.x_max, 2)
     columns = max(1, min(width, int(round(len(values) / span * width))))
