@@ -119,3 +119,31 @@ def test_claims_of_killed_unreaped_workers_are_taken_over(tmp_path):
   with fileio.claim(target) as held:
     assert held
   child.wait()
+
+
+_RACE = '''
+import os, sys, time
+from wm import fileio
+folder, start = sys.argv[1], float(sys.argv[2])
+while time.time() < start:
+  pass
+won = 0
+for i in range(200):
+  path = os.path.join(folder, f'item-{i}')
+  with fileio.claim(path) as held:
+    if held and not os.path.exists(path):
+      fileio.write_text(path, str(os.getpid()))
+      won += 1
+print(won)
+'''
+
+
+def test_racing_claims_produce_every_file_exactly_once(tmp_path):
+  # Four processes start together on the same 200 paths: no path may be produced twice.
+  start = time.time() + 3
+  procs = [subprocess.Popen([sys.executable, '-c', _RACE, str(tmp_path), str(start)],
+                            env=script_env(), cwd=REPO, stdout=subprocess.PIPE, text=True)
+           for _ in range(4)]
+  won = [int(p.communicate(timeout=120)[0]) for p in procs]
+  assert sum(won) == 200, won
+  assert len([n for n in os.listdir(tmp_path) if n.startswith('item-')]) == 200

@@ -139,16 +139,7 @@ def claim(path: str) -> Iterator[bool]:
   owner = f'{_HOST} {os.getpid()}'
   held = _try_create(lock, owner)
   if not held:
-    try:
-      with open(lock) as f:
-        host, pid = f.read().split()
-      stale = host == _HOST and not pid_alive(int(pid))
-    except (FileNotFoundError, ValueError):
-      stale = True
-    if stale:
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(lock)
-      held = _try_create(lock, owner)
+    held = _take_over_if_stale(lock, owner)
   try:
     yield held
   finally:
@@ -158,10 +149,47 @@ def claim(path: str) -> Iterator[bool]:
 
 
 def _try_create(lock: str, owner: str) -> bool:
+  """Creates `lock` holding `owner`, or returns False if it exists.
+
+  The owner is written first under a temporary name and hard-linked into place, so no process
+  ever reads a lock file without its owner (an empty one would look stale).
+  """
+  tmp = tmp_name(lock)
+  with open(tmp, 'w') as f:
+    f.write(owner)
   try:
-    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    os.link(tmp, lock)
+    return True
   except FileExistsError:
     return False
-  with os.fdopen(fd, 'w') as f:
-    f.write(owner)
-  return True
+  finally:
+    os.remove(tmp)
+
+
+def _take_over_if_stale(lock: str, owner: str) -> bool:
+  """Replaces a lock left by a dead process of this host; False if its owner lives or it is gone
+  to another process first."""
+  try:
+    with open(lock) as f:
+      previous = f.read()
+  except FileNotFoundError:
+    return _try_create(lock, owner)
+  host, _, pid = previous.partition(' ')
+  if host != _HOST or not pid.isdigit() or pid_alive(int(pid)):
+    return False
+  # Move the stale lock aside under a name of our own: of several processes that saw it stale,
+  # only one renames it; the others find it gone, or find a fresh lock they must not take.
+  aside = tmp_name(lock + '-stale')
+  try:
+    os.rename(lock, aside)
+  except FileNotFoundError:
+    return False
+  with open(aside) as f:
+    moved = f.read()
+  if moved != previous:  # we moved another process's fresh lock: give it back
+    with contextlib.suppress(FileExistsError):
+      os.link(aside, lock)
+    os.remove(aside)
+    return False
+  os.remove(aside)
+  return _try_create(lock, owner)
