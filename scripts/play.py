@@ -89,7 +89,7 @@ def play_episodes(config, env, world, policy, sinks) -> list[play_lib.EpisodeRes
     seed = rollouts.rollout_seed(config.seed, 1_000_000 + index)  # tracks unseen in training
     if _DREAM.value:
       result = play_lib.dream_episode(world, policy, seed, config.controller.dream_temperature,
-                                      config.env.max_steps, env.action_space, sinks)
+                                      config.env.agent_steps(), env.action_space, sinks)
     else:
       result = play_lib.play_episode(env, policy, seed, sinks)
     results.append(result)

@@ -69,14 +69,15 @@ def train(stage: cli.Stage, mpi_evaluator) -> None:
 
   dream = None
   if c.mode == 'dream':
-    dream = Dream.load(model, stage.run, config.env.max_steps, c.dream_temperature)
+    dream = Dream.load(model, stage.run, config.env.agent_steps(), c.dream_temperature)
 
   def fitness(params: np.ndarray, generation: int) -> np.ndarray:
     if dream is not None:
       return dream.evaluate(params, c.trials, es.derive_seed(config.seed, es.TRAIN_STREAM,
                                                              generation))
     seeds = es.episode_seeds(config.seed, es.TRAIN_STREAM, generation, c.trials)
-    returns = real().evaluate(np.repeat(params, c.trials, axis=0), np.tile(seeds, len(params)))
+    returns = real().evaluate(np.repeat(params, c.trials, axis=0), np.tile(seeds, len(params)),
+                              c.train_patience)
     return returns.reshape(len(params), c.trials).mean(axis=1)
 
   def evaluate(params: np.ndarray, generation: int) -> np.ndarray:

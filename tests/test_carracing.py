@@ -23,3 +23,39 @@ def test_fast_render_matches_gymnasiums_renderer():
     differing.append((diff > 0).mean())
   assert np.mean(differing) < 0.02, np.mean(differing)
   assert a.std() > 10  # a real picture, not a blank one
+
+
+def test_action_repeat_is_k_frames_with_the_same_action():
+  # One step with action_repeat=4 is four plain steps: the same last frame, the rewards summed,
+  # though the three frames in between were never drawn.
+  plain = envs.make(EnvConfig(max_steps=200, action_repeat=1))
+  repeat = envs.make(EnvConfig(max_steps=200, action_repeat=4))
+  rng = np.random.default_rng(1)
+  a, b = plain.reset(seed=5), repeat.reset(seed=5)
+  total_plain = total_repeat = 0.0
+  for _ in range(30):
+    action = rng.uniform([-1, 0, 0], [1, 1, 0.1]).astype(np.float32)
+    for _ in range(4):
+      a, reward, _, _ = plain.step(action)
+      total_plain += reward
+    b, reward, _, _ = repeat.step(action)
+    total_repeat += reward
+    np.testing.assert_array_equal(a, b)
+  assert abs(total_plain - total_repeat) < 1e-6
+  assert total_plain > -12  # it drove over new tiles, so rewards were really summed
+
+
+def test_action_repeat_ending_between_drawn_frames_draws_the_last_one():
+  # max_steps=10 with repeat 4: the third agent step is cut after 2 frames, and its frame is drawn.
+  config = EnvConfig(max_steps=10, action_repeat=4)
+  assert config.agent_steps() == 3
+  plain, repeat = envs.make(EnvConfig(max_steps=10)), envs.make(config)
+  plain.reset(seed=2), repeat.reset(seed=2)
+  action = np.array([0.3, 1.0, 0.0], np.float32)
+  for _ in range(10):
+    a, _, _, truncated_plain = plain.step(action)
+  for step in range(3):
+    b, _, _, truncated = repeat.step(action)
+    assert truncated == (step == 2)
+  assert truncated_plain
+  np.testing.assert_array_equal(a, b)

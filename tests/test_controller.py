@@ -145,3 +145,18 @@ def test_parameter_files_are_checked(tmp_path):
     f.truncate(50)
   with pytest.raises(DataError, match='not a controller parameter file'):
     load_params(path, c)
+
+
+def test_training_patience_ends_episodes_without_reward(controller_models):
+  from wm import evaluation
+  config = config_lib.load('configs/carracing.py:debug')
+  config.env.max_steps = 60
+  seeds = np.array([3, 4])
+  full, early = (evaluation.Worker(config, controller_models) for _ in range(2))
+  full_returns = full.evaluate(None, seeds)
+  early_returns = early.evaluate(None, seeds, patience=5)
+  assert full.steps == 2 * 60  # whole episodes
+  # A random car from a standing start rarely reaches a new tile: with patience 5 each episode
+  # ends 5 steps after its last reward.
+  assert early.steps < 2 * 20, early.steps
+  assert (early_returns > full_returns).all()  # fewer -0.1 frames paid

@@ -75,7 +75,7 @@ class Worker:
       if not held or os.path.exists(path):
         return Result(index, 0, 0.0, skipped=True)
       seed = rollouts.rollout_seed(self.config.seed, index)
-      rollout = run_episode(self.env, self.policy, seed, self.config.env.max_steps)
+      rollout = run_episode(self.env, self.policy, seed, self.config.env.agent_steps())
       rollouts.save(path, rollout, self.config.collect.compress_level)
     return Result(index, len(rollout['actions']), time.perf_counter() - start)
 

@@ -31,6 +31,11 @@ class EnvConfig:
   crop_dashboard: bool = True  # cut the env's dashboard rows off before resizing (the paper does)
   domain_randomize: bool = False  # CarRacing only: random track and grass colours each episode
   fast_render: bool = True  # CarRacing only: draw only visible polygons (wm/carracing.py), ~2x faster
+  action_repeat: int = 1  # the agent acts on every this-many-th frame and holds its action between (rewards summed)
+
+  def agent_steps(self) -> int:
+    """Steps of the agent (one per action_repeat frames) in an episode of max_steps frames."""
+    return -(-self.max_steps // self.action_repeat)
 
 
 @dataclasses.dataclass
@@ -102,6 +107,7 @@ class ControllerConfig:
   trials: int = 4  # episodes per candidate; fitness is their mean return
   generations: int = 100  # generations in total (a rerun continues up to this)
   init_sigma: float = 0.1  # CMA-ES initial step size
+  train_patience: int = 0  # real-env training: end an episode after this many agent steps without a positive reward (0: never)
   mode: str = 'dream'  # where candidates are evaluated: dream (inside M) | real (the env)
   dream_temperature: float = 1.15  # dream: sampling temperature of M
   eval_every: int = 25  # every this many generations the best is evaluated in the real env
@@ -257,7 +263,8 @@ _CHOICES = {
     'controller.mode': ('real', 'dream'),
 }
 _POSITIVE = (
-    'env.max_steps', 'env.frame_size', 'collect.num_rollouts', 'collect.hold_min',
+    'env.max_steps', 'env.action_repeat', 'env.frame_size', 'collect.num_rollouts',
+    'collect.hold_min',
     'records.shard_size_mb', 'data.obs_sampled_per_rollout', 'data.shuffle_buffer',
     'data.batch_size', 'vae.z_size', 'vae.learning_rate', 'vae.train_steps', 'vae.save_every',
     'vae.log_every', 'vae.valid_batches', 'encode.batch_size', 'seq.hidden_size',
@@ -294,6 +301,7 @@ def validate(config: Config) -> Config:
       ('collect.compress_level', 0 <= config.collect.compress_level <= 9, 'must be in 0..9'),
       ('records.valid_fraction', 0 <= config.records.valid_fraction < 1, 'must be in [0, 1)'),
       ('vae.kl_tolerance', config.vae.kl_tolerance >= 0, 'must be >= 0'),
+      ('controller.train_patience', config.controller.train_patience >= 0, 'must be >= 0'),
       ('vae.model', config.vae.model in registry.ENCODERS,
        f'is not a registered encoder {sorted(registry.ENCODERS)} (wm/models/registry.py)'),
       ('seq.grad_clip', config.seq.grad_clip >= 0, 'must be >= 0'),

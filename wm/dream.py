@@ -1,8 +1,8 @@
 """Dream episodes: controllers evaluated inside M instead of the real environment.
 
 The whole population x trials is one batch. Each episode starts from a latent drawn from the
-distribution of first frames' latents (RUN/seq/initial_latents.npz), then for env.max_steps
-steps: the controller acts on (z, h), M predicts the next latent (sampled at
+distribution of first frames' latents (RUN/seq/initial_latents.npz), then for
+env.agent_steps() steps: the controller acts on (z, h), M predicts the next latent (sampled at
 controller.dream_temperature), the reward and the episode's end (its reward and done heads;
 an episode ends once the done logit is positive). The loop is one compiled `tf.function`
 (a `tf.while_loop` over the steps); the noise comes from stateless seeds, so a generation's

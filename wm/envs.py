@@ -6,6 +6,12 @@ many dashboard rows its frame has at the bottom. Adding an environment is one re
 
 CarRacing frames follow the paper: the 12-row dashboard at the bottom of the 96x96 frame is cut
 off (`env.crop_dashboard`, default on) and the 84x96 road view is resized to 64x64 (bilinear).
+
+With `env.action_repeat` k > 1 one `PixelEnv.step` is k env frames with the same action: the
+rewards are summed, the episode may end on any of them, and only the last frame is returned
+(CarRacing with `fast_render` does not even draw the others, see wm/carracing.py). Everything
+downstream (rollouts, V, M, the dream, the controller) then lives at the agent's rate; an episode
+is `EnvConfig.agent_steps()` agent steps.
 """
 
 from __future__ import annotations
@@ -80,6 +86,8 @@ class PixelEnv:
     self.action_size = action_size(self.action_space)
     self._discrete = isinstance(self.action_space, gym.spaces.Discrete)
     self._crop = self.spec.dashboard_rows if config.crop_dashboard else 0
+    self._repeat = config.action_repeat
+    self._fast = getattr(self.env.unwrapped, 'skip_render', None) is not None
 
   def reset(self, seed: int | None = None) -> np.ndarray:
     obs, _ = self.env.reset(seed=seed)
@@ -88,8 +96,21 @@ class PixelEnv:
     return self._frame(obs)
 
   def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
-    obs, reward, terminated, truncated, _ = self.env.step(self.to_env_action(action))
-    return self._frame(obs), float(reward), bool(terminated), bool(truncated)
+    """`env.action_repeat` frames with `action`: (last frame, summed reward, terminated, truncated)."""
+    env_action = self.to_env_action(action)
+    total = 0.0
+    for i in range(self._repeat):
+      last = i == self._repeat - 1
+      if self._fast:
+        self.env.unwrapped.skip_render = not last
+      obs, reward, terminated, truncated, _ = self.env.step(env_action)
+      total += float(reward)
+      if terminated or truncated:
+        break
+    if self._fast and not last:  # ended on a frame that was not drawn: draw it now
+      self.env.unwrapped.skip_render = False
+      obs = self.env.unwrapped._render('state_pixels')  # pylint: disable=protected-access
+    return self._frame(obs), total, bool(terminated), bool(truncated)
 
   def to_env_action(self, action: np.ndarray) -> Any:
     if self._discrete:

@@ -1,7 +1,10 @@
 """Real-environment episodes for many controllers at once, on one machine or across MPI ranks.
 
 A job is (controller parameters, episode seed); its result is the episode's return. An
-`Evaluator` maps jobs [J] to returns [J]. The jobs are cut into contiguous chunks, one per
+`Evaluator` maps jobs [J] to returns [J]. With `patience` > 0 (training only:
+`controller.train_patience`) an episode ends early once that many agent steps in a row brought
+no positive reward: a car off the track, or standing still, earns nothing more in CarRacing but
+costs a whole episode of steps. Evaluations always play whole episodes. The jobs are cut into contiguous chunks, one per
 worker; a `Worker` owns V, M and a batch of environments and plays its chunk with one fused
 V+M+C step per time step for the whole batch (wm/agent.py). The backends differ only in who
 runs the chunks:
@@ -52,28 +55,30 @@ class Worker:
       self._world = WorldModel.load(self.run, self.config)
     return self._world
 
-  def evaluate(self, params: np.ndarray | None, seeds: np.ndarray) -> np.ndarray:
+  def evaluate(self, params: np.ndarray | None, seeds: np.ndarray, patience: int = 0) -> np.ndarray:
     returns = np.zeros(len(seeds))
     for start in range(0, len(seeds), MAX_BATCH):
       part = slice(start, start + MAX_BATCH)
       batch = None if params is None else params[part]
-      returns[part] = self._play(batch, seeds[part])
+      returns[part] = self._play(batch, seeds[part], patience)
     return returns
 
-  def _play(self, params: np.ndarray | None, seeds: np.ndarray) -> np.ndarray:
+  def _play(self, params: np.ndarray | None, seeds: np.ndarray, patience: int) -> np.ndarray:
     count = len(seeds)
     while len(self.envs) < count:
       self.envs.append(envs.make(self.config.env))
     batch = self.envs[:count]
     frames = np.stack([env.reset(seed=int(s)) for env, s in zip(batch, seeds)])
     returns, alive = np.zeros(count), np.ones(count, bool)
+    idle = np.zeros(count, int)  # agent steps since the last positive reward
     act = self._random_actor(batch, seeds) if params is None else self._world_actor(params)
-    for _ in range(self.config.env.max_steps):
+    for _ in range(self.config.env.agent_steps()):
       actions = act(frames)
       for i in np.flatnonzero(alive):
         frames[i], reward, terminated, truncated = batch[i].step(actions[i])
         returns[i] += reward
-        alive[i] = not (terminated or truncated)
+        idle[i] = 0 if reward > 0 else idle[i] + 1
+        alive[i] = not (terminated or truncated or (patience and idle[i] >= patience))
         self.steps += 1
       if not alive.any():
         break
@@ -102,7 +107,7 @@ class Evaluator(abc.ABC):
   workers: int
 
   @abc.abstractmethod
-  def evaluate(self, params: np.ndarray | None, seeds: np.ndarray) -> np.ndarray:
+  def evaluate(self, params: np.ndarray | None, seeds: np.ndarray, patience: int = 0) -> np.ndarray:
     ...
 
   def close(self) -> None:
@@ -119,8 +124,8 @@ class InProcess(Evaluator):
   def __init__(self, config: Config, run_root: str):
     self.worker, self.workers = Worker(config, run_root), 1
 
-  def evaluate(self, params, seeds):
-    return self.worker.evaluate(params, np.asarray(seeds))
+  def evaluate(self, params, seeds, patience=0):
+    return self.worker.evaluate(params, np.asarray(seeds), patience)
 
 
 _WORKER: Worker | None = None
@@ -139,7 +144,7 @@ def _init_pool_worker(config: Config, run_root: str, threads: int, preload: bool
     _WORKER.world  # pylint: disable=pointless-statement
 
 
-def _pool_chunk(job: tuple[np.ndarray | None, np.ndarray]) -> np.ndarray:
+def _pool_chunk(job: tuple[np.ndarray | None, np.ndarray, int]) -> np.ndarray:
   return _WORKER.evaluate(*job)
 
 
@@ -151,9 +156,9 @@ class Pool(Evaluator):
     self.pool = context.Pool(parallelism, _init_pool_worker,
                              (config, run_root, threads, preload))
 
-  def evaluate(self, params, seeds):
+  def evaluate(self, params, seeds, patience=0):
     seeds = np.asarray(seeds)
-    jobs = [(None if params is None else params[c], seeds[c])
+    jobs = [(None if params is None else params[c], seeds[c], patience)
             for c in chunks(len(seeds), self.workers)]
     return np.concatenate(self.pool.map(_pool_chunk, jobs, chunksize=1))
 
@@ -177,38 +182,38 @@ class Mpi(Evaluator):
     self.comm, self.workers = comm, comm.Get_size()
     self.worker = Worker(config, run_root)
 
-  def evaluate(self, params, seeds):
+  def evaluate(self, params, seeds, patience=0):
     seeds = np.ascontiguousarray(seeds, np.int64)
     if params is not None:
       params = np.ascontiguousarray(params, np.float64)
     width = 0 if params is None else params.shape[1]
-    self.comm.Bcast(np.array([_EVAL, len(seeds), width], np.int64), root=0)
-    return _mpi_round(self.comm, self.worker, params, seeds)
+    self.comm.Bcast(np.array([_EVAL, len(seeds), width, patience], np.int64), root=0)
+    return _mpi_round(self.comm, self.worker, params, seeds, patience)
 
   def close(self) -> None:
-    self.comm.Bcast(np.array([_STOP, 0, 0], np.int64), root=0)
+    self.comm.Bcast(np.array([_STOP, 0, 0, 0], np.int64), root=0)
 
 
 def serve(comm, config: Config, run_root: str) -> None:
   """A rank > 0: plays its chunk of every round rank 0 broadcasts, until told to stop."""
   worker = Worker(config, run_root)
   while True:
-    header = np.zeros(3, np.int64)
+    header = np.zeros(4, np.int64)  # what, jobs, parameter width, patience
     comm.Bcast(header, root=0)
     if header[0] == _STOP:
       return
     params = None if header[2] == 0 else np.zeros((header[1], header[2]))
-    _mpi_round(comm, worker, params, np.zeros(header[1], np.int64))
+    _mpi_round(comm, worker, params, np.zeros(header[1], np.int64), int(header[3]))
 
 
-def _mpi_round(comm, worker: Worker, params, seeds) -> np.ndarray | None:
+def _mpi_round(comm, worker: Worker, params, seeds, patience: int) -> np.ndarray | None:
   from mpi4py import MPI  # pylint: disable=import-outside-toplevel
   if params is not None:
     comm.Bcast(params, root=0)
   comm.Bcast(seeds, root=0)
   parts = chunks(len(seeds), comm.Get_size())
   mine = parts[comm.Get_rank()]
-  returns = worker.evaluate(None if params is None else params[mine], seeds[mine])
+  returns = worker.evaluate(None if params is None else params[mine], seeds[mine], patience)
   counts = [len(p) for p in parts]
   gathered = np.zeros(len(seeds)) if comm.Get_rank() == 0 else None
   comm.Gatherv(returns.astype(np.float64),

@@ -201,7 +201,7 @@ def play_episode(env, policy: Policy, seed: int, sinks: Sequence[Sink] = ()) -> 
     returns.append(total)
     steps += 1
     if sinks:
-      image = show(frame, step.info, returns, env.config.max_steps)
+      image = show(frame, step.info, returns, env.config.agent_steps())
       for sink in sinks:
         sink(image)
     frame, done = next_frame, terminated or truncated
