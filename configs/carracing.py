@@ -10,7 +10,17 @@ from wm.config import Config
 def get_config(preset: str = 'small') -> Config:
   c = Config(preset=preset)
   if preset == 'small':
-    pass  # wm/config.py's defaults are the small preset: about an hour on 2 cores
+    # wm/config.py's defaults, with what makes a car drive within an hour on 2 cores:
+    c.env.action_repeat = 4  # act every 4th frame: 3.5x the frames/s, 250 agent steps per episode
+    c.vae.train_steps = 2000
+    c.seq.train_steps = 1500
+    c.controller.mode = 'real'  # evolve in the real env (the dream alone did not drive here)
+    c.controller.inputs = 'zh'  # the paper's controller: h carries what z cannot (speed, turning)
+    c.controller.trials = 2
+    c.controller.train_patience = 25  # end a training episode 100 frames after its last new tile
+    c.controller.generations = 70  # about 30 minutes here
+    c.controller.eval_every = 10
+    c.controller.eval_episodes = 8
   elif preset == 'debug':
     c.env.max_steps = 40  # episodes of 40 steps
     c.collect.num_rollouts = 6
