@@ -21,6 +21,7 @@ def get_config(preset: str = 'small') -> Config:
     c.controller.generations = 70  # about 30 minutes here
     c.controller.eval_every = 10
     c.controller.eval_episodes = 8
+    c.play.fps = 12  # videos in real time: the agent sees 50 / 4 frames per second
   elif preset == 'debug':
     c.env.max_steps = 40  # episodes of 40 steps
     c.collect.num_rollouts = 6

@@ -6,6 +6,8 @@ Output: the ratios the data stages must reach, printed as a table (and --json_ou
   collect/scaling   collector steps/s with 2 workers / with 1 worker              (goal >= 1.8)
   data/frames_per_s raw dataset builder output frames/s (all frames of each rollout, and 100 of
                     each)                                                          (goal >= 30k)
+  env/action_repeat raw env+policy frames/s at the preset's env.action_repeat / at 1 (context:
+                    CarRacing draws only the frames the agent sees)
 
     python scripts/benchmark_data.py [--steps=500 --rollouts=8]
 
@@ -46,7 +48,7 @@ def raw_steps_per_s(config, seed: int) -> float:
   policy = policies.make_random(config.collect, env.action_space)
   frame, steps, start = env.reset(seed=seed), 0, time.perf_counter()
   policy.reset(seed)
-  for _ in range(config.env.max_steps):
+  for _ in range(config.env.agent_steps()):
     frame, _, terminated, truncated = env.step(policy.act(frame).action)
     steps += 1
     if terminated or truncated:
@@ -97,6 +99,20 @@ def main(argv):
   one, two = np.median(scaling, axis=0)
   results['collect/steps_per_s_2_workers'] = two
   results['collect/scaling_ratio'] = two / one
+  # Action repeat: env frames/s acting every frame vs every k-th (the preset's), alternating.
+  repeat = []
+  for r in range(_ROUNDS.value):
+    config = make_config(1)
+    k = config.env.action_repeat
+    seed = collection_seed(config, r)
+    config.env.action_repeat = 1
+    every = raw_steps_per_s(config, seed)
+    config.env.action_repeat = k
+    repeat.append((every, raw_steps_per_s(config, seed) * k))
+  every, kth = np.median(repeat, axis=0)
+  results['env/frames_per_s_action_repeat_1'] = every
+  results[f'env/frames_per_s_action_repeat_{k}'] = kth
+  results['env/action_repeat_ratio'] = kth / every
   # Reading: shard the last scaling data set and read it back.
   from wm import sharding
   config = make_config(_ROLLOUTS.value)

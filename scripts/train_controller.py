@@ -82,7 +82,8 @@ def train(stage: cli.Stage, mpi_evaluator) -> None:
 
   def evaluate(params: np.ndarray, generation: int) -> np.ndarray:
     seeds = es.episode_seeds(config.seed, es.EVAL_STREAM, generation, c.eval_episodes)
-    return real().evaluate(np.repeat(params[None], len(seeds), axis=0), seeds)
+    returns = real().evaluate(np.repeat(params, len(seeds), axis=0), np.tile(seeds, len(params)))
+    return returns.reshape(len(params), len(seeds))
 
   def save_best(params: np.ndarray, score: float) -> None:
     save_params(os.path.join(stage.dir, es.BEST), params, model.controller, score=score)
@@ -116,6 +117,8 @@ def log(writer, gen: es.Generation) -> None:
     if 'eval_mean' in row:
       tf.summary.scalar('eval/return_mean', row['eval_mean'])
       tf.summary.scalar('eval/return_std', row['eval_std'])
+      tf.summary.scalar('eval/centroid_return_mean', row['centroid_eval_mean'])
+      tf.summary.scalar('eval/centroid_return_std', row['centroid_eval_std'])
   writer.flush()
 
 

@@ -66,6 +66,34 @@ def test_resume_continues_exactly(tmp_path):
   assert [r['mode'] for r in rows] == ['dream'] * 2 + ['real'] * 4
 
 
+def test_evaluations_keep_the_better_of_best_candidate_and_centroid(tmp_path):
+  # Every second generation both are played on the same episodes; best.npz gets the better.
+  settings = es.Settings(6, 8, 0.3, seed=2)
+  state = es.State.empty(settings)
+  saved, played = [], []
+
+  def evaluate(params, generation):
+    played.append(params)
+    # The centroid (row 1) wins at generation 2, the best candidate (row 0) at generation 4.
+    scores = [1.0, 5.0] if generation == 2 else [9.0, 2.0]
+    return np.array([[s, s + 2.0] for s in scores])
+
+  gens = list(es.run(str(tmp_path), state, 4, 'real', _quadratic, evaluate, 2,
+                     lambda p, s: saved.append((p.copy(), s))))
+  assert [p.shape for p in played] == [(2, 6), (2, 6)]
+  centroid_after_2 = es.replay(es.State(settings, state.returns[:2], state.digests[:2],
+                                        {c: v[:2] for c, v in state.columns.items()},
+                                        state.modes[:2])).centroid
+  np.testing.assert_allclose(played[0][1], centroid_after_2)
+  # Before any evaluation the fittest is kept; at 2 the centroid (6.0) beats the best (2.0);
+  # at 4 the best candidate (10.0) beats both.
+  assert [s for _, s in saved][-2:] == [6.0, 10.0]
+  np.testing.assert_allclose(saved[-2][0], centroid_after_2)
+  np.testing.assert_allclose(saved[-1][0], gens[-1].best_params)
+  assert state.columns['centroid_eval_mean'][1] == 6.0 and state.columns['eval_mean'][3] == 10.0
+  assert np.isnan(state.columns['centroid_eval_mean'][0])
+
+
 def test_changed_settings_and_corrupted_state_are_refused(tmp_path):
   settings = es.Settings(5, 4, 0.2, seed=0)
   state = es.State.empty(settings)

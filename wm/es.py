@@ -32,7 +32,8 @@ from wm import fileio
 from wm.errors import ConfigError, DataError
 
 STATE, HISTORY, BEST = 'es_state.npz', 'history.jsonl', 'best.npz'
-COLUMNS = ('best', 'mean', 'worst', 'sigma', 'eval_mean', 'eval_std')
+COLUMNS = ('best', 'mean', 'worst', 'sigma', 'eval_mean', 'eval_std', 'centroid_eval_mean',
+           'centroid_eval_std')
 # Independent seed streams: CMA-ES sampling, training episodes, evaluations during training,
 # and scripts/evaluate.py's episodes (never the same episodes as training).
 ES_STREAM, TRAIN_STREAM, EVAL_STREAM, TEST_STREAM = 101, 102, 103, 104
@@ -75,6 +76,11 @@ class Search:
   def sigma(self) -> float:
     return float(self.es.sigma)
 
+  @property
+  def centroid(self) -> np.ndarray:
+    """The mean of the search distribution: what CMA-ES currently believes is best."""
+    return np.asarray(self.es.mean, np.float64).copy()
+
   def digest(self) -> np.ndarray:
     data = np.asarray(self.es.mean, np.float64).tobytes() + np.float64(self.es.sigma).tobytes()
     return np.frombuffer(hashlib.sha256(data).digest()[:8], np.uint8).copy()
@@ -113,6 +119,11 @@ class State:
             for g in range(self.generation)]
 
 
+def _column(data, name: str, generations: int) -> np.ndarray:
+  key = f'column_{name}'
+  return data[key] if key in data.files else np.full(generations, np.nan)  # added later: unknown
+
+
 def _json_float(x: float) -> float | None:
   return None if not np.isfinite(x) else float(x)
 
@@ -137,7 +148,7 @@ def load(folder: str, settings: Settings) -> State:
     with np.load(path, allow_pickle=False) as data:
       saved = Settings(**json.loads(str(data['settings'])))
       state = State(saved, data['returns'], data['digests'],
-                    {c: data[f'column_{c}'] for c in COLUMNS},
+                    {c: _column(data, c, len(data['returns'])) for c in COLUMNS},
                     [str(m) for m in data['modes']], float(data['best_score']),
                     bool(data['best_evaluated']))
   except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, TypeError) as e:
@@ -174,8 +185,11 @@ def run(folder: str, state: State, generations: int, mode: str,
         save_best: Callable[[np.ndarray, float], None], stop: Callable[[], bool] = lambda: False):
   """Runs generations state.generation+1 .. `generations`, saving after each; yields them.
 
-  fitness(params [P, n], generation) -> returns [P]; evaluate(params [n], generation) ->
-  returns of the real evaluation episodes. Stops early (after saving) when stop() is true.
+  fitness(params [P, n], generation) -> returns [P]; evaluate(params [k, n], generation) ->
+  returns [k, E] of the real evaluation episodes (the same E episodes for each row). Every
+  `eval_every` generations the generation's best candidate and the search's centroid are
+  evaluated, and best.npz keeps whichever evaluated best so far. Stops early (after saving)
+  when stop() is true.
   """
   search = replay(state)
   while state.generation < generations:
@@ -186,14 +200,19 @@ def run(folder: str, state: State, generations: int, mode: str,
     top = int(np.argmax(returns))
     row = {'best': returns[top], 'mean': returns.mean(), 'worst': returns.min(),
            'sigma': search.sigma}
-    score, evaluated = returns[top], False
+    best, score, evaluated = solutions[top], returns[top], False
     if evaluate is not None and g % eval_every == 0:
-      episodes = np.asarray(evaluate(solutions[top], g))
-      row.update(eval_mean=episodes.mean(), eval_std=episodes.std())
-      score, evaluated = episodes.mean(), True
+      centroid = search.centroid
+      episodes = np.asarray(evaluate(np.stack([best, centroid]), g))
+      row.update(eval_mean=episodes[0].mean(), eval_std=episodes[0].std(),
+                 centroid_eval_mean=episodes[1].mean(), centroid_eval_std=episodes[1].std())
+      evaluated = True
+      score = episodes[0].mean()
+      if episodes[1].mean() > score:
+        best, score = centroid, episodes[1].mean()
     if (evaluated and not state.best_evaluated) or (
         evaluated == state.best_evaluated and score > state.best_score):
-      save_best(solutions[top], float(score))
+      save_best(best, float(score))
       state.best_score, state.best_evaluated = float(score), evaluated
     state.append(returns, search.digest(), mode, **row)
     save(folder, state)
