@@ -16,7 +16,7 @@ from wm import config as config_lib
 from wm import envs, runs
 from wm.agent import Agent, WorldModel, load_params, save_params
 from wm.dream import Dream
-from wm.errors import DataError
+from wm.errors import ConfigError, DataError
 from wm.models.controller import Controller
 
 CAR_ACTIONS = gym.spaces.Box(np.array([-1, 0, 0], np.float32), np.array([1, 1, 1], np.float32))
@@ -160,3 +160,28 @@ def test_training_patience_ends_episodes_without_reward(controller_models):
   # ends 5 steps after its last reward.
   assert early.steps < 2 * 20, early.steps
   assert (early_returns > full_returns).all()  # fewer -0.1 frames paid
+
+
+def test_rest_low_leaves_one_sided_actions_off():
+  # Steering [-1, 1] is tanh either way; gas and brake [0, 1] rest at 0 instead of 0.5.
+  z = np.array([[0.0, 0.0], [3.0, -3.0]], np.float32)
+  for rest, at_zero in (('middle', [0.0, 0.5, 0.5]), ('low', [0.0, 0.0, 0.0])):
+    c = Controller('z', 2, 0, CAR_ACTIONS, rest=rest)
+    w = {'w0': np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), 'b0': np.zeros(3)}
+    params = np.repeat(c.flatten(w)[None], 2, axis=0)
+    actions = c(params, z, None).numpy()
+    np.testing.assert_allclose(actions[0], at_zero, atol=1e-6)
+    t = np.tanh(3.0)
+    np.testing.assert_allclose(actions[1], [t, t if rest == 'low' else (t + 1) / 2,
+                                            t if rest == 'low' else (t + 1) / 2], atol=1e-6)
+  with pytest.raises(ConfigError, match='controller.rest'):
+    Controller('z', 2, 0, CAR_ACTIONS, rest='sideways')
+
+
+def test_parameter_files_remember_rest(tmp_path):
+  low = Controller('z', 2, 0, CAR_ACTIONS, rest='low')
+  path = str(tmp_path / 'best.npz')
+  save_params(path, np.zeros(low.num_params), low, score=0.0)
+  np.testing.assert_array_equal(load_params(path, low), np.zeros(low.num_params))
+  with pytest.raises(DataError, match='controller.rest'):
+    load_params(path, Controller('z', 2, 0, CAR_ACTIONS, rest='middle'))

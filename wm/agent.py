@@ -56,7 +56,8 @@ class WorldModel:
       raise DataError(f'M in {seq_dir} takes actions of size {seq.action_size}, the environment '
                       f'{config.env.name} has {action_size}: wrong run dir or env.name?')
     controller = Controller(config.controller.inputs, encoder.z_size, seq.feature_size,
-                            action_space, config.controller.hidden_units)
+                            action_space, config.controller.hidden_units,
+                            config.controller.rest)
     return cls(encoder, seq, controller)
 
   def _step(self, frames: tf.Tensor, state: Any, params: tf.Tensor):
@@ -85,6 +86,7 @@ def save_params(path: str, params: np.ndarray, controller: Controller, **extra: 
   with fileio.atomic_path(path) as tmp:
     with open(tmp, 'wb') as f:
       np.savez(f, params=np.asarray(params, np.float64), inputs=np.str_(controller.inputs),
+               rest=np.str_(controller.rest),
                num_params=np.int64(controller.num_params),
                **{k: np.float64(v) for k, v in extra.items()})
 
@@ -96,12 +98,16 @@ def load_params(path: str, controller: Controller) -> np.ndarray:
   try:
     with np.load(path, allow_pickle=False) as data:
       params, inputs = data['params'], str(data['inputs'])
+      rest = str(data['rest']) if 'rest' in data.files else 'middle'
   except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
     raise DataError(f'{path} is not a controller parameter file ({type(e).__name__}: {e})') from None
   if inputs != controller.inputs or params.shape != (controller.num_params,):
     raise DataError(f'{path} holds a controller.inputs={inputs!r} controller with '
                     f'{params.shape} parameters; the config wants inputs='
                     f'{controller.inputs!r} with {controller.num_params}: fix --config.controller')
+  if rest != controller.rest:
+    raise DataError(f'{path} was trained with controller.rest={rest!r}, the config says '
+                    f'{controller.rest!r}: its actions would differ; fix --config.controller.rest')
   return params
 
 

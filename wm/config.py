@@ -103,6 +103,7 @@ class SeqConfig:
 class ControllerConfig:
   inputs: str = 'zh'  # controller input: z | zh (the paper's) | zh_hidden (one hidden layer)
   hidden_units: int = 40  # zh_hidden: width of the hidden layer
+  rest: str = 'middle'  # where a zero output puts a one-sided action (gas, brake): middle | low (off)
   population_size: int = 16  # CMA-ES candidates per generation
   trials: int = 4  # episodes per candidate; fitness is their mean return
   generations: int = 100  # generations in total (a rerun continues up to this)
@@ -260,6 +261,7 @@ _CHOICES = {
     'collect.policy': ('uniform', 'brownian', 'held'),
     'seq.model': ('mdnrnn', 'transformer'),
     'controller.inputs': ('z', 'zh', 'zh_hidden'),
+    'controller.rest': ('middle', 'low'),
     'controller.mode': ('real', 'dream'),
 }
 _POSITIVE = (

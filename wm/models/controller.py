@@ -11,7 +11,11 @@ layer (row-major) followed by its bias. `__call__` is batched over candidates: r
 
 `squash` maps raw outputs into the action space: tanh onto each bounded Box dimension's
 [low, high] (steering in [-1, 1]; (tanh + 1) / 2 for gas and brake in [0, 1]), the raw value
-on unbounded dimensions, and a one-hot of the argmax for Discrete spaces.
+on unbounded dimensions, and a one-hot of the argmax for Discrete spaces. With `rest='low'`
+a one-sided dimension (a range not centred on 0, such as gas and brake in [0, 1]) maps to
+low + max(tanh, 0) * (high - low) instead: a zero output leaves it at its low end, off, as the
+paper's code did for the brake. A zero controller then neither brakes nor accelerates, where
+with `rest='middle'` it half brakes, and the search first spends generations learning to let go.
 """
 
 from __future__ import annotations
@@ -23,16 +27,19 @@ import tensorflow as tf
 from wm.errors import ConfigError
 
 INPUTS = ('z', 'zh', 'zh_hidden')
+RESTS = ('middle', 'low')
 
 
 class Controller:
   """Shapes, parameter layout and the batched forward pass of one controller variant."""
 
   def __init__(self, inputs: str, z_size: int, h_size: int, action_space: gym.Space,
-               hidden_units: int = 40):
+               hidden_units: int = 40, rest: str = 'middle'):
     if inputs not in INPUTS:
       raise ConfigError(f'controller.inputs={inputs!r} is not one of {INPUTS}')
-    self.inputs, self.z_size, self.h_size = inputs, z_size, h_size
+    if rest not in RESTS:
+      raise ConfigError(f'controller.rest={rest!r} is not one of {RESTS}')
+    self.inputs, self.z_size, self.h_size, self.rest = inputs, z_size, h_size, rest
     self.input_size = z_size + (0 if inputs == 'z' else h_size)
     self.discrete = isinstance(action_space, gym.spaces.Discrete)
     if self.discrete:
@@ -46,6 +53,7 @@ class Controller:
     self._bounded = tf.constant(bounded)
     self._low = tf.constant(np.where(bounded, low, 0.0), tf.float32)
     self._high = tf.constant(np.where(bounded, high, 0.0), tf.float32)
+    self._rest_low = tf.constant(bounded & (low != -high) & (rest == 'low'))
     sizes = [self.input_size] + ([hidden_units] if inputs == 'zh_hidden' else [])
     sizes.append(self.action_size)
     self.shapes = []  # [(name, shape)] in the order of the flat vector
@@ -97,7 +105,9 @@ class Controller:
   def squash(self, raw: tf.Tensor) -> tf.Tensor:
     if self.discrete:
       return tf.one_hot(tf.argmax(raw, axis=1), self.action_size, dtype=tf.float32)
-    scaled = self._low + (tf.tanh(raw) + 1.0) * 0.5 * (self._high - self._low)
+    t = tf.tanh(raw)
+    unit = tf.where(self._rest_low, tf.nn.relu(t), (t + 1.0) * 0.5)  # in [0, 1]
+    scaled = self._low + unit * (self._high - self._low)
     return tf.where(self._bounded, scaled, raw)
 
   def __call__(self, params: tf.Tensor, z: tf.Tensor, h: tf.Tensor | None) -> tf.Tensor:
