@@ -71,7 +71,7 @@ def baseline_fit(z_size, action_size, hidden_size, num_mixtures):
   import tensorflow as tf
   model = keras_model(z_size, action_size, hidden_size, num_mixtures)
   model.compile(tf.keras.optimizers.Adam(1e-3, global_clipnorm=1.0),
-                tfp_loss(z_size, num_mixtures), jit_compile=False)  # Keras' "auto" on a CPU
+                tfp_loss(z_size, num_mixtures), jit_compile=False)
 
   def step(batch):
     y_true = tf.concat([batch['z_next'], tf.stack([batch['reward'], batch['done'],
@@ -155,9 +155,7 @@ def main(argv):
   batch = {k: tf.constant(v, tf.float32) for k, v in batch.items()}
   ours = MDNRNN(z, a, FLAGS.hidden_size, FLAGS.num_mixtures)
   trainer = Trainer(ours, 1e-3, grad_clip=1.0)
-  steps = {'ours': trainer.train_step,
-           'ours_xla': Trainer(MDNRNN(z, a, FLAGS.hidden_size, FLAGS.num_mixtures), 1e-3,
-                               grad_clip=1.0, jit_compile=True).train_step}
+  steps = {'ours': trainer.train_step}
   for name, build in (('fit', baseline_fit), ('step', baseline_step)):
     steps[name], params = build(z, a, FLAGS.hidden_size, FLAGS.num_mixtures)
     assert params == ours.count_params(), (name, params, ours.count_params())
@@ -171,13 +169,11 @@ def main(argv):
         f'{FLAGS.num_mixtures} mixtures, {ours.count_params():,} parameters each')
   labels = {'fit': 'tfp MixtureSameFamily Keras model, train_on_batch',
             'step': 'same model and tfp loss, tf.function step',
-            'ours': 'MDNRNN + hand-written NLL (Trainer)',
-            'ours_xla': 'the same, step compiled with XLA (seq.jit_compile)'}
-  for name in ('fit', 'step', 'ours', 'ours_xla'):
+            'ours': 'MDNRNN + hand-written NLL (Trainer)'}
+  for name in ('fit', 'step', 'ours'):
     rounds = ', '.join(f'{r:,.0f}' for r in results[name])
     print(f'  {labels[name]:<50s} {median[name]:>8,.0f} sequence-steps/s  ({rounds})')
   print(f'  ratio vs the tfp Keras model:        {median["ours"] / median["fit"]:.2f}x')
-  print(f'  ratio with XLA vs the tfp Keras model: {median["ours_xla"] / median["fit"]:.2f}x')
   print(f'  ratio vs the tfp loss in our step:   {median["ours"] / median["step"]:.2f}x')
   print(f'The mixture NLL alone, forward + gradient, [{b}, {t}, {z}, {FLAGS.num_mixtures}]:')
   for name in ('nll_tfp', 'nll_ours'):

@@ -49,19 +49,15 @@ def model_kwargs(seq: SeqConfig, z_size: int, action_size: int) -> dict[str, Any
 
 
 class Trainer:
-  """Adam on the summed mdn.losses terms, with global-norm gradient clipping.
+  """Adam on the summed mdn.losses terms, with global-norm gradient clipping."""
 
-  `jit_compile` compiles the whole train step (LSTM loop, mixture loss, gradients, Adam) with XLA.
-  """
-
-  def __init__(self, model, learning_rate: float, grad_clip: float = 0.0,
-               jit_compile: bool = False):
+  def __init__(self, model, learning_rate: float, grad_clip: float = 0.0):
     self.model = model
     self.grad_clip = grad_clip
     self.optimizer = tf.keras.optimizers.Adam(learning_rate)
     model.build_for_loading()
     self.optimizer.build(model.trainable_variables)
-    self.train_step = tf.function(self._train_step, jit_compile=jit_compile)
+    self.train_step = tf.function(self._train_step)
     self.eval_step = tf.function(self._terms, reduce_retracing=True)
 
   def _terms(self, batch: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
