@@ -38,6 +38,7 @@ _JSON_OUT = flags.DEFINE_string('json_out', None, 'Also write the results here.'
 def make_config(num_rollouts: int) -> config_lib.Config:
   c = config_lib.load('configs/carracing.py:small')
   c.env.max_steps = _STEPS.value
+  c.env.action_repeat = 1  # the collector's ratios: every frame drawn and kept
   c.collect.num_rollouts = num_rollouts
   return c
 
@@ -101,9 +102,9 @@ def main(argv):
   results['collect/scaling_ratio'] = two / one
   # Action repeat: env frames/s acting every frame vs every k-th (the preset's), alternating.
   repeat = []
+  k = config_lib.load('configs/carracing.py:small').env.action_repeat
   for r in range(_ROUNDS.value):
     config = make_config(1)
-    k = config.env.action_repeat
     seed = collection_seed(config, r)
     config.env.action_repeat = 1
     every = raw_steps_per_s(config, seed)
