@@ -100,6 +100,8 @@ def test_changed_settings_and_corrupted_state_are_refused(tmp_path):
   list(es.run(str(tmp_path), state, 1, 'real', _quadratic, None, 1, lambda p, s: None))
   with pytest.raises(ConfigError, match='population_size=8'):
     es.load(str(tmp_path), es.Settings(5, 8, 0.2, seed=0))
+  with pytest.raises(ConfigError, match="rest='low'"):
+    es.load(str(tmp_path), es.Settings(5, 4, 0.2, seed=0, rest='low'))
   state.digests[0, 0] ^= 1
   with pytest.raises(DataError, match='diverged at generation 1'):
     es.replay(state)

@@ -53,6 +53,7 @@ class Settings:
   population_size: int  # candidates per generation
   init_sigma: float  # initial step size
   seed: int  # experiment seed
+  rest: str = 'middle'  # controller.rest: under another, the same vector means other actions
 
 
 class Search:
