@@ -72,19 +72,22 @@ def train(stage: cli.Stage, mpi_evaluator) -> None:
   if c.mode == 'dream':
     dream = Dream.load(model, stage.run, config.env.agent_steps(), c.dream_temperature)
 
+  def play(params: np.ndarray, seeds: np.ndarray, patience: int = 0) -> np.ndarray:
+    """Returns [P, E]: every row of params [P, n] on every one of the E episode seeds."""
+    returns = real().evaluate(np.repeat(params, len(seeds), axis=0), np.tile(seeds, len(params)),
+                              patience)
+    return returns.reshape(len(params), len(seeds))
+
   def fitness(params: np.ndarray, generation: int) -> np.ndarray:
     if dream is not None:
       return dream.evaluate(params, c.trials, es.derive_seed(config.seed, es.TRAIN_STREAM,
                                                              generation))
     seeds = es.episode_seeds(config.seed, es.TRAIN_STREAM, generation, c.trials)
-    returns = real().evaluate(np.repeat(params, c.trials, axis=0), np.tile(seeds, len(params)),
-                              c.train_patience)
-    return returns.reshape(len(params), c.trials).mean(axis=1)
+    return play(params, seeds, c.train_patience).mean(axis=1)
 
   def evaluate(params: np.ndarray, generation: int) -> np.ndarray:
-    seeds = es.episode_seeds(config.seed, es.EVAL_STREAM, generation, c.eval_episodes)
-    returns = real().evaluate(np.repeat(params, len(seeds), axis=0), np.tile(seeds, len(params)))
-    return returns.reshape(len(params), len(seeds))
+    return play(params, es.episode_seeds(config.seed, es.EVAL_STREAM, generation,
+                                         c.eval_episodes))
 
   def save_best(params: np.ndarray, score: float) -> None:
     save_params(os.path.join(stage.dir, es.BEST), params, model.controller, score=score)

@@ -55,9 +55,8 @@ class WorldModel:
     if seq.action_size != action_size:
       raise DataError(f'M in {seq_dir} takes actions of size {seq.action_size}, the environment '
                       f'{config.env.name} has {action_size}: wrong run dir or env.name?')
-    controller = Controller(config.controller.inputs, encoder.z_size, seq.feature_size,
-                            action_space, config.controller.hidden_units,
-                            config.controller.rest)
+    controller = Controller.from_config(config.controller, encoder.z_size, seq.feature_size,
+                                        action_space)
     return cls(encoder, seq, controller)
 
   def _step(self, frames: tf.Tensor, state: Any, params: tf.Tensor):

@@ -31,7 +31,7 @@ class EnvConfig:
   crop_dashboard: bool = True  # cut the env's dashboard rows off before resizing (the paper does)
   domain_randomize: bool = False  # CarRacing only: random track and grass colours each episode
   fast_render: bool = True  # CarRacing only: draw only visible polygons (wm/carracing.py), ~2x faster
-  action_repeat: int = 1  # the agent acts on every this-many-th frame and holds its action between (rewards summed)
+  action_repeat: int = 1  # the agent acts every this many frames, holding its action; rewards summed
 
   def agent_steps(self) -> int:
     """Steps of the agent (one per action_repeat frames) in an episode of max_steps frames."""
@@ -103,12 +103,12 @@ class SeqConfig:
 class ControllerConfig:
   inputs: str = 'zh'  # controller input: z | zh (the paper's) | zh_hidden (one hidden layer)
   hidden_units: int = 40  # zh_hidden: width of the hidden layer
-  rest: str = 'middle'  # where a zero output puts a one-sided action (gas, brake): middle | low (off)
+  rest: str = 'middle'  # a zero output puts one-sided actions (gas, brake) at: middle | low (off)
   population_size: int = 16  # CMA-ES candidates per generation
   trials: int = 4  # episodes per candidate; fitness is their mean return
   generations: int = 100  # generations in total (a rerun continues up to this)
   init_sigma: float = 0.1  # CMA-ES initial step size
-  train_patience: int = 0  # real-env training: end an episode after this many agent steps without a positive reward (0: never)
+  train_patience: int = 0  # real-env training: stop after this many steps without reward (0: off)
   mode: str = 'dream'  # where candidates are evaluated: dream (inside M) | real (the env)
   dream_temperature: float = 1.15  # dream: sampling temperature of M
   eval_every: int = 25  # every this many generations the best is evaluated in the real env

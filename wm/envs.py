@@ -96,7 +96,7 @@ class PixelEnv:
     return self._frame(obs)
 
   def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
-    """`env.action_repeat` frames with `action`: (last frame, summed reward, terminated, truncated)."""
+    """`env.action_repeat` frames of `action`: (last frame, reward sum, terminated, truncated)."""
     env_action = self.to_env_action(action)
     total = 0.0
     for i in range(self._repeat):

@@ -4,9 +4,11 @@ A job is (controller parameters, episode seed); its result is the episode's retu
 `Evaluator` maps jobs [J] to returns [J]. With `patience` > 0 (training only:
 `controller.train_patience`) an episode ends early once that many agent steps in a row brought
 no positive reward: a car off the track, or standing still, earns nothing more in CarRacing but
-costs a whole episode of steps. Evaluations always play whole episodes. The jobs are cut into contiguous chunks, one per
-worker; a `Worker` owns V, M and a batch of environments and plays its chunk with one fused
-V+M+C step per time step for the whole batch (wm/agent.py). The backends differ only in who
+costs a whole episode of steps. Evaluations always play whole episodes.
+
+The jobs are cut into contiguous chunks, one per worker; a `Worker` owns V, M and a batch of
+environments and plays its chunk with one fused V+M+C step per time step for the whole batch
+(wm/agent.py). The backends differ only in who
 runs the chunks:
 
     InProcess   the calling process (parallelism 1)

@@ -83,9 +83,8 @@ def load_controller(run: runs.Run, config, world: WorldModel, env) -> Policy:
   from wm import agent
   from wm.models.controller import Controller
   path = require_controller(run)
-  controller = Controller(config.controller.inputs, world.encoder.z_size, world.seq.feature_size,
-                          env.action_space, config.controller.hidden_units,
-                          config.controller.rest)
+  controller = Controller.from_config(config.controller, world.encoder.z_size,
+                                      world.seq.feature_size, env.action_space)
   params = agent.load_params(path, controller)
   return agent.Agent(agent.WorldModel(world.encoder, world.seq, controller), params)
 

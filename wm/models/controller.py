@@ -61,6 +61,11 @@ class Controller:
       self.shapes += [(f'w{i}', (n_in, n_out)), (f'b{i}', (n_out,))]
     self.num_params = int(sum(np.prod(shape) for _, shape in self.shapes))
 
+  @classmethod
+  def from_config(cls, config, z_size: int, h_size: int, action_space: gym.Space) -> 'Controller':
+    """The variant `config` (a ControllerConfig) names, for V's z and M's features h."""
+    return cls(config.inputs, z_size, h_size, action_space, config.hidden_units, config.rest)
+
   # ------------------------------------------------------------------ flat vector <-> weights
 
   def unflatten(self, params: np.ndarray) -> dict[str, np.ndarray]:
