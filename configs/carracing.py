@@ -12,6 +12,7 @@ def get_config(preset: str = 'small') -> Config:
   if preset == 'small':
     # wm/config.py's defaults, with what makes a car drive within an hour on 2 cores:
     c.env.action_repeat = 4  # act every 4th frame: 3.5x the frames/s, 250 agent steps per episode
+    c.env.render_scale = 0.25  # draw on a 250x200 window: 2.3x the agent steps/s (evaluate: full)
     c.vae.train_steps = 2000
     c.seq.train_steps = 1500
     c.controller.mode = 'real'  # evolve in the real env (the dream alone did not drive here)
@@ -19,9 +20,9 @@ def get_config(preset: str = 'small') -> Config:
     c.controller.rest = 'low'  # gas, brake off at a zero output: no unlearning a half-on brake
     c.controller.trials = 2
     c.controller.train_patience = 25  # end a training episode 100 frames after its last new tile
-    c.controller.generations = 80  # about 35 minutes here
-    c.controller.eval_every = 10
-    c.controller.eval_episodes = 8
+    c.controller.generations = 160  # about 33 minutes here
+    c.controller.eval_every = 20
+    c.controller.eval_episodes = 16  # the best and the centroid each play 16 episodes
     c.play.fps = 12  # videos in real time: the agent sees 50 / 4 frames per second
   elif preset == 'debug':
     c.env.max_steps = 40  # episodes of 40 steps

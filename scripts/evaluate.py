@@ -12,9 +12,12 @@ Output: RUN/evaluate/result.json (or --output=NAME.json): returns of every episo
 
 The episodes' seeds come from their own seed stream (wm/es.py TEST_STREAM), so they are never the
 episodes the controller was trained or selected on. The random baseline draws a uniformly random
-action every frame.
+action every frame. Frames are always drawn at the environment's own resolution
+(env.render_scale=1), so the score is on CarRacing's own pixels whatever resolution the
+controller was trained at.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -42,19 +45,21 @@ def main(stage: cli.Stage) -> None:
   if os.path.basename(_OUTPUT.value) != _OUTPUT.value or not _OUTPUT.value.endswith('.json'):
     raise UserError(f'--output={_OUTPUT.value!r} must be a file name ending in .json (it is '
                     f'written inside {stage.dir})')
+  config = dataclasses.replace(stage.config,
+                               env=dataclasses.replace(stage.config.env, render_scale=1.0))
   world = mpi.world()
   if not world.root:
     if world.comm is not None:
-      evaluation.serve(world.comm, stage.config, stage.run.root)
+      evaluation.serve(world.comm, config, stage.run.root)
     return
-  episodes = _EPISODES.value or stage.config.controller.test_episodes
+  episodes = _EPISODES.value or config.controller.test_episodes
   params = None
   if _POLICY.value == 'controller':
-    model = WorldModel.load(stage.run, stage.config, action_space_of(stage.config))
+    model = WorldModel.load(stage.run, config, action_space_of(config))
     path = _PARAMS.value or os.path.join(stage.run.stage_dir('controller'), es.BEST)
     params = np.repeat(load_params(path, model.controller)[None], episodes, axis=0)
-  seeds = es.episode_seeds(stage.config.seed, es.TEST_STREAM, 0, episodes)
-  with evaluation.make(stage.config, stage.run.root, _PARALLELISM.value, world.comm,
+  seeds = es.episode_seeds(config.seed, es.TEST_STREAM, 0, episodes)
+  with evaluation.make(config, stage.run.root, _PARALLELISM.value, world.comm,
                        preload=params is not None) as pool:
     returns = pool.evaluate(params, seeds)
   result = {'policy': _POLICY.value, 'params': _PARAMS.value, 'env': stage.config.env.name,

@@ -59,3 +59,39 @@ def test_action_repeat_ending_between_drawn_frames_draws_the_last_one():
     assert truncated == (step == 2)
   assert truncated_plain
   np.testing.assert_array_equal(a, b)
+
+
+def test_scaled_drawing_is_the_same_scene_with_fewer_pixels():
+  # env.render_scale=0.25 draws the observation on a 250x200 window instead of 1000x800: the
+  # same rewards, and frames that differ only where anti-aliased edges fall.
+  full = envs.make(EnvConfig(max_steps=200, crop_dashboard=False, frame_size=96))
+  small = envs.make(EnvConfig(max_steps=200, crop_dashboard=False, frame_size=96,
+                              render_scale=0.25))
+  assert small.env.unwrapped.render_scale == 0.25
+  rng = np.random.default_rng(3)
+  a, b = full.reset(seed=4), small.reset(seed=4)
+  mean_diffs = []
+  for step in range(100):
+    action = rng.uniform([-1, 0, 0], [1, 1, 0.2]).astype(np.float32)
+    (a, ra, ta, _), (b, rb, tb, _) = full.step(action), small.step(action)
+    assert (ra, ta) == (rb, tb)
+    road_a, road_b = a[:-12].astype(int), b[:-12].astype(int)  # the view above the dashboard
+    mean_diffs.append(np.abs(road_a - road_b).mean())
+  assert np.mean(mean_diffs) < 1.0, np.mean(mean_diffs)  # of 255
+  assert max(mean_diffs) < 3.0, max(mean_diffs)
+  assert b.std() > 10
+  # Another scene would be far off: the frame upside down differs by much more.
+  assert np.abs(road_a - road_a[::-1]).mean() > 5
+
+
+def test_render_scale_is_checked():
+  from wm.config import Config, validate
+  from wm.errors import ConfigError
+  import pytest
+  config = Config()
+  config.env.render_scale = 1.5
+  with pytest.raises(ConfigError, match=r'env.render_scale=1.5 must be in \(0, 1\]'):
+    validate(config)
+  config.env.render_scale, config.env.fast_render = 0.5, False
+  with pytest.raises(ConfigError, match='needs env.fast_render=True'):
+    validate(config)

@@ -32,6 +32,7 @@ class EnvConfig:
   domain_randomize: bool = False  # CarRacing only: random track and grass colours each episode
   fast_render: bool = True  # CarRacing only: draw only visible polygons (wm/carracing.py), ~2x faster
   action_repeat: int = 1  # the agent acts every this many frames, holding its action; rewards summed
+  render_scale: float = 1.0  # fast_render: draw frames on this fraction of the window, ~3x at 0.25
 
   def agent_steps(self) -> int:
     """Steps of the agent (one per action_repeat frames) in an episode of max_steps frames."""
@@ -302,6 +303,9 @@ def validate(config: Config) -> Config:
       ('collect.brownian_sigma', config.collect.brownian_sigma >= 0, 'must be >= 0'),
       ('collect.compress_level', 0 <= config.collect.compress_level <= 9, 'must be in 0..9'),
       ('records.valid_fraction', 0 <= config.records.valid_fraction < 1, 'must be in [0, 1)'),
+      ('env.render_scale', 0 < config.env.render_scale <= 1, 'must be in (0, 1]'),
+      ('env.render_scale', config.env.render_scale == 1 or config.env.fast_render,
+       'needs env.fast_render=True (the scaled drawing is part of the fast renderer)'),
       ('vae.kl_tolerance', config.vae.kl_tolerance >= 0, 'must be >= 0'),
       ('controller.train_patience', config.controller.train_patience >= 0, 'must be >= 0'),
       ('vae.model', config.vae.model in registry.ENCODERS,

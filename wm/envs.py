@@ -77,6 +77,7 @@ class PixelEnv:
       kwargs['domain_randomize'] = config.domain_randomize
       if config.fast_render:
         gym_id = carracing.register()
+        kwargs['render_scale'] = config.render_scale
     if self.spec.pixels_from == 'render':
       render_mode = 'rgb_array'
     _ensure_headless_sdl()
