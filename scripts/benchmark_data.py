@@ -8,6 +8,8 @@ Output: the ratios the data stages must reach, printed as a table (and --json_ou
                     each)                                                          (goal >= 30k)
   env/action_repeat raw env+policy frames/s at the preset's env.action_repeat / at 1 (context:
                     CarRacing draws only the frames the agent sees)
+  env/render_scale  raw env+policy agent steps/s at the preset's env.render_scale / at 1 (both
+                    at the preset's action repeat)
 
     python scripts/benchmark_data.py [--steps=500 --rollouts=8]
 
@@ -38,7 +40,8 @@ _JSON_OUT = flags.DEFINE_string('json_out', None, 'Also write the results here.'
 def make_config(num_rollouts: int) -> config_lib.Config:
   c = config_lib.load('configs/carracing.py:small')
   c.env.max_steps = _STEPS.value
-  c.env.action_repeat = 1  # the collector's ratios: every frame drawn and kept
+  c.env.action_repeat = 1  # the collector's ratios: every frame drawn, at full size, and kept
+  c.env.render_scale = 1.0
   c.collect.num_rollouts = num_rollouts
   return c
 
@@ -114,6 +117,20 @@ def main(argv):
   results['env/frames_per_s_action_repeat_1'] = every
   results[f'env/frames_per_s_action_repeat_{k}'] = kth
   results['env/action_repeat_ratio'] = kth / every
+  # Render scale: agent steps/s drawing the full window vs the preset's smaller one, alternating.
+  scaled = []
+  preset = config_lib.load('configs/carracing.py:small').env
+  for r in range(_ROUNDS.value):
+    config = make_config(1)
+    seed = collection_seed(config, r)
+    config.env.action_repeat = preset.action_repeat
+    full = raw_steps_per_s(config, seed)
+    config.env.render_scale = preset.render_scale
+    scaled.append((full, raw_steps_per_s(config, seed)))
+  full, small = np.median(scaled, axis=0)
+  results['env/agent_steps_per_s_render_scale_1'] = full
+  results[f'env/agent_steps_per_s_render_scale_{preset.render_scale}'] = small
+  results['env/render_scale_ratio'] = small / full
   # Reading: shard the last scaling data set and read it back.
   from wm import sharding
   config = make_config(_ROLLOUTS.value)

@@ -62,7 +62,8 @@ def main(stage: cli.Stage) -> None:
   with evaluation.make(config, stage.run.root, _PARALLELISM.value, world.comm,
                        preload=params is not None) as pool:
     returns = pool.evaluate(params, seeds)
-  result = {'policy': _POLICY.value, 'params': _PARAMS.value, 'env': stage.config.env.name,
+  result = {'policy': _POLICY.value, 'params': _PARAMS.value, 'env': config.env.name,
+            'render_scale': config.env.render_scale,
             'episodes': len(returns), 'mean': float(returns.mean()), 'std': float(returns.std()),
             'min': float(returns.min()), 'max': float(returns.max()),
             'seed': stage.config.seed, 'seed_stream': es.TEST_STREAM,

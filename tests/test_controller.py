@@ -125,9 +125,11 @@ def test_dream_with_the_transformer(tmp_path):
 def test_evaluate_random_baseline(controller_models, tmp_path):
   run_dir = copy_run(controller_models, str(tmp_path / 'run'))
   out = run_script('evaluate', f'--run_dir={run_dir}', '--policy=random', '--episodes=2',
-                   '--output=random.json', '--config.env.max_steps=20')
+                   '--output=random.json', '--config.env.max_steps=20',
+                   '--config.env.render_scale=0.5')
   result = json.load(open(os.path.join(run_dir, 'evaluate', 'random.json')))
   assert result['policy'] == 'random' and len(result['returns']) == 2
+  assert result['render_scale'] == 1.0  # scores are on the environment's own frames
   assert f'{result["mean"]:.1f} +- {result["std"]:.1f}' in out.stdout
 
 
