@@ -1,9 +1,22 @@
 """The fast CarRacing renderer draws the same frames and gives the same rewards."""
 
 import numpy as np
+import pytest
 
 from wm import envs
-from wm.config import EnvConfig
+from wm.config import Config, EnvConfig, validate
+from wm.errors import ConfigError
+
+
+def lockstep(first: envs.PixelEnv, second: envs.PixelEnv, seed: int, steps: int):
+  """Steps both envs with the same random actions, checks their rewards agree, yields frames."""
+  rng = np.random.default_rng(seed)
+  first.reset(seed=seed), second.reset(seed=seed)
+  for _ in range(steps):
+    action = rng.uniform([-1, 0, 0], [1, 1, 0.2]).astype(np.float32)
+    (a, ra, ta, _), (b, rb, tb, _) = first.step(action), second.step(action)
+    assert (ra, ta) == (rb, tb)
+    yield a, b
 
 
 def test_fast_render_matches_gymnasiums_renderer():
@@ -11,13 +24,8 @@ def test_fast_render_matches_gymnasiums_renderer():
   slow = envs.make(EnvConfig(max_steps=200, fast_render=False, crop_dashboard=False))
   assert type(fast.env.unwrapped).__name__ == 'FastCarRacing'
   assert type(slow.env.unwrapped).__name__ == 'CarRacing'
-  rng = np.random.default_rng(0)
-  a, b = fast.reset(seed=11), slow.reset(seed=11)
   differing = []
-  for _ in range(120):
-    action = rng.uniform([-1, 0, 0], [1, 1, 0.2]).astype(np.float32)
-    (a, ra, ta, _), (b, rb, tb, _) = fast.step(action), slow.step(action)
-    assert (ra, ta) == (rb, tb)
+  for a, b in lockstep(fast, slow, seed=11, steps=120):
     diff = np.abs(a.astype(int) - b.astype(int))
     assert diff.max() <= 16, diff.max()
     differing.append((diff > 0).mean())
@@ -68,13 +76,8 @@ def test_scaled_drawing_is_the_same_scene_with_fewer_pixels():
   small = envs.make(EnvConfig(max_steps=200, crop_dashboard=False, frame_size=96,
                               render_scale=0.25))
   assert small.env.unwrapped.render_scale == 0.25
-  rng = np.random.default_rng(3)
-  a, b = full.reset(seed=4), small.reset(seed=4)
   mean_diffs = []
-  for step in range(100):
-    action = rng.uniform([-1, 0, 0], [1, 1, 0.2]).astype(np.float32)
-    (a, ra, ta, _), (b, rb, tb, _) = full.step(action), small.step(action)
-    assert (ra, ta) == (rb, tb)
+  for a, b in lockstep(full, small, seed=4, steps=100):
     road_a, road_b = a[:-12].astype(int), b[:-12].astype(int)  # the view above the dashboard
     mean_diffs.append(np.abs(road_a - road_b).mean())
   assert np.mean(mean_diffs) < 1.0, np.mean(mean_diffs)  # of 255
@@ -85,9 +88,6 @@ def test_scaled_drawing_is_the_same_scene_with_fewer_pixels():
 
 
 def test_render_scale_is_checked():
-  from wm.config import Config, validate
-  from wm.errors import ConfigError
-  import pytest
   config = Config()
   config.env.render_scale = 1.5
   with pytest.raises(ConfigError, match=r'env.render_scale=1.5 must be in \(0, 1\]'):
