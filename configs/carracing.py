@@ -12,7 +12,7 @@ def get_config(preset: str = 'small') -> Config:
   if preset == 'small':
     # wm/config.py's defaults, with what makes a car drive within an hour on 2 cores:
     c.env.action_repeat = 4  # act every 4th frame: 3.5x the frames/s, 250 agent steps per episode
-    c.env.render_scale = 0.25  # draw on a 250x200 window: 2.3x the agent steps/s (evaluate: full)
+    c.env.render_scale = 0.25  # draw on a 250x200 window: 2.5x the agent steps/s (evaluate: full)
     c.vae.train_steps = 2000
     c.seq.train_steps = 1500
     c.controller.mode = 'real'  # evolve in the real env (the dream alone did not drive here)

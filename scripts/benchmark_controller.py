@@ -4,7 +4,8 @@ Input:  RUN/vae/export, RUN/seq/export, RUN/seq/initial_latents.npz (any trained
         initialised V and M: speed does not depend on the weights; dream episodes all run
         --dream_steps, whatever M's done head says).
 Output: printed figures, side by side from one run:
-          real env steps/s of V+M+C in one process (a batch of --real_envs environments)
+          real env steps/s of V+M+C in one process (a batch of --real_envs environments), with
+            frames drawn at the config's env.render_scale and at full size (render_scale=1)
           dream steps/s of the same V+M+C (--dream_batch episodes as one batch inside M)
           real-env evaluation steps/s with a pool of 2 workers and of 1 worker
 
@@ -13,6 +14,7 @@ Output: printed figures, side by side from one run:
 Goals on a 2-core machine: dream >= 300x real, 2 workers >= 1.8x one.
 """
 
+import dataclasses
 import os
 import sys
 import time
@@ -58,13 +60,17 @@ def main(argv: list[str]) -> None:
   seeds = es.episode_seeds(config.seed, es.TEST_STREAM, 99, _REAL_ENVS.value)
   params = rng.normal(size=(_REAL_ENVS.value, n)) * 0.1
   worker.evaluate(params[:1], seeds[:1])  # builds envs' first and traces the fused step
+  full_size = dataclasses.replace(config, env=dataclasses.replace(config.env, render_scale=1.0))
+  full_worker = evaluation.Worker(full_size, run.root)
+  full_worker._world = model  # pylint: disable=protected-access
+  full_worker.evaluate(params[:1], seeds[:1])
   dream = Dream.load(model, run, _DREAM_STEPS.value, config.controller.dream_temperature,
                      use_done=False)  # every dream runs dream_steps: an untrained M's done head
   batch = rng.normal(size=(_DREAM_BATCH.value, n)) * 0.1  # would end them at random
   z0 = dream.start.draw(len(batch), rng)
   dream.returns(batch, z0, np.array([1, 2]))  # trace
 
-  def real_rate() -> float:
+  def real_rate(worker: evaluation.Worker) -> float:
     start, before = time.perf_counter(), worker.steps
     worker.evaluate(params, seeds)
     return (worker.steps - before) / (time.perf_counter() - start)
@@ -75,9 +81,10 @@ def main(argv: list[str]) -> None:
     return steps / (time.perf_counter() - start)
 
   # Interleaved repeats, best of each: other load on the machine hits both sides alike.
-  real = dreamt = 0.0
+  real = real_full = dreamt = 0.0
   for _ in range(_REPEATS.value):
-    real, dreamt = max(real, real_rate()), max(dreamt, dream_rate())
+    real, real_full = max(real, real_rate(worker)), max(real_full, real_rate(full_worker))
+    dreamt = max(dreamt, dream_rate())
 
   jobs = _POOL_EPISODES.value
   with evaluation.Pool(config, run.root, 1) as one, evaluation.Pool(config, run.root, 2) as two:
@@ -98,7 +105,11 @@ def main(argv: list[str]) -> None:
 
   print(f'controller: {n} parameters (controller.inputs={config.controller.inputs}), '
         f'z {model.encoder.z_size}, h {model.seq.feature_size}')
-  print(f'real env, 1 process, {_REAL_ENVS.value} envs: {real:10,.0f} steps/s')
+  print(f'real env, 1 process, {_REAL_ENVS.value} envs: {real:10,.0f} steps/s   '
+        f'(env.render_scale={config.env.render_scale}, env.action_repeat='
+        f'{config.env.action_repeat})')
+  print(f'  the same, full-size frames:  {real_full:10,.0f} steps/s   drawing at '
+        f'{config.env.render_scale}: {real / real_full:.2f}x')
   print(f'dream, batch {_DREAM_BATCH.value}:           {dreamt:10,.0f} steps/s   '
         f'{dreamt / real:6.0f}x real (goal >= 300x)')
   print(f'real-env pool, 1 worker:      {pool_rates[1]:10,.0f} steps/s')

@@ -32,7 +32,7 @@ class EnvConfig:
   domain_randomize: bool = False  # CarRacing only: random track and grass colours each episode
   fast_render: bool = True  # CarRacing only: draw only visible polygons (wm/carracing.py), ~2x faster
   action_repeat: int = 1  # the agent acts every this many frames, holding its action; rewards summed
-  render_scale: float = 1.0  # CarRacing, fast_render: draw on this fraction of the window (0.25: 2.3x)
+  render_scale: float = 1.0  # CarRacing, fast_render: draw on this fraction of the window (0.25: 2.5x)
 
   def agent_steps(self) -> int:
     """Steps of the agent (one per action_repeat frames) in an episode of max_steps frames."""
