@@ -14,7 +14,6 @@ Output: printed figures, side by side from one run:
 Goals on a 2-core machine: dream >= 300x real, 2 workers >= 1.8x one.
 """
 
-import dataclasses
 import os
 import sys
 import time
@@ -24,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 from absl import app, flags
 
-from wm import cli, es, evaluation, runs
+from wm import cli, envs, es, evaluation, runs
 from wm.agent import WorldModel, action_space_of
 from wm.dream import Dream
 
@@ -60,8 +59,7 @@ def main(argv: list[str]) -> None:
   seeds = es.episode_seeds(config.seed, es.TEST_STREAM, 99, _REAL_ENVS.value)
   params = rng.normal(size=(_REAL_ENVS.value, n)) * 0.1
   worker.evaluate(params[:1], seeds[:1])  # builds envs' first and traces the fused step
-  full_size = dataclasses.replace(config, env=dataclasses.replace(config.env, render_scale=1.0))
-  full_worker = evaluation.Worker(full_size, run.root)
+  full_worker = evaluation.Worker(envs.full_size(config), run.root)
   full_worker._world = model  # pylint: disable=protected-access
   full_worker.evaluate(params[:1], seeds[:1])
   dream = Dream.load(model, run, _DREAM_STEPS.value, config.controller.dream_temperature,

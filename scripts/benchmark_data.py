@@ -60,6 +60,22 @@ def raw_steps_per_s(config, seed: int) -> float:
   return steps / (time.perf_counter() - start)
 
 
+def alternating_env_rates(first: dict, second: dict) -> tuple[float, float]:
+  """Raw env+policy agent steps/s under two sets of env fields, in alternating rounds; medians."""
+  rounds = []
+  for r in range(_ROUNDS.value):
+    config = make_config(1)
+    seed = collection_seed(config, r)
+    rates = []
+    for fields in (first, second):
+      for name, value in fields.items():
+        setattr(config.env, name, value)
+      rates.append(raw_steps_per_s(config, seed))
+    rounds.append(rates)
+  first_rate, second_rate = np.median(rounds, axis=0)
+  return first_rate, second_rate
+
+
 def collector_steps_per_s(config, folder: str, parallelism: int) -> float:
   start = time.perf_counter()
   steps = sum(r.steps for r in collection.collect(config, folder, parallelism))
@@ -103,31 +119,17 @@ def main(argv):
   one, two = np.median(scaling, axis=0)
   results['collect/steps_per_s_2_workers'] = two
   results['collect/scaling_ratio'] = two / one
-  # Action repeat: env frames/s acting every frame vs every k-th (the preset's), alternating.
-  repeat = []
-  k = config_lib.load('configs/carracing.py:small').env.action_repeat
-  for r in range(_ROUNDS.value):
-    config = make_config(1)
-    seed = collection_seed(config, r)
-    config.env.action_repeat = 1
-    every = raw_steps_per_s(config, seed)
-    config.env.action_repeat = k
-    repeat.append((every, raw_steps_per_s(config, seed) * k))
-  every, kth = np.median(repeat, axis=0)
+  preset = config_lib.load('configs/carracing.py:small').env
+  # Action repeat: env frames/s acting every frame vs every k-th (the preset's), full size.
+  k = preset.action_repeat
+  every, kth = alternating_env_rates({'action_repeat': 1}, {'action_repeat': k})
+  kth *= k  # agent steps/s -> frames/s
   results['env/frames_per_s_action_repeat_1'] = every
   results[f'env/frames_per_s_action_repeat_{k}'] = kth
   results['env/action_repeat_ratio'] = kth / every
-  # Render scale: agent steps/s drawing the full window vs the preset's smaller one, alternating.
-  scaled = []
-  preset = config_lib.load('configs/carracing.py:small').env
-  for r in range(_ROUNDS.value):
-    config = make_config(1)
-    seed = collection_seed(config, r)
-    config.env.action_repeat = preset.action_repeat
-    full = raw_steps_per_s(config, seed)
-    config.env.render_scale = preset.render_scale
-    scaled.append((full, raw_steps_per_s(config, seed)))
-  full, small = np.median(scaled, axis=0)
+  # Render scale: agent steps/s drawing the full window vs the preset's smaller one, at k.
+  full, small = alternating_env_rates({'action_repeat': k},
+                                      {'action_repeat': k, 'render_scale': preset.render_scale})
   results['env/agent_steps_per_s_render_scale_1'] = full
   results[f'env/agent_steps_per_s_render_scale_{preset.render_scale}'] = small
   results['env/render_scale_ratio'] = small / full

@@ -17,7 +17,6 @@ action every frame. Frames are always drawn at the environment's own resolution
 controller was trained at.
 """
 
-import dataclasses
 import os
 import sys
 
@@ -26,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 from absl import flags, logging
 
-from wm import cli, es, evaluation, fileio, mpi
+from wm import cli, envs, es, evaluation, fileio, mpi
 from wm.agent import WorldModel, action_space_of, load_params
 from wm.errors import UserError
 
@@ -45,8 +44,7 @@ def main(stage: cli.Stage) -> None:
   if os.path.basename(_OUTPUT.value) != _OUTPUT.value or not _OUTPUT.value.endswith('.json'):
     raise UserError(f'--output={_OUTPUT.value!r} must be a file name ending in .json (it is '
                     f'written inside {stage.dir})')
-  config = dataclasses.replace(stage.config,
-                               env=dataclasses.replace(stage.config.env, render_scale=1.0))
+  config = envs.full_size(stage.config)
   world = mpi.world()
   if not world.root:
     if world.comm is not None:
@@ -66,7 +64,7 @@ def main(stage: cli.Stage) -> None:
             'render_scale': config.env.render_scale,
             'episodes': len(returns), 'mean': float(returns.mean()), 'std': float(returns.std()),
             'min': float(returns.min()), 'max': float(returns.max()),
-            'seed': stage.config.seed, 'seed_stream': es.TEST_STREAM,
+            'seed': config.seed, 'seed_stream': es.TEST_STREAM,
             'returns': [float(r) for r in returns]}
   path = os.path.join(stage.dir, _OUTPUT.value)
   fileio.write_json(path, result)

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from wm import carracing
-from wm.config import EnvConfig
+from wm.config import Config, EnvConfig
 from wm.errors import ConfigError, UserError
 
 
@@ -137,6 +137,11 @@ def preprocess(frame: np.ndarray, size: int, crop_bottom: int = 0) -> np.ndarray
 
 def make(config: EnvConfig, render_mode: str | None = None) -> PixelEnv:
   return PixelEnv(config, render_mode)
+
+
+def full_size(config: Config) -> Config:
+  """`config` with frames drawn at the environment's own resolution (env.render_scale=1)."""
+  return dataclasses.replace(config, env=dataclasses.replace(config.env, render_scale=1.0))
 
 
 def _ensure_headless_sdl() -> None:

@@ -8,8 +8,7 @@ costs a whole episode of steps. Evaluations always play whole episodes.
 
 The jobs are cut into contiguous chunks, one per worker; a `Worker` owns V, M and a batch of
 environments and plays its chunk with one fused V+M+C step per time step for the whole batch
-(wm/agent.py). The backends differ only in who
-runs the chunks:
+(wm/agent.py). The backends differ only in who runs the chunks:
 
     InProcess   the calling process (parallelism 1)
     Pool        `parallelism` spawned processes on this machine
