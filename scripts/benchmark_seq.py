@@ -6,14 +6,18 @@ Output: sequence-steps/s (batch x sequence length per second) of both, side by s
     python scripts/benchmark_seq.py [--batch_size=100 --sequence_length=100 --z_size=32
                                      --hidden_size=256 --num_mixtures=5 --steps=15 --rounds=5]
 
-All three train the same LSTM and the same output layer (mixture, reward, done; same parameter
+All four train the same LSTM and the same output layer (mixture, reward, done; same parameter
 count) with Adam and gradient clipping on the same batch:
-  fit   the straightforward Keras way: a functional model compiled with a loss that scores the
-        mixture with tfp's `MixtureSameFamily(Categorical, Normal).log_prob`, `train_on_batch`;
-  step  that model and loss in a hand-written tf.function step (isolates the likelihood's share);
-  ours  wm.seq_training.Trainer on MDNRNN with the log-sum-exp likelihood of wm/models/mdn.py.
+  fit    the straightforward Keras way: a functional model compiled with a loss that scores the
+         mixture with tfp's `MixtureSameFamily(Categorical, Normal).log_prob`, `train_on_batch`;
+  step   that model and loss in a hand-written tf.function step (isolates the likelihood's share);
+  ours   wm.seq_training.Trainer on MDNRNN: the log-sum-exp likelihood of wm/models/mdn.py
+         compiled apart by XLA, the LSTM unrolled by wm/models/fused_lstm.py (as on a CPU);
+  layer  the same Trainer with the LSTM unrolled by the Keras layer itself (isolates the share
+         of wm/models/fused_lstm.py).
 It then times the mixture likelihood alone (forward and gradient), tfp's and ours.
-Rounds alternate between them so a machine busy with other work slows all alike; medians count.
+Rounds alternate between them so a machine busy with other work slows all alike. Rates are
+medians over rounds; ratios are medians of each round's ratio.
 """
 
 import os
@@ -129,6 +133,19 @@ def likelihood_steps(b, t, z, k):
   return {'nll_tfp': make(tfp_log_prob), 'nll_ours': make(mdn.log_prob)}
 
 
+def keras_layer_mdnrnn():
+  """MDNRNN unrolled by the Keras LSTM layer, as on a GPU (there through cuDNN)."""
+  import tensorflow as tf
+
+  from wm.models.mdnrnn import MDNRNN
+
+  class KerasLayerMDNRNN(MDNRNN):
+    def sequence_features(self, z, actions, training=False):
+      return self.lstm(tf.concat([z, actions], -1))[0]
+
+  return KerasLayerMDNRNN
+
+
 def rate(step, batch, steps) -> float:
   step(batch)  # trace and warm up
   step(batch)
@@ -144,6 +161,7 @@ def main(argv):
   import numpy as np
   import tensorflow as tf
 
+  from wm.models import fused_lstm
   from wm.models.mdnrnn import MDNRNN
   from wm.seq_training import Trainer
 
@@ -154,8 +172,9 @@ def main(argv):
            'done': (rng.uniform(size=(b, t)) < 0.01), 'mask': np.ones((b, t))}
   batch = {k: tf.constant(v, tf.float32) for k, v in batch.items()}
   ours = MDNRNN(z, a, FLAGS.hidden_size, FLAGS.num_mixtures)
-  trainer = Trainer(ours, 1e-3, grad_clip=1.0)
-  steps = {'ours': trainer.train_step}
+  layer = keras_layer_mdnrnn()(z, a, FLAGS.hidden_size, FLAGS.num_mixtures)
+  steps = {'ours': Trainer(ours, 1e-3, grad_clip=1.0).train_step,
+           'layer': Trainer(layer, 1e-3, grad_clip=1.0).train_step}
   for name, build in (('fit', baseline_fit), ('step', baseline_step)):
     steps[name], params = build(z, a, FLAGS.hidden_size, FLAGS.num_mixtures)
     assert params == ours.count_params(), (name, params, ours.count_params())
@@ -165,22 +184,28 @@ def main(argv):
     for name, step in steps.items():
       results[name].append(rate(step, batch, FLAGS.steps))
   median = {k: float(np.median(v)) for k, v in results.items()}
+
+  def ratio(mine, theirs):
+    return float(np.median(np.divide(results[mine], results[theirs])))
+
   print(f'M training, batch {b} x {t} steps, z {z}, LSTM {FLAGS.hidden_size}, '
         f'{FLAGS.num_mixtures} mixtures, {ours.count_params():,} parameters each')
   labels = {'fit': 'tfp MixtureSameFamily Keras model, train_on_batch',
             'step': 'same model and tfp loss, tf.function step',
-            'ours': 'MDNRNN + hand-written NLL (Trainer)'}
-  for name in ('fit', 'step', 'ours'):
+            'ours': 'MDNRNN, Trainer' + (' (fused LSTM)' if fused_lstm.enabled() else ''),
+            'layer': 'MDNRNN, Trainer, Keras LSTM layer'}
+  for name in ('fit', 'step', 'ours', 'layer'):
     rounds = ', '.join(f'{r:,.0f}' for r in results[name])
     print(f'  {labels[name]:<50s} {median[name]:>8,.0f} sequence-steps/s  ({rounds})')
-  print(f'  ratio vs the tfp Keras model:        {median["ours"] / median["fit"]:.2f}x')
-  print(f'  ratio vs the tfp loss in our step:   {median["ours"] / median["step"]:.2f}x')
+  print(f'  ratio vs the tfp Keras model:          {ratio("ours", "fit"):.2f}x')
+  print(f'  ratio vs the tfp loss in our step:     {ratio("ours", "step"):.2f}x')
+  print(f'  ratio with the Keras LSTM layer:       {ratio("layer", "fit"):.2f}x')
   print(f'The mixture NLL alone, forward + gradient, [{b}, {t}, {z}, {FLAGS.num_mixtures}]:')
   for name in ('nll_tfp', 'nll_ours'):
     rounds = ', '.join(f'{r:,.0f}' for r in results[name])
     label = 'tfp MixtureSameFamily.log_prob' if name == 'nll_tfp' else 'wm.models.mdn.log_prob'
     print(f'  {label:<50s} {median[name]:>8,.0f} sequence-steps/s  ({rounds})')
-  print(f'  ratio: {median["nll_ours"] / median["nll_tfp"]:.2f}x')
+  print(f'  ratio: {ratio("nll_ours", "nll_tfp"):.2f}x')
 
 
 if __name__ == '__main__':

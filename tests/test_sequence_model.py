@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from wm import sequences, sharding
 from wm.config import SeqConfig
-from wm.models import export, registry
+from wm.models import export, fused_lstm, registry
 from wm.seq_training import Trainer, model_kwargs
 
 KINDS = ['mdnrnn', 'transformer']
@@ -73,6 +73,61 @@ def test_export_round_trip(kind, tmp_path):
   z, actions = tf.ones([1, 4, Z]), tf.ones([1, 4, A])
   np.testing.assert_allclose(loaded.predict_sequence(z, actions).means.numpy(),
                              model.predict_sequence(z, actions).means.numpy(), atol=1e-6)
+
+
+def test_fused_lstm_equals_the_keras_layer():
+  """Values and gradients (inputs, initial state, weights) of wm/models/fused_lstm.py's loops
+  and of the Keras layer whose weights they use, eagerly and in a tf.function of unknown shape."""
+  rng = np.random.default_rng(0)
+  batch, steps, inputs, units = 3, 7, 5, 4
+  x, u = (tf.constant(rng.normal(size=s), tf.float32)
+          for s in ((batch, steps, inputs), (batch, steps, units)))
+  h0, c0, u_h, u_c = (tf.constant(rng.normal(size=(batch, units)), tf.float32) for _ in range(4))
+  layer = tf.keras.layers.LSTM(units, return_sequences=True, return_state=True)
+  layer(x)
+  for weight in layer.weights:  # away from the initial zero bias and orthogonal kernel
+    weight.assign(weight + rng.normal(size=weight.shape).astype(np.float32) * 0.5)
+
+  def values_and_gradients(x, fused):
+    with tf.GradientTape() as tape:
+      tape.watch([x, h0, c0])
+      if fused:
+        hs, (h, c) = fused_lstm.unroll(layer, x, (h0, c0))
+      else:
+        hs, h, c = layer(x, initial_state=[h0, c0])
+      loss = tf.reduce_sum(hs * u) + tf.reduce_sum(h * u_h) + tf.reduce_sum(c * u_c)
+    return [hs, h, c] + tape.gradient(loss, [x, h0, c0] + layer.weights)
+
+  spec = tf.TensorSpec([None, None, inputs])
+  compiled = tf.function(lambda x: values_and_gradients(x, True), input_signature=[spec])
+  reference = values_and_gradients(x, False)
+  for fused in (values_and_gradients(x, True), compiled(x)):
+    for mine, theirs in zip(fused, reference):
+      np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_trainer_gradients_equal_autodiff_of_the_loss(kind):
+  """Trainer.gradients (the loss compiled apart, its gradient carried back by the tape) equals
+  one tape over the whole masked loss."""
+  model, _ = make(kind)
+  trainer = Trainer(model, learning_rate=1e-3)
+  rng = np.random.default_rng(1)
+  batch = {'z': rng.normal(size=(2, 6, Z)), 'actions': rng.uniform(-1, 1, (2, 6, A)),
+           'z_next': rng.normal(size=(2, 6, Z)), 'reward': rng.normal(size=(2, 6)),
+           'done': np.eye(6)[[5, 2]], 'mask': np.arange(6) < [[6], [3]]}
+  batch = {key: tf.constant(value, tf.float32) for key, value in batch.items()}
+  terms, grads, variables = trainer.gradients(batch)
+  with tf.GradientTape() as tape:
+    reference = trainer._terms(batch)
+  expected = tape.gradient(reference['loss'], variables)
+  assert len(grads) == len(model.trainable_variables) == len(expected)
+  for key, value in reference.items():
+    np.testing.assert_allclose(terms[key].numpy(), value.numpy(), rtol=1e-5)
+  for mine, theirs, variable in zip(grads, expected, variables):
+    np.testing.assert_allclose(tf.convert_to_tensor(mine).numpy(),  # embeddings: IndexedSlices
+                               tf.convert_to_tensor(theirs).numpy(), rtol=1e-4, atol=1e-6,
+                               err_msg=variable.path)
 
 
 @pytest.mark.parametrize('kind', KINDS)

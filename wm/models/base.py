@@ -62,15 +62,34 @@ class Prediction:
 
 
 class SequenceModel(tf.keras.Model, abc.ABC):
-  """Predicts the next latent, reward and episode end from latents and actions (M)."""
+  """Predicts the next latent, reward and episode end from latents and actions (M).
+
+  A body turns (z, action) steps into features; one head (wm.models.mdn.PredictionHead) turns
+  features into a Prediction. Training differentiates the two apart (wm/seq_training.py).
+  """
 
   z_size: int
   action_size: int
   feature_size: int  # size of features(state), the controller's extra input (h)
+  head: tf.keras.layers.Layer  # features [..., feature_size] -> Prediction
 
   @abc.abstractmethod
   def build_for_loading(self) -> None:
     """Creates every variable (e.g. by calling the model on zeros) so weights can be loaded."""
+
+  @abc.abstractmethod
+  def sequence_features(self, z: tf.Tensor, actions: tf.Tensor,
+                        training: bool = False) -> tf.Tensor:
+    """Teacher forcing: z [B, T, Z], actions [B, T, A] -> features [B, T, feature_size]."""
+
+  def predict_sequence(self, z: tf.Tensor, actions: tf.Tensor,
+                       training: bool = False) -> Prediction:
+    """Teacher forcing: the prediction after each of T steps, over [B, T]."""
+    return self.head(self.sequence_features(z, actions, training))
+
+  def call(self, inputs, training: bool = False) -> Prediction:
+    z, actions = inputs
+    return self.predict_sequence(z, actions, training=training)
 
   @abc.abstractmethod
   def initial_state(self, batch_size: int) -> Any:

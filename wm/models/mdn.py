@@ -38,12 +38,18 @@ class PredictionHead(tf.keras.layers.Layer):
     self.dense = tf.keras.layers.Dense(z_size * num_mixtures * 3 + 2, name='dense')
 
   def call(self, features: tf.Tensor) -> Prediction:
-    out = self.dense(features)
-    lead = tf.shape(out)[:-1]
-    mixture = tf.reshape(out[..., :-2], tf.concat([lead, [self.z_size, 3 * self.num_mixtures]], 0))
+    return self.unpack(self.dense(features))
+
+  def unpack(self, outputs: tf.Tensor) -> Prediction:
+    """The dense layer's outputs [..., Z * K * 3 + 2] as a Prediction."""
+    lead = tf.shape(outputs)[:-1]
+    # One split (its gradient is one concatenation; slices' would be a padded copy each).
+    mixture, reward, done_logit = tf.split(outputs, [self.z_size * 3 * self.num_mixtures, 1, 1],
+                                           axis=-1)
+    mixture = tf.reshape(mixture, tf.concat([lead, [self.z_size, 3 * self.num_mixtures]], 0))
     logits, means, log_stds = tf.split(mixture, 3, axis=-1)
-    return Prediction(logits=logits, means=means, log_stds=log_stds, reward=out[..., -2],
-                      done_logit=out[..., -1])
+    return Prediction(logits=logits, means=means, log_stds=log_stds, reward=reward[..., 0],
+                      done_logit=done_logit[..., 0])
 
 
 def log_prob(logits: tf.Tensor, means: tf.Tensor, log_stds: tf.Tensor, x: tf.Tensor) -> tf.Tensor:

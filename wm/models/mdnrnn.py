@@ -2,9 +2,11 @@
 
     x_t = [z_t, a_t] --LSTM--> h_t --PredictionHead--> p(z_{t+1}), reward_t, done_t
 
-Training unrolls whole sequences with the Keras LSTM layer (`predict_sequence`, teacher forcing);
-`step` runs the very same weights one step at a time through the layer's cell, for the
-controller, dream rollouts and play. The state is the LSTM's (h, c); the controller sees h.
+Training unrolls whole sequences (`sequence_features`, teacher forcing) with the Keras LSTM
+layer's weights: on a CPU through wm/models/fused_lstm.py's compiled loops, on a GPU through the
+layer itself (cuDNN). `step` runs the very same weights one step at a time through the layer's
+cell, for the controller, dream rollouts and play. The state is the LSTM's (h, c); the controller
+sees h.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from wm.models import mdn
+from wm.models import fused_lstm, mdn
 from wm.models.base import Prediction, SequenceModel
 
 
@@ -38,16 +40,16 @@ class MDNRNN(SequenceModel):
     self.predict_sequence(tf.zeros([1, 2, self.z_size]), tf.zeros([1, 2, self.action_size]))
     self.built = True  # Keras tracks `built` only through call(); weights exist now
 
-  def predict_sequence(self, z: tf.Tensor, actions: tf.Tensor, state: Any = None,
-                       training: bool = False) -> Prediction:
-    """Teacher forcing: z [B, T, Z], actions [B, T, A] -> Prediction over [B, T]."""
+  def sequence_features(self, z: tf.Tensor, actions: tf.Tensor,
+                        training: bool = False) -> tf.Tensor:
+    """The LSTM's h after each step: [B, T, hidden_size]."""
     del training
-    outputs = self.lstm(tf.concat([z, actions], -1), initial_state=state and list(state))
-    return self.head(outputs[0])
-
-  def call(self, inputs, training: bool = False) -> Prediction:
-    z, actions = inputs
-    return self.predict_sequence(z, actions, training=training)
+    x = tf.concat([z, actions], -1)
+    if not fused_lstm.enabled():
+      return self.lstm(x)[0]
+    if not self.lstm.built:
+      self.lstm.build(x.shape)
+    return fused_lstm.unroll(self.lstm, x)[0]
 
   def initial_state(self, batch_size: int) -> tuple[tf.Tensor, tf.Tensor]:
     zeros = tf.zeros([batch_size, self.hidden_size])

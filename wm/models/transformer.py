@@ -77,20 +77,15 @@ class Transformer(SequenceModel):
       x = block(x, mask)
     return self.norm(x)
 
-  def predict_sequence(self, z: tf.Tensor, actions: tf.Tensor,
-                       training: bool = False) -> Prediction:
-    """Teacher forcing: z [B, T, Z], actions [B, T, A] with T <= max_context -> [B, T] outputs."""
+  def sequence_features(self, z: tf.Tensor, actions: tf.Tensor,
+                        training: bool = False) -> tf.Tensor:
+    """Teacher forcing: z [B, T, Z], actions [B, T, A] with T <= max_context -> [B, T, H]."""
     del training
     steps = tf.shape(z)[1]
     tf.debugging.assert_less_equal(steps, self.max_context,
                                    message='sequence longer than the transformer\'s max_context')
     causal = tf.linalg.band_part(tf.ones([steps, steps], tf.bool), -1, 0)[None]
-    hidden = self._hidden(tf.concat([z, actions], -1), tf.range(steps)[None], causal)
-    return self.head(hidden)
-
-  def call(self, inputs, training: bool = False) -> Prediction:
-    z, actions = inputs
-    return self.predict_sequence(z, actions, training=training)
+    return self._hidden(tf.concat([z, actions], -1), tf.range(steps)[None], causal)
 
   def initial_state(self, batch_size: int) -> dict[str, tf.Tensor]:
     """tokens: the last max_context inputs, right-aligned; length: how many are real; h."""
