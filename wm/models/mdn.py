@@ -3,7 +3,7 @@
 Shared by every sequence model (wm/models/mdnrnn.py, wm/models/transformer.py):
 
     PredictionHead   features [..., H] -> Prediction (logits, means, log_stds [..., Z, K],
-                     reward [...], done_logit [...])
+                     reward [...], done_logit [...]): a dense layer, then `unpack`
     log_prob         log p(x) of a mixture, per latent dimension, by log-sum-exp
     sample           a draw at a temperature (the paper's: logits / T, stds * sqrt(T))
     losses           the training terms, masked: latent NLL, reward NLL, done NLL

@@ -4,7 +4,7 @@
 
 One token per step; causal self-attention (pre-LayerNorm blocks, GELU MLP of 4x width) lets the
 output at step t see steps <= t only, so one call over a whole window [B, T] trains every step at
-once (`predict_sequence`, teacher forcing), like the LSTM.
+once (`sequence_features`, teacher forcing), like the LSTM.
 
 Context: at most `max_context` steps (the stage sets it to seq.sequence_length, the window length
 it trains on), with learned absolute positions 0 .. max_context-1. `step` keeps the last
