@@ -3,7 +3,8 @@
 Input:  RUN/vae/export, RUN/seq/export, RUN/seq/initial_latents.npz (any trained or freshly
         initialised V and M: speed does not depend on the weights; dream episodes all run
         --dream_steps, whatever M's done head says).
-Output: printed figures, side by side from one run:
+Output: printed figures, side by side from one run, all in agent steps (one per
+        env.action_repeat frames; the dream's steps are agent steps too):
           real env steps/s of V+M+C in one process (a batch of --real_envs environments), with
             frames drawn at the config's env.render_scale and at full size (render_scale=1)
           dream steps/s of the same V+M+C (--dream_batch episodes as one batch inside M)
@@ -28,7 +29,8 @@ from wm.agent import WorldModel, action_space_of
 from wm.dream import Dream
 
 _REAL_ENVS = flags.DEFINE_integer('real_envs', 4, 'Environments stepped together in one process.')
-_REAL_STEPS = flags.DEFINE_integer('real_steps', 250, 'Steps per real episode measured.')
+_REAL_STEPS = flags.DEFINE_integer('real_steps', 250, 'Frames per real episode measured '
+                                   '(env.max_steps).')
 _DREAM_BATCH = flags.DEFINE_integer('dream_batch', 256, 'Dream episodes in one batch '
                                     '(population x trials).')
 _DREAM_STEPS = flags.DEFINE_integer('dream_steps', 1000, 'Steps per dream episode.')
@@ -98,7 +100,7 @@ def main(argv: list[str]) -> None:
       for workers, pool in pools.items():
         start = time.perf_counter()
         pool.evaluate(pool_params, pool_seeds)
-        rate = jobs * _REAL_STEPS.value / (time.perf_counter() - start)
+        rate = jobs * config.env.agent_steps() / (time.perf_counter() - start)  # whole episodes
         pool_rates[workers] = max(pool_rates[workers], rate)
 
   print(f'controller: {n} parameters (controller.inputs={config.controller.inputs}), '
