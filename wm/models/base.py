@@ -73,9 +73,10 @@ class SequenceModel(tf.keras.Model, abc.ABC):
   feature_size: int  # size of features(state), the controller's extra input (h)
   head: tf.keras.layers.Layer  # features [..., feature_size] -> Prediction
 
-  @abc.abstractmethod
   def build_for_loading(self) -> None:
-    """Creates every variable (e.g. by calling the model on zeros) so weights can be loaded."""
+    """Creates every variable (a 2-step window of zeros) so weights can be loaded."""
+    self.predict_sequence(tf.zeros([1, 2, self.z_size]), tf.zeros([1, 2, self.action_size]))
+    self.built = True  # Keras tracks `built` only through call(); weights exist now
 
   @abc.abstractmethod
   def sequence_features(self, z: tf.Tensor, actions: tf.Tensor,

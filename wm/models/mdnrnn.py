@@ -36,10 +36,6 @@ class MDNRNN(SequenceModel):
     return {'z_size': self.z_size, 'action_size': self.action_size,
             'hidden_size': self.hidden_size, 'num_mixtures': self.num_mixtures}
 
-  def build_for_loading(self) -> None:
-    self.predict_sequence(tf.zeros([1, 2, self.z_size]), tf.zeros([1, 2, self.action_size]))
-    self.built = True  # Keras tracks `built` only through call(); weights exist now
-
   def sequence_features(self, z: tf.Tensor, actions: tf.Tensor,
                         training: bool = False) -> tf.Tensor:
     """The LSTM's h after each step: [B, T, hidden_size]."""

@@ -66,10 +66,6 @@ class Transformer(SequenceModel):
             'num_layers': self.num_layers, 'num_heads': self.num_heads,
             'max_context': self.max_context}
 
-  def build_for_loading(self) -> None:
-    self.predict_sequence(tf.zeros([1, 2, self.z_size]), tf.zeros([1, 2, self.action_size]))
-    self.built = True  # Keras tracks `built` only through call(); weights exist now
-
   def _hidden(self, tokens: tf.Tensor, positions: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     """tokens [B, T, Z+A], positions [B or 1, T], mask [B or 1, T, T] -> features [B, T, H]."""
     x = self.embed(tokens) + self.positions(positions)
