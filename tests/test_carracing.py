@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from gymnasium.utils.env_checker import check_env
 
 from wm import envs
 from wm.config import Config, EnvConfig, validate
@@ -95,3 +96,21 @@ def test_render_scale_is_checked():
   config.env.render_scale, config.env.fast_render = 0.5, False
   with pytest.raises(ConfigError, match='needs env.fast_render=True'):
     validate(config)
+
+
+def test_scaled_drawing_survives_pygame_quit_by_an_earlier_env():
+  # Closing a classic-control env calls pygame.quit(), which invalidates every font made before
+  # it; the scaled drawing's reward counter must load its font again (gymnasium's check_env also
+  # makes and closes envs of its own).
+  first = envs.make(EnvConfig(max_steps=20, render_scale=0.25))
+  first.reset(seed=0)
+  first.close()
+  pendulum = envs.make(EnvConfig(name='Pendulum-v1', max_steps=20))
+  pendulum.reset(seed=0)
+  pendulum.close()
+  second = envs.make(EnvConfig(max_steps=20, render_scale=0.25))
+  frame = second.reset(seed=0)
+  frame, *_ = second.step(np.array([0.0, 1.0, 0.0], np.float32))
+  assert frame.std() > 10
+  check_env(second.env.unwrapped, skip_render_check=True)
+  second.close()

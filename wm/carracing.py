@@ -40,7 +40,6 @@ class FastCarRacing(car_racing.CarRacing):
   """CarRacing whose road and grass are transformed in numpy and culled before drawing."""
 
   _GRASS = _grass_polygons()
-  _FONTS: dict[int, pygame.font.Font] = {}  # the reward counter's font by size, loaded once
   skip_render = False  # step() leaves self.state (the frame) as it was: see the module doc
 
   def __init__(self, *args, render_scale: float = 1.0, **kwargs):
@@ -75,11 +74,8 @@ class FastCarRacing(car_racing.CarRacing):
     return self._create_image_array(self.surf, (car_racing.STATE_W, car_racing.STATE_H))
 
   def _draw_reward_counter(self, scale: float, height: int) -> None:
-    size = max(1, round(42 * scale))
-    if size not in self._FONTS:
-      pygame.font.init()
-      self._FONTS[size] = pygame.font.Font(pygame.font.get_default_font(), size)
-    text = self._FONTS[size].render(f'{self.reward:04.0f}', True, (255, 255, 255), (0, 0, 0))
+    font = _font(max(1, round(42 * scale)))
+    text = font.render(f'{self.reward:04.0f}', True, (255, 255, 255), (0, 0, 0))
     box = text.get_rect()
     box.center = (60 * scale, height - height * 2.5 / 40.0)
     self.surf.blit(text, box)
@@ -134,6 +130,25 @@ class FastCarRacing(car_racing.CarRacing):
   def _visible(self, polys, zoom, translation, angle) -> np.ndarray:
     mask = self._visible_mask(polys, zoom, translation, angle)
     return self._transform(polys[mask], zoom, translation, angle)
+
+
+_FONTS: dict[int, pygame.font.Font] = {}  # the reward counter's font by size, while pygame is up
+
+
+def _font(size: int) -> pygame.font.Font:
+  """The default font at `size`, loaded once per pygame lifetime.
+
+  A font is invalid once pygame quits, which any env's close() may do (classic control's always
+  does, and gymnasium's check_env closes envs of its own), so the cache is emptied then.
+  """
+  if not pygame.font.get_init():  # not started yet, or pygame.font.quit() was called alone
+    _FONTS.clear()
+    pygame.font.init()
+  if not _FONTS:
+    pygame.register_quit(_FONTS.clear)  # pygame forgets its quit functions once it has run them
+  if size not in _FONTS:
+    _FONTS[size] = pygame.font.Font(pygame.font.get_default_font(), size)
+  return _FONTS[size]
 
 
 def register() -> str:
