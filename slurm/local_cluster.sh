@@ -55,6 +55,20 @@ start_munge() {
   touch "$STATE/started-munged"  # stop_local_cluster.sh stops only a munged it started
 }
 
+# mpi_plugin: pmix when slurmd can load it, else none. srun -n N starts MPI ranks (mpi4py on
+# Debian's Open MPI) through PMIx; but SLURM's mpi_pmix.so plugin ships without the PMIx library
+# (libpmix2, which Open MPI's packages bring), and MpiDefault=pmix without that library makes every
+# job step fail ("can not load PMIx library"). With none, srun works and MPI programs it starts
+# run as separate single ranks; restart the cluster after installing MPI to get pmix.
+mpi_plugin() {
+  if compgen -G '/usr/lib/*/slurm*/mpi_pmix.so' >/dev/null \
+    && ldconfig -p 2>/dev/null | grep -q 'libpmix\.so'; then
+    echo pmix
+  else
+    echo none
+  fi
+}
+
 write_conf() {
   local host node auth cred
   host=$(hostname -s)
@@ -62,9 +76,7 @@ write_conf() {
   node=$(slurmd -C | head -1 | sed -E "s/^NodeName=[^ ]+ //")
   auth=auth/munge cred=cred/munge
   [[ $AUTH == none ]] && auth=auth/none cred=cred/none
-  # srun -n N starts MPI ranks (mpi4py on Debian's Open MPI) through PMIx when the plugin is there.
-  mpi=none
-  if compgen -G '/usr/lib/*/slurm*/mpi_pmix.so' >/dev/null; then mpi=pmix; fi
+  mpi=$(mpi_plugin)
   mkdir -p "$STATE/ctld" "$STATE/d" "$STATE/log"
   cat >"$STATE/slurm.conf" <<CONF
 $MARK: a one-node cluster on localhost.
@@ -148,6 +160,8 @@ main() {
   alive "$STATE/slurmctld.pid" slurmctld || slurmctld
   alive "$STATE/slurmd.pid" slurmd || slurmd
   wait_idle "$since"
+  [[ $(mpi_plugin) == pmix ]] \
+    || say "no PMIx library: MpiDefault=none (srun works; MPI ranks need libpmix2, then a restart)"
 }
 
 main "$@"
