@@ -7,6 +7,7 @@ several processes and SLURM jobs can share the folder), fsyncs, then `os.replace
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -44,20 +45,39 @@ def atomic_path(path: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str) -> Iterator[str]:
-  """Yields a temporary folder to fill; on success it replaces the folder `path` whole."""
+  """Yields a temporary folder to fill; on success it replaces the folder `path` whole.
+
+  Any number of processes may replace the same folder at once (SLURM array tasks starting in the
+  same second all write the stage's snapshot): the last one wins, and a reader sees one writer's
+  whole folder, or for an instant none.
+  """
   tmp = tmp_name(path)
   os.makedirs(tmp)
   try:
     yield tmp
-    old = None
-    if os.path.exists(path):
-      old = tmp_name(path + '-old')
-      os.replace(path, old)
-    os.replace(tmp, path)
-    if old:
-      shutil.rmtree(old, ignore_errors=True)
+    _replace_dir(tmp, path)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_dir(tmp: str, path: str, attempts: int = 1000) -> None:
+  """Renames folder `tmp` to `path`, moving aside (then deleting) whatever folder is there."""
+  for attempt in range(attempts):
+    try:
+      os.rename(tmp, path)  # replaces an empty folder; fails on a full one
+      return
+    except OSError as e:
+      if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+        raise
+    # A peer's folder is in place: move it aside under a name of ours and try again. If another
+    # peer moved it first, the rename fails and the loop retries with the path free or refilled.
+    old = tmp_name(f'{path}-old{attempt}')
+    try:
+      os.rename(path, old)
+    except FileNotFoundError:
+      continue
+    shutil.rmtree(old, ignore_errors=True)
+  raise OSError(f'could not put {tmp} in place of {path}: {attempts} concurrent writers won first')
 
 
 def write_bytes(path: str, data: bytes) -> None:
