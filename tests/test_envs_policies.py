@@ -1,6 +1,11 @@
 """Environments give 64x64x3 frames (CarRacing and a classic-control env); the pre-check catches
 broken envs; random policies stay in bounds and are reproducible."""
 
+import os
+import signal
+import subprocess
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -8,6 +13,8 @@ import pytest
 from wm import envs, policies
 from wm.config import CollectConfig, EnvConfig
 from wm.errors import ConfigError, UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_carracing_frames_are_cropped_and_resized():
@@ -36,6 +43,31 @@ def test_check_reports_facts_and_refuses_unknown_env():
   assert facts['action_size'] == 1 and facts['frame_shape'][2] == 3
   with pytest.raises(ConfigError, match='unknown environment'):
     envs.check(EnvConfig(name='NoSuchEnv-v0'))
+
+
+SIGTERM_AFTER_RENDERING = """
+import os, signal, time
+import numpy as np
+from wm import envs
+from wm.config import EnvConfig
+env = envs.make(EnvConfig(name='Pendulum-v1', max_steps=10))
+env.reset(seed=0)
+env.step(np.zeros(1, np.float32))  # the renderer has started pygame's display (SDL's dummy one)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(10)
+print('survived SIGTERM')
+"""
+
+
+def test_a_process_that_rendered_still_dies_of_sigterm():
+  # SDL installs SIGTERM/SIGINT handlers of its own unless told not to; a pool worker would then
+  # survive the SIGTERM its pool sends on closing, and the parent would wait for it forever.
+  env = dict(os.environ, PYTHONPATH=REPO)
+  env.pop('SDL_NO_SIGNAL_HANDLERS', None)  # set in this process by the envs made before
+  result = subprocess.run([sys.executable, '-c', SIGTERM_AFTER_RENDERING], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=120)
+  assert result.returncode == -signal.SIGTERM, (result.returncode, result.stdout,
+                                                result.stderr[-3000:])
 
 
 class _BadObservationEnv(gym.Env):

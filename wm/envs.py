@@ -145,10 +145,17 @@ def full_size(config: Config) -> Config:
 
 
 def _ensure_headless_sdl() -> None:
-  # pygame (used by the box2d and classic-control renderers) needs no display for rgb_array;
-  # this only stops it from looking for one on a headless node.
+  """Settings SDL reads when pygame starts it; called before any env is made in this process.
+
+  pygame (used by the box2d and classic-control renderers) needs no display for rgb_array: the
+  dummy drivers stop it from looking for one on a headless node. SDL would also install its own
+  SIGTERM/SIGINT handlers (turning them into quit events nobody reads), so a pool worker would
+  survive the SIGTERM its pool sends on closing and the parent would wait for it forever. SDL
+  reads these when it starts (pygame.display.init), not when pygame is imported.
+  """
   os.environ.setdefault('SDL_VIDEODRIVER', 'dummy')
   os.environ.setdefault('SDL_AUDIODRIVER', 'dummy')
+  os.environ.setdefault('SDL_NO_SIGNAL_HANDLERS', '1')
 
 
 def check(config: EnvConfig, seed: int = 0) -> dict[str, Any]:
