@@ -9,14 +9,13 @@ so concurrent instances never do the same rollout twice. Rerunning tops the fold
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 import time
 from typing import Iterator
 
 import numpy as np
 
-from wm import envs, fileio, policies, rollouts
+from wm import envs, fileio, policies, rollouts, workers
 from wm.config import Config
 
 
@@ -105,6 +104,13 @@ def collect(config: Config, folder: str, parallelism: int = 1, task_index: int =
     for index in indices:
       yield worker.collect(index)
     return
-  context = multiprocessing.get_context('spawn')
-  with context.Pool(min(parallelism, len(indices)), _init_worker, (config, folder)) as pool:
-    yield from pool.imap_unordered(_collect, indices, chunksize=1)
+  with workers.WorkerPool(min(parallelism, len(indices)), _collect, _init_worker, (config, folder),
+                          name='collect', task_timeout=episode_timeout(config),
+                          describe=lambda i: f'rollout {i}') as pool:
+    yield from pool.imap_unordered(indices)
+
+
+def episode_timeout(config: Config) -> float:
+  """Seconds after which a worker playing one episode counts as stuck: a minute to make the
+  environment plus 0.1 s a frame, 15-300x the slowest environment measured (docs/reliability)."""
+  return 60.0 + 0.1 * config.env.max_steps

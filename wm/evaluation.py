@@ -22,14 +22,13 @@ uniformly random policy (evaluate.py's baseline).
 from __future__ import annotations
 
 import abc
-import multiprocessing
 import os
 import signal
 
 import numpy as np
 import tensorflow as tf
 
-from wm import envs, policies, runs
+from wm import envs, policies, runs, workers
 from wm.agent import WorldModel
 from wm.config import Config
 
@@ -152,20 +151,27 @@ def _pool_chunk(job: tuple[np.ndarray | None, np.ndarray, int]) -> np.ndarray:
 class Pool(Evaluator):
   def __init__(self, config: Config, run_root: str, parallelism: int, preload: bool = True):
     self.workers = parallelism
-    context = multiprocessing.get_context('spawn')
     threads = max(1, (os.cpu_count() or 1) // parallelism)
-    self.pool = context.Pool(parallelism, _init_pool_worker,
-                             (config, run_root, threads, preload))
+    self.max_frames = config.env.max_steps
+    self.pool = workers.WorkerPool(parallelism, _pool_chunk, _init_pool_worker,
+                                   (config, run_root, threads, preload), name='evaluation',
+                                   describe=_describe_chunk)
 
   def evaluate(self, params, seeds, patience=0):
     seeds = np.asarray(seeds)
     jobs = [(None if params is None else params[c], seeds[c], patience)
             for c in chunks(len(seeds), self.workers)]
-    return np.concatenate(self.pool.map(_pool_chunk, jobs, chunksize=1))
+    # A chunk is stuck when it plays slower than 1 frame/s per episode (measured: >100).
+    self.pool.task_timeout = 120.0 + max(len(j[1]) for j in jobs) * self.max_frames
+    return np.concatenate(self.pool.map(jobs))
 
   def close(self) -> None:
     self.pool.close()
-    self.pool.join()
+
+
+def _describe_chunk(job: tuple[np.ndarray | None, np.ndarray, int]) -> str:
+  seeds = job[1]
+  return f'{len(seeds)} episodes (seeds {seeds[0]}..{seeds[-1]})' if len(seeds) else 'no episodes'
 
 
 # ---------------------------------------------------------------------------- MPI

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import multiprocessing
 import os
 import re
 from typing import Iterable
 
 import numpy as np
 
-from wm import fileio, rollouts, runs
+from wm import fileio, rollouts, runs, workers
 from wm.config import Config
 from wm.errors import DataError
 
@@ -131,8 +130,10 @@ def shard(config: Config, in_dir: str, out_root: str, parallelism: int = 1, task
         jobs.append((in_dir, out_dir, members, name))
   log(f'{sum(map(len, the_plan.values()))} shards planned, {len(jobs)} to write here')
   if parallelism > 1 and len(jobs) > 1:
-    with multiprocessing.get_context('spawn').Pool(min(parallelism, len(jobs))) as pool:
-      for info in pool.imap_unordered(write_shard, jobs):
+    # A shard of ~200 MB takes about a minute; an hour means a hung filesystem.
+    with workers.WorkerPool(min(parallelism, len(jobs)), write_shard, name='shard',
+                            task_timeout=3600, describe=lambda job: f'shard {job[3]}') as pool:
+      for info in pool.imap_unordered(jobs):
         log(f'wrote {info["file"]}: {info["num_rollouts"]} rollouts, {info["bytes"] / 2**20:.1f} MB')
   else:
     for job in jobs:
