@@ -91,6 +91,49 @@ def test_check_names_an_observation_outside_its_space(monkeypatch):
     envs.check(EnvConfig(name='BadObs-v0'))
 
 
+class _FrameEnv(gym.Env):
+  """8x8 frames as observations; with the make keyword `bad=True` they leave their space."""
+  observation_space = gym.spaces.Box(0, 100, (8, 8, 3), np.uint8)
+  action_space = gym.spaces.Discrete(2)
+
+  def __init__(self, render_mode=None, bad=False):
+    self.render_mode, self.bad = render_mode, bad
+
+  def reset(self, seed=None, options=None):
+    super().reset(seed=seed)
+    return np.full((8, 8, 3), 200 if self.bad else 50, np.uint8), {}
+
+  def step(self, action):
+    return np.full((8, 8, 3), 50, np.uint8), 0.0, False, False, {}
+
+
+def test_check_makes_the_env_as_the_stages_do(monkeypatch):
+  # The registry's make_kwargs are part of the env the stages use: the check must pass them too.
+  gym.register('FrameEnv-v0', entry_point=_FrameEnv)
+  monkeypatch.setitem(envs.REGISTRY, 'FrameEnv-v0', envs.EnvSpec('FrameEnv-v0', 'observation'))
+  assert envs.check(EnvConfig(name='FrameEnv-v0'))['frame_shape'] == (64, 64, 3)
+  monkeypatch.setitem(envs.REGISTRY, 'FrameEnv-v0', envs.EnvSpec(
+      'FrameEnv-v0', 'observation', make_kwargs=(('bad', True),)))
+  with pytest.raises(UserError, match=r'environment FrameEnv-v0: reset\(\) observation \(shape '
+                     r'\(8, 8, 3\), dtype uint8\) is outside observation_space'):
+    envs.check(EnvConfig(name='FrameEnv-v0'))
+
+
+def test_check_reports_the_configured_env():
+  # The fast renderer at a quarter of the window, acting every 3rd frame, frames of 32x32: the
+  # facts are those of the frames and actions the stages will see.
+  config = EnvConfig(max_steps=20, frame_size=32, render_scale=0.25, action_repeat=3)
+  facts = envs.check(config)
+  assert facts['frame_shape'] == (32, 32, 3), facts
+  assert facts['env_frame_shape'] == (96, 96, 3), facts
+  assert facts['gym_id'] == 'wm/FastCarRacing-v3', facts
+  assert facts['action_size'] == 3, facts
+  # A setting that only the configured env refuses (validate() would too, but check() is called
+  # with the EnvConfig alone).
+  with pytest.raises(ValueError, match=r'render_scale must be in \(0, 1\], got 1.5'):
+    envs.check(EnvConfig(max_steps=20, render_scale=1.5))
+
+
 BOX = gym.spaces.Box(np.array([-1, 0, 0], np.float32), np.array([1, 1, 1], np.float32))
 
 

@@ -159,46 +159,72 @@ def _ensure_headless_sdl() -> None:
 
 
 def check(config: EnvConfig, seed: int = 0) -> dict[str, Any]:
-  """Pre-checks an environment (spaces, reset/step types, observation in its space).
+  """Pre-checks the environment the stages use: `make(config)`, not the plain registered id.
 
-  Raises a UserError naming the first problem; returns facts about the env on success.
+  So the renderer (`env.fast_render`, `render_scale`), the registry's make_kwargs,
+  `action_repeat` and the frame preprocessing are all part of it. The gymnasium env inside is
+  checked first (spaces, reset/step types, observations in their space, rgb frames), then the
+  PixelEnv's frames after a reset and one step. Raises a UserError naming the first problem;
+  returns facts about the env on success.
   """
   spec = spec_for(config.name)
-  _ensure_headless_sdl()
-  env = gym.make(spec.gym_id, render_mode='rgb_array' if spec.pixels_from == 'render' else None,
-                 max_episode_steps=config.max_steps)
-  where = f'environment {config.name}'
+  pixel_env = make(config)
+  env, where = pixel_env.env, f'environment {config.name}'
   try:
-    obs_space, act_space = env.observation_space, env.action_space
-    if not isinstance(obs_space, gym.Space) or not isinstance(act_space, gym.Space):
-      raise UserError(f'{where}: observation_space/action_space are not gymnasium spaces')
-    action_size(act_space)
-    result = env.reset(seed=seed)
-    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)):
-      raise UserError(f'{where}: reset() must return (observation, info dict), got {type(result)}')
-    obs = result[0]
-    if not obs_space.contains(obs):
-      raise UserError(f'{where}: reset() observation (shape {np.shape(obs)}, dtype '
-                      f'{getattr(obs, "dtype", type(obs))}) is outside observation_space {obs_space}')
-    act_space.seed(seed)
-    step = env.step(act_space.sample())
-    if not (isinstance(step, tuple) and len(step) == 5):
-      raise UserError(f'{where}: step() must return 5 values (obs, reward, terminated, '
-                      f'truncated, info), got {type(step)} of length {len(step)}')
-    obs, reward, terminated, truncated, info = step
-    if not obs_space.contains(obs):
-      raise UserError(f'{where}: step() observation is outside observation_space {obs_space}')
-    if not isinstance(reward, (int, float, np.floating, np.integer)):
-      raise UserError(f'{where}: step() reward must be a number, got {type(reward)}')
-    for name, flag in (('terminated', terminated), ('truncated', truncated)):
-      if not isinstance(flag, (bool, np.bool_)):
-        raise UserError(f'{where}: step() {name} must be a bool, got {type(flag)}')
-    frame = obs if spec.pixels_from == 'observation' else env.render()
-    if not (isinstance(frame, np.ndarray) and frame.ndim == 3 and frame.shape[2] == 3
-            and frame.dtype == np.uint8):
-      raise UserError(f'{where}: frames must be HxWx3 uint8 rgb arrays, got '
-                      f'{getattr(frame, "shape", None)} {getattr(frame, "dtype", type(frame))}')
-    return {'frame_shape': frame.shape, 'action_size': action_size(act_space),
-            'action_space': str(act_space)}
+    act_space = env.action_space
+    env_frame = _check_gym_env(env, spec, where, seed)
+    frames = [pixel_env.reset(seed=seed)]
+    frames.append(pixel_env.step(_sample_vector(act_space))[0])
+    shape = (config.frame_size, config.frame_size, 3)
+    for frame in frames:
+      if not (isinstance(frame, np.ndarray) and frame.shape == shape and frame.dtype == np.uint8):
+        raise UserError(f'{where}: frames after preprocessing must be {shape} uint8 (env.'
+                        f'frame_size={config.frame_size}), got {getattr(frame, "shape", None)} '
+                        f'{getattr(frame, "dtype", type(frame))}')
+    return {'frame_shape': frames[-1].shape, 'action_size': pixel_env.action_size,
+            'action_space': str(act_space), 'env_frame_shape': env_frame.shape,
+            'gym_id': env.spec.id if env.spec else None}
   finally:
-    env.close()
+    pixel_env.close()
+
+
+def _check_gym_env(env: gym.Env, spec: EnvSpec, where: str, seed: int) -> np.ndarray:
+  """Checks a gymnasium env's spaces, reset and one step; returns the frame that step drew."""
+  obs_space, act_space = env.observation_space, env.action_space
+  if not isinstance(obs_space, gym.Space) or not isinstance(act_space, gym.Space):
+    raise UserError(f'{where}: observation_space/action_space are not gymnasium spaces')
+  action_size(act_space)
+  result = env.reset(seed=seed)
+  if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)):
+    raise UserError(f'{where}: reset() must return (observation, info dict), got {type(result)}')
+  obs = result[0]
+  if not obs_space.contains(obs):
+    raise UserError(f'{where}: reset() observation (shape {np.shape(obs)}, dtype '
+                    f'{getattr(obs, "dtype", type(obs))}) is outside observation_space '
+                    f'{obs_space}')
+  act_space.seed(seed)
+  step = env.step(act_space.sample())
+  if not (isinstance(step, tuple) and len(step) == 5):
+    raise UserError(f'{where}: step() must return 5 values (obs, reward, terminated, '
+                    f'truncated, info), got {type(step)} of length {len(step)}')
+  obs, reward, terminated, truncated, _ = step
+  if not obs_space.contains(obs):
+    raise UserError(f'{where}: step() observation is outside observation_space {obs_space}')
+  if not isinstance(reward, (int, float, np.floating, np.integer)):
+    raise UserError(f'{where}: step() reward must be a number, got {type(reward)}')
+  for name, flag in (('terminated', terminated), ('truncated', truncated)):
+    if not isinstance(flag, (bool, np.bool_)):
+      raise UserError(f'{where}: step() {name} must be a bool, got {type(flag)}')
+  frame = obs if spec.pixels_from == 'observation' else env.render()
+  if not (isinstance(frame, np.ndarray) and frame.ndim == 3 and frame.shape[2] == 3
+          and frame.dtype == np.uint8):
+    raise UserError(f'{where}: frames must be HxWx3 uint8 rgb arrays, got '
+                    f'{getattr(frame, "shape", None)} {getattr(frame, "dtype", type(frame))}')
+  return frame
+
+
+def _sample_vector(space: gym.Space) -> np.ndarray:
+  """A random action as the stages send it: a float32 vector, one-hot for Discrete."""
+  if isinstance(space, gym.spaces.Discrete):
+    return np.eye(space.n, dtype=np.float32)[space.sample() - space.start]
+  return np.asarray(space.sample(), np.float32).ravel()
