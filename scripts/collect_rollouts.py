@@ -37,14 +37,14 @@ def main(stage: cli.Stage) -> None:
   done, steps, collected = total - len(todo), 0, 0
   progress.update(done, force=True)
   for result in collection.collect(config, stage.dir, _PARALLELISM.value, _TASK_INDEX.value,
-                                   _NUM_TASKS.value):
+                                   _NUM_TASKS.value, log=logging.info):
     done += 1
     steps += result.steps
-    collected += not result.skipped
+    collected += 1
     progress.update(done, env_steps=steps)
   have = len(rollouts.list_indices(stage.dir))
-  logging.info('collected %d rollouts here (%d steps, %.0f steps/s); %d skipped (on disk or '
-               'claimed by another process)', collected, steps, steps / max(progress.elapsed(), 1e-9),
+  logging.info('collected %d rollouts here (%d steps, %.0f steps/s); %d written by other '
+               'processes meanwhile', collected, steps, steps / max(progress.elapsed(), 1e-9),
                len(todo) - collected)
   logging.info('%d of %d rollouts in %s', have, config.collect.num_rollouts, stage.dir)
   if have >= config.collect.num_rollouts:

@@ -1,4 +1,4 @@
-"""wm.fileio under concurrent writers: real processes released together, many times."""
+"""wm.fileio under concurrent writers and claims: real processes, many at once, some killed."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 from conftest import REPO, script_env
+from wm import fileio
 
 # Each writer waits for the go file, then replaces the shared folder `rounds` times; it exits 0
 # only if every replacement succeeded.
@@ -47,3 +49,75 @@ def test_atomic_dir_tolerates_any_number_of_writers_starting_together(tmp_path):
     assert len(contents) == 1, contents  # one writer's whole folder, never a mix
     leftovers = [n for n in os.listdir(folder) if n not in ('snapshot', 'go')]
     assert leftovers == [], leftovers
+
+
+def test_claims_of_killed_unreaped_workers_are_taken_over(tmp_path):
+  child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+  target = str(tmp_path / 'rollout-000001.npz')
+  with open(target + '.claim', 'w') as f:
+    f.write(f'{os.uname().nodename.split(".")[0]} {child.pid}')
+  with fileio.claim(target) as held:
+    assert not held  # a live process holds it
+  child.kill()
+  time.sleep(0.2)  # killed but not reaped yet: a zombie
+  assert open(f'/proc/{child.pid}/stat').read().rsplit(')', 1)[1].split()[0] == 'Z'
+  with fileio.claim(target) as held:
+    assert held
+  child.wait()
+
+
+_RACE = '''
+import os, sys, time
+from wm import fileio
+folder, start = sys.argv[1], float(sys.argv[2])
+while time.time() < start:
+  pass
+won = 0
+for i in range(200):
+  path = os.path.join(folder, f'item-{i}')
+  with fileio.claim(path) as held:
+    if held and not os.path.exists(path):
+      fileio.write_text(path, str(os.getpid()))
+      won += 1
+print(won)
+'''
+
+
+def test_racing_claims_produce_every_file_exactly_once(tmp_path):
+  # Four processes start together on the same 200 paths: no path may be produced twice.
+  start = time.time() + 3
+  procs = [subprocess.Popen([sys.executable, '-c', _RACE, str(tmp_path), str(start)],
+                            env=script_env(), cwd=REPO, stdout=subprocess.PIPE, text=True)
+           for _ in range(4)]
+  won = [int(p.communicate(timeout=120)[0]) for p in procs]
+  assert sum(won) == 200, won
+  assert len([n for n in os.listdir(tmp_path) if n.startswith('item-')]) == 200
+
+
+def test_a_claim_of_another_host_is_taken_over_only_once_its_lease_expires(tmp_path):
+  # A SLURM job killed on node-b left this claim; this host cannot ask node-b about its pid.
+  target = str(tmp_path / 'rollout-000003.npz')
+  with open(target + '.claim', 'w') as f:
+    f.write('node-b 4242')
+  with fileio.claim(target) as held:
+    assert not held  # renewed recently: node-b may still be working on it
+  old = time.time() - fileio.LEASE_S - 5
+  os.utime(target + '.claim', (old, old))
+  with fileio.claim(target) as held:
+    assert held
+    assert fileio.claim_holder(target) == f'{fileio._HOST} {os.getpid()}'
+  assert fileio.claim_holder(target) is None
+
+
+def test_a_held_claim_is_renewed_and_not_released_once_taken_over(tmp_path, monkeypatch):
+  monkeypatch.setattr(fileio, 'RENEW_S', 0.05)
+  target = str(tmp_path / 'item')
+  with fileio.claim(target) as held:
+    assert held
+    old = time.time() - 1000
+    os.utime(target + '.claim', (old, old))
+    time.sleep(0.5)
+    assert time.time() - os.stat(target + '.claim').st_mtime < 10  # renewed
+    with open(target + '.claim', 'w') as f:
+      f.write('node-b 7')  # presumed dead, taken over by node-b
+  assert fileio.claim_holder(target) == 'node-b 7'  # node-b's claim is left alone

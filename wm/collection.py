@@ -3,7 +3,8 @@
 Rollout `i` (0 <= i < num_rollouts) has its own seed derived from (experiment seed, i), so the data
 never depends on how the work was split. A job takes the indices `i % num_tasks == task_index`
 (SLURM array tasks), skips rollouts already on disk, and claims each index before working on it,
-so concurrent instances never do the same rollout twice. Rerunning tops the folder up.
+so concurrent instances never do the same rollout twice; it waits for rollouts of its share that
+others claimed, and takes them over when their holder died. Rerunning tops the folder up.
 """
 
 from __future__ import annotations
@@ -92,13 +93,30 @@ def _collect(index: int) -> Result:
 
 
 def collect(config: Config, folder: str, parallelism: int = 1, task_index: int = 0,
-            num_tasks: int = 1) -> Iterator[Result]:
-  """Collects this task's missing rollouts with `parallelism` processes, yielding each result."""
+            num_tasks: int = 1, poll: float = 5.0, log=print) -> Iterator[Result]:
+  """Collects this task's missing rollouts with `parallelism` processes, yielding each result.
+
+  Rollouts claimed by other processes are waited for: they appear when their holder finishes, or
+  their claim goes stale (its holder died: wm/fileio.claim) and this task collects them.
+  """
   os.makedirs(folder, exist_ok=True)
   rollouts.stale_cleanup(folder)
-  indices = todo(folder, config.collect.num_rollouts, task_index, num_tasks)
-  if not indices:
-    return
+  while indices := todo(folder, config.collect.num_rollouts, task_index, num_tasks):
+    collected = 0
+    for result in _collect_pass(config, folder, parallelism, indices):
+      if not result.skipped:
+        collected += 1
+        yield result
+    if not collected:
+      holders = {fileio.claim_holder(rollouts.path_for(folder, i)) for i in indices} - {None}
+      log(f'waiting for {len(indices)} rollouts claimed by other processes '
+          f'({", ".join(sorted(holders)) or "finishing now"}); a dead holder\'s claim is taken '
+          f'over after {fileio.LEASE_S:.0f}s')
+      time.sleep(poll)
+
+
+def _collect_pass(config: Config, folder: str, parallelism: int,
+                  indices: list[int]) -> Iterator[Result]:
   if parallelism == 1:
     worker = Worker(config, folder)
     for index in indices:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 from typing import Any, Iterator
 
 from wm.errors import DataError
@@ -147,25 +148,58 @@ def remove_stale_tmp_files(folder: str) -> list[str]:
   return removed
 
 
+# A claim is a lease: its holder touches it every RENEW_S seconds, and one not touched for LEASE_S
+# seconds is stale whoever wrote it. That is what lets a SLURM job requeued onto another node take
+# over the work of the killed one, whose process this host cannot ask about.
+LEASE_S = float(os.environ.get('WM_CLAIM_LEASE_S', 300))
+RENEW_S = LEASE_S / 10
+
+
 @contextlib.contextmanager
 def claim(path: str) -> Iterator[bool]:
-  """An exclusive claim on producing `path`, shared by processes and SLURM jobs.
+  """An exclusive claim on producing `path`, shared by processes and SLURM jobs on any hosts.
 
-  Yields True if this process holds the claim (it is released on exit), False if a live process
-  of this host, or any process of another host, holds it. Claims of dead processes on this host
-  (a SIGKILLed worker) are taken over.
+  Yields True if this process holds the claim (renewed while held, released on exit), False if
+  another live holder has it. A claim is taken over when its holder is a dead process of this
+  host (a SIGKILLed worker), or when it was not renewed for LEASE_S seconds (a holder on another
+  host that died; its age is read against the file system's clock, not this host's).
   """
   lock = path + '.claim'
   owner = f'{_HOST} {os.getpid()}'
   held = _try_create(lock, owner)
   if not held:
     held = _take_over_if_stale(lock, owner)
+  stop = threading.Event()
+  renewer = None
+  if held:
+    renewer = threading.Thread(target=_renew, args=(lock, owner, stop), daemon=True)
+    renewer.start()
   try:
     yield held
   finally:
-    if held:
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(lock)
+    if renewer is not None:
+      stop.set()
+      renewer.join()
+      if claim_holder(path) == owner:  # not taken over meanwhile (we were presumed dead)
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(lock)
+
+
+def claim_holder(path: str) -> str | None:
+  """'host pid' of the claim on producing `path`, or None when unclaimed."""
+  try:
+    with open(path + '.claim') as f:
+      return f.read()
+  except FileNotFoundError:
+    return None
+
+
+def _renew(lock: str, owner: str, stop: threading.Event) -> None:
+  while not stop.wait(RENEW_S):
+    if claim_holder(lock[:-len('.claim')]) != owner:
+      return  # taken over: it is not ours to renew
+    with contextlib.suppress(FileNotFoundError):
+      os.utime(lock)
 
 
 def _try_create(lock: str, owner: str) -> bool:
@@ -186,16 +220,38 @@ def _try_create(lock: str, owner: str) -> bool:
     os.remove(tmp)
 
 
+def _stale(lock: str, previous: str) -> bool:
+  """Whether the claim `lock` holding `previous` may be taken over."""
+  host, _, pid = previous.partition(' ')
+  if host == _HOST and pid.isdigit():
+    return not pid_alive(int(pid))
+  try:
+    age = _fs_now(os.path.dirname(lock) or '.') - os.stat(lock).st_mtime
+  except FileNotFoundError:
+    return False  # released meanwhile: the caller retries creating it
+  return age > LEASE_S
+
+
+def _fs_now(folder: str) -> float:
+  """The time by the clock of the file system holding `folder` (hosts' clocks may differ)."""
+  probe = tmp_name(os.path.join(folder, 'clock'))
+  with open(probe, 'w'):
+    pass
+  try:
+    return os.stat(probe).st_mtime
+  finally:
+    os.remove(probe)
+
+
 def _take_over_if_stale(lock: str, owner: str) -> bool:
-  """Replaces a lock left by a dead process of this host; False if its owner lives or it is gone
-  to another process first."""
+  """Replaces a stale lock (see _stale); False if its owner lives or another process took it
+  first."""
   try:
     with open(lock) as f:
       previous = f.read()
   except FileNotFoundError:
     return _try_create(lock, owner)
-  host, _, pid = previous.partition(' ')
-  if host != _HOST or not pid.isdigit() or pid_alive(int(pid)):
+  if not _stale(lock, previous):
     return False
   # Move the stale lock aside under a name of our own: of several processes that saw it stale,
   # only one renames it; the others find it gone, or find a fresh lock they must not take.

@@ -6,7 +6,9 @@ Each stage runs as its own process (`scripts/<stage>.py`), exactly as it would a
 SLURM, so a stage that fails stops the pipeline with its own message and exit status, and a
 rerun continues where it stopped. Extra `--config.a.b=v` overrides are passed to every stage.
 The end summary lists each stage's time, the size of its outputs and what its DONE marker
-records (the final score, once the evaluation stage has run).
+records (the final score, once the evaluation stage has run). One pipeline at a time runs in a run
+dir: a second one is refused, naming the first (RUN/.pipeline.claim, a lease as in
+wm/fileio.claim). A stage that exits 0 without its DONE stops the pipeline.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from wm.config import REPO_ROOT
 _PARALLELISM = flags.DEFINE_integer('parallelism', os.cpu_count() or 1,
                                     'Worker processes for the parallel stages.')
 _STAGES = flags.DEFINE_list('stages', None, 'Only these stages (default: all).')
+
+
+LOCK = '.pipeline'  # RUN/.pipeline.claim: held (and renewed) while a pipeline runs stages there
+EXIT_INCOMPLETE = 3  # a stage exited 0 without its DONE marker
 
 
 @dataclasses.dataclass
@@ -137,6 +143,12 @@ def run_stages(run: runs.Run, stages: list[StageCommand], config: str | None,
             'same command: finished stages are skipped', file=sys.stderr, flush=True)
       reports.append(report(run, stage.name, 'failed', took))
       return reports, code
+    if not run.is_done(stage.name):
+      print(f'== {tag} exited 0 but did not mark itself done ({run.done_path(stage.name)} is '
+            'missing): its output above says what is incomplete; the later stages were not run. '
+            'Rerun the same command to continue.', file=sys.stderr, flush=True)
+      reports.append(report(run, stage.name, 'failed', took))
+      return reports, EXIT_INCOMPLETE
     reports.append(report(run, stage.name, 'ran', took))
     r = reports[-1]
     print(f'== {tag}: finished in {took:.1f}s: {r.files} files, {r.bytes / 2**20:.1f} MB in '
@@ -163,9 +175,17 @@ def main(argv: list[str]) -> None:
     sys.exit(cli.EXIT_USER_ERROR)
   run = runs.Run(flags.FLAGS.run_dir)
   config = flags.FLAGS.config if flags.FLAGS['config'].present else None
-  start = time.perf_counter()
-  reports, code = run_stages(run, [s for s in STAGES if s.name in wanted], config,
-                             cli._OVERRIDES, _PARALLELISM.value)
+  os.makedirs(run.root, exist_ok=True)
+  with fileio.claim(os.path.join(run.root, LOCK)) as held:
+    if not held:
+      print(f'error: another pipeline is running in {run.root} (host and pid: '
+            f'{fileio.claim_holder(os.path.join(run.root, LOCK))}): wait for it to finish. If it '
+            'was killed, its lock is taken over at once on the same host, or after '
+            f'{fileio.LEASE_S:.0f}s unrenewed from another host.', file=sys.stderr)
+      sys.exit(cli.EXIT_USER_ERROR)
+    start = time.perf_counter()
+    reports, code = run_stages(run, [s for s in STAGES if s.name in wanted], config,
+                               cli._OVERRIDES, _PARALLELISM.value)
   print(summary(reports, time.perf_counter() - start, run.root), flush=True)
   if code:
     sys.exit(code)

@@ -1,0 +1,63 @@
+"""wm.pipeline's guards: one pipeline per run dir, and no stage counted done without its DONE."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+from conftest import DEBUG, REPO, script_env
+from wm import pipeline, runs
+
+# Holds the run dir's pipeline lock as a running pipeline does, until killed.
+_HOLDER = textwrap.dedent('''
+    import os, sys, time
+    from wm import fileio
+    with fileio.claim(os.path.join(sys.argv[1], '.pipeline')) as held:
+      assert held
+      print('held', flush=True)
+      time.sleep(600)
+''')
+
+
+def _pipeline(run_dir, *args):
+  return subprocess.run([sys.executable, '-m', 'wm.pipeline', f'--run_dir={run_dir}',
+                         f'--config={DEBUG}', '--stages=collect', *args], cwd=REPO,
+                        env=script_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_a_second_pipeline_on_a_run_dir_is_refused_naming_the_first(tmp_path):
+  holder = subprocess.Popen([sys.executable, '-c', _HOLDER, str(tmp_path)], cwd=REPO,
+                            env=script_env(), stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    second = _pipeline(tmp_path)
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert f'another pipeline is running in {tmp_path}' in second.stderr
+    assert f' {holder.pid})' in second.stderr  # names the holder's pid
+    assert 'Traceback' not in second.stderr
+    assert not os.path.exists(tmp_path / 'rollouts'), 'the refused pipeline wrote something'
+  finally:
+    holder.kill()
+    holder.wait()
+  # The holder died without releasing its lock: the next pipeline takes it over and runs.
+  time.sleep(0.2)
+  third = _pipeline(tmp_path, '--config.collect.num_rollouts=2', '--config.env.max_steps=10',
+                    '--parallelism=1')
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert runs.Run(str(tmp_path)).is_done('collect')
+
+
+def test_a_stage_that_exits_0_without_done_stops_the_pipeline(tmp_path, capsys):
+  # Half of an array's shares exits 0 and, rightly, writes no DONE: the pipeline must stop there.
+  half = pipeline.StageCommand('collect', 'collect_rollouts', ('--num_tasks=2', '--task_index=0'))
+  play = pipeline.StageCommand('play', 'play')
+  run = runs.Run(str(tmp_path))
+  reports, code = pipeline.run_stages(
+      run, [half, play], DEBUG, {'collect.num_rollouts': '2', 'env.max_steps': '10'}, 1)
+  assert code == pipeline.EXIT_INCOMPLETE
+  assert [(r.name, r.status) for r in reports] == [('collect', 'failed')]
+  assert 'did not mark itself done' in capsys.readouterr().err
+  assert not run.is_done('collect') and not os.path.exists(run.stage_dir('play'))
