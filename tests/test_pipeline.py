@@ -8,7 +8,7 @@ import sys
 import textwrap
 import time
 
-from conftest import DEBUG, REPO, script_env
+from conftest import DEBUG, REPO, copy_run, run_script, script_env
 from wm import pipeline, runs
 
 # Holds the run dir's pipeline lock as a running pipeline does, until killed.
@@ -61,3 +61,28 @@ def test_a_stage_that_exits_0_without_done_stops_the_pipeline(tmp_path, capsys):
   assert [(r.name, r.status) for r in reports] == [('collect', 'failed')]
   assert 'did not mark itself done' in capsys.readouterr().err
   assert not run.is_done('collect') and not os.path.exists(run.stage_dir('play'))
+
+
+def test_topping_up_v_redoes_encode_and_refuses_the_old_m(debug_agent, tmp_path):
+  # V trained further after encode, M and C used it: nothing may keep running on the old latents.
+  run_dir = copy_run(debug_agent, str(tmp_path / 'run'))
+  run = runs.Run(run_dir)
+  old_encoded = run.fingerprint('encode')
+  run_script('train_vae', f'--run_dir={run_dir}', '--config.vae.train_steps=25', config=None)
+  assert 'vae' in run.stale_reason('encode')
+
+  evaluate = run_script('evaluate', f'--run_dir={run_dir}', '--episodes=1', check=False,
+                        config=None)
+  assert evaluate.returncode == 2, evaluate.stderr[-3000:]
+  assert 'do not fit each other: encode was made from the vae stage' in evaluate.stderr
+  assert 'Traceback' not in evaluate.stderr
+
+  piped = subprocess.run([sys.executable, '-m', 'wm.pipeline', f'--run_dir={run_dir}',
+                          '--stages=encode,seq,controller'], cwd=REPO, env=script_env(),
+                         capture_output=True, text=True, timeout=600)
+  assert piped.returncode == 2, piped.stderr[-3000:]
+  assert 'encode: redoing it: encode was made from the vae stage' in piped.stdout
+  assert 'seq: seq was made from the encode stage' in piped.stderr
+  assert 'move RUN/seq away' in piped.stderr
+  assert run.is_done('encode') and run.stale_reason('encode') is None
+  assert run.fingerprint('encode') != old_encoded  # re-encoded with the new V

@@ -44,6 +44,12 @@ class WorldModel:
   @classmethod
   def load(cls, run: runs.Run, config: Config, action_space=None) -> 'WorldModel':
     vae_dir, seq_dir = export_dirs(run)
+    for stage in ('encode', 'seq'):  # M learned the latents of this V?
+      reason = run.stale_reason(stage)
+      if reason:
+        raise DataError(f'V in {vae_dir} and M in {seq_dir} do not fit each other: {reason}. '
+                        'Rerun the encode stage, then train M afresh (move RUN/seq away), or '
+                        'restore the earlier V')
     encoder = export.load(vae_dir, 'encoder')
     seq = export.load(seq_dir, 'sequence_model')
     if action_space is None:

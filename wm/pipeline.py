@@ -8,7 +8,9 @@ rerun continues where it stopped. Extra `--config.a.b=v` overrides are passed to
 The end summary lists each stage's time, the size of its outputs and what its DONE marker
 records (the final score, once the evaluation stage has run). One pipeline at a time runs in a run
 dir: a second one is refused, naming the first (RUN/.pipeline.claim, a lease as in
-wm/fileio.claim). A stage that exits 0 without its DONE stops the pipeline.
+wm/fileio.claim). A stage that exits 0 without its DONE stops the pipeline. A finished stage
+whose inputs changed since it ran (V trained further after encoding) is redone, or refused with
+what to do where redoing would resume from the old inputs (CANNOT_REDO).
 """
 
 from __future__ import annotations
@@ -31,6 +33,16 @@ _STAGES = flags.DEFINE_list('stages', None, 'Only these stages (default: all).')
 
 LOCK = '.pipeline'  # RUN/.pipeline.claim: held (and renewed) while a pipeline runs stages there
 EXIT_INCOMPLETE = 3  # a stage exited 0 without its DONE marker
+
+
+# Finished stages whose inputs changed (wm/runs.py: stale_reason) are redone, except these, whose
+# training would resume from a state made with the old inputs: they are refused with the fix.
+CANNOT_REDO = {
+    'seq': 'M learned the old latents and resuming would keep it: move RUN/seq away to train M '
+           'afresh on the new ones (or restore the earlier V and encoding), then rerun',
+    'controller': 'its search ran through the old V and M: move RUN/controller away to search '
+                  'again with the new ones, then rerun',
+}
 
 
 @dataclasses.dataclass
@@ -129,9 +141,18 @@ def run_stages(run: runs.Run, stages: list[StageCommand], config: str | None,
   for i, stage in enumerate(stages, 1):
     tag = f'[{i}/{len(stages)}] {stage.name}'
     if run.is_done(stage.name):
-      print(f'== {tag}: done already ({run.done_path(stage.name)})', flush=True)
-      reports.append(report(run, stage.name, 'skipped'))
-      continue
+      reason = run.stale_reason(stage.name)
+      if reason is None:
+        print(f'== {tag}: done already ({run.done_path(stage.name)})', flush=True)
+        reports.append(report(run, stage.name, 'skipped'))
+        continue
+      if stage.name not in CANNOT_REDO:
+        print(f'== {tag}: redoing it: {reason}', flush=True)
+        run.clear_done(stage.name)
+      else:
+        print(f'== {tag}: {reason}; {CANNOT_REDO[stage.name]}', file=sys.stderr, flush=True)
+        reports.append(report(run, stage.name, 'failed'))
+        return reports, cli.EXIT_USER_ERROR
     argv = stage_argv(stage, run.root, config, overrides, parallelism)
     print(f'== {tag}: started {time.strftime("%H:%M:%S")}: scripts/{stage.script}.py', flush=True)
     start = time.perf_counter()

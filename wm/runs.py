@@ -10,10 +10,16 @@
     RUN/play/                        stage 7
     RUN/<stage>/snapshot/            code + config archive of the stage's last run
     RUN/<stage>/DONE                 written last: the stage finished
+
+A stage knows what it was made from: its DONE records the fingerprint of its result (a hash of
+RESULT_FILES) and the fingerprints of the results it read (INPUTS), so a stage whose inputs
+changed since it ran (V trained further after encode and M used it) is found (`stale_reason`)
+and redone or refused, never silently kept.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
@@ -30,6 +36,22 @@ STAGE_DIRS = {
     'play': 'play',
 }
 SPLITS = ('train', 'valid')
+# The files that identify a stage's result, relative to its folder.
+RESULT_FILES = {
+    'vae': ('export/model.json', 'export/model.weights.h5'),
+    'encode': tuple(f'{split}/manifest.json' for split in SPLITS),  # shards' sha256 + encoder
+    'seq': ('export/model.json', 'export/model.weights.h5'),
+    'controller': ('best.npz',),
+}
+# The results each stage reads: its own result is only valid for these exact inputs (the latent
+# space of V, the latents M learned from, the models the controller acts through).
+INPUTS = {
+    'encode': ('vae',),
+    'seq': ('encode',),
+    'controller': ('vae', 'seq'),
+    'evaluate': ('vae', 'seq', 'controller'),
+    'play': ('vae', 'seq', 'controller'),
+}
 
 
 class Run:
@@ -59,7 +81,42 @@ class Run:
     return os.path.exists(self.done_path(stage))
 
   def mark_done(self, stage: str, **info) -> None:
-    fileio.write_json(self.done_path(stage), {'finished_at': time.strftime('%F %T'), **info})
+    """Writes DONE with `info`, the result's fingerprint and those of the inputs it read."""
+    lineage = {'fingerprint': self.fingerprint(stage)} if stage in RESULT_FILES else {}
+    if stage in INPUTS:
+      lineage['inputs'] = {name: self.fingerprint(name) for name in INPUTS[stage]}
+    fileio.write_json(self.done_path(stage),
+                      {'finished_at': time.strftime('%F %T'), **info, **lineage})
+
+  def fingerprint(self, stage: str) -> str | None:
+    """A hash of the stage's result files as they are now; None while any is missing."""
+    digest = hashlib.sha256()
+    for name in RESULT_FILES[stage]:
+      try:
+        with open(os.path.join(self.stage_dir(stage), name), 'rb') as f:
+          digest.update(f.read())
+      except FileNotFoundError:
+        return None
+    return digest.hexdigest()[:16]
+
+  def stale_reason(self, stage: str) -> str | None:
+    """Why the finished `stage` no longer fits its inputs (one changed since), or None.
+
+    A DONE that records no inputs (written by an older version) cannot tell and is trusted.
+    """
+    if not self.is_done(stage) or stage not in INPUTS:
+      return None
+    try:
+      recorded = fileio.read_json(self.done_path(stage)).get('inputs') or {}
+    except (OSError, ValueError):
+      return f'{self.done_path(stage)} is unreadable'
+    for name, then in recorded.items():
+      now = self.fingerprint(name)
+      if now != then:
+        state = 'is missing now' if now is None else f'changed since (result {then} -> {now})'
+        return (f'{stage} was made from the {name} stage\'s result, which {state} in '
+                f'{self.stage_dir(name)}')
+    return None
 
   def clear_done(self, stage: str) -> None:
     try:
