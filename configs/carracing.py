@@ -6,6 +6,8 @@ Fields and their meaning: wm/config.py. Each preset below changes only what diff
 
 from wm.config import Config
 
+PRESETS = ('debug', 'small', 'paper')  # wm.config.load refuses any other name, listing these
+
 
 def get_config(preset: str = 'small') -> Config:
   c = Config(preset=preset)
@@ -73,5 +75,5 @@ def get_config(preset: str = 'small') -> Config:
     c.controller.eval_episodes = 1024  # the paper's evaluation of the best every 25 generations
     c.controller.test_episodes = 100  # the paper's table: 100 episodes
   else:
-    raise ValueError(f'unknown preset {preset!r}; presets: debug, small, paper')
+    raise ValueError(f'unknown preset {preset!r}; presets: {", ".join(PRESETS)}')
   return c

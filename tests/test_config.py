@@ -102,3 +102,21 @@ def test_a_refused_stage_keeps_the_run_config(debug_data, tmp_path):
                       f'--input_dir={tmp_path / "nothing"}', check=False)
   assert result.returncode == 2 and 'no rollouts in' in result.stderr, result.stderr[-1500:]
   assert open(os.path.join(run_dir, 'config.json')).read() == before
+
+
+def test_an_unknown_preset_or_env_name_is_a_config_error():
+  with pytest.raises(ConfigError, match=re.escape("no preset 'debgu'; its presets: debug, small")):
+    config_lib.load('configs/carracing.py:debgu')
+  c = config_lib.load('configs/carracing.py:debug')
+  config_lib.override(c, 'env.name', 'NoSuchEnv-v0')
+  with pytest.raises(ConfigError, match=re.escape("env.name='NoSuchEnv-v0'")):
+    config_lib.validate(c)
+
+
+def test_a_broken_config_json_names_the_file_and_the_fix(tmp_path):
+  path = tmp_path / 'config.json'
+  path.write_text('{"seed": ')
+  with pytest.raises(ConfigError, match=re.escape(f'{path} is not valid JSON')):
+    config_lib.load_json(str(path), fix='mend it')
+  with pytest.raises(ConfigError, match=re.escape(f'cannot read {tmp_path}')):
+    config_lib.load_json(str(tmp_path), fix='mend it')

@@ -8,8 +8,12 @@ A stage script is
     if __name__ == '__main__':
       cli.run('vae', main)
 
-`--config=PATH.py:PRESET` picks the experiment (default: the run dir's config.json if there is
-one, else configs/carracing.py:small) and `--config.section.field=value` overrides any field.
+`--config=PATH.py:PRESET` picks the experiment and `--config.section.field=value` overrides any
+field. The run's config is RUN/config.json, written when the run starts (by the first stage, with
+its overrides); without --config later stages read it, and refuse a run dir that has none. An
+override given to a later stage applies to that stage only (its snapshot records it) unless
+--save_config asks to keep it; an explicit --config rewrites RUN/config.json once the stage
+succeeds. Everything is checked (config, env.name, the run dir) before anything is written.
 A `UserError` is printed as one clear message (no traceback) and exits with status 2.
 """
 
@@ -29,11 +33,18 @@ from wm.errors import UserError
 FLAGS = flags.FLAGS
 flags.DEFINE_string('config', config_lib.DEFAULT_CONFIG,
                     'Experiment config PATH.py:PRESET. Override fields with '
-                    '--config.section.field=value. Default: RUN/config.json when it exists.')
+                    '--config.section.field=value. Default: RUN/config.json when it exists. '
+                    'Given explicitly, it also rewrites RUN/config.json once the stage succeeds.')
+flags.DEFINE_bool('save_config', False, 'Write this stage\'s config, its --config.* overrides '
+                  'included, to RUN/config.json once it succeeds, for the later stages. Without '
+                  'it, overrides given to a stage of a started run apply to that stage only.')
 flags.DEFINE_string('run_dir', None, 'Run directory every stage reads from and writes to.')
 flags.DEFINE_bool('store_snapshot', True, 'Archive code, config and context into the stage dir.')
 
 EXIT_USER_ERROR = 2
+# Stages whose inputs come from no earlier stage: only these may start a run without --config
+# (with the default preset, said in the log). The others need RUN/config.json or --config.
+STARTS_RUN = ('collect',)
 
 
 def define_task_flags(unit: str) -> tuple[flags.FlagHolder, flags.FlagHolder]:
@@ -81,35 +92,107 @@ def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
   return rest, overrides
 
 
-def resolve_config(run_dir: str | None, overrides: dict[str, str]) -> config_lib.Config:
-  """The run dir's config unless --config was given, with overrides applied and validated."""
+def resolve_config(run_dir: str | None, overrides: dict[str, str],
+                   stage: str | None = None) -> config_lib.Config:
+  """--config if given, else RUN/config.json, else the default preset; overrides applied, validated.
+
+  A `stage` that is not in STARTS_RUN refuses the default: its inputs come from earlier stages, so
+  a run dir without config.json is a mistyped --run_dir or a run that was never started.
+  """
   run_config = run_dir and os.path.join(run_dir, 'config.json')
-  if not FLAGS['config'].present and run_config and os.path.exists(run_config):
-    config = config_lib.load_json(run_config)
+  if FLAGS['config'].present:
+    config = config_lib.load(FLAGS.config)
+  elif run_config and os.path.lexists(run_config):
+    config = config_lib.load_json(run_config, fix=_restore_hint(run_dir))
+  elif stage is not None and stage not in STARTS_RUN:
+    raise UserError(_not_a_run_message(run_dir, stage))
   else:
+    logging.warning('no --config and no %s: using the default config %s (pass '
+                    '--config=FILE:PRESET to choose another)', run_config or 'run dir',
+                    FLAGS.config)
     config = config_lib.load(FLAGS.config)
   config_lib.apply_overrides(config, overrides)
   return config_lib.validate(config)
 
 
+def _not_a_run_message(run_dir: str, stage: str) -> str:
+  state = 'does not exist' if not os.path.lexists(run_dir) else 'has no config.json'
+  return (f'run dir {run_dir} {state}: stage {stage!r} reads what earlier stages wrote into a '
+          f'run (started by scripts/collect_rollouts.py, which writes RUN/config.json). Check '
+          f'--run_dir, or pass --config=FILE:PRESET to run this stage there anyway.')
+
+
+def _restore_hint(run_dir: str) -> str:
+  """How to mend a broken RUN/config.json: a stage snapshot's copy, or an explicit --config."""
+  copies = [os.path.join(runs.Run(run_dir).stage_dir(name), 'snapshot', 'config.json')
+            for name in runs.STAGE_DIRS]
+  copies = sorted((p for p in copies if os.path.isfile(p)), key=os.path.getmtime)
+  restore = (f'restore it (the latest stage snapshot holds the config that stage ran with: '
+             f'cp {copies[-1]} {os.path.join(run_dir, "config.json")})' if copies else
+             'restore it')
+  return (f'{restore}, or pass --config=FILE:PRESET with the run\'s overrides to rewrite it')
+
+
+def check_run_dir(run: runs.Run, stage_dir: str) -> None:
+  """Creates the run and stage dirs, refusing (naming the path) what cannot be written."""
+  for folder in (run.root, stage_dir):
+    blocker = _file_in_the_way(folder)
+    if blocker == run.root:
+      raise UserError(f'--run_dir={run.root} is a file, not a folder: pass a folder (or a path '
+                      'that does not exist yet)')
+    if blocker:
+      raise UserError(f'cannot create {folder}: {blocker} is a file where a folder is expected; '
+                      'move it away, or pass another --run_dir')
+    try:
+      os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+      raise UserError(_write_error(e, folder)) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+      raise UserError(f'cannot write into {folder} (Permission denied): make it writable for '
+                      'this user, or pass another --run_dir')
+
+
+def _file_in_the_way(path: str) -> str | None:
+  """The nearest existing path at or above `path` when it is not a folder."""
+  while not os.path.lexists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  return None if os.path.isdir(path) else path
+
+
+def _write_error(error: OSError, path: str) -> str:
+  return (f'cannot write {error.filename or path} ({error.strerror}): make its folder writable '
+          'for this user (or free space there), or pass another --run_dir')
+
+
 def start(name: str, require_run_dir: bool = True) -> Stage:
-  """Resolves the config, then (only once it is valid) creates the stage dir and snapshot."""
+  """Checks the config and the run dir, then (only once both are fine) writes RUN/config.json
+  if the run is new, and the stage's snapshot."""
   if require_run_dir and not FLAGS.run_dir:
     raise UserError('--run_dir is required: the folder every stage reads and writes')
-  config = resolve_config(FLAGS.run_dir, _OVERRIDES)
+  config = resolve_config(FLAGS.run_dir, _OVERRIDES, name)
   stage = Stage(name, config, runs.Run(FLAGS.run_dir), dict(_OVERRIDES))
-  os.makedirs(stage.dir, exist_ok=True)
-  if not os.path.exists(stage.run.config_path):
+  new_run = not os.path.lexists(stage.run.config_path)
+  check_run_dir(stage.run, stage.dir)
+  if new_run:
     save_run_config(stage)
+  elif stage.overrides and not FLAGS['config'].present and not FLAGS.save_config:
+    logging.info('overrides for this stage only (recorded in its snapshot; %s is unchanged, '
+                 '--save_config would keep them): %s', stage.run.config_path, stage.overrides)
   if FLAGS.store_snapshot:
-    path = snapshot.write(stage.dir, config, stage.overrides)
+    try:
+      path = snapshot.write(stage.dir, config, stage.overrides)
+    except OSError as e:
+      raise UserError(_write_error(e, stage.dir)) from None
     logging.info('snapshot: %s', path)
   return stage
 
 
 def save_run_config(stage: Stage) -> None:
-  """RUN/config.json: the config later stages default to (refreshed when a stage succeeds)."""
-  fileio.write_text(stage.run.config_path, config_lib.to_json(stage.config) + '\n')
+  """RUN/config.json: the config the run's later stages use when given no --config."""
+  try:
+    fileio.write_text(stage.run.config_path, config_lib.to_json(stage.config) + '\n')
+  except OSError as e:
+    raise UserError(_write_error(e, stage.run.config_path)) from None
 
 
 def run(name: str, main: Callable[[Stage], None], require_run_dir: bool = True) -> None:
@@ -132,7 +215,8 @@ def run(name: str, main: Callable[[Stage], None], require_run_dir: bool = True) 
     try:
       stage = start(name, require_run_dir)
       main(stage)
-      save_run_config(stage)
+      if FLAGS['config'].present or FLAGS.save_config:  # a new run's was written by start()
+        save_run_config(stage)
     except UserError as e:
       _fail(e)
 

@@ -13,6 +13,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import traceback
 import typing
 from typing import Any
 
@@ -142,7 +143,12 @@ class Config:
 
 
 def load(spec: str = DEFAULT_CONFIG) -> Config:
-  """Loads `path/to/file.py:preset` (the path relative to cwd or to the repository)."""
+  """Loads `path/to/file.py:preset` (the path relative to cwd or to the repository).
+
+  A file may list its presets in `PRESETS`; an unknown one is then refused naming them. A file
+  that fails to import, or whose `get_config` fails, is the user's to fix: the ConfigError names
+  the file, the line and the exception instead of showing a traceback.
+  """
   path, _, preset = spec.partition(':')
   candidates = [path, os.path.join(REPO_ROOT, path)]
   found = next((p for p in candidates if os.path.isfile(p)), None)
@@ -151,13 +157,34 @@ def load(spec: str = DEFAULT_CONFIG) -> Config:
                       f'pass --config=PATH.py:PRESET, e.g. --config={DEFAULT_CONFIG}')
   module_spec = importlib.util.spec_from_file_location('_wm_experiment_config', found)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except  (any error in the user's file)
+    raise ConfigError(f'config file {found} failed to import: {_failure(e, found)}') from None
   if not hasattr(module, 'get_config'):
     raise ConfigError(f'{found} defines no get_config(preset)')
-  config = module.get_config(preset) if preset else module.get_config()
+  presets = getattr(module, 'PRESETS', None)
+  if preset and presets is not None and preset not in presets:
+    raise ConfigError(f'config file {found} has no preset {preset!r}; its presets: '
+                      f'{", ".join(presets)} (e.g. --config={path}:{presets[0]})')
+  try:
+    config = module.get_config(preset) if preset else module.get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'config file {found}: get_config({preset!r}) failed: '
+                      f'{_failure(e, found)}') from None
   if not isinstance(config, Config):
     raise ConfigError(f'{found}: get_config returned {type(config).__name__}, not wm.config.Config')
   return config
+
+
+def _failure(error: Exception, path: str) -> str:
+  """`error` as one line, with the line of `path` it was raised from (if it was)."""
+  text = f'{type(error).__name__}: {error}'
+  if isinstance(error, SyntaxError) and error.lineno:
+    return f'{type(error).__name__}: {error.msg} (line {error.lineno})'
+  lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+           if os.path.abspath(f.filename) == os.path.abspath(path)]
+  return f'{text} (line {lines[-1]})' if lines else text
 
 
 def from_dict(data: dict[str, Any], cls: type = Config, where: str = '') -> Any:
@@ -185,9 +212,22 @@ def to_json(config: Config) -> str:
   return json.dumps(to_dict(config), indent=2, sort_keys=False)
 
 
-def load_json(path: str) -> Config:
-  with open(path) as f:
-    return from_dict(json.load(f))
+def load_json(path: str, fix: str = 'restore it or choose a config with --config=FILE:PRESET'
+              ) -> Config:
+  """Reads a config saved by `to_json` (RUN/config.json); a ConfigError names `path` and `fix`."""
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except OSError as e:
+    raise ConfigError(f'cannot read {path}: {e.strerror}; {fix}') from None
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    raise ConfigError(f'{path} is not valid JSON ({e}): {fix}') from None
+  if not isinstance(data, dict):
+    raise ConfigError(f'{path} holds a JSON {type(data).__name__}, not a config: {fix}')
+  try:
+    return from_dict(data)
+  except ConfigError as e:
+    raise ConfigError(f'{path}: {e}; {fix}') from None
 
 
 # ---------------------------------------------------------------------------- overrides
@@ -290,7 +330,11 @@ def get(config: Config, dotted: str) -> Any:
 
 
 def validate(config: Config) -> Config:
-  """Refuses impossible values with a message naming the field and the allowed range."""
+  """Refuses impossible values with a message naming the field and the allowed range.
+
+  env.name must be in wm/envs.py's REGISTRY, so a stage refuses a mistyped environment before it
+  writes anything rather than when it first makes the environment.
+  """
   for name, allowed in _CHOICES.items():
     if get(config, name) not in allowed:
       raise ConfigError(f'config field {name}={get(config, name)!r} is not one of {allowed}')
@@ -315,4 +359,6 @@ def validate(config: Config) -> Config:
   for name, ok, requirement in checks:
     if not ok:
       raise ConfigError(f'config field {name}={get(config, name)!r} {requirement}')
+  from wm import envs  # pylint: disable=import-outside-toplevel  (wm/envs.py imports this module)
+  envs.spec_for(config.env.name)  # a ConfigError naming the registered environments
   return config

@@ -1,0 +1,257 @@
+"""Stage scripts as a user runs them: what is refused before anything is written, and which
+command writes RUN/config.json. Every refusal is one message naming the file or flag, exit 2."""
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DEBUG, REPO, run_script, script_env
+from wm import config as config_lib
+
+
+def refused(result: subprocess.CompletedProcess, *phrases: str) -> None:
+  assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  for phrase in phrases:
+    assert phrase in result.stderr, (phrase, result.stderr[-3000:])
+
+
+def listing(folder) -> list[str]:
+  """Everything under `folder` (relative paths), or None when it does not exist."""
+  if not os.path.exists(folder):
+    return None
+  return sorted(os.path.relpath(os.path.join(root, name), folder)
+                for root, dirs, files in os.walk(folder) for name in dirs + files)
+
+
+def started_run(folder, **fields) -> str:
+  """A run dir holding only the debug preset's RUN/config.json (as collect writes it)."""
+  config = config_lib.load(DEBUG)
+  for key, value in fields.items():
+    config_lib.override(config, key.replace('__', '.'), value)
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, 'config.json'), 'w') as f:
+    f.write(config_lib.to_json(config) + '\n')
+  return str(folder)
+
+
+def read(path: str) -> str:
+  with open(path) as f:
+    return f.read()
+
+
+# ---------------------------------------------------------------------------- --config
+
+
+def test_unknown_preset_names_the_file_and_its_presets(tmp_path):
+  run_dir = tmp_path / 'run'
+  result = run_script('collect_rollouts', f'--run_dir={run_dir}',
+                      '--config=configs/carracing.py:debgu', check=False)
+  refused(result, 'configs/carracing.py', "'debgu'", 'debug, small, paper')
+  assert not run_dir.exists()
+
+
+BROKEN_CONFIGS = {
+    'syntax': ('def get_config(preset):\n  return (\n', 'SyntaxError', 'line 2'),
+    'import': ('import wm.no_such_module\n', "No module named 'wm.no_such_module'", 'line 1'),
+    'get_config': ('def get_config(preset):\n  raise KeyError(preset)\n', "KeyError: 'x'",
+                   'line 2'),
+}
+
+
+@pytest.mark.parametrize('kind', sorted(BROKEN_CONFIGS))
+def test_a_config_file_that_fails_names_the_file_and_line(tmp_path, kind):
+  source, error, line = BROKEN_CONFIGS[kind]
+  path = tmp_path / 'mine.py'
+  path.write_text(source)
+  run_dir = tmp_path / 'run'
+  result = run_script('collect_rollouts', f'--run_dir={run_dir}', f'--config={path}:x',
+                      check=False)
+  refused(result, str(path), error, line)
+  assert not run_dir.exists()
+
+
+def test_a_missing_config_file_exits_2(tmp_path):
+  run_dir = tmp_path / 'run'
+  result = run_script('train_vae', f'--run_dir={run_dir}', '--config=configs/nothing.py:debug',
+                      check=False)
+  refused(result, "config file 'configs/nothing.py' not found")
+  assert not run_dir.exists()
+
+
+# ---------------------------------------------------------------------------- env.name
+
+
+@pytest.mark.parametrize('exists', [False, True])
+def test_unknown_env_name_writes_nothing(tmp_path, exists):
+  run_dir = tmp_path / 'run'
+  if exists:
+    run_dir.mkdir()
+  result = run_script('collect_rollouts', f'--run_dir={run_dir}',
+                      '--config.env.name=NoSuchEnv-v0', check=False)
+  refused(result, "env.name='NoSuchEnv-v0'", 'CarRacing-v3')
+  assert listing(run_dir) == ([] if exists else None)
+
+
+def test_unknown_env_name_on_a_later_stage_writes_nothing(tmp_path):
+  run_dir = started_run(tmp_path / 'run')
+  result = run_script('train_vae', f'--run_dir={run_dir}', '--config.env.name=NoSuchEnv-v0',
+                      config=None, check=False)
+  refused(result, "env.name='NoSuchEnv-v0'")
+  assert listing(run_dir) == ['config.json']
+
+
+# ---------------------------------------------------------------------------- the run dir
+
+
+def test_a_file_given_as_run_dir_is_refused(tmp_path):
+  path = tmp_path / 'notes.txt'
+  path.write_text('not a run')
+  result = run_script('collect_rollouts', f'--run_dir={path}', check=False)
+  refused(result, str(path), 'is a file, not a folder')
+  assert path.read_text() == 'not a run'
+
+
+def test_a_file_where_a_folder_of_the_run_dir_belongs_is_refused(tmp_path):
+  (tmp_path / 'taken').write_text('a file where a folder belongs')
+  run_dir = tmp_path / 'taken' / 'run'
+  result = run_script('collect_rollouts', f'--run_dir={run_dir}', check=False)
+  refused(result, f'{tmp_path / "taken"} is a file where a folder is expected', '--run_dir')
+
+
+def without_file_permission_override() -> None:
+  """Runs in the child before exec: drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the
+  capability bounding set, so even root obeys file modes after the exec (root ignores chmod)."""
+  libc = ctypes.CDLL(None, use_errno=True)
+  for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+    if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+      raise OSError(ctypes.get_errno(), 'prctl(PR_CAPBSET_DROP)')
+
+
+def run_unprivileged(*argv: str) -> subprocess.CompletedProcess:
+  preexec = without_file_permission_override if os.geteuid() == 0 else None
+  return subprocess.run(list(argv), capture_output=True, text=True, timeout=300,
+                        env=script_env(), cwd=REPO, preexec_fn=preexec)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+  """A folder this user (root included, see above) truly cannot write into."""
+  folder = tmp_path / 'read_only'
+  folder.mkdir()
+  folder.chmod(0o555)
+  probe = run_unprivileged(sys.executable, '-c', f'open({str(folder / "x")!r}, "w")')
+  if probe.returncode == 0:
+    os.remove(folder / 'x')
+    folder.chmod(0o755)
+    pytest.skip('file modes do not stop this user from writing here')
+  yield folder
+  folder.chmod(0o755)
+
+
+def test_a_new_run_dir_in_a_read_only_folder_is_refused(read_only_folder):
+  run_dir = read_only_folder / 'run'
+  result = run_unprivileged(sys.executable, os.path.join(REPO, 'scripts', 'collect_rollouts.py'),
+                            f'--run_dir={run_dir}', f'--config={DEBUG}')
+  refused(result, str(run_dir), 'Permission denied', '--run_dir')
+  assert not run_dir.exists()
+
+
+def test_a_read_only_run_is_refused_before_the_stage_starts(tmp_path):
+  run_dir = started_run(tmp_path / 'run')
+  os.chmod(run_dir, 0o555)
+  try:
+    probe = run_unprivileged(sys.executable, '-c', f'open({run_dir + "/x"!r}, "w")')
+    if probe.returncode == 0:
+      pytest.skip('file modes do not stop this user from writing here')
+    result = run_unprivileged(sys.executable, os.path.join(REPO, 'scripts', 'train_vae.py'),
+                              f'--run_dir={run_dir}')
+  finally:
+    os.chmod(run_dir, 0o755)
+  refused(result, f'cannot write into {run_dir}', 'Permission denied', '--run_dir')
+  assert listing(run_dir) == ['config.json']
+
+
+@pytest.mark.parametrize('content,message', [
+    ('{"preset": "debug", "seed": ', 'is not valid JSON'),
+    ('[1, 2]', 'holds a JSON list, not a config'),
+    ('{"vae": {"mystery": 1}}', "unknown config field 'vae.mystery'"),
+])
+def test_a_broken_run_config_names_the_file_and_the_fix(tmp_path, content, message):
+  run_dir = tmp_path / 'run'
+  run_dir.mkdir()
+  (run_dir / 'config.json').write_text(content)
+  result = run_script('train_vae', f'--run_dir={run_dir}', config=None, check=False)
+  refused(result, str(run_dir / 'config.json'), message, '--config=FILE:PRESET')
+  assert listing(run_dir) == ['config.json']
+  assert (run_dir / 'config.json').read_text() == content
+
+
+def test_a_truncated_run_config_points_at_the_snapshot_copy(tmp_path):
+  run_dir = started_run(tmp_path / 'run')
+  snapshot = os.path.join(run_dir, 'rollouts', 'snapshot')
+  os.makedirs(snapshot)
+  os.rename(os.path.join(run_dir, 'config.json'), os.path.join(snapshot, 'config.json'))
+  with open(os.path.join(run_dir, 'config.json'), 'w') as f:
+    f.write(read(os.path.join(snapshot, 'config.json'))[:40])
+  result = run_script('train_sequence_model', f'--run_dir={run_dir}', config=None, check=False)
+  refused(result, 'is not valid JSON',
+          f'cp {os.path.join(snapshot, "config.json")} {os.path.join(run_dir, "config.json")}')
+
+
+# ---------------------------------------------------------------------------- no --config
+
+
+@pytest.mark.parametrize('script,exists', [('evaluate', False), ('train_vae', True),
+                                           ('train_controller', True)])
+def test_a_later_stage_refuses_a_run_dir_that_is_no_run(tmp_path, script, exists):
+  run_dir = tmp_path / 'mistyped'
+  if exists:
+    run_dir.mkdir()
+  result = run_script(script, f'--run_dir={run_dir}', config=None, check=False)
+  refused(result, f'run dir {run_dir} ' + ('has no config.json' if exists else 'does not exist'),
+          '--config=FILE:PRESET')
+  assert listing(run_dir) == ([] if exists else None)
+
+
+def test_collect_says_which_preset_it_starts_a_run_with(tmp_path):
+  run_dir = tmp_path / 'run'
+  result = run_script('collect_rollouts', f'--run_dir={run_dir}', '--config.collect.num_rollouts=1',
+                      '--config.env.max_steps=8', config=None)
+  assert f'using the default config {config_lib.DEFAULT_CONFIG}' in result.stderr, result.stderr
+  saved = json.loads((run_dir / 'config.json').read_text())
+  assert (saved['preset'], saved['collect']['num_rollouts']) == ('small', 1)
+
+
+# ---------------------------------------------------------------------------- RUN/config.json
+
+
+def test_overrides_of_a_later_stage_apply_to_it_alone(tmp_path):
+  run_dir = str(tmp_path / 'run')
+  config_path = os.path.join(run_dir, 'config.json')
+  snapshot = os.path.join(run_dir, 'rollouts', 'snapshot')
+  tiny = ['--config.env.max_steps=8']
+  run_script('collect_rollouts', f'--run_dir={run_dir}', '--config.collect.num_rollouts=2', *tiny)
+  started = read(config_path)
+  assert json.loads(started)['collect']['num_rollouts'] == 2
+
+  # A one-off override: the stage runs with it and its snapshot records it; the run keeps 2.
+  run_script('collect_rollouts', f'--run_dir={run_dir}', '--config.collect.num_rollouts=1',
+             config=None)
+  assert read(config_path) == started
+  assert json.loads(read(os.path.join(snapshot, 'overrides.json'))) == {
+      'collect.num_rollouts': '1'}
+  assert json.loads(read(os.path.join(snapshot, 'config.json')))['collect']['num_rollouts'] == 1
+
+  # --save_config keeps it for the later stages.
+  run_script('collect_rollouts', f'--run_dir={run_dir}', '--config.collect.num_rollouts=1',
+             '--save_config', config=None)
+  assert json.loads(read(config_path))['collect']['num_rollouts'] == 1
+
+  # An explicit --config re-chooses the run's config, its overrides included.
+  run_script('collect_rollouts', f'--run_dir={run_dir}', '--config.collect.num_rollouts=2', *tiny)
+  assert read(config_path) == started
