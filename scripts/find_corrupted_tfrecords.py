@@ -6,6 +6,13 @@ Exit status: 0 when every shard is good, 1 when any is bad, 2 on bad usage.
 
 Each record is read (GZIP stream and CRCs) and parsed by the schema its name implies; where the
 split has a manifest.json the shard's size and sha256 are compared with it as well.
+
+    python scripts/find_corrupted_tfrecords.py --pattern='RUN/records/*/raw.tfrecord-*'
+    python scripts/find_corrupted_tfrecords.py --pattern='RUN/encoded/*/encoded.tfrecord-*'
+
+To repair, delete the bad shards and rerun the stage that writes them: it writes missing shards
+again (scripts/shard_rollouts.py --run_dir=RUN from RUN/rollouts for raw.*, and
+scripts/encode_rollouts.py --run_dir=RUN for encoded.*).
 """
 
 import glob
@@ -21,7 +28,7 @@ flags.mark_flag_as_required('pattern')
 
 
 def check(path: str, manifests: dict) -> str | None:
-  from wm import fileio, records, sharding
+  from wm import datasets, fileio, records, sharding
   folder, name = os.path.split(path)
   if folder not in manifests:
     manifest_path = os.path.join(folder, sharding.MANIFEST)
@@ -31,10 +38,9 @@ def check(path: str, manifests: dict) -> str | None:
       manifests[folder] = {}
   listed = {s['file']: s for s in manifests[folder].get('shards', [])}
   if name in listed:
-    if os.path.getsize(path) != listed[name]['bytes']:
-      return f'size {os.path.getsize(path)} bytes, manifest says {listed[name]["bytes"]}'
-    if sharding.sha256(path) != listed[name]['sha256']:
-      return 'sha256 differs from the manifest (the file changed after it was written)'
+    mismatch = datasets.manifest_mismatch(path, listed[name])
+    if mismatch:
+      return mismatch
   parse = records.parse_encoded if name.startswith('encoded') else records.parse_raw
   return records.check_file(path, parse)
 

@@ -10,7 +10,9 @@ Output: RUN/seq/checkpoints/ (model, optimizer, step; a rerun resumes from the l
     python scripts/train_sequence_model.py --run_dir=RUN [--config.seq.model=transformer]
 
 SIGTERM or SIGUSR1 (SLURM preemption) saves a checkpoint and exits 75; rerunning the same command
-continues the step counter. Raising --config.seq.train_steps tops up a finished run.
+continues the step counter (with the configured seq.learning_rate). Raising
+--config.seq.train_steps tops up a finished run. A corrupted encoded shard stops with exit 2 and a
+message naming it and how to write it again.
 """
 
 import os

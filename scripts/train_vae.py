@@ -10,7 +10,8 @@ Output: RUN/vae/checkpoints/ (resume state), RUN/vae/tb/ (TensorBoard scalars an
 Rerunning the same command continues from the latest checkpoint with the same step counter.
 SIGTERM or SIGUSR1 (SLURM preemption or --signal before the time limit) saves a checkpoint and
 exits with status 75 (requeue me). A NaN loss stops with a message and the last good checkpoint
-intact; --check_numerics then names the op, --run_eagerly lets a debugger step through it.
+intact; --check_numerics then names the op, --run_eagerly lets a debugger step through it. A
+corrupted record shard stops with exit 2 and a message naming it and how to write it again.
 """
 
 import os

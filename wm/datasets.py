@@ -1,5 +1,5 @@
 """tf.data builders over the TFRecord shards: raw frames for V, whole rollouts for encoding,
-latent rollouts for M.
+latent rollouts for M; and the error that names a corrupted shard when reading fails.
 
 Reading speed comes from one record per rollout (a rollout's frames decode in one op), GZIP
 streams read in parallel across shards, and sampling on uint8 (float conversion is left to the
@@ -8,6 +8,9 @@ model, on its device). See scripts/benchmark_data.py for the measured rates.
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
+
 import tensorflow as tf
 
 from wm import records, sharding
@@ -15,6 +18,15 @@ from wm.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
 ENCODED_FORMAT = 'encoded-rollouts-v1'  # manifest format of RUN/encoded/<split>
+# Manifest format -> its shards' name prefix, the stage script that writes them, and what a rerun
+# of it does with a missing shard (sharding.shard_complete is False for it).
+WRITERS = {
+    sharding.FORMAT: ('raw', 'shard_rollouts.py',
+                      'it writes missing shards again from {run}/rollouts'),
+    ENCODED_FORMAT: ('encoded', 'encode_rollouts.py',
+                     'it encodes missing outputs again from {run}/records with the encoder in '
+                     '{run}/vae/export'),
+}
 
 
 def _files(paths: list[str], shuffle: bool, seed: int | None) -> tf.data.Dataset:
@@ -73,3 +85,51 @@ def encoded_sizes(split_dir: str) -> tuple[int, int]:
                     f'expected {ENCODED_FORMAT!r}; point at RUN/encoded/<split> '
                     '(written by scripts/encode_rollouts.py)')
   return int(manifest['z_size']), int(manifest['action_size'])
+
+
+def manifest_mismatch(path: str, entry: dict) -> str | None:
+  """How shard `path` differs from its manifest entry (size, then sha256), or None."""
+  if not os.path.exists(path):
+    return 'missing'
+  size = os.path.getsize(path)
+  if size != entry['bytes']:
+    return f'size {size} bytes, manifest says {entry["bytes"]}'
+  if sharding.sha256(path) != entry['sha256']:
+    return 'sha256 differs from the manifest (the file changed after it was written)'
+  return None
+
+
+def changed_shards(split_dirs: list[str]) -> list[str]:
+  """`path: reason` for each shard listed in the splits' manifests that differs from its entry.
+
+  Hashes every shard (a few at once): sha256 runs at ~700 MB/s a core here, so this is for when
+  reading has failed, not for every start.
+  """
+  listed = [(os.path.join(d, entry['file']), entry) for d in split_dirs
+            for entry in sharding.read_manifest(d)['shards']]
+  with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+    reasons = pool.map(lambda item: manifest_mismatch(*item), listed)
+    return [f'{path}: {reason}' for (path, _), reason in zip(listed, reasons) if reason]
+
+
+def read_error(error: tf.errors.OpError, split_dirs: list[str], run_dir: str,
+               then: str) -> DataError:
+  """The DataError for `error` (a DataLossError from reading the shards of `split_dirs`).
+
+  It names the shards whose checksum differs from their manifest.json, and says how to list every
+  bad shard and how to write them again; `then` says what rerunning the failed stage does.
+  """
+  root = os.path.dirname(split_dirs[0])  # RUN/records or RUN/encoded
+  fmt = sharding.read_manifest(split_dirs[0]).get('format')
+  unknown = ('*', '<the stage that wrote them>.py', 'see its docstring')
+  prefix, script, rewrite = WRITERS.get(fmt, unknown)
+  bad = changed_shards(split_dirs)
+  found = ('; '.join(bad) if bad else f'every shard in {root} matches the sha256 in its '
+           'manifest.json (so it was corrupted before it was hashed): the next command finds it')
+  return DataError(
+      f'reading the shards in {root} failed ({type(error).__name__}: '
+      f'{records.clean_message(error.message or str(error))}). {found}. To list every bad '
+      'shard: python scripts/find_corrupted_tfrecords.py '
+      f"--pattern='{root}/*/{prefix}.tfrecord-*'. To recover: delete the bad shards and rerun "
+      f'python scripts/{script} --run_dir={run_dir} ({rewrite.format(run=run_dir)}), then '
+      f'{then}.')

@@ -3,8 +3,10 @@
 One step counter paces everything (wm.training.Every clocks): scalars every seq.log_every steps,
 validation every seq.valid_every, a checkpoint (model, optimizer, step) every seq.save_every and
 on preemption. Rerunning the same command restores the latest checkpoint and continues up to
-seq.train_steps; raising seq.train_steps tops a finished run up. At the end the model is exported
-(wm/models/export.py) with the distribution of first latents the dream starts from.
+seq.train_steps (at the configured seq.learning_rate); raising seq.train_steps tops a finished run
+up. At the end the model is exported (wm/models/export.py) with the distribution of first latents
+the dream starts from. A shard that fails to read stops the run with a DataError naming it (by the
+manifest's sha256), after saving the steps trained so far.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wm import fileio, sequences, sharding, training
+from wm import datasets, fileio, sequences, sharding, training
 from wm.config import SeqConfig
 from wm.errors import ConfigError, DataError
 from wm.models import export, mdn, registry
@@ -149,6 +151,38 @@ def restore(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager
   return int(checkpoint.step)
 
 
+def fit(trainer: Trainer, manager: tf.train.CheckpointManager, step_var: tf.Variable,
+        batches, seq: SeqConfig, evaluate, preemption: training.Preemption) -> None:
+  """Steps up to seq.train_steps from `step_var`, paced by seq's clocks; ends with a checkpoint.
+
+  Call inside a summary writer's default; `evaluate()` writes and returns the valid terms.
+  """
+  clocks = {name: training.Every(getattr(seq, name + '_every'))
+            for name in ('log', 'valid', 'save')}
+  step = first = int(step_var)
+  progress, start = Progress('seq', seq.train_steps), time.perf_counter()
+  while step < seq.train_steps:
+    terms = trainer.train_step(next(batches))
+    training.check_finite('train/loss', float(terms['loss']), step + 1, manager.directory)
+    step += 1
+    step_var.assign(step)
+    sequence_steps = (step - first) * seq.batch_size * seq.sequence_length
+    if clocks['log'](step) or step == seq.train_steps:
+      write_scalars('train', {k: float(v) for k, v in terms.items()}, step)
+      tf.summary.scalar('train/sequence_steps_per_s',
+                        sequence_steps / (time.perf_counter() - start), step=step)
+    if clocks['valid'](step):
+      evaluate()
+    if clocks['save'](step) or preemption.requested:
+      manager.save(checkpoint_number=step)
+    if preemption.requested:
+      tf.summary.flush()
+      training.exit_for_requeue(f'checkpoint at step {step}')
+    progress.update(step, sequence_steps=sequence_steps)
+  if not training.checkpointed(manager, step):
+    manager.save(checkpoint_number=step)
+
+
 def train(config, run: Run, stage_dir: str) -> dict[str, Any]:
   """Trains (or resumes) M up to seq.train_steps, exports it; returns the final valid terms."""
   seq = config.seq
@@ -161,49 +195,39 @@ def train(config, run: Run, stage_dir: str) -> dict[str, Any]:
   step_var = tf.Variable(0, dtype=tf.int64, name='step')
   checkpoint = tf.train.Checkpoint(model=model, optimizer=trainer.optimizer, step=step_var)
   ckpt_dir = os.path.join(stage_dir, 'checkpoints')
+  training.remove_dead_checkpoint_writes(ckpt_dir)
   manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=3)
   check_same_model(ckpt_dir, seq.model, kwargs, resuming=bool(manager.latest_checkpoint))
-  step = restore(checkpoint, manager)
+  restore(checkpoint, manager)
+  training.apply_learning_rate(trainer.optimizer, seq.learning_rate, 'seq.learning_rate')
   run.clear_done('seq')  # only once the inputs and checkpoints are known to fit
   train_data = sequences.train_batches(train_paths, seq.sequence_length, seq.batch_size,
                                        seq.shuffle_buffer, seed=config.seed)
   valid_data = valid_paths and sequences.valid_batches(valid_paths, seq.sequence_length,
                                                        seq.batch_size, seed=config.seed)
   writer = tf.summary.create_file_writer(os.path.join(stage_dir, 'tb'))
-  clocks = {name: training.Every(getattr(seq, name + '_every'))
-            for name in ('log', 'valid', 'save')}
 
   def evaluate() -> dict[str, float]:
     terms = trainer.evaluate(valid_data, seq.valid_batches) if valid_paths else {}
-    write_scalars('valid', terms, step)
+    write_scalars('valid', terms, int(step_var))
     return terms
 
-  with training.Preemption() as preemption, writer.as_default():
-    progress = Progress('seq', seq.train_steps)
-    batches, start, first = iter(train_data), time.perf_counter(), step
-    while step < seq.train_steps:
-      terms = trainer.train_step(next(batches))
-      training.check_finite('train/loss', float(terms['loss']), step + 1, ckpt_dir)
-      step += 1
-      step_var.assign(step)
-      if clocks['log'](step) or step == seq.train_steps:
-        rate = (step - first) * seq.batch_size * seq.sequence_length / (time.perf_counter() - start)
-        write_scalars('train', {k: float(v) for k, v in terms.items()}, step)
-        tf.summary.scalar('train/sequence_steps_per_s', rate, step=step)
-      if clocks['valid'](step):
-        evaluate()
-      if clocks['save'](step) or preemption.requested:
-        manager.save(checkpoint_number=step)
-      if preemption.requested:
-        writer.flush()
-        training.exit_for_requeue(f'checkpoint at step {step}')
-      progress.update(step, sequence_steps=(step - first) * seq.batch_size * seq.sequence_length)
-    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f'-{step}'):
-      manager.save(checkpoint_number=step)
-    final = evaluate()
-  writer.flush()
-  export.save(model, os.path.join(stage_dir, 'export'), 'sequence_model', seq.model, kwargs,
-              step=step, valid=final)
-  count = save_initial_latents(train_paths, os.path.join(stage_dir, 'initial_latents.npz'))
+  try:
+    with training.Preemption() as preemption, writer.as_default():
+      fit(trainer, manager, step_var, iter(train_data), seq, evaluate, preemption)
+      final = evaluate()
+    writer.flush()
+    step = int(step_var)
+    export.save(model, os.path.join(stage_dir, 'export'), 'sequence_model', seq.model, kwargs,
+                step=step, valid=final)
+    count = save_initial_latents(train_paths, os.path.join(stage_dir, 'initial_latents.npz'))
+  except tf.errors.DataLossError as e:  # a shard is corrupted: inflate() or a CRC failed
+    step = int(step_var)
+    if step and not training.checkpointed(manager, step):
+      manager.save(checkpoint_number=step)  # keep the steps trained since the last checkpoint
+    read_dirs = [run.split_dir('encode', s) for s in (('train', 'valid') if has_valid
+                                                      else ('train',))]
+    raise datasets.read_error(e, read_dirs, run.root,
+                              training.resume_note(step, ckpt_dir)) from None
   logging.info('seq: step %d, valid %s, %d initial latents', step, final, count)
   return {'step': step, 'valid': final}

@@ -8,7 +8,8 @@
 The loop is paced by clocks off one step counter: scalars every vae.log_every steps, a checkpoint
 plus validation and reconstruction images every vae.save_every steps. Rerunning continues from the
 latest checkpoint up to vae.train_steps (raise it to train longer); once finished and exported,
-a rerun does nothing.
+a rerun does nothing. A shard that fails to read stops the run with a DataError naming it (by the
+manifest's sha256), after saving the steps trained so far.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-from wm import cli, datasets, sharding, training
+from wm import cli, datasets, runs, sharding, training
 from wm.config import Config
 from wm.errors import ConfigError, DataError
 from wm.models import export, registry
@@ -77,6 +78,7 @@ class Trainer:
     self.valid_data = None
 
   def restore(self) -> int:
+    training.remove_dead_checkpoint_writes(self.ckpt_dir)
     latest = self.manager.latest_checkpoint
     if latest:
       try:
@@ -87,12 +89,22 @@ class Trainer:
             f'({model_kwargs(self.config)}): {str(e).splitlines()[0][:300]}. Train with the '
             f'config it was written with, or use a fresh run dir') from None
       logging.info('resumed from %s at step %d', latest, int(self.step))
-    # The checkpoint holds the optimizer's learning rate; the config's value wins on resume.
-    self.optimizer.learning_rate = self.config.vae.learning_rate
+    training.apply_learning_rate(self.optimizer, self.config.vae.learning_rate,
+                                 'vae.learning_rate')
     return int(self.step)
 
   def save(self) -> None:
     self.manager.save(checkpoint_number=int(self.step))
+
+  def read_error(self, error: tf.errors.DataLossError) -> DataError:
+    """Saves the steps trained since the last checkpoint; the error that names the bad shard."""
+    step = int(self.step)
+    if step and not training.checkpointed(self.manager, step):
+      self.save()
+    run = self.stage.run
+    read = [run.split_dir('shard', s) for s in runs.SPLITS
+            if os.path.exists(os.path.join(run.split_dir('shard', s), sharding.MANIFEST))]
+    return datasets.read_error(error, read, run.root, training.resume_note(step, self.ckpt_dir))
 
   # ------------------------------------------------------------------------ steps
 
@@ -166,9 +178,12 @@ class Trainer:
       if valid_paths:
         self.valid_data = self.frames(valid_paths, self.config.seed).take(
             vae.valid_batches).cache()
-      if start < vae.train_steps:
-        self.loop(start, train_paths, preemption)
-      self.validate(int(self.step))
+      try:
+        if start < vae.train_steps:
+          self.loop(start, train_paths, preemption)
+        self.validate(int(self.step))
+      except tf.errors.DataLossError as e:  # a shard is corrupted: inflate() or a CRC failed
+        raise self.read_error(e) from None
       self.writer.flush()
       self.finish()
 
