@@ -1,6 +1,7 @@
 """Stage 4: re-encoding splits across processes into one folder, resumable, and refusing an
 encoder that does not fit the data."""
 
+import glob
 import os
 import shutil
 import subprocess
@@ -113,3 +114,19 @@ def test_mismatched_encoder_is_refused_before_writing(debug_encoded, tmp_path):
   assert result.returncode == 2, result.stderr[-3000:]
   assert 'takes frames (32, 32, 3)' in result.stderr and '(64, 64, 3)' in result.stderr
   assert not os.path.exists(os.path.join(run_dir, 'encoded', 'train'))
+
+
+def test_a_corrupted_raw_shard_is_named_not_a_traceback(debug_encoded, tmp_path):
+  run_dir = copy_run(debug_encoded, str(tmp_path / 'run'))
+  shutil.rmtree(os.path.join(run_dir, 'encoded'))
+  shard = sorted(glob.glob(os.path.join(run_dir, 'records', 'train', 'raw.tfrecord-*')))[0]
+  with open(shard, 'r+b') as f:  # one flipped byte in the middle of the GZIP stream
+    f.seek(os.path.getsize(shard) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  result = run_script('encode_rollouts', f'--run_dir={run_dir}', check=False, config=None)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert os.path.basename(shard) in result.stderr
+  assert 'find_corrupted_tfrecords.py' in result.stderr and 'shard_rollouts.py' in result.stderr
+  assert 'Traceback' not in result.stderr

@@ -13,9 +13,11 @@ completes a split's last output writes its manifest.json.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
+from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -77,12 +79,24 @@ def pin_device(gpu_index: int) -> str:
   return gpus[gpu_index].name
 
 
+@contextlib.contextmanager
+def shards_named_on_corruption(split_dir: str) -> Iterator[None]:
+  """Turns a DataLossError from reading RUN/records/<split> into a DataError naming the bad
+  shard (by the manifest's checksums) and the repair; outputs already written are kept."""
+  try:
+    yield
+  except tf.errors.DataLossError as e:
+    raise datasets.read_error(e, [split_dir], os.path.dirname(os.path.dirname(split_dir)),
+                              'rerun this command: the outputs already written are kept') from None
+
+
 def probe(split_dir: str, paths: list[str]) -> dict:
   """Frame shape and action size of a split's data, from its first rollout."""
-  for serialized in records.read(paths[:1]).take(1):
-    x = records.parse_raw(serialized)
-    return {'frame_shape': tuple(int(d) for d in x['frames'].shape[1:]),
-            'action_size': int(x['actions'].shape[1])}
+  with shards_named_on_corruption(split_dir):
+    for serialized in records.read(paths[:1]).take(1):
+      x = records.parse_raw(serialized)
+      return {'frame_shape': tuple(int(d) for d in x['frames'].shape[1:]),
+              'action_size': int(x['actions'].shape[1])}
   raise DataError(f'{paths[0]} holds no rollouts; rerun scripts/shard_rollouts.py for {split_dir}')
 
 
@@ -159,7 +173,7 @@ def write_output(encoder: Encoder, in_dir: str, out_dir: str, output: Output,
       raise DataError(f'{in_dir}: rollouts {sorted(missing)} are missing from the shards their '
                       'manifest.json lists them in (rerun scripts/shard_rollouts.py)')
 
-  with fileio.atomic_path(path) as tmp:
+  with shards_named_on_corruption(in_dir), fileio.atomic_path(path) as tmp:
     records.write(tmp, examples())
   info = {'file': output.name, 'rollouts': output.rollouts, 'num_rollouts': len(output.rollouts),
           'frames': frames, 'bytes': os.path.getsize(path), 'sha256': sharding.sha256(path),
