@@ -25,7 +25,7 @@ $(VENV)/.installed: requirements.txt
 	@touch $@
 
 run: venv
-	$(PY) -m wm.pipeline --run_dir=$(RUN_DIR) --config=configs/carracing.py:$(PRESET) $(ARGS)
+	$(PY) -m wm --run_dir=$(RUN_DIR) --config=configs/carracing.py:$(PRESET) $(ARGS)
 
 test: venv
 	$(PY) -m pytest -c tests/pytest.ini --rootdir=. tests -q $(ARGS)

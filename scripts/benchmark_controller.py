@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 from absl import app, flags
 
-from wm import cli, envs, es, evaluation, runs
+from wm import envs, es, evaluation
+from wm.infra import cli, runs
 from wm.agent import WorldModel, action_space_of
 from wm.dream import Dream
 

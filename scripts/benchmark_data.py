@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags
 import numpy as np
 
-from wm import collection, config as config_lib, envs, policies
+from wm import config as config_lib, envs, policies
+from wm.stages import collect
 
 _STEPS = flags.DEFINE_integer('steps', 500, 'Steps per rollout.')
 _ROLLOUTS = flags.DEFINE_integer('rollouts', 8, 'Rollouts per scaling measurement.')
@@ -78,7 +79,7 @@ def alternating_env_rates(first: dict, second: dict) -> tuple[float, float]:
 
 def collector_steps_per_s(config, folder: str, parallelism: int) -> float:
   start = time.perf_counter()
-  steps = sum(r.steps for r in collection.collect(config, folder, parallelism))
+  steps = sum(r.steps for r in collect.collect(config, folder, parallelism))
   return steps / (time.perf_counter() - start)
 
 
@@ -134,13 +135,13 @@ def main(argv):
   results[f'env/agent_steps_per_s_render_scale_{preset.render_scale}'] = small
   results['env/render_scale_ratio'] = small / full
   # Reading: shard the last scaling data set and read it back.
-  from wm import sharding
+  from wm.stages import shard
   config = make_config(_ROLLOUTS.value)
   config.records.shard_size_mb = 1.0
   config.records.valid_fraction = 0.0
   source = os.path.join(work, f'scale2-{_ROUNDS.value - 1}')
-  sharding.shard(config, source, os.path.join(work, 'records'), parallelism=2, log=lambda m: None)
-  paths = sharding.shard_paths(os.path.join(work, 'records', 'train'))
+  shard.shard(config, source, os.path.join(work, 'records'), parallelism=2, log=lambda m: None)
+  paths = shard.shard_paths(os.path.join(work, 'records', 'train'))
   results['data/shards'] = len(paths)
   results['data/frames_per_s_all_frames'] = reading_frames_per_s(paths, _STEPS.value + 1)
   results['data/frames_per_s_100_per_rollout'] = reading_frames_per_s(paths, 100)

@@ -163,7 +163,7 @@ def main(argv):
 
   from wm.models import fused_lstm
   from wm.models.mdnrnn import MDNRNN
-  from wm.seq_training import Trainer
+  from wm.stages.seq import Trainer
 
   b, t, z, a = FLAGS.batch_size, FLAGS.sequence_length, FLAGS.z_size, FLAGS.action_size
   rng = np.random.default_rng(0)

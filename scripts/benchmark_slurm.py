@@ -2,7 +2,7 @@
 
 Input:  a running SLURM cluster (e.g. `sudo slurm/local_cluster.sh`); writes under --work_dir.
 Output: printed figures: one trivial job's submit-to-completion time, a requeue round trip, the
-        debug preset's collect+shard with `python -m wm.pipeline` and with
+        debug preset's collect+shard with `python -m wm` and with
         `slurm/submit_pipeline.sh --wait` (arrays of 3 and 2), and their ratio.
 
     python scripts/benchmark_slurm.py --work_dir=/tmp/wm-bench-slurm
@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags
 
-from wm import slurm
+from wm.infra import slurm
 from wm.config import REPO_ROOT
 
 _WORK_DIR = flags.DEFINE_string('work_dir', None, 'Scratch folder (default: a temporary one).')
@@ -56,7 +56,7 @@ def requeue_round_trip(work: str) -> float:
 
 
 def stages_locally(work: str) -> float:
-  return timed([sys.executable, '-m', 'wm.pipeline', f'--run_dir={work}/local',
+  return timed([sys.executable, '-m', 'wm', f'--run_dir={work}/local',
                 f'--config={_CONFIG}', '--parallelism=2', '--stages=collect,shard'])
 
 

@@ -1,6 +1,6 @@
 """Benchmark of stages 3 and 4 on this machine, every figure side by side in one run:
 
-  (a) V training images/s: our train step (wm/vae_training.py, fp32 and mixed bfloat16) against a
+  (a) V training images/s: our train step (wm/vae.py, fp32 and mixed bfloat16) against a
       straightforward Keras `fit` of the paper's architecture (Dense(1024) -> 1x1 map -> 4
       deconvolutions, KL via add_loss) on the same in-memory batches;
   (b) encoding frames/s: the encoder alone on batches of encode.batch_size frames, and the
@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags
 
-from wm import cli, runs
+from wm.infra import cli, runs
 
 _STEPS = flags.DEFINE_integer('steps', 6, 'Train steps per timed round.')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Timed rounds per variant (the median is shown).')
@@ -108,16 +108,17 @@ _OVERRIDES = {}
 def main(argv: list[str]) -> None:
   del argv
   import tensorflow as tf
-  from wm import datasets, encoding, sharding, vae_training
+  from wm import datasets
+  from wm.stages import encode, shard, vae
   from wm.models import export
   from wm.models.vae import ConvVAE
-  from wm.progress import Progress
+  from wm.infra.progress import Progress
   config = cli.resolve_config(flags.FLAGS.run_dir, _OVERRIDES)
   run = runs.Run(flags.FLAGS.run_dir) if flags.FLAGS.run_dir else None
   batch, steps, rounds = config.data.batch_size, _STEPS.value, _ROUNDS.value
   tmp = tempfile.mkdtemp(prefix='benchmark_vae-')
-  if run and os.path.exists(os.path.join(run.split_dir('shard', 'train'), sharding.MANIFEST)):
-    paths = sharding.shard_paths(run.split_dir('shard', 'train'))
+  if run and os.path.exists(os.path.join(run.split_dir('shard', 'train'), shard.MANIFEST)):
+    paths = shard.shard_paths(run.split_dir('shard', 'train'))
     source = f'shards of {run.root}'
   else:
     paths = synthetic_shards(tmp, _ROLLOUTS.value)
@@ -136,7 +137,7 @@ def main(argv: list[str]) -> None:
     model = ConvVAE(z_size=config.vae.z_size, mixed_precision=mixed)
     model.build_for_loading()
     optimizer = tf.keras.optimizers.Adam(config.vae.learning_rate)
-    step = vae_training.make_train_step(model, optimizer, tf.Variable(0, dtype=tf.int64))
+    step = vae.make_train_step(model, optimizer, tf.Variable(0, dtype=tf.int64))
     feed = iter(memory)
     step(next(feed))
 
@@ -167,12 +168,12 @@ def main(argv: list[str]) -> None:
           f'Keras fit: {ours[i] / keras_default:.2f}x (default compile), '
           f'{ours[i] / keras_best:.2f}x (its best)   goal >= 2')
 
-  # (b) encoding.
+  # (b) encode.
   model = ConvVAE(z_size=config.vae.z_size, mixed_precision=config.vae.mixed_precision)
   model.build_for_loading()
   export_dir = os.path.join(tmp, 'export')
   export.save(model, export_dir, kind='encoder', name='conv_vae', kwargs=model.get_config())
-  encoder = encoding.Encoder(export_dir, config.encode.batch_size)
+  encoder = encode.Encoder(export_dir, config.encode.batch_size)
   frames = tf.concat(batches, 0)
   while frames.shape[0] < config.encode.batch_size * 2:
     frames = tf.concat([frames, frames], 0)
@@ -181,13 +182,13 @@ def main(argv: list[str]) -> None:
   raw_dir = os.path.dirname(paths[0])
   manifest = {'shards': [{'file': os.path.basename(p), 'rollouts': [int(x['index']) for x in
                           datasets.raw_rollouts([p])]} for p in paths]}
-  outputs = encoding.plan(manifest, 1, 1)
-  data_info = encoding.probe(raw_dir, paths)
+  outputs = encode.plan(manifest, 1, 1)
+  data_info = encode.probe(raw_dir, paths)
   out_dir = os.path.join(tmp, 'encoded')
   os.makedirs(out_dir)
   progress = Progress('encode', sum(len(o.rollouts) for o in outputs))
   counts = {'rollouts': 0, 'frames': 0}
-  stage_times = timed(lambda: encoding.write_output(encoder, raw_dir, out_dir, outputs[0],
+  stage_times = timed(lambda: encode.write_output(encoder, raw_dir, out_dir, outputs[0],
                                                     data_info, progress, counts), 1)
   stage_rate, stage_cpu_rate = rate(counts['frames'], stage_times)
   print(f'(b) encoding: encoder alone {model_rate:,.0f} frames/s ({model_cpu_rate:,.0f} per '

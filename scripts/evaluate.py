@@ -22,12 +22,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np
-from absl import flags, logging
+from absl import flags
 
-from wm import cli, envs, es, evaluation, fileio, mpi
-from wm.agent import WorldModel, action_space_of, load_params
-from wm.errors import UserError
+from wm.infra import cli, mpi
+from wm.stages import evaluate
 
 _POLICY = flags.DEFINE_enum('policy', 'controller', ['controller', 'random'],
                             'controller: the trained one; random: uniform random actions.')
@@ -41,38 +39,8 @@ _OUTPUT = flags.DEFINE_string('output', 'result.json', 'Result file name inside 
 
 
 def main(stage: cli.Stage) -> None:
-  if os.path.basename(_OUTPUT.value) != _OUTPUT.value or not _OUTPUT.value.endswith('.json'):
-    raise UserError(f'--output={_OUTPUT.value!r} must be a file name ending in .json (it is '
-                    f'written inside {stage.dir})')
-  config = envs.full_size(stage.config)
-  world = mpi.world()
-  if not world.root:
-    if world.comm is not None:
-      evaluation.serve(world.comm, config, stage.run.root)
-    return
-  episodes = _EPISODES.value or config.controller.test_episodes
-  params = None
-  if _POLICY.value == 'controller':
-    model = WorldModel.load(stage.run, config, action_space_of(config))
-    path = _PARAMS.value or os.path.join(stage.run.stage_dir('controller'), es.BEST)
-    params = np.repeat(load_params(path, model.controller)[None], episodes, axis=0)
-  seeds = es.episode_seeds(config.seed, es.TEST_STREAM, 0, episodes)
-  with evaluation.make(config, stage.run.root, _PARALLELISM.value, world.comm,
-                       preload=params is not None) as pool:
-    returns = pool.evaluate(params, seeds)
-  result = {'policy': _POLICY.value, 'params': _PARAMS.value, 'env': config.env.name,
-            'render_scale': config.env.render_scale,
-            'episodes': len(returns), 'mean': float(returns.mean()), 'std': float(returns.std()),
-            'min': float(returns.min()), 'max': float(returns.max()),
-            'seed': config.seed, 'seed_stream': es.TEST_STREAM,
-            'returns': [float(r) for r in returns]}
-  path = os.path.join(stage.dir, _OUTPUT.value)
-  fileio.write_json(path, result)
-  line = (f'{_POLICY.value} policy, {len(returns)} episodes: {result["mean"]:.1f} +- '
-          f'{result["std"]:.1f} (min {result["min"]:.1f}, max {result["max"]:.1f})')
-  print(line, flush=True)
-  logging.info('wrote %s', path)
-  stage.run.mark_done('evaluate', output=_OUTPUT.value, mean=result['mean'])
+  evaluate.run(stage, _POLICY.value, _EPISODES.value, _PARALLELISM.value, _PARAMS.value,
+               _OUTPUT.value)
 
 
 if __name__ == '__main__':

@@ -28,10 +28,12 @@ flags.mark_flag_as_required('pattern')
 
 
 def check(path: str, manifests: dict) -> str | None:
-  from wm import datasets, fileio, records, sharding
+  from wm import datasets, records
+  from wm.infra import fileio
+  from wm.stages import shard
   folder, name = os.path.split(path)
   if folder not in manifests:
-    manifest_path = os.path.join(folder, sharding.MANIFEST)
+    manifest_path = os.path.join(folder, shard.MANIFEST)
     try:
       manifests[folder] = fileio.read_json(manifest_path) if os.path.exists(manifest_path) else {}
     except ValueError:

@@ -15,9 +15,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import flags, logging
+from absl import flags
 
-from wm import cli, sharding
+from wm.infra import cli
+from wm.stages import shard
 
 _PARALLELISM = flags.DEFINE_integer('parallelism', 1, 'Worker processes in this job.',
                                      lower_bound=1)
@@ -26,18 +27,7 @@ _INPUT_DIR = flags.DEFINE_string('input_dir', None, 'Rollout folder (default RUN
 
 
 def main(stage: cli.Stage) -> None:
-  in_dir = _INPUT_DIR.value or stage.run.stage_dir('collect')
-  manifests = sharding.shard(stage.config, in_dir, stage.dir, _PARALLELISM.value,
-                             _TASK_INDEX.value, _NUM_TASKS.value, log=logging.info)
-  for split, manifest in manifests.items():
-    if manifest is None:
-      logging.info('%s: waiting for shards written by other tasks', split)
-    else:
-      logging.info('%s: %d shards, %d rollouts, %d frames, %.1f MB', split,
-                   manifest['num_shards'], manifest['num_rollouts'], manifest['num_frames'],
-                   manifest['bytes'] / 2**20)
-  if all(m is not None for m in manifests.values()):
-    stage.run.mark_done('shard', **{s: m['num_rollouts'] for s, m in manifests.items()})
+  shard.run(stage, _PARALLELISM.value, _TASK_INDEX.value, _NUM_TASKS.value, _INPUT_DIR.value)
 
 
 if __name__ == '__main__':

@@ -21,109 +21,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np
-from absl import flags, logging
+from absl import flags
 
-from wm import cli, es, evaluation, mpi, training
-from wm.agent import WorldModel, action_space_of, save_params
-from wm.dream import Dream
-from wm.errors import UserError
+from wm.infra import cli, mpi
+from wm.stages import controller
 
 _PARALLELISM = flags.DEFINE_integer('parallelism', 1, 'Local worker processes for real-env '
                                     'episodes (ignored under MPI: the ranks are the workers).')
 
 
 def main(stage: cli.Stage) -> None:
-  if _PARALLELISM.value < 1:
-    raise UserError(f'--parallelism must be >= 1, got {_PARALLELISM.value}')
-  world = mpi.world()
-  if not world.root:
-    if world.comm is not None:
-      evaluation.serve(world.comm, stage.config, stage.run.root)
-    return
-  evaluator = (evaluation.Mpi(world.comm, stage.config, stage.run.root)
-               if world.comm is not None and world.size > 1 else None)
-  try:
-    train(stage, evaluator)
-  finally:
-    if evaluator is not None:
-      evaluator.close()
-
-
-def train(stage: cli.Stage, mpi_evaluator) -> None:
-  config, c = stage.config, stage.config.controller
-  model = WorldModel.load(stage.run, config, action_space_of(config))
-  settings = es.Settings(model.controller.num_params, c.population_size, c.init_sigma, config.seed,
-                         c.rest)
-  state = es.load(stage.dir, settings)
-  if state.generation >= c.generations:
-    logging.info('%d of %d generations done already', state.generation, c.generations)
-    stage.run.mark_done('controller', generations=state.generation)
-    return
-  stage.run.clear_done('controller')
-  evaluators = [mpi_evaluator]
-
-  def real() -> evaluation.Evaluator:
-    if evaluators[0] is None:
-      evaluators[0] = evaluation.make(config, stage.run.root, _PARALLELISM.value)
-    return evaluators[0]
-
-  dream = None
-  if c.mode == 'dream':
-    dream = Dream.load(model, stage.run, config.env.agent_steps(), c.dream_temperature)
-
-  def play(params: np.ndarray, seeds: np.ndarray, patience: int = 0) -> np.ndarray:
-    """Returns [P, E]: every row of params [P, n] on every one of the E episode seeds."""
-    returns = real().evaluate(np.repeat(params, len(seeds), axis=0), np.tile(seeds, len(params)),
-                              patience)
-    return returns.reshape(len(params), len(seeds))
-
-  def fitness(params: np.ndarray, generation: int) -> np.ndarray:
-    if dream is not None:
-      return dream.evaluate(params, c.trials, es.derive_seed(config.seed, es.TRAIN_STREAM,
-                                                             generation))
-    seeds = es.episode_seeds(config.seed, es.TRAIN_STREAM, generation, c.trials)
-    return play(params, seeds, c.train_patience).mean(axis=1)
-
-  def evaluate(params: np.ndarray, generation: int) -> np.ndarray:
-    return play(params, es.episode_seeds(config.seed, es.EVAL_STREAM, generation,
-                                         c.eval_episodes))
-
-  def save_best(params: np.ndarray, score: float) -> None:
-    save_params(os.path.join(stage.dir, es.BEST), params, model.controller, score=score)
-
-  logging.info('CMA-ES over %d parameters (controller.inputs=%s), population %d, %d trials, '
-               '%s mode, from generation %d', settings.num_params, c.inputs, c.population_size,
-               c.trials, c.mode, state.generation + 1)
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  writer = tf.summary.create_file_writer(os.path.join(stage.dir, 'tb'))
-  try:
-    with training.Preemption() as preemption:
-      for gen in es.run(stage.dir, state, c.generations, c.mode, fitness, evaluate,
-                        c.eval_every, save_best, stop=lambda: preemption.requested):
-        log(writer, gen)
-  finally:
-    if evaluators[0] is not None and evaluators[0] is not mpi_evaluator:
-      evaluators[0].close()
-  if state.generation < c.generations:
-    training.exit_for_requeue(f'generation {state.generation} in {stage.dir}')
-  stage.run.mark_done('controller', generations=state.generation, best_score=state.best_score)
-
-
-def log(writer, gen: es.Generation) -> None:
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  row = gen.row
-  text = ', '.join(f'{k} {v:.2f}' for k, v in row.items())
-  logging.info('generation %d: %s', gen.generation, text)
-  with writer.as_default(step=gen.generation):
-    for key in ('best', 'mean', 'worst', 'sigma'):
-      tf.summary.scalar(f'es/{key}', row[key])
-    if 'eval_mean' in row:
-      tf.summary.scalar('eval/return_mean', row['eval_mean'])
-      tf.summary.scalar('eval/return_std', row['eval_std'])
-      tf.summary.scalar('eval/centroid_return_mean', row['centroid_eval_mean'])
-      tf.summary.scalar('eval/centroid_return_std', row['centroid_eval_std'])
-  writer.flush()
+  controller.run(stage, _PARALLELISM.value)
 
 
 if __name__ == '__main__':

@@ -20,13 +20,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wm import cli, seq_training
+from wm.infra import cli
+from wm.stages import seq
 
 
 def main(stage: cli.Stage) -> None:
-  result = seq_training.train(stage.config, stage.run, stage.dir)
-  stage.run.mark_done('seq', step=result['step'], valid=result['valid'],
-                      model=stage.config.seq.model)
+  seq.run(stage)
 
 
 if __name__ == '__main__':

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags
 
-from wm import cli
+from wm.infra import cli
 
 _CHECK_NUMERICS = flags.DEFINE_bool('check_numerics', False,
                                     'Stop at the first op that makes a NaN or Inf (slow).')
@@ -30,8 +30,8 @@ _RUN_EAGERLY = flags.DEFINE_bool('run_eagerly', False,
 
 
 def main(stage: cli.Stage) -> None:
-  from wm import vae_training  # TensorFlow loads after the flags and config are checked
-  vae_training.train(stage, check_numerics=_CHECK_NUMERICS.value, run_eagerly=_RUN_EAGERLY.value)
+  from wm.stages import vae  # TensorFlow loads after the flags and config are checked
+  vae.run(stage, check_numerics=_CHECK_NUMERICS.value, run_eagerly=_RUN_EAGERLY.value)
 
 
 if __name__ == '__main__':

@@ -30,7 +30,7 @@ wm_init() {
     case $arg in --run_dir=*) WM_RUN_DIR=${arg#--run_dir=} ;; esac
   done
   [[ -n $WM_RUN_DIR ]] || wm_die "usage: sbatch slurm/$WM_STAGE.sbatch --run_dir=RUN [stage flags]"
-  [[ -f $WM_REPO/wm/pipeline.py ]] || wm_die "WM_REPO=$WM_REPO is not the repository root"
+  [[ -f $WM_REPO/wm/infra/pipeline.py ]] || wm_die "WM_REPO=$WM_REPO is not the repository root"
   if [[ -z ${WM_PYTHON:-} ]]; then
     if [[ -n ${VIRTUAL_ENV:-} && -x $VIRTUAL_ENV/bin/python ]]; then
       WM_PYTHON=$VIRTUAL_ENV/bin/python

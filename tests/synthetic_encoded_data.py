@@ -17,7 +17,9 @@ import os
 
 import numpy as np
 
-from wm import fileio, records, sharding
+from wm import records
+from wm.infra import fileio
+from wm.stages import shard
 
 Z_SIZE = 4
 ACTION_SIZE = 3
@@ -69,8 +71,8 @@ def write(root: str, seed: int = 0) -> dict[str, list[dict[str, np.ndarray]]]:
       shards.append({'file': name, 'rollouts': [int(rollouts[i]['seed']) for i in group],
                      'num_rollouts': len(group),
                      'frames': int(sum(len(rollouts[i]['mu']) for i in group)),
-                     'bytes': os.path.getsize(path), 'sha256': sharding.sha256(path)})
-    fileio.write_json(os.path.join(out_dir, sharding.MANIFEST), {
+                     'bytes': os.path.getsize(path), 'sha256': shard.sha256(path)})
+    fileio.write_json(os.path.join(out_dir, shard.MANIFEST), {
         'format': 'encoded-rollouts-v1', 'z_size': Z_SIZE, 'action_size': ACTION_SIZE,
         'num_shards': len(shards), 'num_rollouts': len(rollouts),
         'num_frames': sum(s['frames'] for s in shards),

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import DEBUG, REPO, script_env
-from wm import collection, config as config_lib, rollouts
+from wm import config as config_lib, rollouts
+from wm.stages import collect
 from wm.errors import DataError
 
 
@@ -23,7 +24,7 @@ def small_config(**overrides):
 
 
 def collect_all(config, folder, parallelism=1, **kwargs):
-  return list(collection.collect(config, folder, parallelism, **kwargs))
+  return list(collect.collect(config, folder, parallelism, **kwargs))
 
 
 def test_same_data_whatever_the_parallelism(tmp_path):

@@ -13,8 +13,10 @@ import tensorflow as tf
 
 from conftest import copy_run, run_script
 from wm import config as config_lib
-from wm import envs, runs
-from wm.agent import Agent, WorldModel, load_params, save_params
+from wm import envs
+from wm.infra import runs
+from wm.agent import Agent, WorldModel
+from wm.artifacts import load_params, save_params
 from wm.dream import Dream
 from wm.errors import ConfigError, DataError
 from wm.models.controller import Controller

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import DEBUG, REPO, copy_run, run_script, script_env
-from wm import datasets, encoding, sharding
+from wm import datasets
+from wm.stages import encode, shard
 from wm.errors import ConfigError
 from wm.models import export
 from wm.models.vae import ConvVAE
@@ -28,7 +29,7 @@ def fake_manifest(shard_sizes: list[int]) -> dict:
 
 @pytest.mark.parametrize('sizes,outer,sub', [([3, 2, 4], 2, 3), ([1, 1], 3, 2), ([5], 1, 1)])
 def test_plan_covers_every_rollout_once(sizes, outer, sub):
-  outputs = encoding.plan(fake_manifest(sizes), outer, sub)
+  outputs = encode.plan(fake_manifest(sizes), outer, sub)
   assert len(outputs) == outer * sub
   assert [o.name for o in outputs] == [f'encoded.tfrecord-{k:05d}-of-{outer * sub:05d}'
                                        for k in range(outer * sub)]
@@ -47,7 +48,7 @@ def encode_argv(run_dir: str, *args: str) -> list[str]:
 
 
 def read_split(split_dir: str) -> dict[int, dict]:
-  paths = sharding.shard_paths(split_dir)
+  paths = shard.shard_paths(split_dir)
   return {int(x['index']): {k: v.numpy() for k, v in x.items()}
           for x in datasets.encoded_rollouts(paths)}
 
@@ -68,8 +69,8 @@ def test_two_processes_write_every_output_once(debug_encoded, tmp_path):
     out_dir = os.path.join(run_dir, 'encoded', split)
     names = sorted(n for n in os.listdir(out_dir) if n.startswith('encoded.'))
     assert names == [f'encoded.tfrecord-{k:05d}-of-00004' for k in range(4)]
-    manifest = sharding.read_manifest(out_dir)
-    raw = sharding.read_manifest(os.path.join(run_dir, 'records', split))
+    manifest = shard.read_manifest(out_dir)
+    raw = shard.read_manifest(os.path.join(run_dir, 'records', split))
     assert manifest['format'] == 'encoded-rollouts-v1'
     assert (manifest['z_size'], manifest['action_size']) == (8, 3)
     assert datasets.encoded_sizes(out_dir) == (8, 3)
@@ -84,14 +85,14 @@ def test_two_processes_write_every_output_once(debug_encoded, tmp_path):
       np.testing.assert_array_equal(x['actions'], reference[split][index]['actions'])
 
   # A rerun skips complete outputs (here in-process: the same code the script runs).
-  encoder = encoding.Encoder(os.path.join(run_dir, 'vae', 'export'), 64)
+  encoder = encode.Encoder(os.path.join(run_dir, 'vae', 'export'), 64)
   in_dir, out_dir = (os.path.join(run_dir, d, 'train') for d in ('records', 'encoded'))
-  data = encoding.probe(in_dir, sharding.shard_paths(in_dir))
-  outputs = encoding.plan(sharding.read_manifest(in_dir), 2, 2)
+  data = encode.probe(in_dir, shard.shard_paths(in_dir))
+  outputs = encode.plan(shard.read_manifest(in_dir), 2, 2)
   before = {n: os.stat(os.path.join(out_dir, n)).st_mtime_ns
             for n in os.listdir(out_dir) if n.startswith('enc')}
-  manifest = encoding.encode_split(encoder, in_dir, out_dir, outputs, outputs[:2], data)
-  assert manifest == sharding.read_manifest(out_dir)
+  manifest = encode.encode_split(encoder, in_dir, out_dir, outputs, outputs[:2], data)
+  assert manifest == shard.read_manifest(out_dir)
   after = {n: os.stat(os.path.join(out_dir, n)).st_mtime_ns for n in before}
   assert before == after
 
@@ -101,9 +102,9 @@ def test_mismatched_encoder_is_refused_before_writing(debug_encoded, tmp_path):
   shutil.rmtree(os.path.join(run_dir, 'encoded'))
   trained = export.load(os.path.join(run_dir, 'vae', 'export'), kind='encoder')
   data = {'frame_shape': (64, 64, 3), 'action_size': 3}
-  encoding.check_encoder(trained, 'export', data, 'records/train', 8)  # fits
+  encode.check_encoder(trained, 'export', data, 'records/train', 8)  # fits
   with pytest.raises(ConfigError, match='latent size 8 but the config says vae.z_size=4'):
-    encoding.check_encoder(trained, 'export', data, 'records/train', 4)
+    encode.check_encoder(trained, 'export', data, 'records/train', 4)
 
   other = ConvVAE(z_size=8, frame_size=32)
   other.build_for_loading()
@@ -119,14 +120,14 @@ def test_mismatched_encoder_is_refused_before_writing(debug_encoded, tmp_path):
 def test_a_corrupted_raw_shard_is_named_not_a_traceback(debug_encoded, tmp_path):
   run_dir = copy_run(debug_encoded, str(tmp_path / 'run'))
   shutil.rmtree(os.path.join(run_dir, 'encoded'))
-  shard = sorted(glob.glob(os.path.join(run_dir, 'records', 'train', 'raw.tfrecord-*')))[0]
-  with open(shard, 'r+b') as f:  # one flipped byte in the middle of the GZIP stream
-    f.seek(os.path.getsize(shard) // 2)
+  bad = sorted(glob.glob(os.path.join(run_dir, 'records', 'train', 'raw.tfrecord-*')))[0]
+  with open(bad, 'r+b') as f:  # one flipped byte in the middle of the GZIP stream
+    f.seek(os.path.getsize(bad) // 2)
     byte = f.read(1)
     f.seek(-1, os.SEEK_CUR)
     f.write(bytes([byte[0] ^ 0xFF]))
   result = run_script('encode_rollouts', f'--run_dir={run_dir}', check=False, config=None)
   assert result.returncode == 2, result.stderr[-3000:]
-  assert os.path.basename(shard) in result.stderr
+  assert os.path.basename(bad) in result.stderr
   assert 'find_corrupted_tfrecords.py' in result.stderr and 'shard_rollouts.py' in result.stderr
   assert 'Traceback' not in result.stderr

@@ -1,4 +1,4 @@
-"""wm.fileio under concurrent writers and claims: real processes, many at once, some killed."""
+"""wm.infra.fileio under concurrent writers and claims: real processes, many at once, some killed."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import textwrap
 import time
 
 from conftest import REPO, script_env
-from wm import fileio
+from wm.infra import fileio
 
 # Each writer waits for the go file, then replaces the shared folder `rounds` times; it exits 0
 # only if every replacement succeeded.
 _WRITER = textwrap.dedent('''
     import os, sys, time
-    from wm import fileio
+    from wm.infra import fileio
     target, go, writer, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     while not os.path.exists(go):
       time.sleep(0.0002)
@@ -68,7 +68,7 @@ def test_claims_of_killed_unreaped_workers_are_taken_over(tmp_path):
 
 _RACE = '''
 import os, sys, time
-from wm import fileio
+from wm.infra import fileio
 folder, start = sys.argv[1], float(sys.argv[2])
 while time.time() < start:
   pass

@@ -1,4 +1,4 @@
-"""wm.pipeline's guards: one pipeline per run dir, and no stage counted done without its DONE."""
+"""wm.infra.pipeline's guards: one pipeline per run dir, and no stage counted done without its DONE."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import textwrap
 import time
 
 from conftest import DEBUG, REPO, copy_run, run_script, script_env
-from wm import pipeline, runs
+from wm.infra import pipeline, runs
 
 # Holds the run dir's pipeline lock as a running pipeline does, until killed.
 _HOLDER = textwrap.dedent('''
     import os, sys, time
-    from wm import fileio
+    from wm.infra import fileio
     with fileio.claim(os.path.join(sys.argv[1], '.pipeline')) as held:
       assert held
       print('held', flush=True)
@@ -23,7 +23,7 @@ _HOLDER = textwrap.dedent('''
 
 
 def _pipeline(run_dir, *args):
-  return subprocess.run([sys.executable, '-m', 'wm.pipeline', f'--run_dir={run_dir}',
+  return subprocess.run([sys.executable, '-m', 'wm', f'--run_dir={run_dir}',
                          f'--config={DEBUG}', '--stages=collect', *args], cwd=REPO,
                         env=script_env(), capture_output=True, text=True, timeout=300)
 
@@ -77,7 +77,7 @@ def test_topping_up_v_redoes_encode_and_refuses_the_old_m(debug_agent, tmp_path)
   assert 'do not fit each other: encode was made from the vae stage' in evaluate.stderr
   assert 'Traceback' not in evaluate.stderr
 
-  piped = subprocess.run([sys.executable, '-m', 'wm.pipeline', f'--run_dir={run_dir}',
+  piped = subprocess.run([sys.executable, '-m', 'wm', f'--run_dir={run_dir}',
                           '--stages=encode,seq,controller'], cwd=REPO, env=script_env(),
                          capture_output=True, text=True, timeout=600)
   assert piped.returncode == 2, piped.stderr[-3000:]

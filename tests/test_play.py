@@ -14,8 +14,9 @@ import pytest
 
 from conftest import DEBUG, REPO, copy_run, run_script, script_env
 from wm import config as config_lib
-from wm import envs, policies, render, snapshot, video
-from wm import play as play_lib
+from wm import envs, policies, render, video
+from wm.infra import snapshot
+from wm import playback
 
 EPISODE_STEPS = 40  # the debug preset's env.max_steps
 
@@ -30,7 +31,7 @@ def test_random_policy_video_has_one_frame_per_step_and_no_panels(tmp_path):
   assert steps == 2 * EPISODE_STEPS
   frames = video.read(os.path.join(run_dir, 'play', 'random.mp4'))
   # Without --alg_render: only the 64x64 frame at 4x, no cells beside it.
-  assert frames.shape == (steps, 64 * play_lib.SCALE, 64 * play_lib.SCALE, 3)
+  assert frames.shape == (steps, 64 * playback.SCALE, 64 * playback.SCALE, 3)
   saved = json.load(open(os.path.join(run_dir, 'play', 'returns.json')))
   assert [round(r, 2) for r in saved['returns']] == [float(r[1]) for r in returns]
   assert os.path.exists(os.path.join(run_dir, 'play', 'DONE'))
@@ -71,7 +72,7 @@ def archive_changed_code(run_dir: str, tmp_path) -> None:
   for name in ('wm', 'scripts', 'configs'):
     shutil.copytree(os.path.join(REPO, name), tree / name,
                     ignore=shutil.ignore_patterns('__pycache__'))
-  module = tree / 'wm' / 'play.py'
+  module = tree / 'wm' / 'playback.py'
   text = module.read_text()
   assert "EPISODE_LINE = 'episode " in text
   module.write_text(text.replace("EPISODE_LINE = 'episode ", "EPISODE_LINE = 'archived episode "))
@@ -121,14 +122,14 @@ def test_a_policys_own_panels_are_drawn_only_when_rendering():
     for enabled in (False, True):
       render.enable(enabled)
       policy, images = PanelPublishingPolicy(env.action_space), []
-      result = play_lib.play_episode(env, policy, seed=3, sinks=[images.append])
+      result = playback.play_episode(env, policy, seed=3, sinks=[images.append])
       assert len(images) == result.steps == EPISODE_STEPS
-      frame_side = 64 * play_lib.SCALE
+      frame_side = 64 * playback.SCALE
       if not enabled:
         assert images[0].shape == (frame_side, frame_side, 3)
         assert not any(render.find_panels(info) for info in policy.infos)
       else:  # the policy's gauge and play's return curve, in the layout's cells, labelled
-        layout = render.Layout((64, 64), 2, scale=play_lib.SCALE)
+        layout = render.Layout((64, 64), 2, scale=playback.SCALE)
         assert images[-1].shape == layout.shape
         for rect, label in zip(layout.rects, ('my gauge', 'return so far')):
           assert label_at(images[-1], rect, label) < 1.0, label
@@ -151,11 +152,11 @@ def label_at(image: np.ndarray, rect, label: str) -> float:
 
 WINDOW_CHECK = """
 import numpy as np
-from wm import config, envs, play
+from wm import config, envs, playback
 env = envs.make(config.load('configs/carracing.py:debug').env)
 env.reset(seed=0)
 env.step(np.zeros(3, np.float32))  # the env's renderer starts pygame on SDL's dummy driver
-window = play.Window('test')
+window = playback.Window('test')
 image = np.random.default_rng(0).integers(0, 256, (60, 80, 3), np.uint8)
 window(image)
 import pygame
@@ -189,7 +190,7 @@ def test_world_model_panels_are_in_their_cells_with_alg_render(debug_world_model
                       '--policy=random')
   steps = int(re.search(r'episode 0: return \S+ over (\d+) steps', result.stdout).group(1))
   frames = video.read(os.path.join(run_dir, 'play', 'panels.gif'))
-  layout = render.Layout((64, 64), len(AGENT_LABELS), scale=play_lib.SCALE)
+  layout = render.Layout((64, 64), len(AGENT_LABELS), scale=playback.SCALE)
   assert frames.shape == (steps, *layout.shape)
   for rect, label in zip(layout.rects, AGENT_LABELS):
     assert label_at(frames[-1], rect, label) < 4.0, label
@@ -207,7 +208,7 @@ def test_dream_frames_come_from_the_world_model(debug_world_model, tmp_path):
   assert match, result.stdout
   frames = video.read(os.path.join(run_dir, 'play', 'dream.mp4'))
   # M's latent, the action, M's hidden state and the return: no reconstruction in a dream.
-  layout = render.Layout((64, 64), 4, scale=play_lib.SCALE)
+  layout = render.Layout((64, 64), 4, scale=playback.SCALE)
   assert frames.shape == (int(match.group(1)), *layout.shape)
   # H.264 blurs small text: the right label must match far better than a wrong one.
   right = label_at(frames[0], layout.rects[0], 'M: dreamt z')
@@ -220,7 +221,7 @@ def test_the_trained_agent_plays_with_panels_and_replays_from_its_snapshot(debug
   def ret(out):
     return re.search(r'episode 0: return (\S+) over (\d+) steps', out).groups()
   frames = video.read(os.path.join(run_dir, 'play', 'agent.gif'))
-  layout = render.Layout((64, 64), len(AGENT_LABELS), scale=play_lib.SCALE)
+  layout = render.Layout((64, 64), len(AGENT_LABELS), scale=playback.SCALE)
   assert frames.shape == (int(ret(live.stdout)[1]), *layout.shape)
   for rect, label in zip(layout.rects, AGENT_LABELS):
     assert label_at(frames[-1], rect, label) < 4.0, label

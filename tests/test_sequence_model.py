@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from wm import sequences, sharding
+from wm import sequences
+from wm.stages import shard
 from wm.config import SeqConfig
 from wm.models import export, fused_lstm, registry
-from wm.seq_training import Trainer, model_kwargs
+from wm.stages.seq import Trainer, model_kwargs
 
 KINDS = ['mdnrnn', 'transformer']
 Z, A = 4, 3
@@ -136,7 +137,7 @@ def test_tiny_model_learns_the_toy_dynamics(kind, synthetic_encoded):
   model, _ = make(kind, hidden_size=32, sequence_length=10)
   trainer = Trainer(model, learning_rate=3e-3, grad_clip=1.0)
   def split(s):
-    return sharding.shard_paths(os.path.join(synthetic_encoded, 'encoded', s))
+    return shard.shard_paths(os.path.join(synthetic_encoded, 'encoded', s))
   train = sequences.train_batches(split('train'), 10, 8, shuffle_buffer=32, seed=0)
   valid = sequences.valid_batches(split('valid'), 10, 8)
   before = trainer.evaluate(valid, 10)

@@ -5,11 +5,12 @@ import os
 import numpy as np
 
 import synthetic_encoded_data as synthetic
-from wm import sequences, sharding
+from wm import sequences
+from wm.stages import shard
 
 
 def paths(run_dir, split):
-  return sharding.shard_paths(os.path.join(run_dir, 'encoded', split))
+  return shard.shard_paths(os.path.join(run_dir, 'encoded', split))
 
 
 def rollouts_by_index():

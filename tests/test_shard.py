@@ -8,21 +8,22 @@ import numpy as np
 import pytest
 
 from conftest import copy_run, run_script
-from wm import config as config_lib, datasets, records, rollouts, sharding
+from wm import config as config_lib, datasets, records, rollouts
+from wm.stages import shard
 
 
 def test_manifests_account_for_every_rollout_and_frame(debug_data):
   seen, frames = [], 0
   for split in ('train', 'valid'):
-    manifest = sharding.read_manifest(os.path.join(debug_data, 'records', split))
-    for shard in manifest['shards']:
-      path = os.path.join(debug_data, 'records', split, shard['file'])
-      assert os.path.getsize(path) == shard['bytes'] and sharding.sha256(path) == shard['sha256']
-      seen += shard['rollouts']
-      frames += shard['frames']
+    manifest = shard.read_manifest(os.path.join(debug_data, 'records', split))
+    for entry in manifest['shards']:
+      path = os.path.join(debug_data, 'records', split, entry['file'])
+      assert os.path.getsize(path) == entry['bytes'] and shard.sha256(path) == entry['sha256']
+      seen += entry['rollouts']
+      frames += entry['frames']
     names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(
         debug_data, 'records', split, 'raw.tfrecord-*')))
-    assert names == [sharding.rollouts_shard_name(k, manifest['num_shards'])
+    assert names == [shard.rollouts_shard_name(k, manifest['num_shards'])
                      for k in range(manifest['num_shards'])]
   assert sorted(seen) == rollouts.list_indices(os.path.join(debug_data, 'rollouts'))
   assert frames == sum(len(rollouts.load(p)['frames'])
@@ -30,14 +31,14 @@ def test_manifests_account_for_every_rollout_and_frame(debug_data):
 
 
 def test_split_is_stable_when_rollouts_are_added():
-  before = {i: sharding.split_of(0, i, 0.2) for i in range(100)}
+  before = {i: shard.split_of(0, i, 0.2) for i in range(100)}
   assert 5 < sum(s == 'valid' for s in before.values()) < 40
-  assert before == {i: sharding.split_of(0, i, 0.2) for i in range(100)}
+  assert before == {i: shard.split_of(0, i, 0.2) for i in range(100)}
 
 
 def test_records_round_trip_the_rollouts(debug_data):
   split_dir = os.path.join(debug_data, 'records', 'train')
-  for element in datasets.raw_rollouts(sharding.shard_paths(split_dir)):
+  for element in datasets.raw_rollouts(shard.shard_paths(split_dir)):
     index = int(element['index'])
     original = rollouts.load(rollouts.path_for(os.path.join(debug_data, 'rollouts'), index))
     for key in ('frames', 'actions', 'rewards', 'terminated', 'truncated'):
@@ -45,7 +46,7 @@ def test_records_round_trip_the_rollouts(debug_data):
 
 
 def test_raw_frames_dataset_batches_samples(debug_data):
-  paths = sharding.shard_paths(os.path.join(debug_data, 'records', 'train'))
+  paths = shard.shard_paths(os.path.join(debug_data, 'records', 'train'))
   batch = next(iter(datasets.raw_frames(paths, 5, 32, 8, seed=1)))
   assert batch.shape == (8, 64, 64, 3) and batch.dtype.name == 'uint8'
 
@@ -53,7 +54,7 @@ def test_raw_frames_dataset_batches_samples(debug_data):
 def test_rerun_after_a_kill_finishes_the_shards(debug_data, tmp_path):
   run_dir = copy_run(debug_data, str(tmp_path / 'run'))
   train = os.path.join(run_dir, 'records', 'train')
-  manifest = sharding.read_manifest(train)
+  manifest = shard.read_manifest(train)
   # The state a SIGKILL can leave: a half-written temp file of a dead process, a shard renamed
   # into place before its metadata, a shard never started, no manifest, no DONE.
   victim, missing = manifest['shards'][0]['file'], manifest['shards'][1]['file']
@@ -66,9 +67,9 @@ def test_rerun_after_a_kill_finishes_the_shards(debug_data, tmp_path):
   os.remove(os.path.join(train, 'manifest.json'))
   os.remove(os.path.join(run_dir, 'records', 'DONE'))
   with pytest.raises(Exception, match='manifest.json does not exist'):
-    sharding.read_manifest(train)
+    shard.read_manifest(train)
   run_script('shard_rollouts', f'--run_dir={run_dir}')
-  assert sharding.read_manifest(train) == manifest
+  assert shard.read_manifest(train) == manifest
   assert not [n for n in os.listdir(train) if '.tmp-' in n]
   assert os.path.exists(os.path.join(run_dir, 'records', 'DONE'))
 
@@ -111,9 +112,9 @@ def test_find_corrupted_tfrecords_names_only_bad_shards(debug_data, tmp_path):
 
 def test_snapshot_records_code_config_and_command(debug_data, tmp_path):
   snap = os.path.join(debug_data, 'records', 'snapshot')
-  from wm import snapshot
+  from wm.infra import snapshot
   code = snapshot.extract_code(snap, str(tmp_path / 'code'))
-  assert os.path.exists(os.path.join(code, 'wm', 'sharding.py'))
+  assert os.path.exists(os.path.join(code, 'wm', 'shard.py'))
   assert os.path.exists(os.path.join(code, 'configs', 'carracing.py'))
   config = config_lib.load_json(os.path.join(snap, 'config.json'))
   assert config == config_lib.load('configs/carracing.py:debug')

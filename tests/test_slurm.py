@@ -19,7 +19,9 @@ import time
 import pytest
 from conftest import DEBUG, REPO, copy_run, script_env
 
-from wm import fileio, pipeline, rollouts, runs, sharding, slurm
+from wm import rollouts
+from wm.infra import fileio, pipeline, runs, slurm
+from wm.stages import shard
 
 # Loaded by every Python process of the jobs (through PYTHONPATH): logs each file a process puts
 # in place with os.replace / os.rename, and which array task and job did it.
@@ -106,7 +108,7 @@ def check_encoded(run: runs.Run, jobs: list[dict], audit: str) -> None:
   written = replaced(audit, 'encoded.tfrecord-*')
   encode_tasks = [j for j in jobs if j['stage'] == 'encode' and j['kind'] == 'array']
   for split in runs.SPLITS:
-    raw = sharding.read_manifest(run.split_dir('shard', split))
+    raw = shard.read_manifest(run.split_dir('shard', split))
     manifest = fileio.read_json(os.path.join(run.split_dir('encode', split), 'manifest.json'))
     assert (manifest['num_rollouts'], manifest['num_frames']) == (raw['num_rollouts'],
                                                                   raw['num_frames'])
@@ -114,7 +116,7 @@ def check_encoded(run: runs.Run, jobs: list[dict], audit: str) -> None:
       path = os.path.join(run.split_dir('encode', split), entry['file'])
       assert len(written[path]) == 1, (path, written[path])
       assert not encode_tasks or written[path][0][0] != '-', (path, written[path])
-      assert sharding.sha256(path) == entry['sha256']
+      assert shard.sha256(path) == entry['sha256']
 
 
 def check_exported(stage: str):
@@ -171,12 +173,12 @@ def test_debug_pipeline_on_slurm_survives_preemption_and_writes_each_file_once(
   # Sharding: every shard of the manifests written once, by an array task, and intact.
   shards = replaced(audit, 'raw.tfrecord-*')
   for split in runs.SPLITS:
-    manifest = sharding.read_manifest(run.split_dir('shard', split))
+    manifest = shard.read_manifest(run.split_dir('shard', split))
     for entry in manifest['shards']:
       path = os.path.join(run.split_dir('shard', split), entry['file'])
       assert len(shards[path]) == 1 and shards[path][0][0] in ('0', '1'), (path, shards[path])
-      assert sharding.sha256(path) == entry['sha256']
-  assert sum(sharding.read_manifest(run.split_dir('shard', s))['num_rollouts']
+      assert shard.sha256(path) == entry['sha256']
+  assert sum(shard.read_manifest(run.split_dir('shard', s))['num_rollouts']
              for s in runs.SPLITS) == 6
   for stage in stages:
     if stage in OUTPUT_CHECKS:
@@ -188,7 +190,7 @@ def test_debug_pipeline_on_slurm_survives_preemption_and_writes_each_file_once(
   if 'evaluate' in stages:
     assert isinstance(fileio.read_json(run.done_path('evaluate'))['mean'], float)
   # The one-machine runner agrees that everything is done.
-  local = sh(sys.executable, '-m', 'wm.pipeline', f'--run_dir={run_dir}', env=script_env())
+  local = sh(sys.executable, '-m', 'wm', f'--run_dir={run_dir}', env=script_env())
   assert local.returncode == 0 and local.stdout.count('done already') == len(stages), local.stdout
 
 
@@ -243,7 +245,7 @@ def check_resumed(run_dir: str, job: str) -> None:
 
 def test_submit_dry_run_chains_stages_with_resources(tmp_path):
   env = job_env(WM_SBATCH_SHARD='--time=0:30:00', WM_COLLECT_TASKS='5')
-  result = sh(sys.executable, '-m', 'wm.submit', f'--run_dir={tmp_path}', f'--config={DEBUG}',
+  result = sh(sys.executable, '-m', 'wm.infra.submit', f'--run_dir={tmp_path}', f'--config={DEBUG}',
               '--dry_run', '--partition=cpuq', '--account=proj', '--config.seed=7', env=env)
   assert result.returncode == 0, result.stderr
   commands = [line.strip() for line in result.stdout.splitlines() if line.startswith('  ')
@@ -260,7 +262,7 @@ def test_submit_dry_run_chains_stages_with_resources(tmp_path):
   assert all('--time=0:30:00' in c for c in commands[2:4])
   assert '--time=0:30:00' not in commands[0]
   assert not os.path.exists(tmp_path / 'slurm_jobs.json')  # a dry run writes nothing
-  bad = sh(sys.executable, '-m', 'wm.submit', f'--run_dir={tmp_path}', '--stages=colect',
+  bad = sh(sys.executable, '-m', 'wm.infra.submit', f'--run_dir={tmp_path}', '--stages=colect',
            '--dry_run', env=env)
   assert bad.returncode == 2 and 'unknown' in bad.stderr and 'Traceback' not in bad.stderr
 
@@ -271,7 +273,7 @@ def test_local_pipeline_runs_missing_stages_and_skips_done_ones(debug_data, tmp_
   run_dir = copy_run(debug_data, str(tmp_path / 'run'))
   run = runs.Run(run_dir)
   run.clear_done('shard')
-  argv = [sys.executable, '-m', 'wm.pipeline', f'--run_dir={run_dir}', '--parallelism=1',
+  argv = [sys.executable, '-m', 'wm', f'--run_dir={run_dir}', '--parallelism=1',
           '--stages=collect,shard']
   first = sh(*argv, env=script_env(), timeout=300)
   assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]

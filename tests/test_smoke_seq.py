@@ -12,7 +12,9 @@ import pytest
 
 from conftest import REPO, copy_run, run_script, script_env
 from wm import config as config_lib
-from wm import runs, seq_training, sharding, training
+from wm import training
+from wm.infra import runs
+from wm.stages import seq, shard
 from wm.errors import ConfigError
 from wm.models import export
 
@@ -63,7 +65,7 @@ def test_preempted_run_saves_exits_75_and_rerun_continues(synthetic_encoded, tmp
   config = config_lib.load('configs/carracing.py:debug')
   config.seq.model = 'transformer'
   with pytest.raises(ConfigError, match='checkpoints'):
-    seq_training.train(config, runs.Run(run_dir), os.path.join(run_dir, 'seq'))
+    seq.train(config, runs.Run(run_dir), os.path.join(run_dir, 'seq'))
   assert os.path.exists(os.path.join(run_dir, 'seq', 'DONE'))
 
 
@@ -76,7 +78,7 @@ def test_trains_on_real_encoded_debug_data(debug_encoded, tmp_path):
     done = json.load(f)
   assert done['model'] == 'transformer' and done['step'] == 20
   assert all(np.isfinite(v) for v in done['valid'].values()), done
-  train = sharding.read_manifest(os.path.join(run_dir, 'encoded', 'train'))
+  train = shard.read_manifest(os.path.join(run_dir, 'encoded', 'train'))
   model = export.load(os.path.join(run_dir, 'seq', 'export'), kind='sequence_model')
   assert model.z_size == train['z_size'] and model.max_context == 10
   with np.load(os.path.join(run_dir, 'seq', 'initial_latents.npz'), allow_pickle=False) as f:
@@ -93,5 +95,5 @@ def test_diverging_training_stops_with_a_clear_error(synthetic_encoded, tmp_path
   config.seq.learning_rate = 1e30  # Adam moves every weight by ~1e30: the loss overflows
   config.seq.grad_clip = 0.0
   with pytest.raises(training.NonFiniteLossError, match='diverged'):
-    seq_training.train(config, runs.Run(run_dir), os.path.join(run_dir, 'seq'))
+    seq.train(config, runs.Run(run_dir), os.path.join(run_dir, 'seq'))
   assert not os.path.exists(os.path.join(run_dir, 'seq', 'export'))

@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from conftest import DEBUG, REPO, copy_run, run_script, script_env
 from wm import config as config_lib
-from wm import runs, seq_training, sharding
+from wm.infra import runs
+from wm.stages import seq, shard
 
 LEARNING_RATE = 'optimizer/_learning_rate/.ATTRIBUTES/VARIABLE_VALUE'  # in a V or M checkpoint
 
@@ -32,9 +33,9 @@ def flip_middle_byte(path: str) -> None:
     f.write(bytes([byte ^ 0xFF]))
 
 
-def shard(run_dir: str, stage: str, split: str, k: int = 0) -> str:
+def shard_path(run_dir: str, stage: str, split: str, k: int = 0) -> str:
   split_dir = os.path.join(run_dir, runs.STAGE_DIRS[stage], split)
-  return os.path.join(split_dir, sharding.read_manifest(split_dir)['shards'][k]['file'])
+  return os.path.join(split_dir, shard.read_manifest(split_dir)['shards'][k]['file'])
 
 
 def assert_names_the_shard(result: subprocess.CompletedProcess, path: str, rewriter: str) -> None:
@@ -49,7 +50,7 @@ def assert_names_the_shard(result: subprocess.CompletedProcess, path: str, rewri
 def test_v_names_a_corrupted_raw_shard_and_its_repair_works(debug_encoded, tmp_path):
   run_dir = copy_run(debug_encoded, str(tmp_path / 'run'))
   ckpt_dir = os.path.join(run_dir, 'vae', 'checkpoints')
-  bad = shard(run_dir, 'shard', 'train', 1)
+  bad = shard_path(run_dir, 'shard', 'train', 1)
   flip_middle_byte(bad)
   result = run_script('train_vae', f'--run_dir={run_dir}', '--config.vae.train_steps=30',
                       check=False)
@@ -69,7 +70,7 @@ def test_v_names_a_corrupted_raw_shard_and_its_repair_works(debug_encoded, tmp_p
 def test_m_names_a_corrupted_encoded_shard_and_its_repair_works(debug_encoded, tmp_path):
   run_dir = copy_run(debug_encoded, str(tmp_path / 'run'))
   ckpt_dir = os.path.join(run_dir, 'seq', 'checkpoints')
-  train = shard(run_dir, 'encode', 'train')
+  train = shard_path(run_dir, 'encode', 'train')
   original = open(train, 'rb').read()
   flip_middle_byte(train)  # read before the first step
   result = run_script('train_sequence_model', f'--run_dir={run_dir}', check=False)
@@ -78,7 +79,7 @@ def test_m_names_a_corrupted_encoded_shard_and_its_repair_works(debug_encoded, t
   with open(train, 'wb') as f:
     f.write(original)
 
-  valid = shard(run_dir, 'encode', 'valid')
+  valid = shard_path(run_dir, 'encode', 'valid')
   flip_middle_byte(valid)  # read at the first validation, step 10 (seq.valid_every)
   result = run_script('train_sequence_model', f'--run_dir={run_dir}', check=False)
   assert_names_the_shard(result, valid, 'encode_rollouts.py')
@@ -160,7 +161,7 @@ def test_m_removes_what_a_save_killed_halfway_left(debug_world_model, tmp_path, 
   config = config_lib.load(DEBUG)
   config.seq.train_steps = 22
   with caplog.at_level(logging.INFO):
-    seq_training.train(config, runs.Run(run_dir), os.path.join(run_dir, 'seq'))
+    seq.train(config, runs.Run(run_dir), os.path.join(run_dir, 'seq'))
   assert sorted(os.listdir(ckpt_dir)) == ['checkpoint', 'ckpt-10.data-00000-of-00001',
                                           'ckpt-10.index', 'ckpt-20.data-00000-of-00001',
                                           'ckpt-20.index', 'ckpt-22.data-00000-of-00001',

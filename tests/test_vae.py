@@ -13,7 +13,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import DEBUG, REPO, copy_run, run_script, script_env
-from wm import cli, datasets, runs, sharding, training, vae_training
+from wm import datasets, training
+from wm.infra import cli, runs
+from wm.stages import shard, vae
 from wm import config as config_lib
 from wm.errors import DataError
 from wm.models import export
@@ -51,7 +53,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(debug_encoded, tmp_pa
   config.vae.train_steps, config.vae.learning_rate = 40, 1e30  # diverges within a few steps
   stage = cli.Stage('vae', config, runs.Run(run_dir), {})
   with pytest.raises(training.NonFiniteLossError, match='training diverged'):
-    vae_training.Trainer(stage).run()
+    vae.Trainer(stage).run()
   assert latest_step(run_dir) == 20
 
 
@@ -81,7 +83,7 @@ def test_preemption_signal_saves_and_asks_for_requeue(debug_data, tmp_path):
 
 
 def tiny_frames(run_dir: str, count: int = 16) -> tf.Tensor:
-  paths = sharding.shard_paths(os.path.join(run_dir, 'records', 'train'))
+  paths = shard.shard_paths(os.path.join(run_dir, 'records', 'train'))
   frames = np.concatenate([x['frames'].numpy() for x in datasets.raw_rollouts(paths, True)])
   return tf.constant(frames[np.linspace(0, len(frames) - 1, count).astype(int)])
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import REPO, run_script, script_env
-from wm import workers
+from wm.infra import workers
 
 
 def _square(x: int) -> int:
@@ -88,7 +88,7 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path):
   pids = tmp_path / 'pids'
   code = textwrap.dedent(f'''
       import os, time
-      from wm import workers
+      from wm.infra import workers
       import test_workers
       pool = workers.WorkerPool(2, test_workers._square, name='t')
       pool.map([1, 2])

@@ -7,31 +7,23 @@ M with that action. `Agent` wraps it as a `wm.policies.Policy` for one environme
 collector, evaluate.py and play can use a trained controller; its `info` carries z (mu, logvar),
 h, M's prediction for the next step and the action, which play's panels draw.
 
-Controller parameters live in an .npz (RUN/controller/best.npz): `params` [num_params] and the
-variant (`inputs`, `hidden_units`), read without pickle.
+V and M come from wm/artifacts.py (load_models), which owns the run's trained files.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import zipfile
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from wm import envs, fileio, runs
+from wm import artifacts, envs
 from wm.config import Config
 from wm.errors import DataError
-from wm.models import export
+from wm.infra import runs
 from wm.models.controller import Controller
 from wm.policies import Policy, PolicyStep
-
-
-def export_dirs(run: runs.Run) -> tuple[str, str]:
-  return (os.path.join(run.stage_dir('vae'), 'export'),
-          os.path.join(run.stage_dir('seq'), 'export'))
 
 
 class WorldModel:
@@ -43,24 +35,15 @@ class WorldModel:
 
   @classmethod
   def load(cls, run: runs.Run, config: Config, action_space=None) -> 'WorldModel':
-    vae_dir, seq_dir = export_dirs(run)
-    for stage in ('encode', 'seq'):  # M learned the latents of this V?
-      reason = run.stale_reason(stage)
-      if reason:
-        raise DataError(f'V in {vae_dir} and M in {seq_dir} do not fit each other: {reason}. '
-                        'Rerun the encode stage, then train M afresh (move RUN/seq away), or '
-                        'restore the earlier V')
-    encoder = export.load(vae_dir, 'encoder')
-    seq = export.load(seq_dir, 'sequence_model')
+    models = artifacts.load_models(run)
+    encoder, seq = models.encoder, models.seq
     if action_space is None:
       action_space = action_space_of(config)
     action_size = envs.action_size(action_space)
-    if seq.z_size != encoder.z_size:
-      raise DataError(f'M in {seq_dir} takes z of size {seq.z_size} but V in {vae_dir} makes '
-                      f'{encoder.z_size}: retrain M on this V (rerun encode and seq stages)')
     if seq.action_size != action_size:
-      raise DataError(f'M in {seq_dir} takes actions of size {seq.action_size}, the environment '
-                      f'{config.env.name} has {action_size}: wrong run dir or env.name?')
+      raise DataError(f'M in {artifacts.seq_export(run)} takes actions of size '
+                      f'{seq.action_size}, the environment {config.env.name} has {action_size}: '
+                      'wrong run dir or env.name?')
     controller = Controller.from_config(config.controller, encoder.z_size, seq.feature_size,
                                         action_space)
     return cls(encoder, seq, controller)
@@ -82,38 +65,6 @@ def action_space_of(config: Config):
     return env.action_space
   finally:
     env.close()
-
-
-# ---------------------------------------------------------------------------- parameter files
-
-
-def save_params(path: str, params: np.ndarray, controller: Controller, **extra: float) -> None:
-  with fileio.atomic_path(path) as tmp:
-    with open(tmp, 'wb') as f:
-      np.savez(f, params=np.asarray(params, np.float64), inputs=np.str_(controller.inputs),
-               rest=np.str_(controller.rest),
-               num_params=np.int64(controller.num_params),
-               **{k: np.float64(v) for k, v in extra.items()})
-
-
-def load_params(path: str, controller: Controller) -> np.ndarray:
-  if not os.path.exists(path):
-    raise DataError(f'no controller parameters at {path}; train the controller first '
-                    '(scripts/train_controller.py) or pass --policy=random')
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      params, inputs = data['params'], str(data['inputs'])
-      rest = str(data['rest']) if 'rest' in data.files else 'middle'
-  except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
-    raise DataError(f'{path} is not a controller parameter file ({type(e).__name__}: {e})') from None
-  if inputs != controller.inputs or params.shape != (controller.num_params,):
-    raise DataError(f'{path} holds a controller.inputs={inputs!r} controller with '
-                    f'{params.shape} parameters; the config wants inputs='
-                    f'{controller.inputs!r} with {controller.num_params}: fix --config.controller')
-  if rest != controller.rest:
-    raise DataError(f'{path} was trained with controller.rest={rest!r}, the config says '
-                    f'{controller.rest!r}: its actions would differ; fix --config.controller.rest')
-  return params
 
 
 # ---------------------------------------------------------------------------- the Policy

@@ -13,15 +13,16 @@ import os
 
 import tensorflow as tf
 
-from wm import records, sharding
+from wm import records
+from wm.stages import shard
 from wm.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
 ENCODED_FORMAT = 'encoded-rollouts-v1'  # manifest format of RUN/encoded/<split>
 # Manifest format -> its shards' name prefix, the stage script that writes them, and what a rerun
-# of it does with a missing shard (sharding.shard_complete is False for it).
+# of it does with a missing shard (shard.shard_complete is False for it).
 WRITERS = {
-    sharding.FORMAT: ('raw', 'shard_rollouts.py',
+    shard.FORMAT: ('raw', 'shard_rollouts.py',
                       'it writes missing shards again from {run}/rollouts'),
     ENCODED_FORMAT: ('encoded', 'encode_rollouts.py',
                      'it encodes missing outputs again from {run}/records with the encoder in '
@@ -79,9 +80,9 @@ def encoded_rollouts(paths: list[str], shuffle: bool = False, seed: int | None =
 
 def encoded_sizes(split_dir: str) -> tuple[int, int]:
   """(z_size, action_size) of the encoded rollouts in `split_dir`, from its manifest.json."""
-  manifest = sharding.read_manifest(split_dir)
+  manifest = shard.read_manifest(split_dir)
   if manifest.get('format') != ENCODED_FORMAT:
-    raise DataError(f'{split_dir}/{sharding.MANIFEST} has format {manifest.get("format")!r}, '
+    raise DataError(f'{split_dir}/{shard.MANIFEST} has format {manifest.get("format")!r}, '
                     f'expected {ENCODED_FORMAT!r}; point at RUN/encoded/<split> '
                     '(written by scripts/encode_rollouts.py)')
   return int(manifest['z_size']), int(manifest['action_size'])
@@ -94,7 +95,7 @@ def manifest_mismatch(path: str, entry: dict) -> str | None:
   size = os.path.getsize(path)
   if size != entry['bytes']:
     return f'size {size} bytes, manifest says {entry["bytes"]}'
-  if sharding.sha256(path) != entry['sha256']:
+  if shard.sha256(path) != entry['sha256']:
     return 'sha256 differs from the manifest (the file changed after it was written)'
   return None
 
@@ -106,7 +107,7 @@ def changed_shards(split_dirs: list[str]) -> list[str]:
   reading has failed, not for every start.
   """
   listed = [(os.path.join(d, entry['file']), entry) for d in split_dirs
-            for entry in sharding.read_manifest(d)['shards']]
+            for entry in shard.read_manifest(d)['shards']]
   with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
     reasons = pool.map(lambda item: manifest_mismatch(*item), listed)
     return [f'{path}: {reason}' for (path, _), reason in zip(listed, reasons) if reason]
@@ -120,7 +121,7 @@ def read_error(error: tf.errors.OpError, split_dirs: list[str], run_dir: str,
   bad shard and how to write them again; `then` says what rerunning the failed stage does.
   """
   root = os.path.dirname(split_dirs[0])  # RUN/records or RUN/encoded
-  fmt = sharding.read_manifest(split_dirs[0]).get('format')
+  fmt = shard.read_manifest(split_dirs[0]).get('format')
   unknown = ('*', '<the stage that wrote them>.py', 'see its docstring')
   prefix, script, rewrite = WRITERS.get(fmt, unknown)
   bad = changed_shards(split_dirs)

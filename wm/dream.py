@@ -11,50 +11,19 @@ dream is the same on every rerun.
 
 from __future__ import annotations
 
-import os
-import zipfile
-
 import numpy as np
 import tensorflow as tf
 
-from wm import runs
+from wm import artifacts
 from wm.agent import WorldModel
-from wm.errors import DataError
-
-INITIAL_LATENTS = 'initial_latents.npz'
-
-
-class StartLatents:
-  """First latents to start dreams from: rows of `mu`/`logvar` (sampled), or of `z`."""
-
-  def __init__(self, path: str, z_size: int):
-    if not os.path.exists(path):
-      raise DataError(f'{path} is missing: the sequence model stage writes the first latents '
-                      'that dreams start from; rerun scripts/train_seq.py')
-    try:
-      with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k].astype(np.float32) for k in data.files if k in ('mu', 'logvar', 'z')}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-      raise DataError(f'{path} is truncated or corrupted ({type(e).__name__}: {e}); rerun '
-                      'the sequence model stage') from None
-    self.mu = arrays.get('mu', arrays.get('z'))
-    self.logvar = arrays.get('logvar', np.full_like(self.mu, -np.inf) if self.mu is not None
-                             else None)
-    if self.mu is None or self.mu.ndim != 2 or self.mu.shape[1] != z_size or not len(self.mu):
-      raise DataError(f'{path} should hold mu and logvar (or z) of shape [N, {z_size}], found '
-                      f'{ {k: v.shape for k, v in arrays.items()} }')
-
-  def draw(self, count: int, rng: np.random.Generator) -> np.ndarray:
-    rows = rng.integers(len(self.mu), size=count)
-    noise = rng.standard_normal(self.mu[rows].shape).astype(np.float32)
-    return self.mu[rows] + np.exp(0.5 * self.logvar[rows]) * noise
+from wm.infra import runs
 
 
 class Dream:
   """Evaluates candidate parameters [P, n] over `trials` dream episodes each."""
 
-  def __init__(self, world: WorldModel, start: StartLatents, max_steps: int, temperature: float,
-               use_done: bool = True):
+  def __init__(self, world: WorldModel, start: artifacts.StartLatents, max_steps: int,
+               temperature: float, use_done: bool = True):
     self.world, self.start = world, start
     self.max_steps, self.temperature = max_steps, temperature
     self.use_done = use_done  # False runs every episode max_steps (the benchmark's untrained M)
@@ -63,8 +32,8 @@ class Dream:
   @classmethod
   def load(cls, world: WorldModel, run: runs.Run, max_steps: int, temperature: float,
            use_done: bool = True) -> 'Dream':
-    path = os.path.join(run.stage_dir('seq'), INITIAL_LATENTS)
-    return cls(world, StartLatents(path, world.encoder.z_size), max_steps, temperature, use_done)
+    return cls(world, artifacts.StartLatents.of_run(run, world.encoder.z_size), max_steps,
+               temperature, use_done)
 
   def evaluate(self, params: np.ndarray, trials: int, seed: int) -> np.ndarray:
     """Mean dream return per candidate [P]; `seed` fixes starts and M's sampling noise."""

@@ -28,10 +28,12 @@ from typing import Callable
 import cma
 import numpy as np
 
-from wm import fileio
+from wm import artifacts
 from wm.errors import ConfigError, DataError
+from wm.infra import fileio
 
-STATE, HISTORY, BEST = 'es_state.npz', 'history.jsonl', 'best.npz'
+STATE, HISTORY = 'es_state.npz', 'history.jsonl'
+BEST = artifacts.BEST  # the best parameters (RUN/controller/best.npz)
 COLUMNS = ('best', 'mean', 'worst', 'sigma', 'eval_mean', 'eval_std', 'centroid_eval_mean',
            'centroid_eval_std')
 # Independent seed streams: CMA-ES sampling, training episodes, evaluations during training,

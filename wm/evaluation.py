@@ -28,7 +28,8 @@ import signal
 import numpy as np
 import tensorflow as tf
 
-from wm import envs, policies, runs, workers
+from wm import envs, policies
+from wm.infra import runs, workers
 from wm.agent import WorldModel
 from wm.config import Config
 

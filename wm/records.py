@@ -111,7 +111,7 @@ def parse_encoded(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
 
 
 def write(path: str, serialized_records) -> None:
-  """Writes records to `path` (GZIP). The caller handles atomicity (wm.fileio.atomic_path)."""
+  """Writes records to `path` (GZIP). The caller handles atomicity (wm.infra.fileio.atomic_path)."""
   with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type=COMPRESSION)) as writer:
     for record in serialized_records:
       writer.write(record)

@@ -21,7 +21,7 @@ import zlib
 
 import numpy as np
 
-from wm import fileio
+from wm.infra import fileio
 from wm.errors import DataError
 
 _NAME = re.compile(r'^rollout-(\d{6,})\.npz$')

@@ -19,7 +19,7 @@ import sys
 
 from absl import logging
 
-from wm import fileio
+from wm.infra import fileio
 from wm.errors import UserError
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "stopped early on purpose, run me again"
@@ -86,7 +86,7 @@ def remove_dead_checkpoint_writes(ckpt_dir: str) -> list[str]:
       shutil.rmtree(path, ignore_errors=True)
     else:
       os.remove(path)
-  removed += fileio.remove_stale_tmp_files(ckpt_dir)  # model.json and the like (wm/fileio.py)
+  removed += fileio.remove_stale_tmp_files(ckpt_dir)  # model.json and the like (wm/infra/fileio.py)
   if removed:
     logging.warning('removed %d leftovers of an unfinished checkpoint save: %s', len(removed),
                     ', '.join(os.path.basename(p) for p in removed))

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from wm import fileio
+from wm.infra import fileio
 from wm.errors import UserError
 
 FORMATS = ('.mp4', '.gif')

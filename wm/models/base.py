@@ -65,7 +65,7 @@ class SequenceModel(tf.keras.Model, abc.ABC):
   """Predicts the next latent, reward and episode end from latents and actions (M).
 
   A body turns (z, action) steps into features; one head (wm.models.mdn.PredictionHead) turns
-  features into a Prediction. Training differentiates the two apart (wm/seq_training.py).
+  features into a Prediction. Training differentiates the two apart (wm/stages/seq.py).
   """
 
   z_size: int

@@ -17,7 +17,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from wm import fileio
+from wm.infra import fileio
 from wm.errors import DataError
 from wm.models import registry
 

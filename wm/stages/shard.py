@@ -1,4 +1,4 @@
-"""Stage 2: pack rollout .npz files into GZIP TFRecord shards with a train/validation split.
+"""Stage shard: pack rollout .npz files into GZIP TFRecord shards with a train/validation split.
 
 The plan is a pure function of the rollouts on disk and the config: each rollout goes to the
 validation split when a hash of (seed, index) falls under records.valid_fraction (so a rollout
@@ -18,9 +18,11 @@ import re
 from typing import Iterable
 
 import numpy as np
+from absl import logging
 
-from wm import fileio, rollouts, runs, workers
+from wm import rollouts
 from wm.config import Config
+from wm.infra import cli, fileio, runs, workers
 from wm.errors import DataError
 
 PREFIX = 'raw'
@@ -188,3 +190,20 @@ def shard_paths(split_dir: str) -> list[str]:
     raise DataError(f'{len(missing)} shards listed in {split_dir}/{MANIFEST} are missing, '
                     f'e.g. {missing[0]}; rerun the stage that writes them')
   return paths
+
+
+def run(stage: cli.Stage, parallelism: int = 1, task_index: int = 0, num_tasks: int = 1,
+        input_dir: str | None = None) -> None:
+  """The stage: this task's missing shards, then DONE once every split's manifest exists."""
+  in_dir = input_dir or stage.run.stage_dir('collect')
+  manifests = shard(stage.config, in_dir, stage.dir, parallelism, task_index, num_tasks,
+                    log=logging.info)
+  for split, manifest in manifests.items():
+    if manifest is None:
+      logging.info('%s: waiting for shards written by other tasks', split)
+    else:
+      logging.info('%s: %d shards, %d rollouts, %d frames, %.1f MB', split,
+                   manifest['num_shards'], manifest['num_rollouts'], manifest['num_frames'],
+                   manifest['bytes'] / 2**20)
+  if all(m is not None for m in manifests.values()):
+    stage.run.mark_done('shard', **{s: m['num_rollouts'] for s, m in manifests.items()})

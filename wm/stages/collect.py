@@ -1,4 +1,5 @@
-"""Parallel rollout collection into one folder, safe for many processes and SLURM jobs at once.
+"""Stage collect: random-policy rollouts in parallel into one folder, safe for many processes and
+SLURM jobs at once.
 
 Rollout `i` (0 <= i < num_rollouts) has its own seed derived from (experiment seed, i), so the data
 never depends on how the work was split. A job takes the indices `i % num_tasks == task_index`
@@ -16,8 +17,12 @@ from typing import Iterator
 
 import numpy as np
 
-from wm import envs, fileio, policies, rollouts, workers
+from absl import logging
+
+from wm import envs, policies, rollouts
 from wm.config import Config
+from wm.infra import cli, fileio, workers
+from wm.infra.progress import Progress
 
 
 @dataclasses.dataclass
@@ -132,3 +137,27 @@ def episode_timeout(config: Config) -> float:
   """Seconds after which a worker playing one episode counts as stuck: a minute to make the
   environment plus 0.1 s a frame, 15-300x the slowest environment measured (docs/reliability)."""
   return 60.0 + 0.1 * config.env.max_steps
+
+
+def run(stage: cli.Stage, parallelism: int = 1, task_index: int = 0, num_tasks: int = 1) -> None:
+  """The stage: this task's share of the rollouts, then DONE once all of them exist."""
+  config = stage.config
+  facts = envs.check(config.env, seed=config.seed)
+  logging.info('environment %s ok: %s', config.env.name, facts)
+  total = len(range(task_index, config.collect.num_rollouts, num_tasks))
+  missing = todo(stage.dir, config.collect.num_rollouts, task_index, num_tasks)
+  progress = Progress('collect rollouts', total)
+  done, steps, collected = total - len(missing), 0, 0
+  progress.update(done, force=True)
+  for result in collect(config, stage.dir, parallelism, task_index, num_tasks, log=logging.info):
+    done += 1
+    steps += result.steps
+    collected += 1
+    progress.update(done, env_steps=steps)
+  have = len(rollouts.list_indices(stage.dir))
+  logging.info('collected %d rollouts here (%d steps, %.0f steps/s); %d written by other '
+               'processes meanwhile', collected, steps, steps / max(progress.elapsed(), 1e-9),
+               len(missing) - collected)
+  logging.info('%d of %d rollouts in %s', have, config.collect.num_rollouts, stage.dir)
+  if have >= config.collect.num_rollouts:
+    stage.run.mark_done('collect', rollouts=have)

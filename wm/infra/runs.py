@@ -1,6 +1,6 @@
 """The run directory: where each stage reads and writes, and its DONE markers.
 
-    RUN/config.json                  the run's config (see wm/cli.py: written at its start)
+    RUN/config.json                  the run's config (see wm/infra/cli.py: written at its start)
     RUN/rollouts/                    stage 1: rollout-000123.npz
     RUN/records/{train,valid}/       stage 2: raw.tfrecord-00003-of-00074 + manifest.json
     RUN/vae/                         stage 3
@@ -23,7 +23,7 @@ import hashlib
 import os
 import time
 
-from wm import fileio
+from wm.infra import fileio
 
 STAGE_DIRS = {
     'collect': 'rollouts',

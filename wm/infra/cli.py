@@ -27,7 +27,7 @@ from typing import Callable
 from absl import app, flags, logging
 
 from wm import config as config_lib
-from wm import fileio, runs, snapshot
+from wm.infra import fileio, runs, snapshot
 from wm.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -62,7 +62,7 @@ _OVERRIDES: dict[str, str] = {}
 
 @dataclasses.dataclass
 class Stage:
-  name: str  # stage key in wm.runs.STAGE_DIRS
+  name: str  # stage key in wm.infra.runs.STAGE_DIRS
   config: config_lib.Config  # resolved, validated config
   run: runs.Run  # the run directory
   overrides: dict[str, str]  # the --config.* overrides as given

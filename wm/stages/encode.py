@@ -23,10 +23,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wm import datasets, fileio, records, sharding
+from wm import datasets, records
 from wm.errors import ConfigError, DataError, UserError
+from wm.infra import cli, fileio, runs
+from wm.infra.progress import Progress
 from wm.models import export
-from wm.progress import Progress
+from wm.stages import shard
 
 PREFIX = 'encoded'
 FORMAT = datasets.ENCODED_FORMAT
@@ -51,7 +53,7 @@ def plan(raw_manifest: dict, num_outer: int, num_sub: int) -> list[Output]:
       for s, r in picked:
         first, count = reads.get(s, (r, 0))
         reads[s] = (first, count + 1)
-      name = sharding.rollouts_shard_name(len(outputs), num_outer * num_sub, PREFIX)
+      name = shard.rollouts_shard_name(len(outputs), num_outer * num_sub, PREFIX)
       outputs.append(Output(name, [shards[s]['rollouts'][r] for s, r in picked],
                             [(shards[s]['file'], f, c) for s, (f, c) in reads.items()]))
   return outputs
@@ -176,10 +178,10 @@ def write_output(encoder: Encoder, in_dir: str, out_dir: str, output: Output,
   with shards_named_on_corruption(in_dir), fileio.atomic_path(path) as tmp:
     records.write(tmp, examples())
   info = {'file': output.name, 'rollouts': output.rollouts, 'num_rollouts': len(output.rollouts),
-          'frames': frames, 'bytes': os.path.getsize(path), 'sha256': sharding.sha256(path),
+          'frames': frames, 'bytes': os.path.getsize(path), 'sha256': shard.sha256(path),
           'encoder': encoder.fingerprint, 'z_size': encoder.model.z_size,
           'action_size': data['action_size']}
-  sharding.write_meta(out_dir, output.name, info)
+  shard.write_meta(out_dir, output.name, info)
   return info
 
 
@@ -187,11 +189,11 @@ def encode_split(encoder: Encoder, in_dir: str, out_dir: str, outputs: list[Outp
                  mine: list[Output], data: dict) -> dict | None:
   """Writes this process's missing outputs of a split; the manifest once the split is complete."""
   expected = {'encoder': encoder.fingerprint}
-  todo = [o for o in mine if not sharding.shard_complete(out_dir, o.name, o.rollouts, **expected)]
-  os.makedirs(os.path.join(out_dir, sharding.META), exist_ok=True)
+  todo = [o for o in mine if not shard.shard_complete(out_dir, o.name, o.rollouts, **expected)]
+  os.makedirs(os.path.join(out_dir, shard.META), exist_ok=True)
   fileio.remove_stale_tmp_files(out_dir)
-  if todo and os.path.exists(os.path.join(out_dir, sharding.MANIFEST)):
-    os.remove(os.path.join(out_dir, sharding.MANIFEST))  # it will list the new outputs
+  if todo and os.path.exists(os.path.join(out_dir, shard.MANIFEST)):
+    os.remove(os.path.join(out_dir, shard.MANIFEST))  # it will list the new outputs
   progress = Progress(f'encode {os.path.basename(out_dir)}', sum(len(o.rollouts) for o in todo))
   counts = {'rollouts': 0, 'frames': 0}
   for output in todo:
@@ -205,6 +207,50 @@ def encode_split(encoder: Encoder, in_dir: str, out_dir: str, outputs: list[Outp
   progress.update(counts['rollouts'], force=True, frames=counts['frames'])
   logging.info('%s: %d of this process\'s %d outputs were complete already',
                os.path.basename(out_dir), len(mine) - len(todo), len(mine))
-  return sharding.finish_split(out_dir, [o.rollouts for o in outputs], prefix=PREFIX,
+  return shard.finish_split(out_dir, [o.rollouts for o in outputs], prefix=PREFIX,
                                fmt=FORMAT, expected=expected, z_size=encoder.model.z_size,
                                action_size=data['action_size'], encoder=encoder.fingerprint)
+
+
+def present_splits(run: runs.Run) -> list[str]:
+  """The splits the shard stage wrote (valid is absent when records.valid_fraction is 0)."""
+  return [s for s in runs.SPLITS
+          if os.path.exists(os.path.join(run.split_dir('shard', s), shard.MANIFEST))]
+
+
+def run(stage: cli.Stage, split: str = 'all', num_outer_shards: int = 1,
+        outer_shard_index: int = 0, num_sub_shards: int = 1, gpu_index: int = 0,
+        encoder_dir: str | None = None) -> None:
+  """The stage: this process's outputs of every split (one asked for by name must exist), then
+  DONE once every split is complete with this encoder."""
+  device = pin_device(gpu_index)
+  encoder_dir = encoder_dir or os.path.join(stage.run.stage_dir('vae'), 'export')
+  encoder = Encoder(encoder_dir, stage.config.encode.batch_size)
+  splits = [split] if split != 'all' else present_splits(stage.run) or ['train']
+  plans = {}
+  for name in splits:  # every check before anything is written
+    in_dir = stage.run.split_dir('shard', name)
+    raw_manifest = shard.read_manifest(in_dir)
+    data = probe(in_dir, shard.shard_paths(in_dir))
+    check_encoder(encoder.model, encoder_dir, data, in_dir, stage.config.vae.z_size)
+    plans[name] = (in_dir, plan(raw_manifest, num_outer_shards, num_sub_shards), data)
+  logging.info('encoding %s on %s with the encoder in %s (%s)', splits, device, encoder_dir,
+               encoder.fingerprint)
+  stage.run.clear_done('encode')
+  first = outer_shard_index * num_sub_shards
+  for name, (in_dir, outputs, data) in plans.items():
+    mine = outputs[first:first + num_sub_shards]
+    manifest = encode_split(encoder, in_dir, stage.run.split_dir('encode', name), outputs, mine,
+                            data)
+    if manifest is None:
+      logging.info('%s: waiting for outputs of other processes', name)
+    else:
+      logging.info('%s: complete, %d outputs, %d rollouts, %d frames', name,
+                   manifest['num_shards'], manifest['num_rollouts'], manifest['num_frames'])
+  complete = {}
+  for name in present_splits(stage.run):
+    path = os.path.join(stage.run.split_dir('encode', name), shard.MANIFEST)
+    info = shard.read_manifest(os.path.dirname(path)) if os.path.exists(path) else {}
+    complete[name] = info.get('encoder') == encoder.fingerprint
+  if all(complete.values()):
+    stage.run.mark_done('encode', encoder=encoder.fingerprint, splits=sorted(complete))

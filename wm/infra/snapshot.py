@@ -24,7 +24,7 @@ import tarfile
 import time
 
 from wm import config as config_lib
-from wm import fileio
+from wm.infra import fileio
 
 CODE_DIRS = ('wm', 'scripts', 'configs', 'slurm')
 _SKIP = ('__pycache__', '.pyc', '.claim')

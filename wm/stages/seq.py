@@ -19,12 +19,14 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wm import datasets, fileio, sequences, sharding, training
+from wm import datasets, sequences, training
 from wm.config import SeqConfig
 from wm.errors import ConfigError, DataError
+from wm.infra import cli, fileio
+from wm.infra.progress import Progress
+from wm.infra.runs import Run
 from wm.models import export, mdn, registry
-from wm.progress import Progress
-from wm.runs import Run
+from wm.stages import shard
 
 TERMS = ('loss', 'latent_nll', 'reward_nll', 'done_nll')
 
@@ -32,12 +34,12 @@ TERMS = ('loss', 'latent_nll', 'reward_nll', 'done_nll')
 def read_split(run: Run, split: str) -> tuple[list[str], dict[str, Any]]:
   """Shard paths and manifest of RUN/encoded/<split>, checked to be encoded rollouts."""
   folder = run.split_dir('encode', split)
-  manifest = sharding.read_manifest(folder)
+  manifest = shard.read_manifest(folder)
   if manifest.get('format') != sequences.FORMAT:
-    raise DataError(f'{folder}/{sharding.MANIFEST} has format {manifest.get("format")!r}, '
+    raise DataError(f'{folder}/{shard.MANIFEST} has format {manifest.get("format")!r}, '
                     f'expected {sequences.FORMAT!r}: point the encode stage at this folder, '
                     'or rerun scripts/encode_rollouts.py')
-  return sharding.shard_paths(folder), manifest
+  return shard.shard_paths(folder), manifest
 
 
 def model_kwargs(seq: SeqConfig, z_size: int, action_size: int) -> dict[str, Any]:
@@ -187,7 +189,7 @@ def train(config, run: Run, stage_dir: str) -> dict[str, Any]:
   """Trains (or resumes) M up to seq.train_steps, exports it; returns the final valid terms."""
   seq = config.seq
   train_paths, manifest = read_split(run, 'train')
-  has_valid = os.path.exists(os.path.join(run.split_dir('encode', 'valid'), sharding.MANIFEST))
+  has_valid = os.path.exists(os.path.join(run.split_dir('encode', 'valid'), shard.MANIFEST))
   valid_paths = read_split(run, 'valid')[0] if has_valid else []
   kwargs = model_kwargs(seq, int(manifest['z_size']), int(manifest['action_size']))
   model = registry.sequence_model_class(seq.model)(**kwargs)
@@ -231,3 +233,10 @@ def train(config, run: Run, stage_dir: str) -> dict[str, Any]:
                               training.resume_note(step, ckpt_dir)) from None
   logging.info('seq: step %d, valid %s, %d initial latents', step, final, count)
   return {'step': step, 'valid': final}
+
+
+def run(stage: cli.Stage) -> None:
+  """The stage: train (or resume, or top up) M, export it, then DONE."""
+  result = train(stage.config, stage.run, stage.dir)
+  stage.run.mark_done('seq', step=result['step'], valid=result['valid'],
+                      model=stage.config.seq.model)

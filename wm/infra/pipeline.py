@@ -1,6 +1,6 @@
 """Runs every stage in order on one machine, skipping stages whose DONE marker exists.
 
-    python -m wm.pipeline --run_dir=runs/small --config=configs/carracing.py:small [--parallelism=2]
+    python -m wm --run_dir=runs/small --config=configs/carracing.py:small [--parallelism=2]
 
 Each stage runs as its own process (`scripts/<stage>.py`), exactly as it would alone or under
 SLURM, so a stage that fails stops the pipeline with its own message and exit status, and a
@@ -23,7 +23,7 @@ import time
 
 from absl import app, flags
 
-from wm import cli, fileio, runs
+from wm.infra import cli, fileio, runs
 from wm.config import REPO_ROOT
 
 _PARALLELISM = flags.DEFINE_integer('parallelism', os.cpu_count() or 1,
@@ -35,7 +35,7 @@ LOCK = '.pipeline'  # RUN/.pipeline.claim: held (and renewed) while a pipeline r
 EXIT_INCOMPLETE = 3  # a stage exited 0 without its DONE marker
 
 
-# Finished stages whose inputs changed (wm/runs.py: stale_reason) are redone, except these, whose
+# Finished stages whose inputs changed (wm/infra/runs.py: stale_reason) are redone, except these, whose
 # training would resume from a state made with the old inputs: they are refused with the fix.
 CANNOT_REDO = {
     'seq': 'M learned the old latents and resuming would keep it: move RUN/seq away to train M '
@@ -47,7 +47,7 @@ CANNOT_REDO = {
 
 @dataclasses.dataclass
 class StageCommand:
-  name: str  # stage key (wm/runs.py)
+  name: str  # stage key (wm/infra/runs.py)
   script: str  # scripts/<script>.py
   args: tuple[str, ...] = ()  # fixed extra flags of the one-machine run
   parallel: bool = False  # takes --parallelism

@@ -20,11 +20,13 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-from wm import cli, datasets, runs, sharding, training
+from wm import datasets, training
 from wm.config import Config
 from wm.errors import ConfigError, DataError
+from wm.infra import cli, runs
+from wm.infra.progress import Progress
 from wm.models import export, registry
-from wm.progress import Progress
+from wm.stages import shard
 
 NUM_IMAGES = 4  # frames shown beside their reconstructions in TensorBoard
 
@@ -103,7 +105,7 @@ class Trainer:
       self.save()
     run = self.stage.run
     read = [run.split_dir('shard', s) for s in runs.SPLITS
-            if os.path.exists(os.path.join(run.split_dir('shard', s), sharding.MANIFEST))]
+            if os.path.exists(os.path.join(run.split_dir('shard', s), shard.MANIFEST))]
     return datasets.read_error(error, read, run.root, training.resume_note(step, self.ckpt_dir))
 
   # ------------------------------------------------------------------------ steps
@@ -116,9 +118,9 @@ class Trainer:
 
   def split_paths(self, split: str) -> list[str] | None:
     split_dir = self.stage.run.split_dir('shard', split)
-    if split == 'valid' and not os.path.exists(os.path.join(split_dir, sharding.MANIFEST)):
+    if split == 'valid' and not os.path.exists(os.path.join(split_dir, shard.MANIFEST)):
       return None  # records.valid_fraction = 0: no validation split
-    return sharding.shard_paths(split_dir)
+    return shard.shard_paths(split_dir)
 
   def frames(self, paths: list[str], seed: int) -> tf.data.Dataset:
     data = self.config.data
@@ -227,7 +229,7 @@ def _export_step(folder: str) -> int | None:
     return None
 
 
-def train(stage: cli.Stage, check_numerics: bool = False, run_eagerly: bool = False) -> None:
+def run(stage: cli.Stage, check_numerics: bool = False, run_eagerly: bool = False) -> None:
   if check_numerics:
     tf.debugging.enable_check_numerics()
   if run_eagerly:

@@ -1,7 +1,7 @@
-"""Play: run a policy in the real env or inside the world model, with panels, videos and a window.
+"""Playing episodes to watch: in the real env or inside M, with panels, videos and a window.
 
-    world = load_world_model(run)              # V and M from RUN/vae/export, RUN/seq/export
-    policy = WorldModelPanels(agent, world, env.action_space, temperature)  # only for panels
+    models = artifacts.load_models(run)        # V and M from RUN/vae/export, RUN/seq/export
+    policy = WorldModelPanels(agent, models, env.action_space, temperature)  # only for panels
     result = play_episode(env, policy, seed, sinks=[video_writer.append])
 
 Panels are found in what the policy returns (`PolicyStep.info`, see wm/render.py): any policy can
@@ -19,74 +19,12 @@ from typing import Any, Callable, Sequence
 import gymnasium as gym
 import numpy as np
 
-from wm import render, runs
+from wm import artifacts, render
 from wm.errors import DataError
 from wm.policies import Policy, PolicyStep
 
 EPISODE_LINE = 'episode {index}: return {ret:.2f} over {steps} steps{where}'
 SCALE = 4  # frames are shown this many times their size
-
-
-def require_stage(run: runs.Run, stage: str, path: str, what: str) -> str:
-  """`path` if it exists, else a DataError naming the stage that makes it."""
-  if not os.path.exists(path):
-    raise DataError(f'{run.root} has no {what} ({path} is missing): run the {stage!r} stage '
-                    f'first (python -m wm.pipeline --run_dir={run.root} --stages={stage}, or its '
-                    f'script in scripts/)')
-  return path
-
-
-@dataclasses.dataclass
-class WorldModel:
-  encoder: Any  # wm.models.base.ObservationEncoder (V)
-  seq: Any  # wm.models.base.SequenceModel (M)
-  initial_latents: np.ndarray | None  # [N, Z] first latents of real rollouts, for dreams
-
-
-def require_world_model(run: runs.Run) -> tuple[str, str]:
-  """The export folders of V and M (checked before TensorFlow is even imported)."""
-  vae_dir = os.path.join(run.stage_dir('vae'), 'export')
-  seq_dir = os.path.join(run.stage_dir('seq'), 'export')
-  require_stage(run, 'vae', os.path.join(vae_dir, 'model.json'), 'trained V (VAE)')
-  require_stage(run, 'seq', os.path.join(seq_dir, 'model.json'), 'trained M (sequence model)')
-  return vae_dir, seq_dir
-
-
-def require_controller(run: runs.Run) -> str:
-  return require_stage(run, 'controller', os.path.join(run.stage_dir('controller'), 'best.npz'),
-                       'trained controller (C)')
-
-
-def load_world_model(run: runs.Run) -> WorldModel:
-  """V and M exported by their stages (a clear error names a stage that has not run)."""
-  vae_dir, seq_dir = require_world_model(run)
-  from wm.models import export
-  encoder = export.load(vae_dir, 'encoder')
-  seq = export.load(seq_dir, 'sequence_model')
-  if encoder.z_size != seq.z_size:
-    raise DataError(f'V in {vae_dir} has z_size {encoder.z_size} but M in {seq_dir} expects '
-                    f'{seq.z_size}: retrain M on this V (the seq stage)')
-  return WorldModel(encoder, seq, _initial_latents(run))
-
-
-def _initial_latents(run: runs.Run) -> np.ndarray | None:
-  path = os.path.join(run.stage_dir('seq'), 'initial_latents.npz')
-  if not os.path.exists(path):
-    return None
-  with np.load(path, allow_pickle=False) as data:
-    key = next((k for k in ('mu', 'z', 'latents') if k in data.files), data.files[0])
-    return np.asarray(data[key], np.float32).reshape(-1, data[key].shape[-1])
-
-
-def load_controller(run: runs.Run, config, world: WorldModel, env) -> Policy:
-  """The controller stage's best parameters acting through V and M (wm.agent.Agent)."""
-  from wm import agent
-  from wm.models.controller import Controller
-  path = require_controller(run)
-  controller = Controller.from_config(config.controller, world.encoder.z_size,
-                                      world.seq.feature_size, env.action_space)
-  params = agent.load_params(path, controller)
-  return agent.Agent(agent.WorldModel(world.encoder, world.seq, controller), params)
 
 
 def latent_actor(policy: Policy) -> Callable | None:
@@ -126,7 +64,7 @@ class WorldModelPanels(Policy):
   stepping its own copy of M's state.
   """
 
-  def __init__(self, policy: Policy, world: WorldModel, action_space: gym.Space,
+  def __init__(self, policy: Policy, world: artifacts.Models, action_space: gym.Space,
                temperature: float):
     self.policy, self.world, self.temperature = policy, world, temperature
     self.low, self.high, self.names = action_bounds(action_space)
@@ -208,20 +146,21 @@ def play_episode(env, policy: Policy, seed: int, sinks: Sequence[Sink] = ()) -> 
   return EpisodeResult(total, steps)
 
 
-def dream_episode(world: WorldModel, policy: Policy, seed: int, temperature: float,
-                  max_steps: int, action_space: gym.Space,
+def dream_episode(world: artifacts.Models, start: artifacts.StartLatents | None, policy: Policy,
+                  seed: int, temperature: float, max_steps: int, action_space: gym.Space,
                   sinks: Sequence[Sink] = ()) -> EpisodeResult:
   """One episode inside M: frames decoded from M's own samples, the policy acting on them.
 
-  The first latent is that of a real rollout's first frame (RUN/seq/initial_latents.npz) or,
-  without one, a draw from V's prior. Rewards and the episode's end are M's predictions.
+  The first latent is the mean latent of a real rollout's first frame (`start`, from
+  RUN/seq/initial_latents.npz) or, without one, a draw from V's prior. Rewards and the episode's
+  end are M's predictions.
   """
   import tensorflow as tf
   rng = np.random.default_rng(seed)
   encoder, seq = world.encoder, world.seq
   bounds = action_bounds(action_space)
-  if world.initial_latents is not None and len(world.initial_latents):
-    z = world.initial_latents[rng.integers(len(world.initial_latents))][None]
+  if start is not None:
+    z = start.mu[rng.integers(len(start.mu))][None]
   else:
     z = rng.normal(size=(1, seq.z_size)).astype(np.float32)
   z = tf.convert_to_tensor(z, tf.float32)

@@ -3,7 +3,7 @@
     slurm/submit_pipeline.sh --run_dir=runs/paper --config=configs/carracing.py:paper \\
         [--partition=cpu --gpu_partition=gpu --account=ACC --collect_tasks=64] [--config.a.b=v]
 
-Each stage of wm.pipeline.STAGES without a DONE marker becomes a job of slurm/<stage>.sbatch
+Each stage of wm.infra.pipeline.STAGES without a DONE marker becomes a job of slurm/<stage>.sbatch
 waiting for the previous one (`--dependency=afterok`, `--kill-on-invalid-dep=yes`: a failed stage
 cancels everything after it). Array stages run as a job array, then as one short job without
 --array that checks every share is there and marks the stage DONE. Job ids are printed and
@@ -25,7 +25,7 @@ import time
 
 from absl import app, flags
 
-from wm import cli, fileio, pipeline, runs, slurm
+from wm.infra import cli, fileio, pipeline, runs, slurm
 from wm.errors import UserError
 
 _PARTITION = flags.DEFINE_string('partition', None, 'Partition of CPU stages [WM_PARTITION].')

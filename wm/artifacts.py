@@ -1,0 +1,159 @@
+"""A run's trained artifacts: where they live, how they are loaded, and what is checked.
+
+    RUN/vae/export/              V, the encoder (wm/models/export.py format)
+    RUN/seq/export/              M, the sequence model
+    RUN/seq/initial_latents.npz  mu, logvar [N, Z] of training rollouts' first frames (dreams)
+    RUN/controller/best.npz      C's parameters and variant (read without pickle)
+
+Every reader goes through here: `load_models` (V and M, checked to fit each other and to have
+been made from each other's latents), `StartLatents`, `load_params` / `save_params`, and the
+`require_*` checks that name the stage to run before TensorFlow is even imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from wm.errors import DataError
+from wm.infra import fileio, runs
+
+INITIAL_LATENTS = 'initial_latents.npz'
+BEST = 'best.npz'
+
+
+def vae_export(run: runs.Run) -> str:
+  return os.path.join(run.stage_dir('vae'), 'export')
+
+
+def seq_export(run: runs.Run) -> str:
+  return os.path.join(run.stage_dir('seq'), 'export')
+
+
+def initial_latents_path(run: runs.Run) -> str:
+  return os.path.join(run.stage_dir('seq'), INITIAL_LATENTS)
+
+
+def controller_params_path(run: runs.Run) -> str:
+  return os.path.join(run.stage_dir('controller'), BEST)
+
+
+# ---------------------------------------------------------------------------- presence
+
+
+def require_stage(run: runs.Run, stage: str, path: str, what: str) -> str:
+  """`path` if it exists, else a DataError naming the stage that makes it."""
+  if not os.path.exists(path):
+    raise DataError(f'{run.root} has no {what} ({path} is missing): run the {stage!r} stage '
+                    f'first (python -m wm --run_dir={run.root} --stages={stage}, or its '
+                    f'script in scripts/)')
+  return path
+
+
+def require_world_model(run: runs.Run) -> tuple[str, str]:
+  """The export folders of V and M (checked before TensorFlow is even imported)."""
+  require_stage(run, 'vae', os.path.join(vae_export(run), 'model.json'), 'trained V (VAE)')
+  require_stage(run, 'seq', os.path.join(seq_export(run), 'model.json'),
+                'trained M (sequence model)')
+  return vae_export(run), seq_export(run)
+
+
+def require_controller(run: runs.Run) -> str:
+  return require_stage(run, 'controller', controller_params_path(run), 'trained controller (C)')
+
+
+# ---------------------------------------------------------------------------- V and M
+
+
+@dataclasses.dataclass
+class Models:
+  encoder: Any  # wm.models.base.ObservationEncoder (V)
+  seq: Any  # wm.models.base.SequenceModel (M)
+
+
+def load_models(run: runs.Run) -> Models:
+  """V and M exported by their stages, refused when they do not fit each other: another latent
+  size, or an M trained on the latents of another V (wm/infra/runs.py stale_reason)."""
+  vae_dir, seq_dir = require_world_model(run)
+  for stage in ('encode', 'seq'):  # M learned the latents of this V?
+    reason = run.stale_reason(stage)
+    if reason:
+      raise DataError(f'V in {vae_dir} and M in {seq_dir} do not fit each other: {reason}. '
+                      'Rerun the encode stage, then train M afresh (move RUN/seq away), or '
+                      'restore the earlier V')
+  from wm.models import export  # pylint: disable=import-outside-toplevel
+  encoder = export.load(vae_dir, 'encoder')
+  seq = export.load(seq_dir, 'sequence_model')
+  if seq.z_size != encoder.z_size:
+    raise DataError(f'M in {seq_dir} takes z of size {seq.z_size} but V in {vae_dir} makes '
+                    f'{encoder.z_size}: retrain M on this V (rerun encode and seq stages)')
+  return Models(encoder, seq)
+
+
+class StartLatents:
+  """First latents to start dreams from: rows of `mu`/`logvar` (sampled), or of `z`."""
+
+  def __init__(self, path: str, z_size: int):
+    if not os.path.exists(path):
+      raise DataError(f'{path} is missing: the sequence model stage writes the first latents '
+                      'that dreams start from; rerun scripts/train_sequence_model.py')
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k].astype(np.float32) for k in data.files if k in ('mu', 'logvar', 'z')}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+      raise DataError(f'{path} is truncated or corrupted ({type(e).__name__}: {e}); rerun '
+                      'the sequence model stage') from None
+    self.mu = arrays.get('mu', arrays.get('z'))
+    self.logvar = arrays.get('logvar', np.full_like(self.mu, -np.inf) if self.mu is not None
+                             else None)
+    if self.mu is None or self.mu.ndim != 2 or self.mu.shape[1] != z_size or not len(self.mu):
+      raise DataError(f'{path} should hold mu and logvar (or z) of shape [N, {z_size}], found '
+                      f'{ {k: v.shape for k, v in arrays.items()} }')
+
+  @classmethod
+  def of_run(cls, run: runs.Run, z_size: int) -> 'StartLatents':
+    return cls(initial_latents_path(run), z_size)
+
+  def draw(self, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` latents z ~ N(mu, sigma) of randomly chosen first frames."""
+    rows = rng.integers(len(self.mu), size=count)
+    noise = rng.standard_normal(self.mu[rows].shape).astype(np.float32)
+    return self.mu[rows] + np.exp(0.5 * self.logvar[rows]) * noise
+
+
+# ---------------------------------------------------------------------------- C's parameters
+
+
+def save_params(path: str, params: np.ndarray, controller, **extra: float) -> None:
+  """Writes a controller's parameters and its variant (`inputs`, `rest`) atomically."""
+  with fileio.atomic_path(path) as tmp:
+    with open(tmp, 'wb') as f:
+      np.savez(f, params=np.asarray(params, np.float64), inputs=np.str_(controller.inputs),
+               rest=np.str_(controller.rest),
+               num_params=np.int64(controller.num_params),
+               **{k: np.float64(v) for k, v in extra.items()})
+
+
+def load_params(path: str, controller) -> np.ndarray:
+  """The parameters in `path`, refused unless they fit `controller` (wm.models.controller)."""
+  if not os.path.exists(path):
+    raise DataError(f'no controller parameters at {path}; train the controller first '
+                    '(scripts/train_controller.py) or pass --policy=random')
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      params, inputs = data['params'], str(data['inputs'])
+      rest = str(data['rest']) if 'rest' in data.files else 'middle'
+  except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
+    raise DataError(f'{path} is not a controller parameter file ({type(e).__name__}: {e})') from None
+  if inputs != controller.inputs or params.shape != (controller.num_params,):
+    raise DataError(f'{path} holds a controller.inputs={inputs!r} controller with '
+                    f'{params.shape} parameters; the config wants inputs='
+                    f'{controller.inputs!r} with {controller.num_params}: fix --config.controller')
+  if rest != controller.rest:
+    raise DataError(f'{path} was trained with controller.rest={rest!r}, the config says '
+                    f'{controller.rest!r}: its actions would differ; fix --config.controller.rest')
+  return params

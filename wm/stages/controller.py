@@ -1,0 +1,126 @@
+"""Stage controller: evolve the controller with CMA-ES, in the real environment or in the dream.
+
+Input:  RUN/vae/export (V), RUN/seq/export (M), RUN/seq/initial_latents.npz (dream starts),
+        the config's controller.* (population, trials, generations, mode, ...).
+Output: RUN/controller/es_state.npz (the search, resumable), history.jsonl (one line per
+        generation), best.npz (the best parameters), tb/ (TensorBoard), DONE.
+
+    python scripts/train_controller.py --run_dir=RUN --config=configs/carracing.py:debug \\
+        [--parallelism=2] [--config.controller.mode=dream]
+    mpiexec -n 8 python scripts/train_controller.py --run_dir=RUN   # or srun -n 8 ... on SLURM
+
+Rerunning continues from the last saved generation, also in the other mode: train in the dream,
+then rerun with --config.controller.mode=real (and more controller.generations) to continue
+the same search in the real environment. Under MPI rank 0 owns CMA-ES and every rank plays
+a share of the episodes; without MPI `--parallelism` local processes do. SIGTERM/SIGUSR1 save
+after the current generation and exit 75 (requeue).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from absl import logging
+
+from wm import artifacts, es, evaluation, training
+from wm.agent import WorldModel, action_space_of
+from wm.artifacts import save_params
+from wm.dream import Dream
+from wm.errors import UserError
+from wm.infra import cli, mpi
+
+
+def run(stage: cli.Stage, parallelism: int = 1) -> None:
+  """The stage, on every MPI rank: rank 0 runs the search, the others serve its episodes."""
+  if parallelism < 1:
+    raise UserError(f'--parallelism must be >= 1, got {parallelism}')
+  world = mpi.world()
+  if not world.root:
+    if world.comm is not None:
+      evaluation.serve(world.comm, stage.config, stage.run.root)
+    return
+  evaluator = (evaluation.Mpi(world.comm, stage.config, stage.run.root)
+               if world.comm is not None and world.size > 1 else None)
+  try:
+    train(stage, evaluator, parallelism)
+  finally:
+    if evaluator is not None:
+      evaluator.close()
+
+
+def train(stage: cli.Stage, mpi_evaluator, parallelism: int = 1) -> None:
+  config, c = stage.config, stage.config.controller
+  model = WorldModel.load(stage.run, config, action_space_of(config))
+  settings = es.Settings(model.controller.num_params, c.population_size, c.init_sigma, config.seed,
+                         c.rest)
+  state = es.load(stage.dir, settings)
+  if state.generation >= c.generations:
+    logging.info('%d of %d generations done already', state.generation, c.generations)
+    stage.run.mark_done('controller', generations=state.generation)
+    return
+  stage.run.clear_done('controller')
+  evaluators = [mpi_evaluator]
+
+  def real() -> evaluation.Evaluator:
+    if evaluators[0] is None:
+      evaluators[0] = evaluation.make(config, stage.run.root, parallelism)
+    return evaluators[0]
+
+  dream = None
+  if c.mode == 'dream':
+    dream = Dream.load(model, stage.run, config.env.agent_steps(), c.dream_temperature)
+
+  def play(params: np.ndarray, seeds: np.ndarray, patience: int = 0) -> np.ndarray:
+    """Returns [P, E]: every row of params [P, n] on every one of the E episode seeds."""
+    returns = real().evaluate(np.repeat(params, len(seeds), axis=0), np.tile(seeds, len(params)),
+                              patience)
+    return returns.reshape(len(params), len(seeds))
+
+  def fitness(params: np.ndarray, generation: int) -> np.ndarray:
+    if dream is not None:
+      return dream.evaluate(params, c.trials, es.derive_seed(config.seed, es.TRAIN_STREAM,
+                                                             generation))
+    seeds = es.episode_seeds(config.seed, es.TRAIN_STREAM, generation, c.trials)
+    return play(params, seeds, c.train_patience).mean(axis=1)
+
+  def evaluate(params: np.ndarray, generation: int) -> np.ndarray:
+    return play(params, es.episode_seeds(config.seed, es.EVAL_STREAM, generation,
+                                         c.eval_episodes))
+
+  def save_best(params: np.ndarray, score: float) -> None:
+    save_params(artifacts.controller_params_path(stage.run), params, model.controller,
+                score=score)
+
+  logging.info('CMA-ES over %d parameters (controller.inputs=%s), population %d, %d trials, '
+               '%s mode, from generation %d', settings.num_params, c.inputs, c.population_size,
+               c.trials, c.mode, state.generation + 1)
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  writer = tf.summary.create_file_writer(os.path.join(stage.dir, 'tb'))
+  try:
+    with training.Preemption() as preemption:
+      for gen in es.run(stage.dir, state, c.generations, c.mode, fitness, evaluate,
+                        c.eval_every, save_best, stop=lambda: preemption.requested):
+        log(writer, gen)
+  finally:
+    if evaluators[0] is not None and evaluators[0] is not mpi_evaluator:
+      evaluators[0].close()
+  if state.generation < c.generations:
+    training.exit_for_requeue(f'generation {state.generation} in {stage.dir}')
+  stage.run.mark_done('controller', generations=state.generation, best_score=state.best_score)
+
+
+def log(writer, gen: es.Generation) -> None:
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  row = gen.row
+  text = ', '.join(f'{k} {v:.2f}' for k, v in row.items())
+  logging.info('generation %d: %s', gen.generation, text)
+  with writer.as_default(step=gen.generation):
+    for key in ('best', 'mean', 'worst', 'sigma'):
+      tf.summary.scalar(f'es/{key}', row[key])
+    if 'eval_mean' in row:
+      tf.summary.scalar('eval/return_mean', row['eval_mean'])
+      tf.summary.scalar('eval/return_std', row['eval_std'])
+      tf.summary.scalar('eval/centroid_return_mean', row['centroid_eval_mean'])
+      tf.summary.scalar('eval/centroid_return_std', row['centroid_eval_std'])
+  writer.flush()

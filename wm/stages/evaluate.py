@@ -1,0 +1,68 @@
+"""Stage evaluate: N real episodes of the trained controller (or a random baseline), scored.
+
+Input:  RUN/vae/export, RUN/seq/export and RUN/controller/best.npz (or --params=FILE); nothing
+        but the config with --policy=random.
+Output: RUN/evaluate/result.json (or --output=NAME.json): returns of every episode, mean, std,
+        min, max, the policy and the seeds' stream; RUN/evaluate/DONE. Prints `mean +- std (min .. max)` as the
+        paper's table does.
+
+    python scripts/evaluate.py --run_dir=RUN --episodes=100 --parallelism=2
+    python scripts/evaluate.py --run_dir=RUN --policy=random --output=random.json
+    mpiexec -n 8 python scripts/evaluate.py --run_dir=RUN --episodes=1024
+
+The episodes' seeds come from their own seed stream (wm/es.py TEST_STREAM), so they are never the
+episodes the controller was trained or selected on. The random baseline draws a uniformly random
+action every frame. Frames are always drawn at the environment's own resolution
+(env.render_scale=1), so the score is on CarRacing's own pixels whatever resolution the
+controller was trained at.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from absl import logging
+
+from wm import artifacts, envs, es, evaluation
+from wm.agent import WorldModel, action_space_of
+from wm.errors import UserError
+from wm.infra import cli, fileio, mpi
+
+
+def run(stage: cli.Stage, policy: str = 'controller', episodes: int | None = None,
+        parallelism: int = 1, params_path: str | None = None,
+        output: str = 'result.json') -> None:
+  """The stage, on every MPI rank: rank 0 scores the episodes the ranks (or workers) play."""
+  if os.path.basename(output) != output or not output.endswith('.json'):
+    raise UserError(f'--output={output!r} must be a file name ending in .json (it is '
+                    f'written inside {stage.dir})')
+  config = envs.full_size(stage.config)
+  world = mpi.world()
+  if not world.root:
+    if world.comm is not None:
+      evaluation.serve(world.comm, config, stage.run.root)
+    return
+  episodes = episodes or config.controller.test_episodes
+  params = None
+  if policy == 'controller':
+    model = WorldModel.load(stage.run, config, action_space_of(config))
+    path = params_path or artifacts.controller_params_path(stage.run)
+    params = np.repeat(artifacts.load_params(path, model.controller)[None], episodes, axis=0)
+  seeds = es.episode_seeds(config.seed, es.TEST_STREAM, 0, episodes)
+  with evaluation.make(config, stage.run.root, parallelism, world.comm,
+                       preload=params is not None) as pool:
+    returns = pool.evaluate(params, seeds)
+  result = {'policy': policy, 'params': params_path, 'env': config.env.name,
+            'render_scale': config.env.render_scale,
+            'episodes': len(returns), 'mean': float(returns.mean()), 'std': float(returns.std()),
+            'min': float(returns.min()), 'max': float(returns.max()),
+            'seed': config.seed, 'seed_stream': es.TEST_STREAM,
+            'returns': [float(r) for r in returns]}
+  path = os.path.join(stage.dir, output)
+  fileio.write_json(path, result)
+  line = (f'{policy} policy, {len(returns)} episodes: {result["mean"]:.1f} +- '
+          f'{result["std"]:.1f} (min {result["min"]:.1f}, max {result["max"]:.1f})')
+  print(line, flush=True)
+  logging.info('wrote %s', path)
+  stage.run.mark_done('evaluate', output=output, mean=result['mean'])
