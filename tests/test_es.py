@@ -37,10 +37,14 @@ def test_cma_es_finds_a_known_controller(tmp_path):
     return -((actions.reshape(len(params), len(z), 2) - wanted) ** 2).mean(axis=(1, 2))
 
   state = es.State.empty(es.Settings(c.num_params, 12, 0.5, seed=1))
-  list(es.run(str(tmp_path), state, 120, 'real', fitness, None, 1, lambda p, s: None))
+  list(es.run(str(tmp_path), state, 120, 'real', es.Objective(fitness, _ignore)))
   best = es.replay(state).es.mean
   assert state.columns['best'][-1] > -1e-4, state.columns['best'][-5:]
   np.testing.assert_allclose(best, target, atol=0.05)
+
+
+def _ignore(params, score):
+  del params, score  # best.npz is not under test here
 
 
 def _quadratic(params, generation):
@@ -50,16 +54,16 @@ def _quadratic(params, generation):
 def test_resume_continues_exactly(tmp_path):
   settings = es.Settings(20, 8, 0.2, seed=3)
   whole = es.State.empty(settings)
-  list(es.run(str(tmp_path / 'a'), whole, 6, 'dream', _quadratic, None, 1, lambda p, s: None))
+  list(es.run(str(tmp_path / 'a'), whole, 6, 'dream', es.Objective(_quadratic, _ignore)))
   calls = []
   part = es.State.empty(settings)
   stop_after_two = lambda: len(calls) >= 2  # noqa: E731
-  for gen in es.run(str(tmp_path / 'b'), part, 6, 'dream', _quadratic, None, 1,
-                    lambda p, s: None, stop=stop_after_two):
+  for gen in es.run(str(tmp_path / 'b'), part, 6, 'dream',
+                    es.Objective(_quadratic, _ignore, stop=stop_after_two)):
     calls.append(gen.generation)
   assert calls == [1, 2]
   resumed = es.load(str(tmp_path / 'b'), settings)
-  list(es.run(str(tmp_path / 'b'), resumed, 6, 'real', _quadratic, None, 1, lambda p, s: None))
+  list(es.run(str(tmp_path / 'b'), resumed, 6, 'real', es.Objective(_quadratic, _ignore)))
   np.testing.assert_array_equal(resumed.returns, whole.returns)
   rows = [json.loads(line) for line in open(tmp_path / 'b' / es.HISTORY)]
   assert [r['generation'] for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -78,8 +82,8 @@ def test_evaluations_keep_the_better_of_best_candidate_and_centroid(tmp_path):
     scores = [1.0, 5.0] if generation == 2 else [9.0, 2.0]
     return np.array([[s, s + 2.0] for s in scores])
 
-  gens = list(es.run(str(tmp_path), state, 4, 'real', _quadratic, evaluate, 2,
-                     lambda p, s: saved.append((p.copy(), s))))
+  gens = list(es.run(str(tmp_path), state, 4, 'real', es.Objective(
+      _quadratic, lambda p, s: saved.append((p.copy(), s)), evaluate, eval_every=2)))
   assert [p.shape for p in played] == [(2, 6), (2, 6)]
   centroid_after_2 = es.replay(es.State(settings, state.returns[:2], state.digests[:2],
                                         {c: v[:2] for c, v in state.columns.items()},
@@ -97,7 +101,7 @@ def test_evaluations_keep_the_better_of_best_candidate_and_centroid(tmp_path):
 def test_changed_settings_and_corrupted_state_are_refused(tmp_path):
   settings = es.Settings(5, 4, 0.2, seed=0)
   state = es.State.empty(settings)
-  list(es.run(str(tmp_path), state, 1, 'real', _quadratic, None, 1, lambda p, s: None))
+  list(es.run(str(tmp_path), state, 1, 'real', es.Objective(_quadratic, _ignore)))
   with pytest.raises(ConfigError, match='population_size=8'):
     es.load(str(tmp_path), es.Settings(5, 8, 0.2, seed=0))
   with pytest.raises(ConfigError, match="rest='low'"):

@@ -182,43 +182,55 @@ class Generation:
   best_params: np.ndarray
 
 
-def run(folder: str, state: State, generations: int, mode: str,
-        fitness: Callable[[np.ndarray, int], np.ndarray],
-        evaluate: Callable[[np.ndarray, int], np.ndarray] | None, eval_every: int,
-        save_best: Callable[[np.ndarray, float], None], stop: Callable[[], bool] = lambda: False):
+@dataclasses.dataclass
+class Objective:
+  """What the search asks of its caller."""
+  fitness: Callable[[np.ndarray, int], np.ndarray]  # (params [P, n], generation) -> returns [P]
+  save_best: Callable[[np.ndarray, float], None]  # (params [n], score): keep the best so far
+  # (params [k, n], generation) -> returns [k, E] of the same E real evaluation episodes per row
+  evaluate: Callable[[np.ndarray, int], np.ndarray] | None = None
+  eval_every: int = 1  # generations between evaluations
+  stop: Callable[[], bool] = lambda: False  # checked after each generation is saved
+
+
+def run(folder: str, state: State, generations: int, mode: str, objective: Objective):
   """Runs generations state.generation+1 .. `generations`, saving after each; yields them.
 
-  fitness(params [P, n], generation) -> returns [P]; evaluate(params [k, n], generation) ->
-  returns [k, E] of the real evaluation episodes (the same E episodes for each row). Every
-  `eval_every` generations the generation's best candidate and the search's centroid are
-  evaluated, and best.npz keeps whichever evaluated best so far. Stops early (after saving)
-  when stop() is true.
+  Every `objective.eval_every` generations the generation's best candidate and the search's
+  centroid are evaluated, and best.npz keeps whichever evaluated best so far. Stops early
+  (after saving) when objective.stop() is true.
   """
   search = replay(state)
   while state.generation < generations:
     g = state.generation + 1
     solutions = search.ask()
-    returns = np.asarray(fitness(solutions, g), np.float64)
+    returns = np.asarray(objective.fitness(solutions, g), np.float64)
     search.tell(solutions, returns)
     top = int(np.argmax(returns))
     row = {'best': returns[top], 'mean': returns.mean(), 'worst': returns.min(),
            'sigma': search.sigma}
     best, score, evaluated = solutions[top], returns[top], False
-    if evaluate is not None and g % eval_every == 0:
-      centroid = search.centroid
-      episodes = np.asarray(evaluate(np.stack([best, centroid]), g))
-      row.update(eval_mean=episodes[0].mean(), eval_std=episodes[0].std(),
-                 centroid_eval_mean=episodes[1].mean(), centroid_eval_std=episodes[1].std())
+    if objective.evaluate is not None and g % objective.eval_every == 0:
+      best, score = _evaluate(objective, g, best, search.centroid, row)
       evaluated = True
-      score = episodes[0].mean()
-      if episodes[1].mean() > score:
-        best, score = centroid, episodes[1].mean()
     if (evaluated and not state.best_evaluated) or (
         evaluated == state.best_evaluated and score > state.best_score):
-      save_best(best, float(score))
+      objective.save_best(best, float(score))
       state.best_score, state.best_evaluated = float(score), evaluated
     state.append(returns, search.digest(), mode, **row)
     save(folder, state)
     yield Generation(g, row, solutions[top])
-    if stop():
+    if objective.stop():
       return
+
+
+def _evaluate(objective: Objective, generation: int, best: np.ndarray, centroid: np.ndarray,
+              row: dict) -> tuple[np.ndarray, float]:
+  """Plays the best candidate and the centroid on the same episodes; returns the better and
+  its mean, and adds both to the history `row`."""
+  episodes = np.asarray(objective.evaluate(np.stack([best, centroid]), generation))
+  row.update(eval_mean=episodes[0].mean(), eval_std=episodes[0].std(),
+             centroid_eval_mean=episodes[1].mean(), centroid_eval_std=episodes[1].std())
+  if episodes[1].mean() > episodes[0].mean():
+    return centroid, episodes[1].mean()
+  return best, episodes[0].mean()

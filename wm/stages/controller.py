@@ -49,7 +49,51 @@ def run(stage: cli.Stage, parallelism: int = 1) -> None:
       evaluator.close()
 
 
+class Episodes:
+  """Where the search's candidates play: M's dream (controller.mode=dream) for fitness, and the
+  real environment (local workers, or the MPI ranks) for real-mode fitness and evaluations."""
+
+  def __init__(self, stage: cli.Stage, model: WorldModel, mpi_evaluator, parallelism: int):
+    self.stage, self.config, self.c = stage, stage.config, stage.config.controller
+    self.mpi_evaluator, self.parallelism = mpi_evaluator, parallelism
+    self.local = None  # made on first use: a dream-only search never starts the workers
+    self.dream = None
+    if self.c.mode == 'dream':
+      self.dream = Dream.load(model, stage.run, self.config.env.agent_steps(),
+                              self.c.dream_temperature)
+
+  def real(self) -> evaluation.Evaluator:
+    if self.mpi_evaluator is not None:
+      return self.mpi_evaluator
+    if self.local is None:
+      self.local = evaluation.make(self.config, self.stage.run.root, self.parallelism)
+    return self.local
+
+  def play(self, params: np.ndarray, seeds: np.ndarray, patience: int = 0) -> np.ndarray:
+    """Returns [P, E]: every row of params [P, n] on every one of the E episode seeds."""
+    returns = self.real().evaluate(np.repeat(params, len(seeds), axis=0),
+                                   np.tile(seeds, len(params)), patience)
+    return returns.reshape(len(params), len(seeds))
+
+  def fitness(self, params: np.ndarray, generation: int) -> np.ndarray:
+    seed = self.config.seed
+    if self.dream is not None:
+      return self.dream.evaluate(params, self.c.trials,
+                                 es.derive_seed(seed, es.TRAIN_STREAM, generation))
+    seeds = es.episode_seeds(seed, es.TRAIN_STREAM, generation, self.c.trials)
+    return self.play(params, seeds, self.c.train_patience).mean(axis=1)
+
+  def evaluate(self, params: np.ndarray, generation: int) -> np.ndarray:
+    return self.play(params, es.episode_seeds(self.config.seed, es.EVAL_STREAM, generation,
+                                              self.c.eval_episodes))
+
+  def close(self) -> None:
+    if self.local is not None:
+      self.local.close()
+
+
 def train(stage: cli.Stage, mpi_evaluator, parallelism: int = 1) -> None:
+  """Continues the search up to controller.generations; DONE when there, exit 75 when stopped."""
   config, c = stage.config, stage.config.controller
   model = WorldModel.load(stage.run, config, action_space_of(config))
   settings = es.Settings(model.controller.num_params, c.population_size, c.init_sigma, config.seed,
@@ -60,54 +104,34 @@ def train(stage: cli.Stage, mpi_evaluator, parallelism: int = 1) -> None:
     stage.run.mark_done('controller', generations=state.generation)
     return
   stage.run.clear_done('controller')
-  evaluators = [mpi_evaluator]
+  episodes = Episodes(stage, model, mpi_evaluator, parallelism)
+  logging.info('CMA-ES over %d parameters (controller.inputs=%s), population %d, %d trials, '
+               '%s mode, from generation %d', settings.num_params, c.inputs, c.population_size,
+               c.trials, c.mode, state.generation + 1)
+  try:
+    search(stage, model, state, episodes)
+  finally:
+    episodes.close()
+  if state.generation < c.generations:
+    training.exit_for_requeue(f'generation {state.generation} in {stage.dir}')
+  stage.run.mark_done('controller', generations=state.generation, best_score=state.best_score)
 
-  def real() -> evaluation.Evaluator:
-    if evaluators[0] is None:
-      evaluators[0] = evaluation.make(config, stage.run.root, parallelism)
-    return evaluators[0]
 
-  dream = None
-  if c.mode == 'dream':
-    dream = Dream.load(model, stage.run, config.env.agent_steps(), c.dream_temperature)
-
-  def play(params: np.ndarray, seeds: np.ndarray, patience: int = 0) -> np.ndarray:
-    """Returns [P, E]: every row of params [P, n] on every one of the E episode seeds."""
-    returns = real().evaluate(np.repeat(params, len(seeds), axis=0), np.tile(seeds, len(params)),
-                              patience)
-    return returns.reshape(len(params), len(seeds))
-
-  def fitness(params: np.ndarray, generation: int) -> np.ndarray:
-    if dream is not None:
-      return dream.evaluate(params, c.trials, es.derive_seed(config.seed, es.TRAIN_STREAM,
-                                                             generation))
-    seeds = es.episode_seeds(config.seed, es.TRAIN_STREAM, generation, c.trials)
-    return play(params, seeds, c.train_patience).mean(axis=1)
-
-  def evaluate(params: np.ndarray, generation: int) -> np.ndarray:
-    return play(params, es.episode_seeds(config.seed, es.EVAL_STREAM, generation,
-                                         c.eval_episodes))
+def search(stage: cli.Stage, model: WorldModel, state: es.State, episodes: Episodes) -> None:
+  """The CMA-ES loop, logged to TensorBoard, until done or preempted (then saved)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  c = stage.config.controller
 
   def save_best(params: np.ndarray, score: float) -> None:
     save_params(artifacts.controller_params_path(stage.run), params, model.controller,
                 score=score)
 
-  logging.info('CMA-ES over %d parameters (controller.inputs=%s), population %d, %d trials, '
-               '%s mode, from generation %d', settings.num_params, c.inputs, c.population_size,
-               c.trials, c.mode, state.generation + 1)
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   writer = tf.summary.create_file_writer(os.path.join(stage.dir, 'tb'))
-  try:
-    with training.Preemption() as preemption:
-      for gen in es.run(stage.dir, state, c.generations, c.mode, fitness, evaluate,
-                        c.eval_every, save_best, stop=lambda: preemption.requested):
-        log(writer, gen)
-  finally:
-    if evaluators[0] is not None and evaluators[0] is not mpi_evaluator:
-      evaluators[0].close()
-  if state.generation < c.generations:
-    training.exit_for_requeue(f'generation {state.generation} in {stage.dir}')
-  stage.run.mark_done('controller', generations=state.generation, best_score=state.best_score)
+  with training.Preemption() as preemption:
+    objective = es.Objective(episodes.fitness, save_best, episodes.evaluate, c.eval_every,
+                             stop=lambda: preemption.requested)
+    for gen in es.run(stage.dir, state, c.generations, c.mode, objective):
+      log(writer, gen)
 
 
 def log(writer, gen: es.Generation) -> None:
