@@ -28,6 +28,7 @@ from wm import envs, es, evaluation
 from wm.infra import cli, runs
 from wm.agent import WorldModel, action_space_of
 from wm.dream import Dream
+from wm.errors import UserError
 
 _REAL_ENVS = flags.DEFINE_integer('real_envs', 4, 'Environments stepped together in one process.')
 _REAL_STEPS = flags.DEFINE_integer('real_steps', 250, 'Frames per real episode measured '
@@ -40,20 +41,16 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Interleaved measurements of each 
                                 'counts.')
 
 
+@cli.exits_on_user_error
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected arguments {argv[1:]}')
+  del argv  # cli.parse_flags refused positional arguments
   if not flags.FLAGS.run_dir:
-    sys.exit('error: --run_dir is required (a run dir with V and M exports)')
-  try:
-    # Reads the run's config without writing anything into the run dir.
-    config = cli.resolve_config(flags.FLAGS.run_dir, cli._OVERRIDES)  # pylint: disable=protected-access
-    run = runs.Run(flags.FLAGS.run_dir)
-    config.env.max_steps = _REAL_STEPS.value
-    model = WorldModel.load(run, config, action_space_of(config))
-  except cli.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(cli.EXIT_USER_ERROR)
+    raise UserError('--run_dir is required (a run dir with V and M exports)')
+  # Reads the run's config without writing anything into the run dir.
+  config = cli.resolve_config(flags.FLAGS.run_dir, cli.overrides())
+  run = runs.Run(flags.FLAGS.run_dir)
+  config.env.max_steps = _REAL_STEPS.value
+  model = WorldModel.load(run, config, action_space_of(config))
   rng = np.random.default_rng(0)
   n = model.controller.num_params
 
@@ -118,11 +115,5 @@ def main(argv: list[str]) -> None:
         f'{pool_rates[2] / pool_rates[1]:6.2f}x (goal >= 1.8x)')
 
 
-def parse(argv: list[str]) -> list[str]:
-  rest, overrides = cli.split_overrides(argv)
-  cli._OVERRIDES.update(overrides)  # pylint: disable=protected-access
-  return flags.FLAGS(rest)
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -83,6 +83,33 @@ def test_a_missing_config_file_exits_2(tmp_path):
   assert not run_dir.exists()
 
 
+# ---------------------------------------------------------------------------- flags
+
+
+@pytest.mark.parametrize('script,flags', [
+    ('train_vae', ('run_dir', 'config', 'save_config', 'check_numerics')),
+    ('shard_rollouts', ('run_dir', 'config', 'num_tasks', 'task_index', 'parallelism')),
+])
+def test_help_lists_the_shared_flags_beside_the_scripts_own(script, flags):
+  # absl's --help lists only the main module's flags; cli.run adds the ones it defines.
+  result = run_script(script, '--help', config=None, check=False)
+  for flag in flags:
+    assert f'  --{flag}:' in result.stdout or f'  --[no]{flag}:' in result.stdout, (
+        flag, result.stdout[-3000:])
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config.seed'], '--config.seed needs a value: --config.seed=VALUE'),
+    (['--nonsense_flag=1'], "Unknown command line flag 'nonsense_flag'"),
+    (['stray'], "unexpected arguments ['stray']; flags look like --name=value"),
+])
+def test_a_bad_flag_is_refused_before_anything_is_written(tmp_path, args, message):
+  run_dir = tmp_path / 'run'
+  result = run_script('collect_rollouts', f'--run_dir={run_dir}', *args, check=False)
+  refused(result, message)
+  assert not run_dir.exists()
+
+
 # ---------------------------------------------------------------------------- env.name
 
 

@@ -8,6 +8,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from conftest import DEBUG, REPO, copy_run, run_script, script_env
 from wm.infra import pipeline, runs
 
@@ -26,6 +28,39 @@ def _pipeline(run_dir, *args):
   return subprocess.run([sys.executable, '-m', 'wm', f'--run_dir={run_dir}',
                          f'--config={DEBUG}', '--stages=collect', *args], cwd=REPO,
                         env=script_env(), capture_output=True, text=True, timeout=300)
+
+
+def _wm(*args):
+  return subprocess.run([sys.executable, '-m', 'wm', *args], cwd=REPO, env=script_env(),
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_the_pipeline_flags():
+  result = _wm('--help')
+  for flag in ('run_dir', 'config', 'stages', 'parallelism'):
+    assert f'  --{flag}:' in result.stdout, (flag, result.stdout[-3000:])
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config.seed'], '--config.seed needs a value: --config.seed=VALUE'),
+    (['--config.seed=many'], "config field seed expects int, got 'many'"),
+    (['--nonsense_flag=1'], "Unknown command line flag 'nonsense_flag'"),
+    (['--parallelism=two'], '--parallelism'),
+    (['--stages=colect'], "--stages: unknown ['colect']"),
+    (['stray'], "unexpected arguments ['stray']"),
+])
+def test_bad_flags_are_one_message_and_exit_2(tmp_path, args, message):
+  run_dir = tmp_path / 'run'
+  result = _wm(f'--run_dir={run_dir}', f'--config={DEBUG}', *args)
+  assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+  assert message in result.stderr and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  assert not run_dir.exists()
+
+
+def test_no_run_dir_is_one_message_and_exit_2():
+  result = _wm(f'--config={DEBUG}')
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  assert 'error: --run_dir is required' in result.stderr, result.stderr[-3000:]
 
 
 def test_a_second_pipeline_on_a_run_dir_is_refused_naming_the_first(tmp_path):

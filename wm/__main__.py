@@ -1,6 +1,7 @@
 """`python -m wm --run_dir=RUN --config=FILE:PRESET`: every stage in order on this machine.
 
-The runner lives in wm/infra/pipeline.py (its docstring lists the flags).
+Finished stages are skipped, so rerunning the same command continues; `--config.a.b=v` overrides
+go to every stage. The runner lives in wm/infra/pipeline.py (its docstring says more).
 """
 
 from absl import app

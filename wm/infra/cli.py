@@ -15,14 +15,21 @@ override given to a later stage applies to that stage only (its snapshot records
 --save_config asks to keep it; an explicit --config rewrites RUN/config.json once the stage
 succeeds. Everything is checked (config, env.name, the run dir) before anything is written.
 A `UserError` is printed as one clear message (no traceback) and exits with status 2.
+
+Other entry points (`python -m wm`, the SLURM submitter, benchmarks) parse the same way:
+
+    app.run(cli.exits_on_user_error(main), flags_parser=cli.parse_flags)
+
+and read the overrides with `cli.overrides()`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 from absl import app, flags, logging
 
@@ -57,7 +64,12 @@ def define_task_flags(unit: str) -> tuple[flags.FlagHolder, flags.FlagHolder]:
       ['num_tasks', 'task_index'], lambda f: f['task_index'] < f['num_tasks'],
       message='--task_index must be smaller than --num_tasks')
   return num_tasks, task_index
-_OVERRIDES: dict[str, str] = {}
+
+
+# What a stage script's --help lists besides the script's own flags (absl lists only those of the
+# main module): the flags cli defines, where the script has them.
+STAGE_KEY_FLAGS = ('run_dir', 'config', 'save_config', 'store_snapshot', 'num_tasks', 'task_index')
+_OVERRIDES: dict[str, str] = {}  # set by parse_flags
 
 
 @dataclasses.dataclass
@@ -73,23 +85,51 @@ class Stage:
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
-  """Separates `--config.a.b=v` (or `--config.a.b v`) from the other arguments."""
-  rest, overrides = [], {}
+  """Separates `--config.a.b=v` (or `--config.a.b v`) from the other arguments.
+
+  A flag after `--config.a.b` is no value for it (`--config.seed --run_dir=R` is a mistake).
+  """
+  rest, found = [], {}
   i = 0
   while i < len(argv):
     arg = argv[i]
     if arg.startswith('--config.'):
       key, eq, value = arg[len('--config.'):].partition('=')
       if not eq:
-        if i + 1 >= len(argv):
+        if i + 1 >= len(argv) or argv[i + 1].startswith('--'):
           raise UserError(f'{arg} needs a value: {arg}=VALUE')
         value = argv[i + 1]
         i += 1
-      overrides[key] = value
+      found[key] = value
     else:
       rest.append(arg)
     i += 1
-  return rest, overrides
+  return rest, found
+
+
+def parse_flags(argv: list[str], key_flags: Sequence[str] = ('run_dir', 'config')) -> list[str]:
+  """The absl flags_parser of every entry point: sets the `--config.a.b=v` overrides aside (read
+  them with overrides()), parses the other flags and refuses positional arguments; a mistake is
+  one message and exit 2. --help lists `key_flags` (those defined) with the main module's own.
+  """
+  for name in key_flags:
+    if name in FLAGS:
+      FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
+  try:
+    rest, found = split_overrides(argv)
+    _OVERRIDES.clear()
+    _OVERRIDES.update(found)
+    remaining = FLAGS(rest)
+  except (UserError, flags.Error) as e:
+    fail(e)
+  if len(remaining) > 1:
+    fail(UserError(f'unexpected arguments {remaining[1:]}; flags look like --name=value'))
+  return remaining
+
+
+def overrides() -> dict[str, str]:
+  """The `--config.a.b=v` overrides parse_flags set aside, as given (a copy)."""
+  return dict(_OVERRIDES)
 
 
 def resolve_config(run_dir: str | None, overrides: dict[str, str],
@@ -169,8 +209,8 @@ def start(name: str, require_run_dir: bool = True) -> Stage:
   if the run is new, and the stage's snapshot."""
   if require_run_dir and not FLAGS.run_dir:
     raise UserError('--run_dir is required: the folder every stage reads and writes')
-  config = resolve_config(FLAGS.run_dir, _OVERRIDES, name)
-  stage = Stage(name, config, runs.Run(FLAGS.run_dir), dict(_OVERRIDES))
+  config = resolve_config(FLAGS.run_dir, overrides(), name)
+  stage = Stage(name, config, runs.Run(FLAGS.run_dir), overrides())
   new_run = not os.path.lexists(stage.run.config_path)
   check_run_dir(stage.run, stage.dir)
   if new_run:
@@ -198,31 +238,31 @@ def save_run_config(stage: Stage) -> None:
 def run(name: str, main: Callable[[Stage], None], require_run_dir: bool = True) -> None:
   """Parses flags and runs `main(stage)`, turning a UserError into a message and exit 2."""
 
-  def parse(argv: list[str]) -> list[str]:
-    try:
-      rest, overrides = split_overrides(argv)
-    except UserError as e:
-      _fail(e)
-    _OVERRIDES.update(overrides)
-    try:
-      return FLAGS(rest)
-    except flags.Error as e:
-      _fail(e)
-
+  @exits_on_user_error
   def wrapped(argv: list[str]) -> None:
-    if len(argv) > 1:
-      _fail(UserError(f'unexpected arguments {argv[1:]}; flags look like --name=value'))
+    del argv  # parse_flags refused positional arguments
+    stage = start(name, require_run_dir)
+    main(stage)
+    if FLAGS['config'].present or FLAGS.save_config:  # a new run's was written by start()
+      save_run_config(stage)
+
+  app.run(wrapped, flags_parser=functools.partial(parse_flags, key_flags=STAGE_KEY_FLAGS))
+
+
+def exits_on_user_error(main: Callable) -> Callable:
+  """Wraps `main` so that a UserError it raises is one message on stderr and exit 2."""
+
+  @functools.wraps(main)
+  def wrapped(*args, **kwargs):
     try:
-      stage = start(name, require_run_dir)
-      main(stage)
-      if FLAGS['config'].present or FLAGS.save_config:  # a new run's was written by start()
-        save_run_config(stage)
+      return main(*args, **kwargs)
     except UserError as e:
-      _fail(e)
+      fail(e)
 
-  app.run(wrapped, flags_parser=parse)
+  return wrapped
 
 
-def _fail(error: Exception) -> None:
+def fail(error: Exception) -> None:
+  """Prints `error` as one line (no traceback) and exits with EXIT_USER_ERROR."""
   print(f'error: {error}', file=sys.stderr, flush=True)
   sys.exit(EXIT_USER_ERROR)

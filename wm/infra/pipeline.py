@@ -23,8 +23,9 @@ import time
 
 from absl import app, flags
 
-from wm.infra import cli, fileio, runs
 from wm.config import REPO_ROOT
+from wm.errors import UserError
+from wm.infra import cli, fileio, runs
 
 _PARALLELISM = flags.DEFINE_integer('parallelism', os.cpu_count() or 1,
                                     'Worker processes for the parallel stages.')
@@ -33,6 +34,7 @@ _STAGES = flags.DEFINE_list('stages', None, 'Only these stages (default: all).')
 
 LOCK = '.pipeline'  # RUN/.pipeline.claim: held (and renewed) while a pipeline runs stages there
 EXIT_INCOMPLETE = 3  # a stage exited 0 without its DONE marker
+KEY_FLAGS = ('run_dir', 'config', 'stages', 'parallelism')  # what `python -m wm --help` lists
 
 
 # Finished stages whose inputs changed (wm/infra/runs.py: stale_reason) are redone, except these, whose
@@ -177,45 +179,44 @@ def run_stages(run: runs.Run, stages: list[StageCommand], config: str | None,
   return reports, 0
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected arguments {argv[1:]}')
-  if not flags.FLAGS.run_dir:
-    sys.exit('error: --run_dir is required')
-  # Refuse a bad config or stage list before anything runs.
-  try:
-    cli.resolve_config(flags.FLAGS.run_dir, cli._OVERRIDES)
-  except cli.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(cli.EXIT_USER_ERROR)
+def selected_stages() -> list[StageCommand]:
+  """The stages --stages names (default: all), in pipeline order; an unknown name is refused."""
   names = [s.name for s in STAGES]
   wanted = _STAGES.value or names
-  if set(wanted) - set(names):
-    print(f'error: --stages: unknown {sorted(set(wanted) - set(names))}; stages: {names}',
-          file=sys.stderr)
-    sys.exit(cli.EXIT_USER_ERROR)
+  unknown = sorted(set(wanted) - set(names))
+  if unknown:
+    raise UserError(f'--stages: unknown {unknown}; stages: {names}')
+  return [s for s in STAGES if s.name in wanted]
+
+
+@cli.exits_on_user_error
+def main(argv: list[str]) -> None:
+  del argv  # parse() refused positional arguments
+  if not flags.FLAGS.run_dir:
+    raise UserError('--run_dir is required: the folder every stage reads and writes')
+  # Refuse a bad config or stage list before anything runs.
+  cli.resolve_config(flags.FLAGS.run_dir, cli.overrides())
+  stages = selected_stages()
   run = runs.Run(flags.FLAGS.run_dir)
   config = flags.FLAGS.config if flags.FLAGS['config'].present else None
   os.makedirs(run.root, exist_ok=True)
   with fileio.claim(os.path.join(run.root, LOCK)) as held:
     if not held:
-      print(f'error: another pipeline is running in {run.root} (host and pid: '
-            f'{fileio.claim_holder(os.path.join(run.root, LOCK))}): wait for it to finish. If it '
-            'was killed, its lock is taken over at once on the same host, or after '
-            f'{fileio.LEASE_S:.0f}s unrenewed from another host.', file=sys.stderr)
-      sys.exit(cli.EXIT_USER_ERROR)
+      raise UserError(
+          f'another pipeline is running in {run.root} (host and pid: '
+          f'{fileio.claim_holder(os.path.join(run.root, LOCK))}): wait for it to finish. If it '
+          'was killed, its lock is taken over at once on the same host, or after '
+          f'{fileio.LEASE_S:.0f}s unrenewed from another host.')
     start = time.perf_counter()
-    reports, code = run_stages(run, [s for s in STAGES if s.name in wanted], config,
-                               cli._OVERRIDES, _PARALLELISM.value)
+    reports, code = run_stages(run, stages, config, cli.overrides(), _PARALLELISM.value)
   print(summary(reports, time.perf_counter() - start, run.root), flush=True)
   if code:
     sys.exit(code)
 
 
 def parse(argv: list[str]) -> list[str]:
-  rest, overrides = cli.split_overrides(argv)
-  cli._OVERRIDES.update(overrides)
-  return flags.FLAGS(rest)
+  """absl's flags_parser for the pipeline: cli.parse_flags, --help listing KEY_FLAGS."""
+  return cli.parse_flags(argv, KEY_FLAGS)
 
 
 if __name__ == '__main__':

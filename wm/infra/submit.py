@@ -113,20 +113,13 @@ def stage_args(run_dir: str) -> list[str]:
   args = [f'--run_dir={run_dir}']
   if flags.FLAGS['config'].present:
     args.append(f'--config={flags.FLAGS.config}')
-  return args + [f'--config.{k}={v}' for k, v in cli._OVERRIDES.items()]
+  return args + [f'--config.{k}={v}' for k, v in cli.overrides().items()]
 
 
 def plan(run: runs.Run) -> list[dict]:
   """One entry per job to submit, in order, each waiting for the one before."""
-  wanted = pipeline._STAGES.value or [s.name for s in pipeline.STAGES]
-  unknown = set(wanted) - {s.name for s in pipeline.STAGES}
-  if unknown:
-    raise UserError(f'--stages: unknown {sorted(unknown)}; stages: '
-                    f'{[s.name for s in pipeline.STAGES]}')
   jobs = []
-  for stage in pipeline.STAGES:
-    if stage.name not in wanted:
-      continue
+  for stage in pipeline.selected_stages():
     if run.is_done(stage.name):
       print(f'== {stage.name}: done already ({run.done_path(stage.name)}), not submitted')
       continue
@@ -152,12 +145,12 @@ def plan(run: runs.Run) -> list[dict]:
   return jobs
 
 
+@cli.exits_on_user_error
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise UserError(f'unexpected arguments {argv[1:]}; flags look like --name=value')
+  del argv  # parse() refused positional arguments
   if not flags.FLAGS.run_dir:
     raise UserError('--run_dir is required: the folder every stage reads and writes')
-  cli.resolve_config(flags.FLAGS.run_dir, cli._OVERRIDES)  # refuse a bad config now
+  cli.resolve_config(flags.FLAGS.run_dir, cli.overrides())  # refuse a bad config now
   run = runs.Run(flags.FLAGS.run_dir)
   if not _DRY_RUN.value and not _AGAIN.value:
     refuse_if_active(run)
@@ -222,23 +215,9 @@ def record(run: runs.Run, jobs: list[dict]) -> None:
 
 
 def parse(argv: list[str]) -> list[str]:
-  try:
-    rest, overrides = cli.split_overrides(argv)
-  except UserError as e:
-    cli._fail(e)
-  cli._OVERRIDES.update(overrides)
-  try:
-    return flags.FLAGS(rest)
-  except flags.Error as e:
-    cli._fail(e)
-
-
-def run_main(argv: list[str]) -> None:
-  try:
-    main(argv)
-  except UserError as e:
-    cli._fail(e)
+  """absl's flags_parser: cli.parse_flags, --help listing the flags passed on to the stages."""
+  return cli.parse_flags(argv, ('run_dir', 'config', 'stages'))
 
 
 if __name__ == '__main__':
-  app.run(run_main, flags_parser=parse)
+  app.run(main, flags_parser=parse)
