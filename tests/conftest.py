@@ -17,6 +17,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEBUG = 'configs/carracing.py:debug'
 
 
+def debug_config():
+  """A fresh copy of the debug preset's config (tests change it freely)."""
+  from wm import config as config_lib  # pylint: disable=import-outside-toplevel
+  return config_lib.load(DEBUG)
+
+
 def script_env() -> dict[str, str]:
   env = dict(os.environ)
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')

@@ -10,14 +10,14 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DEBUG, REPO, script_env
+from conftest import DEBUG, REPO, debug_config, script_env
 from wm import config as config_lib, rollouts
 from wm.stages import collect
 from wm.errors import DataError
 
 
 def small_config(**overrides):
-  c = config_lib.load('configs/carracing.py:debug')
+  c = debug_config()
   c.env.max_steps = 15
   config_lib.apply_overrides(c, overrides)
   return c
@@ -65,7 +65,7 @@ def test_truncated_rollout_is_named(tmp_path):
 
 def collect_command(run_dir, *args):
   return [sys.executable, os.path.join(REPO, 'scripts', 'collect_rollouts.py'),
-          f'--run_dir={run_dir}', '--config=configs/carracing.py:debug', *args]
+          f'--run_dir={run_dir}', f'--config={DEBUG}', *args]
 
 
 def test_sigkill_leaves_only_complete_rollouts_and_rerun_finishes(tmp_path):

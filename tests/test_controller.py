@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import copy_run, run_script
-from wm import config as config_lib
+from conftest import copy_run, debug_config, run_script
 from wm import envs
 from wm.infra import runs
 from wm.agent import Agent, WorldModel
@@ -69,7 +68,7 @@ def test_discrete_actions_are_one_hot():
 
 
 def _debug_config():
-  return config_lib.load('configs/carracing.py:debug')
+  return debug_config()
 
 
 def test_agent_is_a_policy_with_panels_info(controller_models):
@@ -153,7 +152,7 @@ def test_parameter_files_are_checked(tmp_path):
 
 def test_training_patience_ends_episodes_without_reward(controller_models):
   from wm import evaluation
-  config = config_lib.load('configs/carracing.py:debug')
+  config = debug_config()
   config.env.max_steps = 60
   seeds = np.array([3, 4])
   full, early = (evaluation.Worker(config, controller_models) for _ in range(2))

@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from conftest import REPO, copy_run, run_script, script_env
+from conftest import DEBUG, REPO, copy_run, run_script, script_env
 from wm import es
 from wm.errors import ConfigError, DataError
 from wm.models.controller import Controller
@@ -125,7 +125,7 @@ def _history(run_dir):
 def test_killed_dream_run_continues_in_real_env(controller_models, tmp_path):
   """SIGKILLed while dreaming; the rerun switches to the real env and continues the search."""
   run_dir = copy_run(controller_models, str(tmp_path / 'run'))
-  common = [f'--run_dir={run_dir}', '--config=configs/carracing.py:debug',
+  common = [f'--run_dir={run_dir}', f'--config={DEBUG}',
             '--config.controller.generations=6', '--config.controller.init_sigma=1']
   proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'scripts', 'train_controller.py'),
                            *common, '--config.controller.mode=dream',
@@ -162,7 +162,7 @@ def test_mpi_ranks_match_the_local_pool(controller_models, mpi_as_root, tmp_path
   if probe.returncode != 0:
     pytest.skip(f'mpi4py cannot load MPI ({probe.stderr.strip()[-200:]}): pip install -r '
                 'requirements.txt and .ci/install_system_packages.sh')
-  args = ['--config=configs/carracing.py:debug', '--config.controller.mode=real',
+  args = [f'--config={DEBUG}', '--config.controller.mode=real',
           '--config.controller.generations=1',
           '--config.controller.trials=2', '--config.controller.init_sigma=2',
           '--config.env.max_steps=30', '--config.controller.eval_episodes=2']

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import copy_run, run_script
+from conftest import copy_run, debug_config, run_script
 from wm import config as config_lib, datasets, records, rollouts
 from wm.stages import shard
 
@@ -114,10 +114,10 @@ def test_snapshot_records_code_config_and_command(debug_data, tmp_path):
   snap = os.path.join(debug_data, 'records', 'snapshot')
   from wm.infra import snapshot
   code = snapshot.extract_code(snap, str(tmp_path / 'code'))
-  assert os.path.exists(os.path.join(code, 'wm', 'shard.py'))
+  assert os.path.exists(os.path.join(code, 'wm', 'stages', 'shard.py'))
   assert os.path.exists(os.path.join(code, 'configs', 'carracing.py'))
   config = config_lib.load_json(os.path.join(snap, 'config.json'))
-  assert config == config_lib.load('configs/carracing.py:debug')
+  assert config == debug_config()
   assert 'shard_rollouts.py' in open(os.path.join(snap, 'command.txt')).read()
   assert 'tensorflow==' in open(os.path.join(snap, 'pip_freeze.txt')).read()
   assert 'revision:' in open(os.path.join(snap, 'git.txt')).read()
