@@ -1,8 +1,10 @@
 """Environments: a registry, pixel frames of frame_size x frame_size x 3 uint8, and a pre-check.
 
-Any gymnasium environment that renders `rgb_array` frames works: its `EnvSpec` says whether the
-frame is the observation itself (CarRacing) or comes from `env.render()` (classic control), and how
-many dashboard rows its frame has at the bottom. Adding an environment is one registry entry.
+Any gymnasium environment with pixels works without a code edit: its `EnvSpec` (where the frame
+comes from: the observation itself as in CarRacing, one key of a dict observation as VizDoom's
+'screen', or `env.render()` as in classic control) is inferred from its observation space and
+render modes. REGISTRY keeps only what cannot be inferred (CarRacing's 12 dashboard rows), and
+PLUGINS the modules that register ids when imported (VizDoom's).
 
 CarRacing frames follow the paper: the 12-row dashboard at the bottom of the 96x96 frame is cut
 off (`env.crop_dashboard`, default on) and the 84x96 road view is resized to 64x64 (bilinear).
@@ -17,6 +19,8 @@ is `EnvConfig.agent_steps()` agent steps.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib
 import os
 from typing import Any
 
@@ -32,24 +36,82 @@ from wm.errors import ConfigError, UserError
 @dataclasses.dataclass(frozen=True)
 class EnvSpec:
   gym_id: str  # gymnasium id passed to gym.make
-  pixels_from: str  # 'observation' (the observation is the frame) or 'render' (env.render())
+  pixels_from: str  # 'observation' (the observation, or one key of it, is the frame) | 'render'
   dashboard_rows: int = 0  # rows of instruments at the bottom of the frame
   make_kwargs: tuple[tuple[str, Any], ...] = ()  # extra keyword arguments for gym.make
+  frame_key: str | None = None  # a dict observation: the key whose value is the frame
+  inferred: bool = False  # read from the environment itself (see infer_spec), not REGISTRY
 
 
+# Only what cannot be read from an environment: CarRacing's dashboard rows. Any other gymnasium
+# id is inferred (infer_spec); an entry here overrides inference.
 REGISTRY: dict[str, EnvSpec] = {
     'CarRacing-v3': EnvSpec('CarRacing-v3', 'observation', dashboard_rows=12),
-    'CartPole-v1': EnvSpec('CartPole-v1', 'render'),
-    'Pendulum-v1': EnvSpec('Pendulum-v1', 'render'),
-    'MountainCarContinuous-v0': EnvSpec('MountainCarContinuous-v0', 'render'),
 }
+# Modules that register gymnasium ids when imported, by id prefix (gym.make's own 'module:Id'
+# form works too, e.g. env.name=mypackage.envs:MyEnv-v0).
+PLUGINS = {'Vizdoom': 'vizdoom.gymnasium_wrapper'}
+_INFERRED: dict[str, EnvSpec] = {}
 
 
 def spec_for(name: str) -> EnvSpec:
-  if name not in REGISTRY:
-    raise ConfigError(f'unknown environment env.name={name!r}; registered: {sorted(REGISTRY)} '
-                      '(add an EnvSpec to wm/envs.py REGISTRY for another one)')
-  return REGISTRY[name]
+  """The registered spec of `name`, else one inferred from the environment (cached)."""
+  if name in REGISTRY:
+    return REGISTRY[name]
+  if name not in _INFERRED:
+    _INFERRED[name] = infer_spec(name)
+  return _INFERRED[name]
+
+
+def infer_spec(name: str) -> EnvSpec:
+  """Reads where an environment's frames come from: a uint8 HxWx3 observation, such a key of a
+  dict observation, or `render()` in rgb_array mode. Raises a ConfigError when it has none."""
+  gym_id = _registered_id(name)
+  _ensure_headless_sdl()
+  try:
+    env = gym.make(gym_id)
+  except Exception as e:  # an engine that cannot start, a missing scenario file, ...
+    raise ConfigError(f'environment env.name={name!r} could not be made ({type(e).__name__}: '
+                      f'{str(e).strip()[:300]})') from None
+  try:
+    space, modes = env.observation_space, env.metadata.get('render_modes', [])
+  finally:
+    env.close()
+  if _is_frame_space(space):
+    return EnvSpec(gym_id, 'observation', inferred=True)
+  if isinstance(space, gym.spaces.Dict):
+    keys = [k for k, sub in space.spaces.items() if _is_frame_space(sub)]
+    if len(keys) == 1:
+      return EnvSpec(gym_id, 'observation', frame_key=keys[0], inferred=True)
+  if 'rgb_array' in modes:
+    return EnvSpec(gym_id, 'render', inferred=True)
+  raise ConfigError(f'environment env.name={name!r} has no pixels: its observation space is '
+                    f'{space} and it cannot render rgb_array (render modes {modes}); add an '
+                    'EnvSpec to wm/envs.py REGISTRY saying where its frames come from')
+
+
+def _registered_id(name: str) -> str:
+  """`name` as gym.make takes it, importing the module that registers it first."""
+  module = next((m for prefix, m in PLUGINS.items() if name.startswith(prefix)), None)
+  if module:
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      raise ConfigError(f'environment env.name={name!r} needs the {module.split(".")[0]!r} '
+                        f'package ({e}); pip install -r requirements.txt') from None
+  try:
+    gym.spec(name)
+  except Exception:  # gymnasium raises NameNotFound, VersionNotFound, ModuleNotFoundError...
+    close = difflib.get_close_matches(name, list(gym.registry), n=3)
+    raise ConfigError(f'unknown environment env.name={name!r}: not a registered gymnasium id'
+                      f'{f" (did you mean {close}?)" if close else ""}; registered here: '
+                      f'{sorted(REGISTRY)}, plus any gymnasium id that has pixels') from None
+  return name
+
+
+def _is_frame_space(space: gym.Space) -> bool:
+  return (isinstance(space, gym.spaces.Box) and space.dtype == np.uint8
+          and len(space.shape) == 3 and space.shape[2] == 3)
 
 
 def action_size(space: gym.Space) -> int:
@@ -118,8 +180,11 @@ class PixelEnv:
       return int(np.argmax(action))
     return np.asarray(action, np.float32).reshape(self.action_space.shape)
 
-  def _frame(self, obs: np.ndarray) -> np.ndarray:
-    frame = obs if self.spec.pixels_from == 'observation' else self.env.render()
+  def _frame(self, obs: Any) -> np.ndarray:
+    if self.spec.pixels_from == 'render':
+      frame = self.env.render()
+    else:
+      frame = obs[self.spec.frame_key] if self.spec.frame_key else obs
     return preprocess(frame, self.config.frame_size, self._crop)
 
   def close(self) -> None:
@@ -183,7 +248,8 @@ def check(config: EnvConfig, seed: int = 0) -> dict[str, Any]:
                         f'{getattr(frame, "dtype", type(frame))}')
     return {'frame_shape': frames[-1].shape, 'action_size': pixel_env.action_size,
             'action_space': str(act_space), 'env_frame_shape': env_frame.shape,
-            'gym_id': env.spec.id if env.spec else None}
+            'gym_id': env.spec.id if env.spec else None,
+            'frames_from': _describe_source(spec)}
   finally:
     pixel_env.close()
 
@@ -215,12 +281,20 @@ def _check_gym_env(env: gym.Env, spec: EnvSpec, where: str, seed: int) -> np.nda
   for name, flag in (('terminated', terminated), ('truncated', truncated)):
     if not isinstance(flag, (bool, np.bool_)):
       raise UserError(f'{where}: step() {name} must be a bool, got {type(flag)}')
-  frame = obs if spec.pixels_from == 'observation' else env.render()
+  frame = (env.render() if spec.pixels_from == 'render' else
+           obs[spec.frame_key] if spec.frame_key else obs)
   if not (isinstance(frame, np.ndarray) and frame.ndim == 3 and frame.shape[2] == 3
           and frame.dtype == np.uint8):
     raise UserError(f'{where}: frames must be HxWx3 uint8 rgb arrays, got '
                     f'{getattr(frame, "shape", None)} {getattr(frame, "dtype", type(frame))}')
   return frame
+
+
+def _describe_source(spec: EnvSpec) -> str:
+  """Where the frames come from, and whether that was inferred (the pre-check logs it)."""
+  source = ('env.render()' if spec.pixels_from == 'render' else
+            f'observation[{spec.frame_key!r}]' if spec.frame_key else 'the observation')
+  return f'{source} ({"inferred" if spec.inferred else "wm/envs.py REGISTRY"})'
 
 
 def _sample_vector(space: gym.Space) -> np.ndarray:

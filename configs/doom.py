@@ -1,0 +1,87 @@
+"""VizDoom TakeCover experiments: the paper's controller trained entirely inside M's dream.
+
+Presets: debug (tests, seconds on a CPU), small (the whole pipeline on 2 cores), paper (Ha &
+Schmidhuber 2018's Doom settings, for a SLURM cluster). The agent survives by dodging fireballs;
+the return is the number of frames it lived (a random policy lives ~210, "solved" is 750).
+
+Fields and their meaning: wm/config.py. Each preset below changes only what differs from there.
+"""
+
+from wm.config import Config
+
+PRESETS = ('debug', 'small', 'paper')  # wm.config.load refuses any other name, listing these
+
+
+def get_config(preset: str = 'small') -> Config:
+  c = Config(preset=preset)
+  c.env.name = 'VizdoomTakeCover-v1'  # frames from its dict observation's 'screen' (inferred)
+  c.env.max_steps = 2100  # the paper's cap on an episode
+  c.env.crop_dashboard = False  # TakeCover's screen has no dashboard
+  c.collect.policy = 'held'  # random actions held for 1-10 frames, as the paper's Doom data
+  c.vae.z_size = 64  # the paper's Doom latent
+  c.seq.hidden_size = 512  # the paper's Doom LSTM
+  c.controller.mode = 'dream'  # trained only inside M: the real game is never played in training
+  c.controller.inputs = 'zh'  # a = W [z, h] + b over the 3 actions (argmax)
+  c.controller.dream_temperature = 1.15  # the paper's best transfer
+  if preset == 'small':
+    c.collect.num_rollouts = 500  # ~110k frames of random play, about a minute
+    c.vae.train_steps = 2000  # ~2 epochs at batch 100
+    c.seq.hidden_size = 256  # 512 costs ~3x per step: the dream budget goes to generations
+    c.seq.train_steps = 2000
+    c.controller.population_size = 32
+    c.controller.trials = 8
+    c.controller.generations = 150
+    c.controller.eval_every = 25  # the best and the centroid also play 16 real episodes
+    c.controller.eval_episodes = 16
+    c.controller.test_episodes = 100  # the paper's table: 100 real episodes
+    c.play.fps = 35  # the game's own frame rate
+  elif preset == 'debug':
+    c.env.max_steps = 40
+    c.collect.num_rollouts = 6
+    c.records.shard_size_mb = 0.05  # several tiny shards, to exercise sharding
+    c.records.valid_fraction = 0.2
+    c.data.obs_sampled_per_rollout = 16
+    c.data.shuffle_buffer = 64
+    c.data.batch_size = 16
+    c.vae.z_size = 8
+    c.vae.train_steps = 20
+    c.vae.save_every = 10
+    c.vae.log_every = 5
+    c.vae.valid_batches = 2
+    c.encode.batch_size = 64
+    c.seq.hidden_size = 16
+    c.seq.num_mixtures = 2
+    c.seq.sequence_length = 10
+    c.seq.batch_size = 4
+    c.seq.train_steps = 20
+    c.seq.save_every = 10
+    c.seq.log_every = 5
+    c.seq.valid_every = 10
+    c.seq.valid_batches = 2
+    c.seq.shuffle_buffer = 64
+    c.seq.num_layers = 1
+    c.seq.num_heads = 2
+    c.controller.population_size = 4
+    c.controller.trials = 2
+    c.controller.generations = 2
+    c.controller.eval_every = 1
+    c.controller.eval_episodes = 1
+    c.controller.test_episodes = 4
+  elif preset == 'paper':
+    c.collect.num_rollouts = 10000  # the paper's 10,000 random rollouts
+    c.data.obs_sampled_per_rollout = 1000
+    c.data.shuffle_buffer = 100000
+    c.vae.train_steps = 30000  # ~1.5 epochs of ~2M frames at batch 100
+    c.vae.save_every = 5000
+    c.seq.batch_size = 100
+    c.seq.train_steps = 20000
+    c.seq.save_every = 2000
+    c.controller.population_size = 64  # the paper's population
+    c.controller.trials = 16  # ... and 16 dream rollouts per candidate
+    c.controller.generations = 2000
+    c.controller.eval_every = 25
+    c.controller.eval_episodes = 100
+    c.controller.test_episodes = 100  # the paper's table: 100 episodes
+  else:
+    raise ValueError(f'unknown preset {preset!r}; presets: {", ".join(PRESETS)}')
+  return c
