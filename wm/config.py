@@ -83,7 +83,7 @@ class EncodeConfig:
 
 @dataclasses.dataclass
 class SeqConfig:
-  model: str = 'mdnrnn'  # sequence model by name: mdnrnn | transformer
+  model: str = 'mdnrnn'  # sequence model class by name (see wm/models/registry.py)
   hidden_size: int = 256  # LSTM units (mdnrnn) or model width (transformer)
   num_mixtures: int = 5  # Gaussians per latent dimension
   sequence_length: int = 100  # steps per training sequence (never crosses a rollout's end)
@@ -300,7 +300,6 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
 
 _CHOICES = {
     'collect.policy': ('uniform', 'brownian', 'held'),
-    'seq.model': ('mdnrnn', 'transformer'),
     'controller.inputs': ('z', 'zh', 'zh_hidden'),
     'controller.rest': ('middle', 'low'),
     'controller.mode': ('real', 'dream'),
@@ -354,6 +353,9 @@ def validate(config: Config) -> Config:
       ('controller.train_patience', config.controller.train_patience >= 0, 'must be >= 0'),
       ('vae.model', config.vae.model in registry.ENCODERS,
        f'is not a registered encoder {sorted(registry.ENCODERS)} (wm/models/registry.py)'),
+      ('seq.model', config.seq.model in registry.SEQUENCE_MODELS,
+       f'is not a registered sequence model {sorted(registry.SEQUENCE_MODELS)} '
+       '(wm/models/registry.py)'),
       ('seq.grad_clip', config.seq.grad_clip >= 0, 'must be >= 0'),
   ]
   for name, ok, requirement in checks:

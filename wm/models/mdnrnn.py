@@ -11,16 +11,25 @@ sees h.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
 from wm.models import fused_lstm, mdn
 from wm.models.base import Prediction, SequenceModel
 
+if TYPE_CHECKING:
+  from wm.config import SeqConfig
+
 
 class MDNRNN(SequenceModel):
   """LSTM with `hidden_size` units and `num_mixtures` Gaussians per latent dimension."""
+
+  @classmethod
+  def kwargs_from_config(cls, seq: SeqConfig, z_size: int, action_size: int) -> dict[str, Any]:
+    """The constructor arguments the config's seq section asks for (JSON: the export keeps them)."""
+    return {'z_size': z_size, 'action_size': action_size, 'hidden_size': seq.hidden_size,
+            'num_mixtures': seq.num_mixtures}
 
   def __init__(self, z_size: int, action_size: int, hidden_size: int = 256,
                num_mixtures: int = 5, **kwargs):

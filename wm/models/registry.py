@@ -1,6 +1,10 @@
 """Models by name: a config names a class, this module finds it (imported only when used).
 
-A new encoder or sequence model is a new class plus one line here, not a new script.
+A new encoder or sequence model is a new class plus one line here, not a new script: these
+tables are the only lists of models (config validation checks names against them). Each class
+builds its constructor arguments from the config with a classmethod `kwargs_from_config`:
+`(config)` for an encoder, `(config.seq, z_size, action_size)` for a sequence model. The stages
+call it and save its result with the export, which wm/models/export.py passes back to the class.
 """
 
 from __future__ import annotations

@@ -17,12 +17,15 @@ the cheaper dream environment).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
 from wm.models import mdn
 from wm.models.base import Prediction, SequenceModel
+
+if TYPE_CHECKING:
+  from wm.config import SeqConfig
 
 
 class Block(tf.keras.layers.Layer):
@@ -45,6 +48,14 @@ class Block(tf.keras.layers.Layer):
 
 class Transformer(SequenceModel):
   """`num_layers` blocks of width `hidden_size`; mixture head as the MDN-RNN's (wm/models/mdn)."""
+
+  @classmethod
+  def kwargs_from_config(cls, seq: SeqConfig, z_size: int, action_size: int) -> dict[str, Any]:
+    """The constructor arguments the config's seq section asks for (JSON: the export keeps them);
+    the context is the window length M trains on."""
+    return {'z_size': z_size, 'action_size': action_size, 'hidden_size': seq.hidden_size,
+            'num_mixtures': seq.num_mixtures, 'num_layers': seq.num_layers,
+            'num_heads': seq.num_heads, 'max_context': seq.sequence_length}
 
   def __init__(self, z_size: int, action_size: int, hidden_size: int = 256,
                num_mixtures: int = 5, num_layers: int = 2, num_heads: int = 4,

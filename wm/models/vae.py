@@ -17,11 +17,14 @@ latent heads, the loss and every output stay float32).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
 from wm.models.base import ObservationEncoder
+
+if TYPE_CHECKING:
+  from wm.config import Config
 
 LAYERS = tf.keras.layers
 CORE_SIZE = 64  # the frame size the convolution stack is built for
@@ -29,6 +32,13 @@ CORE_SIZE = 64  # the frame size the convolution stack is built for
 
 class ConvVAE(ObservationEncoder):
   """The paper's V. Constructor arguments are plain JSON values (wm/models/export.py saves them)."""
+
+  @classmethod
+  def kwargs_from_config(cls, config: Config) -> dict[str, Any]:
+    """The constructor arguments the config asks for (plain JSON values: the export keeps them)."""
+    return {'z_size': config.vae.z_size, 'frame_size': config.env.frame_size,
+            'kl_tolerance': config.vae.kl_tolerance,
+            'mixed_precision': config.vae.mixed_precision}
 
   def __init__(self, z_size: int = 32, frame_size: int = 64, kl_tolerance: float = 0.5,
                mixed_precision: bool = False, **kwargs: Any):

@@ -44,12 +44,7 @@ def read_split(run: Run, split: str) -> tuple[list[str], dict[str, Any]]:
 
 def model_kwargs(seq: SeqConfig, z_size: int, action_size: int) -> dict[str, Any]:
   """The constructor arguments of the configured model (JSON, saved with the export)."""
-  kwargs = {'z_size': z_size, 'action_size': action_size, 'hidden_size': seq.hidden_size,
-            'num_mixtures': seq.num_mixtures}
-  if seq.model == 'transformer':
-    kwargs.update(num_layers=seq.num_layers, num_heads=seq.num_heads,
-                  max_context=seq.sequence_length)
-  return kwargs
+  return registry.sequence_model_class(seq.model).kwargs_from_config(seq, z_size, action_size)
 
 
 class Trainer:

@@ -33,9 +33,7 @@ NUM_IMAGES = 4  # frames shown beside their reconstructions in TensorBoard
 
 def model_kwargs(config: Config) -> dict[str, Any]:
   """The encoder's constructor arguments (plain JSON values: the export stores them)."""
-  return {'z_size': config.vae.z_size, 'frame_size': config.env.frame_size,
-          'kl_tolerance': config.vae.kl_tolerance,
-          'mixed_precision': config.vae.mixed_precision}
+  return registry.encoder_class(config.vae.model).kwargs_from_config(config)
 
 
 def build_model(config: Config) -> tf.keras.Model:
