@@ -141,6 +141,15 @@ class Config:
 
 # ---------------------------------------------------------------------------- loading
 
+# Why not ml_collections' config_flags (DEFINE_config_dataclass / DEFINE_config_file, tried with
+# 1.1.0): it reads the string annotations of `from __future__ import annotations` as no type and
+# fails (TypeError), and even without them its errors are not ours: an unknown field is a KeyError
+# traceback that does not list the section's fields, a bad value says "invalid literal for int()"
+# instead of naming the field and its type, and an override before --config is refused. It also
+# resolves the config while flags are parsed, before --run_dir is known, so the RUN/config.json
+# default and the as-given overrides that snapshots record and the pipeline passes on would still
+# need the code below. Keeping ~150 lines beats wrapping a dependency to restore its messages.
+
 
 def load(spec: str = DEFAULT_CONFIG) -> Config:
   """Loads `path/to/file.py:preset` (the path relative to cwd or to the repository).
