@@ -4,6 +4,7 @@ switches from the dream to the real environment, and gives the same result under
 V and M of the script runs are randomly initialised real ConvVAE and MDNRNN (debug sizes).
 """
 
+import glob
 import json
 import os
 import shutil
@@ -98,6 +99,19 @@ def test_evaluations_keep_the_better_of_best_candidate_and_centroid(tmp_path):
   assert np.isnan(state.columns['centroid_eval_mean'][0])
 
 
+def test_evaluations_also_log_the_dream_beside_the_real_game(tmp_path):
+  settings = es.Settings(3, 4, 0.5, seed=0)
+  state = es.State.empty(settings)
+  real = lambda p, g: np.tile(p.sum(axis=1, keepdims=True), (1, 5))  # noqa: E731
+  dream = lambda p, g: real(p, g) + 7.0  # a dream 7 points easier than the game  # noqa: E731
+  list(es.run(str(tmp_path), state, 2, 'real', es.Objective(
+      _quadratic, _ignore, real, eval_every=2, dream_evaluate=dream)))
+  gap = state.columns['dream_eval_mean'][1] - state.columns['eval_mean'][1]
+  centroid_gap = state.columns['centroid_dream_eval_mean'][1] - state.columns['centroid_eval_mean'][1]
+  assert gap == pytest.approx(7.0) and centroid_gap == pytest.approx(7.0)
+  assert np.isnan(state.columns['dream_eval_mean'][0])  # not an evaluation generation
+
+
 def test_changed_settings_and_corrupted_state_are_refused(tmp_path):
   settings = es.Settings(5, 4, 0.2, seed=0)
   state = es.State.empty(settings)
@@ -116,6 +130,15 @@ def test_changed_settings_and_corrupted_state_are_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------- the script
+
+def _tensorboard_tags(run_dir) -> set[str]:
+  import tensorflow as tf
+  tags = set()
+  for path in glob.glob(os.path.join(run_dir, 'controller', 'tb', 'events.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(v.tag for v in event.summary.value)
+  return tags
+
 
 def _history(run_dir):
   with open(os.path.join(run_dir, 'controller', es.HISTORY)) as f:
@@ -148,6 +171,9 @@ def test_killed_dream_run_continues_in_real_env(controller_models, tmp_path):
   assert [r['generation'] for r in rows] == [1, 2, 3, 4, 5, 6]  # no gap, no duplicate
   assert [r['mode'] for r in rows] == ['dream'] * killed_at + ['real'] * (6 - killed_at)
   assert rows[-1]['eval_mean'] is not None and rows[0]['eval_mean'] is None
+  # dream fidelity: the evaluated pair also played in the dream, logged beside the real returns
+  assert rows[-1]['dream_eval_mean'] is not None and rows[-1]['centroid_dream_eval_mean'] is not None
+  assert {'eval/dream_return_mean', 'eval/dream_gap'} <= _tensorboard_tags(run_dir)
   assert os.path.exists(os.path.join(run_dir, 'controller', es.BEST))
   assert os.path.exists(os.path.join(run_dir, 'controller', 'DONE'))
 

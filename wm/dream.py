@@ -37,12 +37,16 @@ class Dream:
 
   def evaluate(self, params: np.ndarray, trials: int, seed: int) -> np.ndarray:
     """Mean dream return per candidate [P]; `seed` fixes starts and M's sampling noise."""
+    return self.episodes(params, trials, seed).mean(axis=1)
+
+  def episodes(self, params: np.ndarray, trials: int, seed: int) -> np.ndarray:
+    """Dream returns [P, trials]: `trials` episodes of each candidate of params [P, n]."""
     rng = np.random.default_rng(seed)
     batch = np.repeat(np.asarray(params, np.float32), trials, axis=0)
     z0 = self.start.draw(len(batch), rng)
     noise_seed = rng.integers(0, 2**31 - 1, size=2)
     returns, _ = self.returns(batch, z0, noise_seed)
-    return returns.reshape(len(params), trials).mean(axis=1)
+    return returns.reshape(len(params), trials)
 
   def returns(self, params: np.ndarray, z0: np.ndarray,
               noise_seed: np.ndarray) -> tuple[np.ndarray, int]:

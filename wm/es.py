@@ -35,7 +35,8 @@ from wm.infra import fileio
 STATE, HISTORY = 'es_state.npz', 'history.jsonl'
 BEST = artifacts.BEST  # the best parameters (RUN/controller/best.npz)
 COLUMNS = ('best', 'mean', 'worst', 'sigma', 'eval_mean', 'eval_std', 'centroid_eval_mean',
-           'centroid_eval_std')
+           'centroid_eval_std', 'dream_eval_mean', 'dream_eval_std', 'centroid_dream_eval_mean',
+           'centroid_dream_eval_std')
 # Independent seed streams: CMA-ES sampling, training episodes, evaluations during training,
 # and scripts/evaluate.py's episodes (never the same episodes as training).
 ES_STREAM, TRAIN_STREAM, EVAL_STREAM, TEST_STREAM = 101, 102, 103, 104
@@ -191,13 +192,16 @@ class Objective:
   evaluate: Callable[[np.ndarray, int], np.ndarray] | None = None
   eval_every: int = 1  # generations between evaluations
   stop: Callable[[], bool] = lambda: False  # checked after each generation is saved
+  # the same as `evaluate` inside M's dream: logged beside the real returns (dream fidelity)
+  dream_evaluate: Callable[[np.ndarray, int], np.ndarray] | None = None
 
 
 def run(folder: str, state: State, generations: int, mode: str, objective: Objective):
   """Runs generations state.generation+1 .. `generations`, saving after each; yields them.
 
   Every `objective.eval_every` generations the generation's best candidate and the search's
-  centroid are evaluated, and best.npz keeps whichever evaluated best so far. Stops early
+  centroid are evaluated (in the real environment, and with `dream_evaluate` in the dream too),
+  and best.npz keeps whichever evaluated best in the real environment so far. Stops early
   (after saving) when objective.stop() is true.
   """
   search = replay(state)
@@ -228,9 +232,15 @@ def _evaluate(objective: Objective, generation: int, best: np.ndarray, centroid:
               row: dict) -> tuple[np.ndarray, float]:
   """Plays the best candidate and the centroid on the same episodes; returns the better and
   its mean, and adds both to the history `row`."""
-  episodes = np.asarray(objective.evaluate(np.stack([best, centroid]), generation))
+  pair = np.stack([best, centroid])
+  episodes = np.asarray(objective.evaluate(pair, generation))
   row.update(eval_mean=episodes[0].mean(), eval_std=episodes[0].std(),
              centroid_eval_mean=episodes[1].mean(), centroid_eval_std=episodes[1].std())
+  if objective.dream_evaluate is not None:  # the dream's fidelity: the same two, inside M
+    dreamt = np.asarray(objective.dream_evaluate(pair, generation))
+    row.update(dream_eval_mean=dreamt[0].mean(), dream_eval_std=dreamt[0].std(),
+               centroid_dream_eval_mean=dreamt[1].mean(),
+               centroid_dream_eval_std=dreamt[1].std())
   if episodes[1].mean() > episodes[0].mean():
     return centroid, episodes[1].mean()
   return best, episodes[0].mean()

@@ -29,6 +29,7 @@ from wm.artifacts import save_params
 from wm.dream import Dream
 from wm.errors import UserError
 from wm.infra import cli, mpi
+from wm.infra.progress import Progress
 
 
 def run(stage: cli.Stage, parallelism: int = 1) -> None:
@@ -57,10 +58,9 @@ class Episodes:
     self.stage, self.config, self.c = stage, stage.config, stage.config.controller
     self.mpi_evaluator, self.parallelism = mpi_evaluator, parallelism
     self.local = None  # made on first use: a dream-only search never starts the workers
-    self.dream = None
-    if self.c.mode == 'dream':
-      self.dream = Dream.load(model, stage.run, self.config.env.agent_steps(),
-                              self.c.dream_temperature)
+    # The dream: fitness in dream mode, and in both modes the dream half of every evaluation.
+    self.dream = Dream.load(model, stage.run, self.config.env.agent_steps(),
+                            self.c.dream_temperature)
 
   def real(self) -> evaluation.Evaluator:
     if self.mpi_evaluator is not None:
@@ -77,7 +77,7 @@ class Episodes:
 
   def fitness(self, params: np.ndarray, generation: int) -> np.ndarray:
     seed = self.config.seed
-    if self.dream is not None:
+    if self.c.mode == 'dream':
       return self.dream.evaluate(params, self.c.trials,
                                  es.derive_seed(seed, es.TRAIN_STREAM, generation))
     seeds = es.episode_seeds(seed, es.TRAIN_STREAM, generation, self.c.trials)
@@ -86,6 +86,11 @@ class Episodes:
   def evaluate(self, params: np.ndarray, generation: int) -> np.ndarray:
     return self.play(params, es.episode_seeds(self.config.seed, es.EVAL_STREAM, generation,
                                               self.c.eval_episodes))
+
+  def dream_evaluate(self, params: np.ndarray, generation: int) -> np.ndarray:
+    """The evaluation's twin inside M: as many dream episodes [P, E], their own seeds."""
+    return self.dream.episodes(params, self.c.eval_episodes,
+                               es.derive_seed(self.config.seed, es.EVAL_STREAM, generation))
 
   def close(self) -> None:
     if self.local is not None:
@@ -127,11 +132,15 @@ def search(stage: cli.Stage, model: WorldModel, state: es.State, episodes: Episo
                 score=score)
 
   writer = tf.summary.create_file_writer(os.path.join(stage.dir, 'tb'))
+  progress = Progress('controller generations', c.generations, folder=stage.dir,
+                      start=state.generation)
   with training.Preemption() as preemption:
     objective = es.Objective(episodes.fitness, save_best, episodes.evaluate, c.eval_every,
-                             stop=lambda: preemption.requested)
+                             stop=lambda: preemption.requested,
+                             dream_evaluate=episodes.dream_evaluate)
     for gen in es.run(stage.dir, state, c.generations, c.mode, objective):
       log(writer, gen)
+      progress.update(gen.generation)
 
 
 def log(writer, gen: es.Generation) -> None:
@@ -147,4 +156,7 @@ def log(writer, gen: es.Generation) -> None:
       tf.summary.scalar('eval/return_std', row['eval_std'])
       tf.summary.scalar('eval/centroid_return_mean', row['centroid_eval_mean'])
       tf.summary.scalar('eval/centroid_return_std', row['centroid_eval_std'])
+    if 'dream_eval_mean' in row:  # dream fidelity: a positive gap is a dream easier than reality
+      tf.summary.scalar('eval/dream_return_mean', row['dream_eval_mean'])
+      tf.summary.scalar('eval/dream_gap', row['dream_eval_mean'] - row['eval_mean'])
   writer.flush()
