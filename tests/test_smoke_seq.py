@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, copy_run, run_script, script_env
 from wm import config as config_lib
 from wm import training
-from wm.infra import runs
+from wm.infra import cli, runs
 from wm.stages import seq, shard
 from wm.errors import ConfigError
 from wm.models import export
@@ -48,7 +48,7 @@ def test_preempted_run_saves_exits_75_and_rerun_continues(synthetic_encoded, tmp
   # The rerun resumes from the saved step and tops up to train_steps.
   result = run_script('train_sequence_model', f'--run_dir={run_dir}',
                       f'--config.seq.train_steps={stopped + 5}')
-  assert f'(step {stopped})' in result.stderr, result.stderr[-3000:]
+  assert f'ckpt-{stopped} at step {stopped}' in result.stderr, result.stderr[-3000:]
   with open(os.path.join(run_dir, 'seq', 'DONE')) as f:
     done = json.load(f)
   assert done['step'] == stopped + 5 and latest_step(run_dir) == stopped + 5
@@ -65,7 +65,7 @@ def test_preempted_run_saves_exits_75_and_rerun_continues(synthetic_encoded, tmp
   config = config_lib.load('configs/carracing.py:debug')
   config.seq.model = 'transformer'
   with pytest.raises(ConfigError, match='checkpoints'):
-    seq.train(config, runs.Run(run_dir), os.path.join(run_dir, 'seq'))
+    seq.train(cli.Stage('seq', config, runs.Run(run_dir), {}))
   assert os.path.exists(os.path.join(run_dir, 'seq', 'DONE'))
 
 
@@ -95,5 +95,5 @@ def test_diverging_training_stops_with_a_clear_error(synthetic_encoded, tmp_path
   config.seq.learning_rate = 1e30  # Adam moves every weight by ~1e30: the loss overflows
   config.seq.grad_clip = 0.0
   with pytest.raises(training.NonFiniteLossError, match='diverged'):
-    seq.train(config, runs.Run(run_dir), os.path.join(run_dir, 'seq'))
+    seq.train(cli.Stage('seq', config, runs.Run(run_dir), {}))
   assert not os.path.exists(os.path.join(run_dir, 'seq', 'export'))

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from conftest import DEBUG, REPO, copy_run, run_script, script_env
 from wm import config as config_lib
-from wm.infra import runs
+from wm.infra import cli, runs
 from wm.stages import seq, shard
 
 LEARNING_RATE = 'optimizer/_learning_rate/.ATTRIBUTES/VARIABLE_VALUE'  # in a V or M checkpoint
@@ -89,7 +89,7 @@ def test_m_names_a_corrupted_encoded_shard_and_its_repair_works(debug_encoded, t
   os.remove(valid)
   run_script('encode_rollouts', f'--run_dir={run_dir}')
   result = run_script('train_sequence_model', f'--run_dir={run_dir}')
-  assert '(step 10)' in result.stderr and latest_step(ckpt_dir) == 20
+  assert 'ckpt-10 at step 10' in result.stderr and latest_step(ckpt_dir) == 20
 
 
 def test_m_resumes_with_the_configured_learning_rate(debug_world_model, tmp_path):
@@ -100,7 +100,7 @@ def test_m_resumes_with_the_configured_learning_rate(debug_world_model, tmp_path
   assert before == pytest.approx(1e-3, rel=1e-6)  # seq.learning_rate's default
   result = run_script('train_sequence_model', f'--run_dir={run_dir}',
                       '--config.seq.train_steps=25', '--config.seq.learning_rate=0.0123')
-  assert '(step 20)' in result.stderr
+  assert 'ckpt-20 at step 20' in result.stderr
   after = tf.train.load_checkpoint(os.path.join(ckpt_dir, 'ckpt-25')).get_tensor(LEARNING_RATE)
   assert after == pytest.approx(0.0123, rel=1e-6)  # the variable the optimizer's 5 steps read
   assert 'seq.learning_rate=0.0123 replaces the learning rate 0.001' in result.stderr
@@ -161,9 +161,9 @@ def test_m_removes_what_a_save_killed_halfway_left(debug_world_model, tmp_path, 
   config = config_lib.load(DEBUG)
   config.seq.train_steps = 22
   with caplog.at_level(logging.INFO):
-    seq.train(config, runs.Run(run_dir), os.path.join(run_dir, 'seq'))
+    seq.train(cli.Stage('seq', config, runs.Run(run_dir), {}))
   assert sorted(os.listdir(ckpt_dir)) == ['checkpoint', 'ckpt-10.data-00000-of-00001',
                                           'ckpt-10.index', 'ckpt-20.data-00000-of-00001',
                                           'ckpt-20.index', 'ckpt-22.data-00000-of-00001',
                                           'ckpt-22.index', 'model.json']
-  assert '(step 20)' in caplog.text and latest_step(ckpt_dir) == 22
+  assert 'ckpt-20 at step 20' in caplog.text and latest_step(ckpt_dir) == 22

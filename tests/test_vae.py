@@ -1,6 +1,7 @@
 """Stage 3: V trains for real on the debug data, resumes by rerun, stops cleanly on preemption or
 divergence, and exports an encoder that later stages load back."""
 
+import logging
 import os
 import re
 import signal
@@ -17,7 +18,8 @@ from wm import datasets, training
 from wm.infra import cli, runs
 from wm.stages import shard, vae
 from wm import config as config_lib
-from wm.errors import DataError
+from wm.errors import ConfigError, DataError
+from wm.infra import fileio
 from wm.models import export
 from wm.models.vae import ConvVAE
 
@@ -53,8 +55,30 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(debug_encoded, tmp_pa
   config.vae.train_steps, config.vae.learning_rate = 40, 1e30  # diverges within a few steps
   stage = cli.Stage('vae', config, runs.Run(run_dir), {})
   with pytest.raises(training.NonFiniteLossError, match='training diverged'):
-    vae.Trainer(stage).run()
+    vae.train(stage)
   assert latest_step(run_dir) == 20
+
+
+def test_checkpoints_without_model_json_resume_and_another_shape_is_refused(debug_encoded,
+                                                                           tmp_path, caplog):
+  """Checkpoints saved before they named their model (checkpoints/model.json) still resume, and
+  get one; then a config that changes the encoder's shape is refused before anything changes."""
+  run_dir = copy_run(debug_encoded, str(tmp_path / 'run'))
+  named = os.path.join(run_dir, 'vae', 'checkpoints', 'model.json')
+  if os.path.exists(named):
+    os.remove(named)
+  config = config_lib.load(DEBUG)
+  config.vae.train_steps, config.vae.kl_tolerance = 21, 0.25  # kl_tolerance shapes no variable
+  with caplog.at_level(logging.INFO):
+    vae.run(cli.Stage('vae', config, runs.Run(run_dir), {}))
+  assert re.search(r'resumed from \S+ckpt-20 at step 20', caplog.text), caplog.text[-3000:]
+  assert latest_step(run_dir) == 21
+  assert fileio.read_json(named) == {'name': 'conv_vae', 'kwargs': {'z_size': 8, 'frame_size': 64}}
+
+  config.vae.z_size = 16
+  with pytest.raises(ConfigError, match=r'checkpoints in \S+ are of .* use the vae\.\* config'):
+    vae.run(cli.Stage('vae', config, runs.Run(run_dir), {}))
+  assert latest_step(run_dir) == 21 and os.path.exists(os.path.join(run_dir, 'vae', 'DONE'))
 
 
 def test_preemption_signal_saves_and_asks_for_requeue(debug_data, tmp_path):

@@ -1,6 +1,10 @@
 """Training hygiene shared by the V, M and C stages: checkpoints that resume by rerun (with the
 configured learning rate, and no leftovers of a writer killed mid-save), clocks, preemption
-signals, and a NaN guard.
+signals, a NaN guard, and the error for a shard that fails to read.
+
+V and M keep their resume state the same way, in `Checkpoints`: STAGE/checkpoints/ holds a
+tf.train.CheckpointManager's ckpt-N files (tracked objects `model`, `optimizer`, `step`) and
+model.json, the model they are of.
 
 SLURM sends SIGTERM (preemption, or `scancel`) or the signal asked for with `--signal` (we use
 USR1) before a time limit. `Preemption` turns either into a flag the loop checks between steps;
@@ -16,11 +20,15 @@ import re
 import shutil
 import signal
 import sys
+from typing import Any, Callable, NoReturn
 
+import tensorflow as tf
 from absl import logging
 
-from wm.infra import fileio
-from wm.errors import UserError
+from wm import datasets
+from wm.errors import ConfigError, DataError, UserError
+from wm.infra import fileio, runs
+from wm.stages import shard
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "stopped early on purpose, run me again"
 # What a tf.train.CheckpointManager save leaves behind when its process dies in the middle (seen
@@ -105,19 +113,7 @@ def apply_learning_rate(optimizer, value: float, field: str) -> None:
   optimizer.learning_rate = value
 
 
-def checkpointed(manager, step: int) -> bool:
-  """Whether the latest checkpoint of a tf.train.CheckpointManager is of `step`."""
-  return (manager.latest_checkpoint or '').endswith(f'-{step}')
-
-
-def resume_note(step: int, ckpt_dir: str) -> str:
-  """What rerunning a stage that stopped at `step` does (for error messages)."""
-  if not step:
-    return 'rerun this command'
-  return f'rerun this command: it continues from step {step} (the checkpoint in {ckpt_dir})'
-
-
-def exit_for_requeue(what: str) -> None:
+def exit_for_requeue(what: str) -> NoReturn:
   logging.warning('stopped early for preemption after saving %s; exit %d asks for a requeue',
                   what, EXIT_REQUEUE)
   sys.exit(EXIT_REQUEUE)
@@ -129,3 +125,90 @@ def check_finite(name: str, value: float, step: int, checkpoint_dir: str) -> Non
         f'{name} is {value} at step {step}: training diverged. The last good checkpoint in '
         f'{checkpoint_dir} is intact; lower the learning rate (or rerun with --check_numerics '
         'to find the op) and rerun the same command to continue from it.')
+
+
+class Checkpoints:
+  """A stage's resume state: `model`, `optimizer` and the int64 `step` Variable, in
+  STAGE/checkpoints/ (the newest 3 ckpt-N, and model.json naming the model they are of).
+
+  `restore()` is what a start does: it removes what a save killed halfway left, refuses
+  checkpoints of another model, restores the latest and sets the configured learning rate. The
+  trainer counts `step` up; `save()` writes it as ckpt-<step>.
+  """
+
+  def __init__(self, stage_dir: str, model, optimizer, name: str, kwargs: dict[str, Any],
+               section: str):
+    """`name` and `kwargs` identify the model (kwargs: those that shape its variables);
+    `section` is its config's, named in errors and in the learning rate's field."""
+    self.directory = os.path.join(stage_dir, 'checkpoints')
+    self.optimizer, self.section = optimizer, section
+    self.identity = {'name': name, 'kwargs': kwargs}
+    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
+    self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step)
+    self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=3)
+
+  def restore(self, learning_rate: float) -> int:
+    """Restores the latest checkpoint, if any, at `learning_rate`; returns the step."""
+    remove_dead_checkpoint_writes(self.directory)
+    latest = self.manager.latest_checkpoint
+    if latest:
+      self._check_model()
+      try:
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
+      except (ValueError, AssertionError, tf.errors.OpError) as e:
+        raise ConfigError(
+            f'checkpoint {latest} does not fit {self.identity} ({str(e).splitlines()[0][:300]}); '
+            f'{self._fix("it was")}') from None
+      logging.info('resumed from %s at step %d', latest, int(self.step))
+    fileio.write_json(self._model_path(), self.identity)  # what the checkpoints are of from now
+    apply_learning_rate(self.optimizer, learning_rate, f'{self.section}.learning_rate')
+    return int(self.step)
+
+  def save(self) -> None:
+    self.manager.save(checkpoint_number=int(self.step))
+
+  def save_unsaved(self) -> int:
+    """Saves the step unless the latest checkpoint is of it; returns the step."""
+    step = int(self.step)
+    if not (self.manager.latest_checkpoint or '').endswith(f'-{step}'):
+      self.save()
+    return step
+
+  def save_and_exit(self, flush: Callable[[], Any]) -> NoReturn:
+    """On preemption: saves, flushes the summaries and exits asking for a requeue."""
+    step = self.save_unsaved()
+    flush()
+    exit_for_requeue(f'step {step} in {self.directory}')
+
+  def resume_note(self) -> str:
+    """What rerunning the stage does from here (for error messages)."""
+    step = int(self.step)
+    if not step:
+      return 'rerun this command'
+    return f'rerun this command: it continues from step {step} (the checkpoint in {self.directory})'
+
+  def _model_path(self) -> str:
+    return os.path.join(self.directory, 'model.json')
+
+  def _check_model(self) -> None:
+    """Refuses checkpoints whose model.json names another model (none: written before it)."""
+    if os.path.exists(self._model_path()):
+      found = fileio.read_json(self._model_path())
+      if found != self.identity:
+        raise ConfigError(f'the checkpoints in {self.directory} are of {found}, the config asks '
+                          f'for {self.identity}; {self._fix("they were")}')
+
+  def _fix(self, subject: str) -> str:
+    return (f'use the {self.section}.* config {subject} trained with, or remove {self.directory} '
+            'to start over')
+
+
+def read_error(error: tf.errors.DataLossError, checkpoints: Checkpoints, run: runs.Run,
+               source: str) -> DataError:
+  """For a shard of stage `source` that failed to read: saves the steps trained since the last
+  checkpoint, and returns the DataError that names the shard and its repair."""
+  if int(checkpoints.step):
+    checkpoints.save_unsaved()
+  read = [run.split_dir(source, split) for split in runs.SPLITS
+          if os.path.exists(os.path.join(run.split_dir(source, split), shard.MANIFEST))]
+  return datasets.read_error(error, read, run.root, checkpoints.resume_note())

@@ -1,12 +1,13 @@
 """Stage 5's training loop: M on encoded rollouts, resumable, preemptible, NaN-guarded.
 
 One step counter paces everything (wm.training.Every clocks): scalars every seq.log_every steps,
-validation every seq.valid_every, a checkpoint (model, optimizer, step) every seq.save_every and
-on preemption. Rerunning the same command restores the latest checkpoint and continues up to
-seq.train_steps (at the configured seq.learning_rate); raising seq.train_steps tops a finished run
-up. At the end the model is exported (wm/models/export.py) with the distribution of first latents
-the dream starts from. A shard that fails to read stops the run with a DataError naming it (by the
-manifest's sha256), after saving the steps trained so far.
+validation every seq.valid_every, a checkpoint (model, optimizer, step: wm.training.Checkpoints)
+every seq.save_every and on preemption. Rerunning the same command restores the latest checkpoint
+and continues up to seq.train_steps (at the configured seq.learning_rate); raising
+seq.train_steps tops a finished run up. At the end the model is exported (wm/models/export.py)
+with the distribution of first latents the dream starts from. A shard that fails to read stops
+the run with a DataError naming it (by the manifest's sha256), after saving the steps trained so
+far.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wm import datasets, sequences, training
+from wm import sequences, training
 from wm.config import SeqConfig
-from wm.errors import ConfigError, DataError
+from wm.errors import DataError
 from wm.infra import cli, fileio
 from wm.infra.progress import Progress
 from wm.infra.runs import Run
@@ -120,49 +121,22 @@ def save_initial_latents(paths: list[str], path: str) -> int:
   return len(first['mu'])
 
 
-def check_same_model(ckpt_dir: str, name: str, kwargs: dict[str, Any], resuming: bool) -> None:
-  """Refuses to resume checkpoints of another model; records the model of new checkpoints."""
-  path = os.path.join(ckpt_dir, 'model.json')
-  wanted = {'name': name, 'kwargs': kwargs}
-  if resuming and os.path.exists(path):
-    found = fileio.read_json(path)
-    if found != wanted:
-      raise ConfigError(
-          f'the checkpoints in {ckpt_dir} are of {found}, the config asks for {wanted}; use '
-          f'the seq.* config they were trained with, or remove {ckpt_dir} to start over')
-  else:
-    fileio.write_json(path, wanted)
-
-
-def restore(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> int:
-  if manager.latest_checkpoint:
-    try:
-      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    except (ValueError, AssertionError, tf.errors.OpError) as e:
-      raise ConfigError(
-          f'checkpoint {manager.latest_checkpoint} does not fit the configured model '
-          f'({str(e).splitlines()[0][:300]}); use the seq.* config it was trained with, or '
-          f'remove {os.path.dirname(manager.latest_checkpoint)} to start over') from None
-    logging.info('resuming from %s (step %d)', manager.latest_checkpoint,
-                 int(checkpoint.step))
-  return int(checkpoint.step)
-
-
-def fit(trainer: Trainer, manager: tf.train.CheckpointManager, step_var: tf.Variable,
-        batches, seq: SeqConfig, evaluate, preemption: training.Preemption) -> None:
-  """Steps up to seq.train_steps from `step_var`, paced by seq's clocks; ends with a checkpoint.
+def fit(trainer: Trainer, checkpoints: training.Checkpoints, batches, seq: SeqConfig, evaluate,
+        preemption: training.Preemption) -> None:
+  """Steps from checkpoints.step up to seq.train_steps, paced by seq's clocks; ends with a
+  checkpoint.
 
   Call inside a summary writer's default; `evaluate()` writes and returns the valid terms.
   """
   clocks = {name: training.Every(getattr(seq, name + '_every'))
             for name in ('log', 'valid', 'save')}
-  step = first = int(step_var)
+  step = first = int(checkpoints.step)
   progress, start = Progress('seq', seq.train_steps), time.perf_counter()
   while step < seq.train_steps:
     terms = trainer.train_step(next(batches))
-    training.check_finite('train/loss', float(terms['loss']), step + 1, manager.directory)
-    step += 1
-    step_var.assign(step)
+    checkpoints.step.assign_add(1)
+    step = int(checkpoints.step)
+    training.check_finite('train/loss', float(terms['loss']), step, checkpoints.directory)
     sequence_steps = (step - first) * seq.batch_size * seq.sequence_length
     if clocks['log'](step) or step == seq.train_steps:
       write_scalars('train', {k: float(v) for k, v in terms.items()}, step)
@@ -170,68 +144,61 @@ def fit(trainer: Trainer, manager: tf.train.CheckpointManager, step_var: tf.Vari
                         sequence_steps / (time.perf_counter() - start), step=step)
     if clocks['valid'](step):
       evaluate()
-    if clocks['save'](step) or preemption.requested:
-      manager.save(checkpoint_number=step)
+    if clocks['save'](step):
+      checkpoints.save()
     if preemption.requested:
-      tf.summary.flush()
-      training.exit_for_requeue(f'checkpoint at step {step}')
+      checkpoints.save_and_exit(tf.summary.flush)
     progress.update(step, sequence_steps=sequence_steps)
-  if not training.checkpointed(manager, step):
-    manager.save(checkpoint_number=step)
+  checkpoints.save_unsaved()
 
 
-def train(config, run: Run, stage_dir: str) -> dict[str, Any]:
-  """Trains (or resumes) M up to seq.train_steps, exports it; returns the final valid terms."""
-  seq = config.seq
+def fit_and_validate(stage: cli.Stage, trainer: Trainer, checkpoints: training.Checkpoints,
+                     train_paths: list[str], valid_paths: list[str]) -> dict[str, float]:
+  """Trains to seq.train_steps with summaries in STAGE/tb; returns the final valid terms."""
+  seq, seed = stage.config.seq, stage.config.seed
+  train_data = sequences.train_batches(train_paths, seq.sequence_length, seq.batch_size,
+                                       seq.shuffle_buffer, seed=seed)
+  valid_data = valid_paths and sequences.valid_batches(valid_paths, seq.sequence_length,
+                                                       seq.batch_size, seed=seed)
+  writer = tf.summary.create_file_writer(os.path.join(stage.dir, 'tb'))
+
+  def evaluate() -> dict[str, float]:
+    terms = trainer.evaluate(valid_data, seq.valid_batches) if valid_paths else {}
+    write_scalars('valid', terms, int(checkpoints.step))
+    return terms
+
+  with training.Preemption() as preemption, writer.as_default():
+    fit(trainer, checkpoints, iter(train_data), seq, evaluate, preemption)
+    final = evaluate()
+  writer.flush()
+  return final
+
+
+def train(stage: cli.Stage) -> dict[str, Any]:
+  """Trains (or resumes, or tops up) M to seq.train_steps and exports it; returns DONE's info."""
+  seq, run = stage.config.seq, stage.run
   train_paths, manifest = read_split(run, 'train')
   has_valid = os.path.exists(os.path.join(run.split_dir('encode', 'valid'), shard.MANIFEST))
   valid_paths = read_split(run, 'valid')[0] if has_valid else []
   kwargs = model_kwargs(seq, int(manifest['z_size']), int(manifest['action_size']))
   model = registry.sequence_model_class(seq.model)(**kwargs)
   trainer = Trainer(model, seq.learning_rate, seq.grad_clip)
-  step_var = tf.Variable(0, dtype=tf.int64, name='step')
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=trainer.optimizer, step=step_var)
-  ckpt_dir = os.path.join(stage_dir, 'checkpoints')
-  training.remove_dead_checkpoint_writes(ckpt_dir)
-  manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=3)
-  check_same_model(ckpt_dir, seq.model, kwargs, resuming=bool(manager.latest_checkpoint))
-  restore(checkpoint, manager)
-  training.apply_learning_rate(trainer.optimizer, seq.learning_rate, 'seq.learning_rate')
+  checkpoints = training.Checkpoints(stage.dir, model, trainer.optimizer, seq.model, kwargs,
+                                     'seq')
+  checkpoints.restore(seq.learning_rate)
   run.clear_done('seq')  # only once the inputs and checkpoints are known to fit
-  train_data = sequences.train_batches(train_paths, seq.sequence_length, seq.batch_size,
-                                       seq.shuffle_buffer, seed=config.seed)
-  valid_data = valid_paths and sequences.valid_batches(valid_paths, seq.sequence_length,
-                                                       seq.batch_size, seed=config.seed)
-  writer = tf.summary.create_file_writer(os.path.join(stage_dir, 'tb'))
-
-  def evaluate() -> dict[str, float]:
-    terms = trainer.evaluate(valid_data, seq.valid_batches) if valid_paths else {}
-    write_scalars('valid', terms, int(step_var))
-    return terms
-
   try:
-    with training.Preemption() as preemption, writer.as_default():
-      fit(trainer, manager, step_var, iter(train_data), seq, evaluate, preemption)
-      final = evaluate()
-    writer.flush()
-    step = int(step_var)
-    export.save(model, os.path.join(stage_dir, 'export'), 'sequence_model', seq.model, kwargs,
+    final = fit_and_validate(stage, trainer, checkpoints, train_paths, valid_paths)
+    step = int(checkpoints.step)
+    export.save(model, os.path.join(stage.dir, 'export'), 'sequence_model', seq.model, kwargs,
                 step=step, valid=final)
-    count = save_initial_latents(train_paths, os.path.join(stage_dir, 'initial_latents.npz'))
+    count = save_initial_latents(train_paths, os.path.join(stage.dir, 'initial_latents.npz'))
   except tf.errors.DataLossError as e:  # a shard is corrupted: inflate() or a CRC failed
-    step = int(step_var)
-    if step and not training.checkpointed(manager, step):
-      manager.save(checkpoint_number=step)  # keep the steps trained since the last checkpoint
-    read_dirs = [run.split_dir('encode', s) for s in (('train', 'valid') if has_valid
-                                                      else ('train',))]
-    raise datasets.read_error(e, read_dirs, run.root,
-                              training.resume_note(step, ckpt_dir)) from None
+    raise training.read_error(e, checkpoints, run, 'encode') from None
   logging.info('seq: step %d, valid %s, %d initial latents', step, final, count)
-  return {'step': step, 'valid': final}
+  return {'step': step, 'valid': final, 'model': seq.model}
 
 
 def run(stage: cli.Stage) -> None:
   """The stage: train (or resume, or top up) M, export it, then DONE."""
-  result = train(stage.config, stage.run, stage.dir)
-  stage.run.mark_done('seq', step=result['step'], valid=result['valid'],
-                      model=stage.config.seq.model)
+  stage.run.mark_done('seq', **train(stage))

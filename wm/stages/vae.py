@@ -1,6 +1,6 @@
 """Stage 3's training loop: V on raw frames, resumable by rerun, preemptible, NaN-guarded.
 
-    RUN/vae/checkpoints/   tf.train.CheckpointManager (model, optimizer, step counter)
+    RUN/vae/checkpoints/   model, optimizer and step counter (wm.training.Checkpoints)
     RUN/vae/tb/            TensorBoard: train/{loss,recon,kl}, valid/{loss,recon,kl}, images
     RUN/vae/export/        the trained encoder (wm/models/export.py; load with kind='encoder')
     RUN/vae/DONE           written after the export
@@ -22,13 +22,16 @@ from absl import logging
 
 from wm import datasets, training
 from wm.config import Config
-from wm.errors import ConfigError, DataError
-from wm.infra import cli, runs
+from wm.errors import DataError
+from wm.infra import cli
 from wm.infra.progress import Progress
 from wm.models import export, registry
 from wm.stages import shard
 
 NUM_IMAGES = 4  # frames shown beside their reconstructions in TensorBoard
+# Encoder arguments a resumed V may change: they shape no variable. The checkpoints record the
+# others (wm.training.Checkpoints) and refuse a config that changes them.
+RESUMABLE = ('kl_tolerance', 'mixed_precision')
 
 
 def model_kwargs(config: Config) -> dict[str, Any]:
@@ -60,51 +63,20 @@ def make_train_step(model: tf.keras.Model, optimizer: tf.keras.optimizers.Optimi
 
 
 class Trainer:
-  """Owns the model, optimizer, checkpoint and summaries of one stage run."""
+  """Owns the model, optimizer, checkpoints and summaries of one stage run."""
 
   def __init__(self, stage: cli.Stage):
     self.stage, self.config = stage, stage.config
-    self.ckpt_dir = os.path.join(stage.dir, 'checkpoints')
     self.export_dir = os.path.join(stage.dir, 'export')
     self.model = build_model(self.config)
     self.optimizer = tf.keras.optimizers.Adam(self.config.vae.learning_rate)
     self.optimizer.build(self.model.trainable_variables)
-    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
-    self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                          step=self.step)
-    self.manager = tf.train.CheckpointManager(self.checkpoint, self.ckpt_dir, max_to_keep=3)
-    self.train_step = make_train_step(self.model, self.optimizer, self.step)
+    shape = {k: v for k, v in model_kwargs(self.config).items() if k not in RESUMABLE}
+    self.checkpoints = training.Checkpoints(stage.dir, self.model, self.optimizer,
+                                            self.config.vae.model, shape, 'vae')
+    self.train_step = make_train_step(self.model, self.optimizer, self.checkpoints.step)
     self.writer = None
     self.valid_data = None
-
-  def restore(self) -> int:
-    training.remove_dead_checkpoint_writes(self.ckpt_dir)
-    latest = self.manager.latest_checkpoint
-    if latest:
-      try:
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
-      except (ValueError, AssertionError, tf.errors.OpError) as e:
-        raise ConfigError(
-            f'checkpoint {latest} does not fit {self.config.vae.model}'
-            f'({model_kwargs(self.config)}): {str(e).splitlines()[0][:300]}. Train with the '
-            f'config it was written with, or use a fresh run dir') from None
-      logging.info('resumed from %s at step %d', latest, int(self.step))
-    training.apply_learning_rate(self.optimizer, self.config.vae.learning_rate,
-                                 'vae.learning_rate')
-    return int(self.step)
-
-  def save(self) -> None:
-    self.manager.save(checkpoint_number=int(self.step))
-
-  def read_error(self, error: tf.errors.DataLossError) -> DataError:
-    """Saves the steps trained since the last checkpoint; the error that names the bad shard."""
-    step = int(self.step)
-    if step and not training.checkpointed(self.manager, step):
-      self.save()
-    run = self.stage.run
-    read = [run.split_dir('shard', s) for s in runs.SPLITS
-            if os.path.exists(os.path.join(run.split_dir('shard', s), shard.MANIFEST))]
-    return datasets.read_error(error, read, run.root, training.resume_note(step, self.ckpt_dir))
 
   # ------------------------------------------------------------------------ steps
 
@@ -162,16 +134,17 @@ class Trainer:
 
   # ------------------------------------------------------------------------ the loop
 
-  def run(self) -> None:
+  def train(self) -> dict[str, Any] | None:
+    """Trains (or resumes, or tops up) V to vae.train_steps and exports it; returns DONE's
+    info, or None when V was already trained that far and exported."""
     vae, run = self.config.vae, self.stage.run
     with training.Preemption() as preemption:
-      start = self.restore()
-      finished = run.is_done('vae') and _export_step(self.export_dir) == start
-      if start >= vae.train_steps and finished:
+      start = self.checkpoints.restore(vae.learning_rate)
+      if start >= vae.train_steps and self.exported(start):
         logging.info('V is trained to step %d (vae.train_steps=%d) and exported in %s: nothing '
                      'to do; raise vae.train_steps to train longer', start, vae.train_steps,
                      self.export_dir)
-        return
+        return None
       run.clear_done('vae')
       self.writer = tf.summary.create_file_writer(os.path.join(self.stage.dir, 'tb'))
       train_paths, valid_paths = self.split_paths('train'), self.split_paths('valid')
@@ -181,11 +154,11 @@ class Trainer:
       try:
         if start < vae.train_steps:
           self.loop(start, train_paths, preemption)
-        self.validate(int(self.step))
+        self.validate(int(self.checkpoints.step))
       except tf.errors.DataLossError as e:  # a shard is corrupted: inflate() or a CRC failed
-        raise self.read_error(e) from None
+        raise training.read_error(e, self.checkpoints, run, 'shard') from None
       self.writer.flush()
-      self.finish()
+      return self.export()
 
   def loop(self, start: int, paths: list[str], preemption: training.Preemption) -> None:
     vae = self.config.vae
@@ -195,41 +168,50 @@ class Trainer:
     step = start
     while step < vae.train_steps:
       if preemption.requested:
-        self.save()
-        self.writer.flush()
-        training.exit_for_requeue(f'step {step} in {self.ckpt_dir}')
+        self.checkpoints.save_and_exit(self.writer.flush)
       frames = next(batches)
       if step == start:
         self.check_frames(frames, paths)
       metrics = self.train_step(frames)
-      step = int(self.step)
-      training.check_finite('train/loss', float(metrics['loss']), step, self.ckpt_dir)
+      step = int(self.checkpoints.step)
+      training.check_finite('train/loss', float(metrics['loss']), step,
+                            self.checkpoints.directory)
       if log_every(step):
         self.log_scalars('train', metrics, step)
       if save_every(step) or step == vae.train_steps:
-        self.save()
+        self.checkpoints.save()
         if step < vae.train_steps:
           self.validate(step)
       progress.update(step, images=(step - start) * self.config.data.batch_size)
 
-  def finish(self) -> None:
-    step = int(self.step)
+  def exported(self, step: int) -> bool:
+    """Whether DONE stands and the export is of `step`."""
+    if not self.stage.run.is_done('vae'):
+      return False
+    try:
+      return export.read_info(self.export_dir).get('step') == step
+    except DataError:
+      return False
+
+  def export(self) -> dict[str, Any]:
+    step = int(self.checkpoints.step)
     export.save(self.model, self.export_dir, kind='encoder', name=self.config.vae.model,
                 kwargs=model_kwargs(self.config), step=step)
-    self.stage.run.mark_done('vae', step=step, export=self.export_dir)
     logging.info('exported the encoder at step %d to %s', step, self.export_dir)
+    return {'step': step, 'export': self.export_dir}
 
 
-def _export_step(folder: str) -> int | None:
-  try:
-    return export.read_info(folder).get('step')
-  except DataError:
-    return None
+def train(stage: cli.Stage) -> dict[str, Any] | None:
+  """Trains V; returns DONE's info, None if there was nothing to do (see Trainer.train)."""
+  return Trainer(stage).train()
 
 
 def run(stage: cli.Stage, check_numerics: bool = False, run_eagerly: bool = False) -> None:
+  """The stage: train (or resume, or top up) V, export it, then DONE."""
   if check_numerics:
     tf.debugging.enable_check_numerics()
   if run_eagerly:
     tf.config.run_functions_eagerly(True)
-  Trainer(stage).run()
+  info = train(stage)
+  if info is not None:
+    stage.run.mark_done('vae', **info)
