@@ -146,7 +146,7 @@ def run(stage: cli.Stage, parallelism: int = 1, task_index: int = 0, num_tasks: 
   logging.info('environment %s ok: %s', config.env.name, facts)
   total = len(range(task_index, config.collect.num_rollouts, num_tasks))
   missing = todo(stage.dir, config.collect.num_rollouts, task_index, num_tasks)
-  progress = Progress('collect rollouts', total)
+  progress = Progress('collect rollouts', total, folder=stage.dir)
   done, steps, collected = total - len(missing), 0, 0
   progress.update(done, force=True)
   for result in collect(config, stage.dir, parallelism, task_index, num_tasks, log=logging.info):

@@ -194,7 +194,8 @@ def encode_split(encoder: Encoder, in_dir: str, out_dir: str, outputs: list[Outp
   fileio.remove_stale_tmp_files(out_dir)
   if todo and os.path.exists(os.path.join(out_dir, shard.MANIFEST)):
     os.remove(os.path.join(out_dir, shard.MANIFEST))  # it will list the new outputs
-  progress = Progress(f'encode {os.path.basename(out_dir)}', sum(len(o.rollouts) for o in todo))
+  progress = Progress(f'encode {os.path.basename(out_dir)}', sum(len(o.rollouts) for o in todo),
+                      folder=os.path.dirname(out_dir))
   counts = {'rollouts': 0, 'frames': 0}
   for output in todo:
     with fileio.claim(os.path.join(out_dir, output.name)) as held:
