@@ -20,6 +20,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from wm.infra import quiet
+
+quiet.install()  # before TensorFlow is imported: its start-up notices stay out of the log
+
 from absl import flags
 
 from wm.errors import UserError

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import DEBUG, REPO, copy_run, run_script, script_env
-from wm.infra import pipeline, runs
+from wm.infra import pipeline, quiet, runs
 
 # Holds the run dir's pipeline lock as a running pipeline does, until killed.
 _HOLDER = textwrap.dedent('''
@@ -121,3 +121,10 @@ def test_topping_up_v_redoes_encode_and_refuses_the_old_m(debug_agent, tmp_path)
   assert 'move RUN/seq away' in piped.stderr
   assert run.is_done('encode') and run.stale_reason('encode') is None
   assert run.fingerprint('encode') != old_encoded  # re-encoded with the new V
+  # the stage's output is kept in RUN/logs, and holds none of TensorFlow's start-up notices
+  with open(os.path.join(run_dir, 'logs', 'encode.log')) as f:
+    log = f.read()
+  assert 'encoding' in log and log.rstrip().endswith('== exit status 0')
+  shown = (piped.stdout + piped.stderr).splitlines()
+  assert not [line for line in shown if quiet.is_boilerplate(line)]
+  assert not any('oneDNN' in line or 'cuInit' in line for line in shown)

@@ -58,7 +58,7 @@ class Dream:
 
   def _episodes(self, params, z0, noise_seed):
     seq, controller = self.world.seq, self.world.controller
-    batch = params.shape[0]
+    batch = tf.shape(params)[0]  # not static once traced for fitness and evaluation sizes
     state = seq.initial_state(batch)
     total = tf.zeros([batch])
     alive = tf.ones([batch])

@@ -91,12 +91,37 @@ def stage_argv(stage: StageCommand, run_dir: str, config: str | None, overrides:
   return argv
 
 
+def log_path(run: runs.Run, stage: str) -> str:
+  """RUN/logs/<stage>.log: every local run of the stage appends to it (SLURM jobs write
+  RUN/logs/<stage>-<job>.log)."""
+  return os.path.join(run.root, 'logs', f'{stage}.log')
+
+
+def run_logged(argv: list[str], path: str) -> int:
+  """Runs a stage, its stdout and stderr shown here and appended to `path`; its exit status."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get('TF_CPP_MIN_LOG_LEVEL', '2'))
+  with open(path, 'ab') as log:
+    log.write(f'== {time.strftime("%F %T")} {" ".join(argv)}\n'.encode())
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+      for line in iter(proc.stdout.readline, b''):
+        sys.stdout.buffer.write(line)
+        sys.stdout.flush()
+        log.write(line)
+        log.flush()
+    finally:
+      code = proc.wait()
+    log.write(f'== exit status {code}\n'.encode())
+  return code
+
+
 def folder_size(path: str) -> tuple[int, int]:
   """(files, bytes) under `path`, snapshots excluded."""
   files = size = 0
   for root, dirs, names in os.walk(path):
     dirs[:] = [d for d in dirs if d != 'snapshot']
-    for name in names:
+    for name in (n for n in names if n != 'progress.json'):  # what the stage made, not its state
       try:
         size += os.path.getsize(os.path.join(root, name))
         files += 1
@@ -158,8 +183,7 @@ def run_stages(run: runs.Run, stages: list[StageCommand], config: str | None,
     argv = stage_argv(stage, run.root, config, overrides, parallelism)
     print(f'== {tag}: started {time.strftime("%H:%M:%S")}: scripts/{stage.script}.py', flush=True)
     start = time.perf_counter()
-    code = subprocess.call(argv, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get(
-        'TF_CPP_MIN_LOG_LEVEL', '2')))
+    code = run_logged(argv, log_path(run, stage.name))
     took = time.perf_counter() - start
     if code != 0:
       print(f'== {tag} failed with exit status {code} after {took:.1f}s; fix and rerun the '

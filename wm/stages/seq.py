@@ -131,7 +131,8 @@ def fit(trainer: Trainer, checkpoints: training.Checkpoints, batches, seq: SeqCo
   clocks = {name: training.Every(getattr(seq, name + '_every'))
             for name in ('log', 'valid', 'save')}
   step = first = int(checkpoints.step)
-  progress, start = Progress('seq', seq.train_steps), time.perf_counter()
+  progress = Progress('seq', seq.train_steps, folder=os.path.dirname(checkpoints.directory))
+  start = time.perf_counter()
   while step < seq.train_steps:
     terms = trainer.train_step(next(batches))
     checkpoints.step.assign_add(1)

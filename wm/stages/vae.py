@@ -154,17 +154,17 @@ class Trainer:
       try:
         if start < vae.train_steps:
           self.loop(start, train_paths, preemption)
-        self.validate(int(self.checkpoints.step))
+        valid = self.validate(int(self.checkpoints.step))
       except tf.errors.DataLossError as e:  # a shard is corrupted: inflate() or a CRC failed
         raise training.read_error(e, self.checkpoints, run, 'shard') from None
       self.writer.flush()
-      return self.export()
+      return {**self.export(), **({'valid': valid} if valid else {})}
 
   def loop(self, start: int, paths: list[str], preemption: training.Preemption) -> None:
     vae = self.config.vae
     log_every, save_every = training.Every(vae.log_every), training.Every(vae.save_every)
     batches = iter(self.frames(paths, seed=self.config.seed * 1_000_003 + start))
-    progress = Progress('vae train steps', vae.train_steps)
+    progress = Progress('vae train steps', vae.train_steps, folder=self.stage.dir)
     step = start
     while step < vae.train_steps:
       if preemption.requested:
