@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -24,9 +25,9 @@ _HOLDER = textwrap.dedent('''
 ''')
 
 
-def _pipeline(run_dir, *args):
+def _pipeline(run_dir, *args, stages='collect'):
   return subprocess.run([sys.executable, '-m', 'wm', f'--run_dir={run_dir}',
-                         f'--config={DEBUG}', '--stages=collect', *args], cwd=REPO,
+                         f'--config={DEBUG}', f'--stages={stages}', *args], cwd=REPO,
                         env=script_env(), capture_output=True, text=True, timeout=300)
 
 
@@ -128,3 +129,25 @@ def test_topping_up_v_redoes_encode_and_refuses_the_old_m(debug_agent, tmp_path)
   shown = (piped.stdout + piped.stderr).splitlines()
   assert not [line for line in shown if quiet.is_boilerplate(line)]
   assert not any('oneDNN' in line or 'cuInit' in line for line in shown)
+
+
+def test_a_rerun_with_another_config_tops_up_or_refuses_never_skips(debug_data, tmp_path):
+  run_dir = copy_run(debug_data, str(tmp_path / 'run'))
+  more = _pipeline(run_dir, '--config.collect.num_rollouts=8', '--parallelism=1',
+                   stages='collect,shard')
+  assert more.returncode == 0, more.stderr[-3000:]
+  assert 'collect: redoing it: collect.num_rollouts 6 -> 8 (a top-up' in more.stdout
+  assert 'shard: redoing it: collect was topped up' in more.stdout
+  with open(os.path.join(run_dir, 'records', 'train', 'manifest.json')) as f:
+    train = json.load(f)['num_rollouts']
+  with open(os.path.join(run_dir, 'records', 'valid', 'manifest.json')) as f:
+    assert train + json.load(f)['num_rollouts'] == 8
+
+  other = _pipeline(run_dir, '--config.collect.num_rollouts=8', '--config.env.max_steps=30',
+                    stages='collect,shard')
+  assert other.returncode == 2, other.stderr[-3000:]
+  assert 'collect finished with other settings: env.max_steps 40 -> 30' in other.stderr
+  assert 'another --run_dir' in other.stderr and 'Traceback' not in other.stderr
+
+  same = _pipeline(run_dir, '--config.collect.num_rollouts=8', stages='collect,shard')
+  assert same.returncode == 0 and 'collect: done already' in same.stdout

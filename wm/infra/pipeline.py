@@ -23,9 +23,10 @@ import time
 
 from absl import app, flags
 
+from wm import config as config_lib
 from wm.config import REPO_ROOT
 from wm.errors import UserError
-from wm.infra import cli, fileio, runs
+from wm.infra import changes, cli, fileio, runs
 
 _PARALLELISM = flags.DEFINE_integer('parallelism', os.cpu_count() or 1,
                                     'Worker processes for the parallel stages.')
@@ -161,23 +162,45 @@ def summary(reports: list[StageReport], total_s: float, root: str = '') -> str:
   return '\n'.join(lines)
 
 
+def finished_stage(run: runs.Run, name: str, tag: str, resolved: dict | None,
+                   redone: set[str]) -> str:
+  """What to do with a stage whose DONE exists: 'skip', 'run' (its DONE cleared: redo it) or
+  'refuse' (said why on stderr). Changed settings first (wm/infra/changes.py), then inputs that
+  changed since it ran (wm/infra/runs.py stale_reason)."""
+  verdict, why = changes.decide(run, name, resolved) if resolved else ('keep', '')
+  if verdict == 'refuse':
+    print(f'== {tag}: {why}', file=sys.stderr, flush=True)
+    return 'refuse'
+  if verdict == 'keep' and name == 'shard' and 'collect' in redone:
+    verdict, why = 'redo', 'collect was topped up: the new rollouts are sharded'
+  if verdict == 'keep':
+    why = run.stale_reason(name)
+    if why is None:
+      print(f'== {tag}: done already ({run.done_path(name)})', flush=True)
+      return 'skip'
+    if name in CANNOT_REDO:
+      print(f'== {tag}: {why}; {CANNOT_REDO[name]}', file=sys.stderr, flush=True)
+      return 'refuse'
+  print(f'== {tag}: redoing it: {why}', flush=True)
+  run.clear_done(name)
+  redone.add(name)
+  return 'run'
+
+
 def run_stages(run: runs.Run, stages: list[StageCommand], config: str | None,
-               overrides: dict[str, str], parallelism: int) -> tuple[list[StageReport], int]:
-  """Runs the stages in order; returns their reports and the failing exit status (or 0)."""
-  reports = []
+               overrides: dict[str, str], parallelism: int,
+               resolved: dict | None = None) -> tuple[list[StageReport], int]:
+  """Runs the stages in order; returns their reports and the failing exit status (or 0).
+  `resolved` (the config as a dict) lets finished stages be checked against it."""
+  reports, redone = [], set()
   for i, stage in enumerate(stages, 1):
     tag = f'[{i}/{len(stages)}] {stage.name}'
     if run.is_done(stage.name):
-      reason = run.stale_reason(stage.name)
-      if reason is None:
-        print(f'== {tag}: done already ({run.done_path(stage.name)})', flush=True)
+      action = finished_stage(run, stage.name, tag, resolved, redone)
+      if action == 'skip':
         reports.append(report(run, stage.name, 'skipped'))
         continue
-      if stage.name not in CANNOT_REDO:
-        print(f'== {tag}: redoing it: {reason}', flush=True)
-        run.clear_done(stage.name)
-      else:
-        print(f'== {tag}: {reason}; {CANNOT_REDO[stage.name]}', file=sys.stderr, flush=True)
+      if action == 'refuse':
         reports.append(report(run, stage.name, 'failed'))
         return reports, cli.EXIT_USER_ERROR
     argv = stage_argv(stage, run.root, config, overrides, parallelism)
@@ -219,7 +242,7 @@ def main(argv: list[str]) -> None:
   if not flags.FLAGS.run_dir:
     raise UserError('--run_dir is required: the folder every stage reads and writes')
   # Refuse a bad config or stage list before anything runs.
-  cli.resolve_config(flags.FLAGS.run_dir, cli.overrides())
+  resolved = config_lib.to_dict(cli.resolve_config(flags.FLAGS.run_dir, cli.overrides()))
   stages = selected_stages()
   run = runs.Run(flags.FLAGS.run_dir)
   config = flags.FLAGS.config if flags.FLAGS['config'].present else None
@@ -232,7 +255,8 @@ def main(argv: list[str]) -> None:
           'was killed, its lock is taken over at once on the same host, or after '
           f'{fileio.LEASE_S:.0f}s unrenewed from another host.')
     start = time.perf_counter()
-    reports, code = run_stages(run, stages, config, cli.overrides(), _PARALLELISM.value)
+    reports, code = run_stages(run, stages, config, cli.overrides(), _PARALLELISM.value,
+                               resolved)
   print(summary(reports, time.perf_counter() - start, run.root), flush=True)
   if code:
     sys.exit(code)

@@ -20,8 +20,10 @@ and redone or refused, never silently kept.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
+from typing import Any
 
 from wm.infra import fileio
 
@@ -43,6 +45,46 @@ RESULT_FILES = {
     'seq': ('export/model.json', 'export/model.weights.h5'),
     'controller': ('best.npz',),
 }
+# The config sections each stage's result depends on, beyond those of the stages before it
+# (config_key): a rerun with other values there redoes or refuses the stage, and sweep runs that
+# agree on them share the stage's outputs. 'preset' and 'play' never change a result.
+STAGE_CONFIG = {
+    'collect': ('seed', 'env', 'collect'),
+    'shard': ('records',),
+    'vae': ('data', 'vae'),
+    'encode': ('encode',),
+    'seq': ('seq',),
+    'controller': ('controller',),
+    'evaluate': (),
+    'play': ('play',),
+}
+# Fields a finished stage continues from when raised (a top-up), instead of starting over.
+TOP_UPS = {'collect.num_rollouts', 'vae.train_steps', 'seq.train_steps',
+           'controller.generations'}
+# Fields that change only how fast or where, never a result.
+NO_EFFECT = {'env.render_scale', 'encode.batch_size', 'controller.test_episodes'}
+
+
+def stage_fields(config: dict[str, Any], stage: str) -> dict[str, Any]:
+  """The flattened config fields (dotted names) `stage` and the stages before it depend on."""
+  names = list(STAGE_DIRS)
+  sections = [s for name in names[:names.index(stage) + 1] for s in STAGE_CONFIG[name]]
+  flat = {}
+  for section in sections:
+    value = config.get(section)
+    if isinstance(value, dict):
+      flat.update({f'{section}.{k}': v for k, v in value.items()})
+    else:
+      flat[section] = value
+  return {k: v for k, v in flat.items() if k not in NO_EFFECT}
+
+
+def config_key(config: dict[str, Any], stage: str) -> str:
+  """A hash of stage_fields: equal keys mean the stage's result would be the same."""
+  text = json.dumps(stage_fields(config, stage), sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 # The results each stage reads: its own result is only valid for these exact inputs (the latent
 # space of V, the latents M learned from, the models the controller acts through).
 INPUTS = {
