@@ -11,7 +11,10 @@ Output: the ratios the data stages must reach, printed as a table (and --json_ou
   env/render_scale  raw env+policy agent steps/s at the preset's env.render_scale / at 1 (both
                     at the preset's action repeat)
 
-    python scripts/benchmark_data.py [--steps=500 --rollouts=8]
+    python scripts/benchmark_data.py [--config=configs/doom.py:small] [--steps=500 --rollouts=8]
+
+The environment and the random policy are the --config preset's (default the CarRacing small
+preset); the action-repeat and render-scale ratios are CarRacing's and measured only for it.
 
 The two sides of each ratio run alternately in the same process, several rounds, and the median
 is reported, since shared machines are noisy.
@@ -39,7 +42,7 @@ _JSON_OUT = flags.DEFINE_string('json_out', None, 'Also write the results here.'
 
 
 def make_config(num_rollouts: int) -> config_lib.Config:
-  c = config_lib.load('configs/carracing.py:small')
+  c = config_lib.load(flags.FLAGS.config)  # cli's --config flag (wm/infra/cli.py)
   c.env.max_steps = _STEPS.value
   c.env.action_repeat = 1  # the collector's ratios: every frame drawn, at full size, and kept
   c.env.render_scale = 1.0
@@ -98,43 +101,51 @@ def reading_frames_per_s(paths, per_rollout: int, seconds: float = 8.0) -> float
 def main(argv):
   del argv
   work = _WORK_DIR.value or tempfile.mkdtemp(prefix='wm-bench-')
-  results = {}
-  # Overhead: raw loop vs the collector (one worker, in process), same seeds, alternating.
-  overhead = []
+  results = collector_ratios(work)
+  if flags.FLAGS.config.split(':')[0].endswith('carracing.py'):
+    results.update(carracing_ratios())
+  results.update(reading_rates(work))
+  report(results)
+
+
+def collector_ratios(work: str) -> dict[str, float]:
+  """Overhead: raw loop vs the collector (one worker, in process), same seeds, alternating;
+  scaling: 1 worker vs 2 workers on the same rollouts."""
+  overhead, scaling = [], []
   for r in range(_ROUNDS.value):
     config = make_config(1)
     raw = raw_steps_per_s(config, seed=collection_seed(config, 0))
     collected = collector_steps_per_s(config, os.path.join(work, f'overhead-{r}'), 1)
     overhead.append((raw, collected))
-  raw, collected = np.median(overhead, axis=0)
-  results['collect/raw_env_steps_per_s'] = raw
-  results['collect/collector_steps_per_s_1_worker'] = collected
-  results['collect/overhead_ratio'] = collected / raw
-  # Scaling: 1 worker vs 2 workers on the same number of rollouts.
-  scaling = []
   for r in range(_ROUNDS.value):
     config = make_config(_ROLLOUTS.value)
     one = collector_steps_per_s(config, os.path.join(work, f'scale1-{r}'), 1)
     two = collector_steps_per_s(config, os.path.join(work, f'scale2-{r}'), 2)
     scaling.append((one, two))
+  raw, collected = np.median(overhead, axis=0)
   one, two = np.median(scaling, axis=0)
-  results['collect/steps_per_s_2_workers'] = two
-  results['collect/scaling_ratio'] = two / one
-  preset = config_lib.load('configs/carracing.py:small').env
-  # Action repeat: env frames/s acting every frame vs every k-th (the preset's), full size.
+  return {'collect/raw_env_steps_per_s': raw, 'collect/collector_steps_per_s_1_worker': collected,
+          'collect/overhead_ratio': collected / raw, 'collect/steps_per_s_2_workers': two,
+          'collect/scaling_ratio': two / one}
+
+
+def carracing_ratios() -> dict[str, float]:
+  """Frames/s acting every frame vs every k-th, and agent steps/s drawing the full window vs the
+  preset's smaller one (at k)."""
+  preset = config_lib.load(flags.FLAGS.config).env
   k = preset.action_repeat
   every, kth = alternating_env_rates({'action_repeat': 1}, {'action_repeat': k})
   kth *= k  # agent steps/s -> frames/s
-  results['env/frames_per_s_action_repeat_1'] = every
-  results[f'env/frames_per_s_action_repeat_{k}'] = kth
-  results['env/action_repeat_ratio'] = kth / every
-  # Render scale: agent steps/s drawing the full window vs the preset's smaller one, at k.
   full, small = alternating_env_rates({'action_repeat': k},
                                       {'action_repeat': k, 'render_scale': preset.render_scale})
-  results['env/agent_steps_per_s_render_scale_1'] = full
-  results[f'env/agent_steps_per_s_render_scale_{preset.render_scale}'] = small
-  results['env/render_scale_ratio'] = small / full
-  # Reading: shard the last scaling data set and read it back.
+  return {'env/frames_per_s_action_repeat_1': every, f'env/frames_per_s_action_repeat_{k}': kth,
+          'env/action_repeat_ratio': kth / every, 'env/agent_steps_per_s_render_scale_1': full,
+          f'env/agent_steps_per_s_render_scale_{preset.render_scale}': small,
+          'env/render_scale_ratio': small / full}
+
+
+def reading_rates(work: str) -> dict[str, float]:
+  """Shards the last scaling data set and reads it back."""
   from wm.stages import shard
   config = make_config(_ROLLOUTS.value)
   config.records.shard_size_mb = 1.0
@@ -142,10 +153,13 @@ def main(argv):
   source = os.path.join(work, f'scale2-{_ROUNDS.value - 1}')
   shard.shard(config, source, os.path.join(work, 'records'), parallelism=2, log=lambda m: None)
   paths = shard.shard_paths(os.path.join(work, 'records', 'train'))
-  results['data/shards'] = len(paths)
-  results['data/frames_per_s_all_frames'] = reading_frames_per_s(paths, _STEPS.value + 1)
-  results['data/frames_per_s_100_per_rollout'] = reading_frames_per_s(paths, 100)
-  print(f'{"metric":42s} value')
+  return {'data/shards': len(paths),
+          'data/frames_per_s_all_frames': reading_frames_per_s(paths, _STEPS.value + 1),
+          'data/frames_per_s_100_per_rollout': reading_frames_per_s(paths, 100)}
+
+
+def report(results: dict[str, float]) -> None:
+  print(f'{"metric":42s} value  ({flags.FLAGS.config})')
   for key, value in results.items():
     print(f'{key:42s} {value:,.2f}')
   goals = {'collect/overhead_ratio': 0.95, 'collect/scaling_ratio': 1.8,
