@@ -16,7 +16,7 @@ def wm(*args: str) -> subprocess.CompletedProcess:
 
 def test_help_names_the_subcommands_beside_the_pipeline_flags():
   result = wm('--help')
-  for name in ('status', 'sweep'):
+  for name in ('status', 'config', 'sweep'):
     assert f'python -m wm {name}' in result.stdout, (name, result.stdout[:2000])
   assert '  --run_dir:' in result.stdout
 

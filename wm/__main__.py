@@ -2,6 +2,7 @@
 
     python -m wm --run_dir=RUN --config=FILE:PRESET    every stage in order (wm/infra/pipeline.py)
     python -m wm status RUN [RUN ...] [--json]          where runs stand (wm/infra/status.py)
+    python -m wm config FILE:PRESET [--changed]         every config field: value, default, meaning
     python -m wm sweep ...                              several configs at once (wm/infra/sweep.py)
 
 The pipeline skips finished stages, so rerunning the same command continues; `--config.a.b=v`
@@ -11,12 +12,16 @@ overrides go to every stage. `python -m wm SUBCOMMAND --help` lists a subcommand
 from __future__ import annotations
 
 import importlib
+import inspect
+import os
 import sys
 from typing import Callable
 
 from absl import app, flags
 
+from wm import config as config_lib
 from wm.errors import UserError
+from wm.infra import cli
 
 # A subcommand's (main, flags_parser), as absl's app.run takes them.
 Entry = tuple[Callable[[list[str]], None], Callable[[list[str]], list[str]]]
@@ -44,7 +49,6 @@ def _sweep() -> Entry:
 
 def parse_plain(argv: list[str]) -> list[str]:
   """absl's flags_parser for a subcommand without its own: a bad flag is one message, exit 2."""
-  from wm.infra import cli  # pylint: disable=import-outside-toplevel
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -52,21 +56,64 @@ def parse_plain(argv: list[str]) -> list[str]:
     raise  # not reached: fail() exits
 
 
+_CONFIG_OVERRIDES: dict[str, str] = {}  # python -m wm config's --config.a.b=v, as given
+
+
+def _config() -> Entry:
+  flags.DEFINE_bool('changed', False, 'List only the fields the preset or an override changed.')
+  return config_main, parse_config
+
+
+def parse_config(argv: list[str]) -> list[str]:
+  """python -m wm config's flags_parser: one FILE:PRESET (or run dir), --changed, overrides."""
+  try:
+    rest, found = cli.split_overrides(argv)
+    remaining = flags.FLAGS(rest)
+  except (UserError, flags.Error) as e:
+    cli.fail(e)
+  if len(remaining) != 2:
+    cli.fail(UserError(f'python -m wm config takes one FILE:PRESET or run dir, got '
+                       f'{remaining[1:]} (e.g. python -m wm config {config_lib.DEFAULT_CONFIG})'))
+  _CONFIG_OVERRIDES.update(found)
+  return remaining
+
+
+@cli.exits_on_user_error
+def config_main(argv: list[str]) -> None:
+  """Lists every field of a config: its value, default, type and meaning (the comment after the
+  field in wm/config.py), marking those the preset (*) or a --config.a.b=v override (+) changed.
+
+    python -m wm config configs/carracing.py:small [--changed] [--config.a.b=v ...]
+    python -m wm config RUN                          # the run's RUN/config.json
+  """
+  spec = argv[1]
+  if os.path.isdir(spec) or spec.endswith('.json'):
+    path = os.path.join(spec, 'config.json') if os.path.isdir(spec) else spec
+    config = config_lib.load_json(path, fix='pass a run dir a stage has started, or FILE:PRESET')
+  else:
+    config = config_lib.load(spec)
+  config_lib.validate(config_lib.apply_overrides(config, _CONFIG_OVERRIDES))
+  print(config_lib.listing(config, _CONFIG_OVERRIDES, only_changed=flags.FLAGS.changed))
+
+
 # The first argument picks one; only its module is imported (each defines its own flags).
-SUBCOMMANDS: dict[str, Callable[[], Entry]] = {'status': _status, 'sweep': _sweep}
+SUBCOMMANDS: dict[str, Callable[[], Entry]] = {
+    'status': _status, 'config': _config, 'sweep': _sweep}
 
 
 def run_subcommand(name: str, argv: list[str]) -> None:
   """Runs subcommand `name` on `argv` (what follows its name) as if it were its own program."""
-  from wm.infra import cli  # pylint: disable=import-outside-toplevel
   try:
     main, parse = SUBCOMMANDS[name]()
   except UserError as e:
     cli.fail(e)
-  module = sys.modules[main.__module__]
-  for flag in flags.FLAGS.get_flags_for_module(module.__name__):  # listed by --help
-    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-  globals()['__doc__'] = module.__doc__ or __doc__  # what --help prints above the flags
+  if main.__module__ == __name__:  # defined here: its flags are this program's already
+    usage = inspect.cleandoc(main.__doc__) + '\n'
+  else:
+    usage = sys.modules[main.__module__].__doc__
+    for flag in flags.FLAGS.get_flags_for_module(main.__module__):  # listed by --help
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  globals()['__doc__'] = usage  # what --help prints above the flags
   app.run(main, argv=[sys.argv[0], *argv], flags_parser=parse)
 
 
@@ -80,7 +127,6 @@ def main() -> None:
   if first in SUBCOMMANDS:
     run_subcommand(first, sys.argv[2:])
   elif not first.startswith('-'):  # the pipeline takes flags only
-    from wm.infra import cli  # pylint: disable=import-outside-toplevel
     cli.fail(UserError(f'unknown subcommand {first!r}; subcommands: {", ".join(SUBCOMMANDS)}, '
                        'or flags alone for the pipeline (python -m wm --help)'))
   else:

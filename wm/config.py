@@ -9,10 +9,14 @@ impossible values are refused with a `ConfigError` naming the field, before any 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 import importlib.util
+import io
 import json
 import os
+import tokenize
 import traceback
 import typing
 from typing import Any
@@ -373,3 +377,78 @@ def validate(config: Config) -> Config:
   from wm import envs  # pylint: disable=import-outside-toplevel  (wm/envs.py imports this module)
   envs.spec_for(config.env.name)  # a ConfigError naming the registered environments
   return config
+
+
+# ---------------------------------------------------------------------------- listing
+
+
+@dataclasses.dataclass
+class Field:
+  """One config field as `python -m wm config` lists it."""
+  name: str  # dotted, e.g. 'env.action_repeat'
+  value: Any
+  default: Any  # of wm/config.py's dataclasses
+  type: str  # int | float | str | bool
+  meaning: str  # the one-line comment after the field in this file
+
+
+@functools.lru_cache(maxsize=None)
+def meanings() -> dict[str, dict[str, str]]:
+  """{class name: {field: its comment}}, read from this file's source: the comment on the line
+  where a field's annotated assignment ends."""
+  with open(__file__, encoding='utf-8') as f:
+    source = f.read()
+  comments = {token.start[0]: token.string.lstrip('#').strip()
+              for token in tokenize.generate_tokens(io.StringIO(source).readline)
+              if token.type == tokenize.COMMENT}
+  found = {}
+  for node in ast.parse(source).body:
+    if isinstance(node, ast.ClassDef):
+      found[node.name] = {item.target.id: comments.get(item.end_lineno, '')
+                          for item in node.body
+                          if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)}
+  return found
+
+
+def fields(config: Config, default: Any = None, prefix: str = '') -> list[Field]:
+  """Every leaf field of `config` in schema order, beside its default and meaning."""
+  default = type(config)() if default is None else default
+  hints = typing.get_type_hints(type(config))
+  notes = meanings().get(type(config).__name__, {})
+  rows = []
+  for field in dataclasses.fields(config):
+    value, base = getattr(config, field.name), getattr(default, field.name)
+    if dataclasses.is_dataclass(value):
+      rows += fields(value, base, f'{prefix}{field.name}.')
+    else:
+      rows.append(Field(prefix + field.name, value, base, hints[field.name].__name__,
+                        notes.get(field.name, '')))
+  return rows
+
+
+def changed(config: Config) -> list[Field]:
+  """The fields whose value differs from wm/config.py's default."""
+  return [f for f in fields(config) if f.value != f.default]
+
+
+def show(value: Any) -> str:
+  """A value as a --config.a.b=VALUE override would give it."""
+  return str(value)
+
+
+def listing(config: Config, overrides: dict[str, str], only_changed: bool = False) -> str:
+  """A table of `config`'s fields (field, value, default, type, meaning), each marked `*` when it
+  differs from wm/config.py's default, `+` when `overrides` set it; only those if `only_changed`."""
+  rows = []
+  for f in fields(config):
+    mark = '+' if f.name in overrides else '*' if f.value != f.default else ''
+    if mark or not only_changed:
+      rows.append((mark, f.name, show(f.value), show(f.default), f.type, f.meaning))
+  header = ('', 'field', 'value', 'default', 'type', 'meaning')
+  widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+  lines = [' '.join(cell.ljust(width) for cell, width in zip(row, widths)) + ' ' + row[-1]
+           for row in [header, *rows]]
+  marked = sum(1 for row in rows if row[0])
+  lines.append(f'{marked} of {len(fields(config))} fields changed: * by the preset (not '
+               'wm/config.py\'s default), + by a --config.a.b=v override')
+  return '\n'.join(line.rstrip() for line in lines)
