@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO, script_env
+from conftest import DEBUG, REPO, run_script, script_env
 from wm import config as config_lib
 
 
@@ -72,3 +72,15 @@ def test_bad_specs_and_overrides_are_one_message_and_exit_2():
     result = listing(*args)
     assert result.returncode == 2, (args, result.stdout[-2000:], result.stderr[-2000:])
     assert message in result.stderr and 'Traceback' not in result.stderr, result.stderr
+
+
+def test_a_stage_logs_what_its_config_changes_from_the_defaults(tmp_path):
+  result = run_script('collect_rollouts', f'--run_dir={tmp_path / "run"}',
+                      '--config.collect.num_rollouts=1')
+  logged = re.findall(r'config: (\S+)=(\S+) \(default (\S+)\)$', result.stderr, re.M)
+  preset = {(f.name, str(f.value), str(f.default))
+            for f in config_lib.changed(config_lib.load(DEBUG)) if f.name != 'collect.num_rollouts'}
+  assert preset < set(logged), result.stderr[-3000:]
+  assert ('env.max_steps', '40', '1000') in logged
+  assert ('collect.num_rollouts', '1', '200') in logged  # the override, as run
+  assert not any(name == 'env.name' for name, _, _ in logged)  # unchanged: not logged

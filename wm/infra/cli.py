@@ -213,6 +213,7 @@ def start(name: str, require_run_dir: bool = True) -> Stage:
   stage = Stage(name, config, runs.Run(FLAGS.run_dir), overrides())
   new_run = not os.path.lexists(stage.run.config_path)
   check_run_dir(stage.run, stage.dir)
+  log_config(config)
   if new_run:
     save_run_config(stage)
   elif stage.overrides and not FLAGS['config'].present and not FLAGS.save_config:
@@ -225,6 +226,17 @@ def start(name: str, require_run_dir: bool = True) -> Stage:
       raise UserError(_write_error(e, stage.dir)) from None
     logging.info('snapshot: %s', path)
   return stage
+
+
+def log_config(config: config_lib.Config) -> None:
+  """Logs each field `config` changes from wm/config.py's defaults (preset and overrides alike),
+  so a stage's log says what it ran with (`python -m wm config` lists every field)."""
+  changed = config_lib.changed(config)
+  for field in changed:
+    logging.info('config: %s=%s (default %s)', field.name, config_lib.show(field.value),
+                 config_lib.show(field.default))
+  if not changed:
+    logging.info('config: every field has its default (wm/config.py)')
 
 
 def save_run_config(stage: Stage) -> None:
