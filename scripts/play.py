@@ -5,6 +5,12 @@ Input:  RUN/vae/export (V), RUN/seq/export (M), RUN/controller/ (C's best parame
 Output: each episode's return on stdout and in RUN/play/returns.json; with --record_file, a video
         (.mp4, or .gif) in RUN/play/ (a relative name) or at the path given; RUN/play/DONE.
 
+Only a play of the trained controller in the real env (what the pipeline's play stage runs, with
+any --num_episodes or --record_file) is the stage: it writes returns.json, DONE and snapshot/.
+--dream and --policy=random watch something else: they write RUN/play/returns-dream.json,
+returns-random.json or returns-random-dream.json and snapshot-<view>/, and never DONE, so the
+stage's result and the config the pipeline compares it with stay as they were.
+
     python scripts/play.py --run_dir=RUN --num_episodes=2 --record_file=agent.mp4 --alg_render
     python scripts/play.py --run_dir=RUN --dream --record_file=dream.gif --alg_render
     python scripts/play.py --run_dir=RUN --use_snapshot --record_file=archived.mp4
@@ -43,12 +49,16 @@ _POLICY = flags.DEFINE_enum('policy', 'controller', ['controller', 'random'],
                             '(config collect.policy).')
 
 
-def main(stage: cli.Stage) -> None:
-  play.run(stage, play.Options(
+def options() -> play.Options:
+  return play.Options(
       num_episodes=_NUM_EPISODES.value, record_file=_RECORD_FILE.value, render=_RENDER.value,
       alg_render=_ALG_RENDER.value, dream=_DREAM.value, use_snapshot=_USE_SNAPSHOT.value,
-      policy=_POLICY.value))
+      policy=_POLICY.value)
+
+
+def main(stage: cli.Stage) -> None:
+  play.run(stage, options())
 
 
 if __name__ == '__main__':
-  cli.run('play', main)
+  cli.run('play', main, snapshot_name=lambda: play.snapshot_name(options().view))

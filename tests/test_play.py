@@ -15,7 +15,7 @@ import pytest
 from conftest import DEBUG, REPO, copy_run, run_script, script_env
 from wm import config as config_lib
 from wm import envs, policies, render, video
-from wm.infra import snapshot
+from wm.infra import changes, runs, snapshot
 from wm import playback
 
 EPISODE_STEPS = 40  # the debug preset's env.max_steps
@@ -32,9 +32,12 @@ def test_random_policy_video_has_one_frame_per_step_and_no_panels(tmp_path):
   frames = video.read(os.path.join(run_dir, 'play', 'random.mp4'))
   # Without --alg_render: only the 64x64 frame at 4x, no cells beside it.
   assert frames.shape == (steps, 64 * playback.SCALE, 64 * playback.SCALE, 3)
-  saved = json.load(open(os.path.join(run_dir, 'play', 'returns.json')))
+  saved = json.load(open(os.path.join(run_dir, 'play', 'returns-random.json')))
   assert [round(r, 2) for r in saved['returns']] == [float(r[1]) for r in returns]
-  assert os.path.exists(os.path.join(run_dir, 'play', 'DONE'))
+  # Not the play stage (the controller in the real env): its files are not written.
+  for name in ('DONE', 'returns.json', 'snapshot'):
+    assert not os.path.exists(os.path.join(run_dir, 'play', name)), name
+  assert os.path.exists(os.path.join(run_dir, 'play', 'snapshot-random', 'config.json'))
 
 
 def test_a_run_dir_without_a_stage_names_the_stage_to_run(tmp_path):
@@ -65,17 +68,19 @@ def test_use_snapshot_refuses_a_run_without_a_snapshot(tmp_path):
   assert 'code.tar.gz' in result.stderr
 
 
-def archive_changed_code(run_dir: str, tmp_path) -> None:
-  """Archives a copy of this code with one constant changed, as if the live code moved on since
-  the controller was trained (the real working tree is never touched)."""
+def archive_changed_code(run_dir: str, tmp_path, module: str = 'wm/playback.py',
+                         old: str = "EPISODE_LINE = 'episode ",
+                         new: str = "EPISODE_LINE = 'archived episode ") -> None:
+  """Archives a copy of this code with `old` changed to `new` in `module`, as if the live code
+  moved on since the controller was trained (the real working tree is never touched)."""
   tree = tmp_path / 'archived_tree'
   for name in ('wm', 'scripts', 'configs'):
     shutil.copytree(os.path.join(REPO, name), tree / name,
                     ignore=shutil.ignore_patterns('__pycache__'))
-  module = tree / 'wm' / 'playback.py'
-  text = module.read_text()
-  assert "EPISODE_LINE = 'episode " in text
-  module.write_text(text.replace("EPISODE_LINE = 'episode ", "EPISODE_LINE = 'archived episode "))
+  path = tree / module
+  text = path.read_text()
+  assert old in text
+  path.write_text(text.replace(old, new))
   snapshot_dir = os.path.join(run_dir, 'controller', 'snapshot')
   os.makedirs(snapshot_dir)
   snapshot._write_code_archive(os.path.join(snapshot_dir, 'code.tar.gz'), str(tree))
@@ -95,6 +100,42 @@ def test_use_snapshot_runs_the_archived_code_not_the_live_code(tmp_path):
     return re.search(r'episode 0: return (\S+)', out).group(1)
   assert ret(live.stdout) == ret(replay.stdout)
   assert video.read(os.path.join(run_dir, 'play', 'archived.gif')).shape[0] == EPISODE_STEPS
+
+
+def test_a_replay_by_older_code_leaves_the_play_stages_files_as_they_were(tmp_path):
+  # Code from before the stage's files were the controller's alone: every play wrote them.
+  run_dir = str(tmp_path / 'run')
+  archive_changed_code(run_dir, tmp_path, 'wm/stages/play.py',
+                       "return '-'.join(parts) or None", 'return None')
+  stage_files = {'DONE': b'{"episodes": 1}\n', 'returns.json': b'{"returns": [1.0]}\n'}
+  os.makedirs(os.path.join(run_dir, 'play'))
+  for name, data in stage_files.items():
+    with open(os.path.join(run_dir, 'play', name), 'wb') as f:
+      f.write(data)
+  result = run_script('play', f'--run_dir={run_dir}', '--policy=random', '--use_snapshot')
+  assert 'replaying with the code archived in' in result.stdout
+  for name, data in stage_files.items():
+    assert open(os.path.join(run_dir, 'play', name), 'rb').read() == data, name
+
+
+def test_only_the_controller_in_the_real_env_is_the_play_stage(debug_agent, tmp_path):
+  run_dir = copy_run(debug_agent, str(tmp_path / 'run'))
+  play_dir = os.path.join(run_dir, 'play')
+  run_script('play', f'--run_dir={run_dir}')
+  stage_files = ('DONE', 'returns.json', os.path.join('snapshot', 'config.json'))
+  before = {name: open(os.path.join(play_dir, name), 'rb').read() for name in stage_files}
+  assert json.loads(before['returns.json'])['dream'] is False
+  dream = run_script('play', f'--run_dir={run_dir}', '--dream', '--config.play.num_episodes=2')
+  assert 'left as they were' in dream.stdout, dream.stdout
+  for name in stage_files:
+    assert open(os.path.join(play_dir, name), 'rb').read() == before[name], name
+  saved = json.load(open(os.path.join(play_dir, 'returns-dream.json')))
+  assert saved['dream'] is True and len(saved['returns']) == 2
+  assert json.load(open(os.path.join(play_dir, 'snapshot-dream', 'config.json')))[
+      'play']['num_episodes'] == 2
+  # The pipeline still finds the play stage as it ran, not changed by the dream's override.
+  config = config_lib.to_dict(config_lib.load(DEBUG))
+  assert changes.decide(runs.Run(run_dir), 'play', config) == ('keep', '')
 
 
 class PanelPublishingPolicy(policies.Policy):

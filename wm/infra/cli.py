@@ -204,9 +204,9 @@ def _write_error(error: OSError, path: str) -> str:
           'for this user (or free space there), or pass another --run_dir')
 
 
-def start(name: str, require_run_dir: bool = True) -> Stage:
+def start(name: str, require_run_dir: bool = True, snapshot_name: str = 'snapshot') -> Stage:
   """Checks the config and the run dir, then (only once both are fine) writes RUN/config.json
-  if the run is new, and the stage's snapshot."""
+  if the run is new, and the stage's snapshot (STAGE/`snapshot_name`)."""
   if require_run_dir and not FLAGS.run_dir:
     raise UserError('--run_dir is required: the folder every stage reads and writes')
   config = resolve_config(FLAGS.run_dir, overrides(), name)
@@ -221,7 +221,7 @@ def start(name: str, require_run_dir: bool = True) -> Stage:
                  '--save_config would keep them): %s', stage.run.config_path, stage.overrides)
   if FLAGS.store_snapshot:
     try:
-      path = snapshot.write(stage.dir, config, stage.overrides)
+      path = snapshot.write(stage.dir, config, stage.overrides, name=snapshot_name)
     except OSError as e:
       raise UserError(_write_error(e, stage.dir)) from None
     logging.info('snapshot: %s', path)
@@ -247,13 +247,15 @@ def save_run_config(stage: Stage) -> None:
     raise UserError(_write_error(e, stage.run.config_path)) from None
 
 
-def run(name: str, main: Callable[[Stage], None], require_run_dir: bool = True) -> None:
-  """Parses flags and runs `main(stage)`, turning a UserError into a message and exit 2."""
+def run(name: str, main: Callable[[Stage], None], require_run_dir: bool = True,
+        snapshot_name: Callable[[], str] = lambda: 'snapshot') -> None:
+  """Parses flags and runs `main(stage)`, turning a UserError into a message and exit 2.
+  `snapshot_name()`, called once the flags are parsed, names the stage's snapshot folder."""
 
   @exits_on_user_error
   def wrapped(argv: list[str]) -> None:
     del argv  # parse_flags refused positional arguments
-    stage = start(name, require_run_dir)
+    stage = start(name, require_run_dir, snapshot_name())
     main(stage)
     if FLAGS['config'].present or FLAGS.save_config:  # a new run's was written by start()
       save_run_config(stage)

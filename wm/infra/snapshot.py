@@ -31,10 +31,11 @@ _SKIP = ('__pycache__', '.pyc', '.claim')
 
 
 def write(stage_dir: str, config: config_lib.Config, overrides: dict[str, str],
-          argv: list[str] | None = None, repo_root: str = config_lib.REPO_ROOT) -> str:
-  """Writes `stage_dir/snapshot/` atomically and returns its path."""
+          argv: list[str] | None = None, repo_root: str = config_lib.REPO_ROOT,
+          name: str = 'snapshot') -> str:
+  """Writes `stage_dir/name/` atomically and returns its path."""
   argv = sys.argv if argv is None else argv
-  final = os.path.join(stage_dir, 'snapshot')
+  final = os.path.join(stage_dir, name)
   with fileio.atomic_dir(final) as tmp:
     _write_code_archive(os.path.join(tmp, 'code.tar.gz'), repo_root)
     _put(tmp, 'config.json', config_lib.to_json(config) + '\n')

@@ -4,6 +4,10 @@ Input:  RUN/vae/export (V), RUN/seq/export (M), RUN/controller/ (C's best parame
         --run_dir alone; with --use_snapshot, RUN/controller/snapshot/code.tar.gz.
 Output: each episode's return on stdout and in RUN/play/returns.json; with --record_file, a video
         (.mp4, or .gif) in RUN/play/ (a relative name) or at the path given; RUN/play/DONE.
+        Only the stage's own play, the trained controller in the real env, writes returns.json,
+        DONE and snapshot/; --dream and --policy=random are other views and write
+        returns-dream.json, returns-random.json or returns-random-dream.json and
+        snapshot-<view>/, never DONE, so they leave the pipeline's play stage as it was.
 
     python scripts/play.py --run_dir=RUN --num_episodes=2 --record_file=agent.mp4 --alg_render
     python scripts/play.py --run_dir=RUN --dream --record_file=dream.gif --alg_render
@@ -42,11 +46,30 @@ class Options:
   use_snapshot: bool = False  # replay with the controller stage's archived code
   policy: str = 'controller'  # controller | random (the data policy, config collect.policy)
 
+  @property
+  def view(self) -> str | None:
+    """What a play other than the stage's watches: 'dream', 'random' or 'random-dream'; None for
+    the stage's own play, the trained controller in the real env (what the pipeline runs)."""
+    parts = ['random'] * (self.policy == 'random') + ['dream'] * self.dream
+    return '-'.join(parts) or None
+
+
+def returns_name(view: str | None) -> str:
+  """RUN/play/returns.json is the stage's; another view's returns go beside it."""
+  return f'returns-{view}.json' if view else 'returns.json'
+
+
+def snapshot_name(view: str | None) -> str:
+  """RUN/play/snapshot/ is the stage's (wm/infra/changes.py compares its config); another view's
+  goes beside it."""
+  return f'snapshot-{view}' if view else 'snapshot'
+
 
 def run(stage: cli.Stage, options: Options) -> None:
-  """The stage: play, show and record episodes; returns.json and DONE."""
+  """The stage: play, show and record episodes; returns.json and DONE (options.view: its own
+  returns file, no DONE)."""
   if options.use_snapshot:
-    sys.exit(replay_with_snapshot(stage.run))
+    sys.exit(replay_with_snapshot(stage, options.view))
   config = stage.config
   record = options.record_file and os.path.join(stage.dir, options.record_file)
   if record:
@@ -72,12 +95,17 @@ def run(stage: cli.Stage, options: Options) -> None:
       cleanup.enter_context(writer)  # renamed into place only when every episode finished
       sinks.append(writer.append)
     results = play_episodes(stage, options, env, world, policy, sinks)
-  fileio.write_json(os.path.join(stage.dir, 'returns.json'), {
+  returns = os.path.join(stage.dir, returns_name(options.view))
+  fileio.write_json(returns, {
       'dream': options.dream, 'policy': options.policy,
       'returns': [r.ret for r in results], 'steps': [r.steps for r in results]})
   if record:
     print(f'video: {record} ({writer.frames} frames)', flush=True)
-  stage.run.mark_done('play', episodes=len(results), video=record or None)
+  if options.view is None:
+    stage.run.mark_done('play', episodes=len(results), video=record or None)
+  else:
+    print(f'returns: {returns} (a {options.view} play: the play stage\'s returns.json and DONE, '
+          'the controller in the real env, are left as they were)', flush=True)
 
 
 def play_episodes(stage: cli.Stage, options: Options, env, world, policy,
@@ -120,8 +148,36 @@ def load_controller(stage: cli.Stage, world: artifacts.Models, env) -> policies.
   return agent.Agent(agent.WorldModel(world.encoder, world.seq, controller), params)
 
 
-def replay_with_snapshot(run) -> int:
-  """Re-runs this command with the controller stage's archived code; returns its exit status."""
+def replay_with_snapshot(stage: cli.Stage, view: str | None) -> int:
+  """Re-runs this command with the controller stage's archived code; returns its exit status.
+  Archived code older than Options.view writes returns.json and DONE whatever it plays: after
+  a `view`, they are put back as they were."""
+  if view is None:
+    return replay(stage.run, ())
+  kept = [os.path.join(stage.dir, returns_name(None)), stage.run.done_path('play')]
+  with restored_after(kept):
+    return replay(stage.run, ('--nostore_snapshot',))
+
+
+@contextlib.contextmanager
+def restored_after(paths: list[str]):
+  """Restores each of `paths` after the block: its bytes, or its absence."""
+  saved = {}
+  for path in paths:
+    with contextlib.suppress(FileNotFoundError), open(path, 'rb') as f:
+      saved[path] = f.read()
+  try:
+    yield
+  finally:
+    for path in paths:
+      if path in saved:
+        fileio.write_bytes(path, saved[path])
+      elif os.path.exists(path):
+        os.remove(path)
+
+
+def replay(run, extra: tuple[str, ...]) -> int:
+  """Runs scripts/play.py of the controller's code snapshot with this command's flags."""
   snapshot_dir = os.path.join(run.stage_dir('controller'), 'snapshot')
   archive = os.path.join(snapshot_dir, 'code.tar.gz')
   if not os.path.exists(archive):
@@ -136,7 +192,7 @@ def replay_with_snapshot(run) -> int:
       raise UserError(f'--use_snapshot: the archived code in {archive} has no scripts/play.py '
                       '(it predates play); drop --use_snapshot')
     skip = ('--use_snapshot', '--nouse_snapshot')
-    argv = [a for a in sys.argv[1:] if a.split('=')[0] not in skip]
+    argv = [a for a in sys.argv[1:] if a.split('=')[0] not in skip] + list(extra)
     print(f'--use_snapshot: replaying with the code archived in {archive}, not the working tree '
           f'(unpacked to {code}; running scripts/play.py from there in a subprocess)', flush=True)
     env = dict(os.environ)
