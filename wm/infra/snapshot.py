@@ -1,7 +1,8 @@
 """Stage snapshots: the code, config and context that produced a stage's outputs.
 
 `RUN/<stage>/snapshot/` holds
-    code.tar.gz       wm/, scripts/, configs/, slurm/ as they were when the stage started
+    code.tar.gz       wm/, scripts/, configs/, slurm/ as they were when the stage started: the
+                      code and configs, not media, data or any file over 1 MB (logged, LEAVE_OUT)
     config.json       the resolved config;  overrides.json  the command-line overrides
     command.txt       the exact command and working directory
     git.txt, git.diff the revision, status and uncommitted diff (when run from a checkout)
@@ -23,11 +24,18 @@ import sys
 import tarfile
 import time
 
+from absl import logging
+
 from wm import config as config_lib
 from wm.infra import fileio
 
 CODE_DIRS = ('wm', 'scripts', 'configs', 'slurm')
 _SKIP = ('__pycache__', '.pyc', '.claim')
+# Not code: results kept beside the configs (configs/results/small-agent.mp4, 720 KB, went into
+# every stage's archive) and data. Left out of code.tar.gz by extension, or by size.
+LEAVE_OUT = ('.mp4', '.gif', '.webm', '.avi', '.png', '.jpg', '.jpeg', '.npz', '.npy', '.h5',
+             '.pkl', '.tfrecord')
+MAX_FILE_BYTES = 1 << 20
 
 
 def write(stage_dir: str, config: config_lib.Config, overrides: dict[str, str],
@@ -78,14 +86,27 @@ def _put(folder: str, name: str, text: str) -> None:
     f.write(text)
 
 
-def _write_code_archive(path: str, repo_root: str) -> None:
+def _write_code_archive(path: str, repo_root: str) -> list[str]:
+  """Archives CODE_DIRS of `repo_root` into `path`; returns what it left out (and logs it)."""
+  left_out = []
+
   def keep(info: tarfile.TarInfo):
-    return None if any(s in info.name for s in _SKIP) else info
+    if any(s in info.name for s in _SKIP):
+      return None
+    if info.isfile() and (info.name.lower().endswith(LEAVE_OUT) or info.size > MAX_FILE_BYTES):
+      left_out.append(f'{info.name} ({info.size / 1024:.0f} KB)')
+      return None
+    return info
+
   with tarfile.open(path, 'w:gz', compresslevel=6) as tar:
     for name in CODE_DIRS:
       src = os.path.join(repo_root, name)
       if os.path.isdir(src):
         tar.add(src, arcname=name, filter=keep)
+  if left_out:
+    logging.info('snapshot: code.tar.gz leaves out media, data and files over %d KB: %s',
+                 MAX_FILE_BYTES // 1024, ', '.join(left_out))
+  return left_out
 
 
 def _git(repo_root: str) -> tuple[str, str, str]:
