@@ -188,3 +188,20 @@ def test_parameter_files_remember_rest(tmp_path):
   np.testing.assert_array_equal(load_params(path, low), np.zeros(low.num_params))
   with pytest.raises(DataError, match='controller.rest'):
     load_params(path, Controller('z', 2, 0, CAR_ACTIONS, rest='middle'))
+
+
+def test_dream_episodes_end_with_m_s_done_probability():
+  # A death the data shows at 5% a step must end about 5% of dream steps: thresholding at 0.5
+  # never ends them, and a dream that never ends is too easy (it scored 2090 where the game
+  # gave 200 in TakeCover).
+  from wm.dream import Dream
+  logit = tf.fill([20000], float(np.log(0.05 / 0.95)))
+  seed = tf.constant([3, 4], tf.int64)
+  sample = Dream.__new__(Dream)
+  sample.done_rule = 'sample'
+  ended = sample._ends(logit, 20000, seed).numpy().mean()
+  assert 0.04 < ended < 0.06, ended
+  threshold = Dream.__new__(Dream)
+  threshold.done_rule = 'threshold'
+  assert threshold._ends(logit, 20000, seed).numpy().sum() == 0
+  assert threshold._ends(-logit, 20000, seed).numpy().all()

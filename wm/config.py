@@ -117,6 +117,7 @@ class ControllerConfig:
   train_patience: int = 0  # real-env training: stop after this many steps without reward (0: off)
   mode: str = 'dream'  # where candidates are evaluated: dream (inside M) | real (the env)
   dream_temperature: float = 1.15  # dream: sampling temperature of M
+  dream_done: str = 'sample'  # dream: an episode ends with M's done probability | threshold (> 0.5)
   eval_every: int = 25  # every this many generations the best is evaluated in the real env
   eval_episodes: int = 16  # ... over this many episodes
   test_episodes: int = 20  # scripts/evaluate.py: episodes (the paper's table used 100)
@@ -316,6 +317,7 @@ _CHOICES = {
     'controller.inputs': ('z', 'zh', 'zh_hidden'),
     'controller.rest': ('middle', 'low'),
     'controller.mode': ('real', 'dream'),
+    'controller.dream_done': ('sample', 'threshold'),
 }
 _POSITIVE = (
     'env.max_steps', 'env.action_repeat', 'env.frame_size', 'collect.num_rollouts',

@@ -4,9 +4,10 @@ The whole population x trials is one batch. Each episode starts from a latent dr
 distribution of first frames' latents (RUN/seq/initial_latents.npz), then for
 env.agent_steps() steps: the controller acts on (z, h), M predicts the next latent (sampled at
 controller.dream_temperature), the reward and the episode's end (its reward and done heads;
-an episode ends once the done logit is positive). The loop is one compiled `tf.function`
-(a `tf.while_loop` over the steps); the noise comes from stateless seeds, so a generation's
-dream is the same on every rerun.
+with controller.dream_done=sample an episode ends with the predicted probability of its end,
+drawn each step; with threshold, once that probability passes 0.5). The loop is one compiled
+`tf.function` (a `tf.while_loop` over the steps); the noise comes from stateless seeds, so a
+generation's dream is the same on every rerun.
 """
 
 from __future__ import annotations
@@ -23,17 +24,18 @@ class Dream:
   """Evaluates candidate parameters [P, n] over `trials` dream episodes each."""
 
   def __init__(self, world: WorldModel, start: artifacts.StartLatents, max_steps: int,
-               temperature: float, use_done: bool = True):
+               temperature: float, use_done: bool = True, done_rule: str = 'sample'):
     self.world, self.start = world, start
     self.max_steps, self.temperature = max_steps, temperature
     self.use_done = use_done  # False runs every episode max_steps (the benchmark's untrained M)
+    self.done_rule = done_rule  # controller.dream_done: sample | threshold
     self._run = tf.function(self._episodes, reduce_retracing=True)
 
   @classmethod
   def load(cls, world: WorldModel, run: runs.Run, max_steps: int, temperature: float,
-           use_done: bool = True) -> 'Dream':
+           use_done: bool = True, done_rule: str = 'sample') -> 'Dream':
     return cls(world, artifacts.StartLatents.of_run(run, world.encoder.z_size), max_steps,
-               temperature, use_done)
+               temperature, use_done, done_rule)
 
   def evaluate(self, params: np.ndarray, trials: int, seed: int) -> np.ndarray:
     """Mean dream return per candidate [P]; `seed` fixes starts and M's sampling noise."""
@@ -70,11 +72,20 @@ class Dream:
       prediction, state = seq.step(z, action, state)
       total += alive * tf.cast(tf.reshape(prediction.reward, [batch]), tf.float32)
       steps += tf.reduce_sum(alive)
-      if self.use_done:
-        done = tf.reshape(prediction.done_logit, [batch]) > 0
-        alive *= 1.0 - tf.cast(done, tf.float32)
       seed = tf.random.experimental.stateless_fold_in(noise_seed, tf.cast(t, tf.int64))
+      if self.use_done:
+        alive *= 1.0 - tf.cast(self._ends(prediction.done_logit, batch, seed), tf.float32)
       z = tf.cast(seq.sample(prediction, self.temperature, seed=seed), tf.float32)
       if tf.reduce_max(alive) == 0.0:
         break
     return total, steps
+
+  def _ends(self, done_logit: tf.Tensor, batch, seed: tf.Tensor) -> tf.Tensor:
+    """Which episodes end after this step: drawn with M's done probability ('sample': a rare
+    death the data shows at 5% a step ends 5% of dream steps too), or where it is over 0.5
+    ('threshold': a rare event may then never end a dream)."""
+    logit = tf.reshape(done_logit, [batch])
+    if self.done_rule == 'threshold':
+      return logit > 0
+    draw = tf.random.stateless_uniform([batch], tf.random.experimental.stateless_fold_in(seed, 1))
+    return draw < tf.sigmoid(tf.cast(logit, tf.float32))

@@ -52,6 +52,13 @@ def sample_seed(seed: int, step: int) -> tuple[int, int]:
   return (seed % (2**31 - 1), step)
 
 
+def _ends(done_logit: float, done_rule: str, rng: np.random.Generator) -> bool:
+  """Whether M ends the dream here, by controller.dream_done's rule (as wm/dream.py)."""
+  if done_rule == 'threshold':
+    return done_logit > 0
+  return rng.random() < 1.0 / (1.0 + np.exp(-done_logit))
+
+
 def _numpy(x: Any) -> np.ndarray:
   return np.asarray(x.numpy() if hasattr(x, 'numpy') else x, np.float32)
 
@@ -148,7 +155,7 @@ def play_episode(env, policy: Policy, seed: int, sinks: Sequence[Sink] = ()) -> 
 
 def dream_episode(world: artifacts.Models, start: artifacts.StartLatents | None, policy: Policy,
                   seed: int, temperature: float, max_steps: int, action_space: gym.Space,
-                  sinks: Sequence[Sink] = ()) -> EpisodeResult:
+                  sinks: Sequence[Sink] = (), done_rule: str = 'sample') -> EpisodeResult:
   """One episode inside M: frames decoded from M's own samples, the policy acting on them.
 
   The first latent is the mean latent of a real rollout's first frame (`start`, from
@@ -191,7 +198,7 @@ def dream_episode(world: artifacts.Models, start: artifacts.StartLatents | None,
       image = show(frame, step.info, returns, max_steps)
       for sink in sinks:
         sink(image)
-    if float(_numpy(prediction.done_logit).ravel()[0]) > 0:  # M says the episode ends here
+    if _ends(float(_numpy(prediction.done_logit).ravel()[0]), done_rule, rng):
       break
     z = seq.sample(prediction, temperature, seed=sample_seed(seed, steps))
   return EpisodeResult(total, steps)

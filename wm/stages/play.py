@@ -122,7 +122,8 @@ def play_episodes(stage: cli.Stage, options: Options, env, world, policy,
     if options.dream:
       result = playback.dream_episode(world, start, policy, seed,
                                       config.controller.dream_temperature,
-                                      config.env.agent_steps(), env.action_space, sinks)
+                                      config.env.agent_steps(), env.action_space, sinks,
+                                      config.controller.dream_done)
     else:
       result = playback.play_episode(env, policy, seed, sinks)
     results.append(result)
