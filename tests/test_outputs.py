@@ -3,11 +3,18 @@ metrics.jsonl files that read back."""
 
 from __future__ import annotations
 
+import glob
+import json
 import logging
+import math
 import os
 import tarfile
 
-from conftest import REPO, debug_config
+import numpy as np
+import pytest
+
+from conftest import REPO, debug_config, run_script
+from wm import rollouts, training
 from wm.infra import snapshot
 
 
@@ -42,3 +49,97 @@ def test_media_and_files_over_a_megabyte_are_left_out_with_a_note(tmp_path, capl
   assert not {'configs/results/curve.PNG', 'configs/table.csv'} & set(names)
   note = next(r.getMessage() for r in caplog.records if 'leaves out' in r.getMessage())
   assert 'configs/results/curve.PNG' in note and 'configs/table.csv (1024 KB)' in note, note
+
+
+def read_scalars(folder: str) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value), ...]} of the event files directly in `folder`, in order written."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  found = {}
+  for path in sorted(glob.glob(os.path.join(folder, 'events.out.tfevents.*'))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.HasField('simple_value'):
+          number = value.simple_value
+        else:
+          array = tf.make_ndarray(value.tensor)
+          if array.ndim or array.dtype.kind != 'f':
+            continue  # an image
+          number = array.item()
+        found.setdefault(value.tag, []).append((event.step, number))
+  return found
+
+
+def test_collection_writes_each_rollouts_return_and_the_step_rate(debug_data):
+  folder = os.path.join(debug_data, 'rollouts')
+  scalars = read_scalars(os.path.join(folder, 'tb'))
+  indices = rollouts.list_indices(folder)
+  returns = [float(rollouts.load(rollouts.path_for(folder, i))['rewards'].sum()) for i in indices]
+  logged = scalars['data/rollout_return']
+  assert sorted(step for step, _ in logged) == list(range(1, len(indices) + 1)), logged
+  assert sorted(v for _, v in logged) == pytest.approx(sorted(returns), rel=1e-5)
+  rates = scalars['data/steps_per_s']
+  assert len(rates) == len(indices) and all(v > 0 for _, v in rates), rates
+
+
+def test_evaluation_writes_every_return_and_the_mean_and_a_rerun_replaces_them(tmp_path):
+  run_dir = str(tmp_path / 'run')
+  for episodes in (3, 2):
+    run_script('evaluate', f'--run_dir={run_dir}', '--policy=random', f'--episodes={episodes}')
+  result = json.load(open(os.path.join(run_dir, 'evaluate', 'result.json')))
+  scalars = read_scalars(os.path.join(run_dir, 'evaluate', 'tb'))
+  assert [step for step, _ in scalars['eval/return']] == [0, 1]  # the first run's are gone
+  assert [v for _, v in scalars['eval/return']] == pytest.approx(result['returns'], rel=1e-5)
+  assert scalars['eval/return_mean'] == [(2, pytest.approx(result['mean'], rel=1e-5))]
+
+
+def check_metrics_match_tensorboard(stage_dir: str, log_every: int, train_steps: int) -> list:
+  """STAGE/metrics.jsonl has a line per logged step, each scalar as TensorBoard has it."""
+  rows = [json.loads(line) for line in open(os.path.join(stage_dir, training.METRICS))]
+  steps = [row['step'] for row in rows]
+  assert steps == sorted(set(steps)), steps  # one line per step
+  assert set(range(log_every, train_steps + 1, log_every)) <= set(steps), steps
+  in_jsonl = {(name, row['step']): value for row in rows for name, value in row.items()
+              if name != 'step'}
+  in_tb = {(name, step): value  # the last written at a step, as in the line
+           for name, points in read_scalars(os.path.join(stage_dir, 'tb')).items()
+           for step, value in points}
+  assert sorted(in_jsonl) == sorted(in_tb)
+  for key, value in in_tb.items():
+    assert in_jsonl[key] == pytest.approx(value, rel=1e-6), key
+  return rows
+
+
+def test_vae_metrics_jsonl_holds_its_tensorboard_scalars(debug_encoded):
+  config = debug_config().vae
+  rows = check_metrics_match_tensorboard(os.path.join(debug_encoded, 'vae'), config.log_every,
+                                         config.train_steps)
+  assert {'train/loss', 'train/recon', 'train/kl'} <= set(rows[0])
+  assert {'valid/loss', 'train/loss'} <= set(rows[-1]) and rows[-1]['step'] == config.train_steps
+
+
+def test_seq_metrics_jsonl_holds_its_tensorboard_scalars(debug_world_model):
+  config = debug_config().seq
+  rows = check_metrics_match_tensorboard(os.path.join(debug_world_model, 'seq'),
+                                         config.log_every, config.train_steps)
+  assert {'train/loss', 'train/latent_nll', 'train/sequence_steps_per_s'} <= set(rows[0])
+  assert 'valid/loss' in rows[-1] and rows[-1]['step'] == config.train_steps
+  assert all(math.isfinite(v) for row in rows for v in row.values())
+
+
+def test_metrics_drop_the_steps_after_the_checkpoint_a_rerun_resumes_from(tmp_path):
+  metrics = training.Metrics(str(tmp_path))
+  for step in (5, 10, 15):
+    metrics.scalars({'train/loss': 1.0 / step}, step)
+  metrics.scalars({'valid/loss': 0.5}, 15)  # same step: the same line
+  metrics.flush()
+  with open(tmp_path / training.METRICS, 'a') as f:
+    f.write('{"step": 20, "train/lo')  # a line cut short by a kill
+  assert [r['step'] for r in training.read_metrics(str(tmp_path / training.METRICS))] == [
+      5, 10, 15]
+  resumed = training.Metrics(str(tmp_path))
+  resumed.resume(10)  # the checkpoint was at step 10
+  resumed.scalars({'train/loss': 0.09}, 15)
+  resumed.flush()
+  rows = [json.loads(line) for line in open(tmp_path / training.METRICS)]
+  assert rows == [{'step': 5, 'train/loss': 0.2}, {'step': 10, 'train/loss': 0.1},
+                  {'step': 15, 'train/loss': 0.09}]

@@ -1,6 +1,7 @@
 """Training hygiene shared by the V, M and C stages: checkpoints that resume by rerun (with the
 configured learning rate, and no leftovers of a writer killed mid-save), clocks, preemption
-signals, a NaN guard, and the error for a shard that fails to read.
+signals, a NaN guard, the error for a shard that fails to read, and `Metrics`: V's and M's
+scalars in TensorBoard and in STAGE/metrics.jsonl.
 
 V and M keep their resume state the same way, in `Checkpoints`: STAGE/checkpoints/ holds a
 tf.train.CheckpointManager's ckpt-N files (tracked objects `model`, `optimizer`, `step`) and
@@ -14,6 +15,7 @@ EXIT_REQUEUE tells the sbatch wrapper to `scontrol requeue` the job. The rerun r
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -31,6 +33,7 @@ from wm.infra import fileio, runs
 from wm.stages import shard
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "stopped early on purpose, run me again"
+METRICS = 'metrics.jsonl'  # STAGE/metrics.jsonl (Metrics)
 # What a tf.train.CheckpointManager save leaves behind when its process dies in the middle (seen
 # after a SIGKILL): Checkpoint.write fills `ckpt-N_temp/` (part-...data-...tempstate<random>) and
 # merges it into ckpt-N.{index,data-*} last; the `checkpoint` state file is written as
@@ -212,3 +215,63 @@ def read_error(error: tf.errors.DataLossError, checkpoints: Checkpoints, run: ru
   read = [run.split_dir(source, split) for split in runs.SPLITS
           if os.path.exists(os.path.join(run.split_dir(source, split), shard.MANIFEST))]
   return datasets.read_error(error, read, run.root, checkpoints.resume_note())
+
+
+class Metrics:
+  """A training stage's scalars, written to TensorBoard (STAGE/tb) and to STAGE/metrics.jsonl:
+  one JSON line per logged step, `{"step": 500, "train/loss": ..., "valid/loss": ...}`, the same
+  names and values, readable without TensorBoard (like the controller's history.jsonl).
+
+  A line is written once a later step is logged, or on flush(). `resume(step)` drops the lines
+  of steps after the checkpoint a rerun continues from: those steps are trained and logged again.
+  """
+
+  def __init__(self, stage_dir: str):
+    self.writer = tf.summary.create_file_writer(os.path.join(stage_dir, 'tb'))
+    self.path = os.path.join(stage_dir, METRICS)
+    self._row: dict[str, float] = {}
+
+  def resume(self, step: int) -> None:
+    if not os.path.exists(self.path):
+      return
+    kept = [row for row in read_metrics(self.path) if row['step'] <= step]
+    text = ''.join(json.dumps(row) + '\n' for row in kept)
+    with open(self.path) as f:
+      if f.read() != text:  # lines after `step`, or one cut short
+        fileio.write_text(self.path, text)
+
+  def scalars(self, values: dict[str, Any], step: int) -> None:
+    """Writes `values` ({'train/loss': 0.5, ...}) at `step` to both."""
+    values = {name: float(value) for name, value in values.items()}
+    with self.writer.as_default(step=step):
+      for name, value in values.items():
+        tf.summary.scalar(name, value)
+    if self._row and self._row['step'] != step:
+      self._append()
+    self._row = {**self._row, 'step': step, **values}
+
+  def flush(self) -> None:
+    self._append()
+    self.writer.flush()
+
+  def _append(self) -> None:
+    if self._row:
+      with open(self.path, 'a') as f:
+        f.write(json.dumps(self._row) + '\n')
+      self._row = {}
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+  """The lines of a metrics.jsonl ([] if there is none); a line cut short by a kill is skipped."""
+  try:
+    with open(path) as f:
+      lines = f.read().splitlines()
+  except FileNotFoundError:
+    return []
+  rows = []
+  for line in lines:
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      continue
+  return [row for row in rows if isinstance(row, dict) and 'step' in row]

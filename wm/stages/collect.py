@@ -6,18 +6,25 @@ never depends on how the work was split. A job takes the indices `i % num_tasks 
 (SLURM array tasks), skips rollouts already on disk, and claims each index before working on it,
 so concurrent instances never do the same rollout twice; it waits for rollouts of its share that
 others claimed, and takes them over when their holder died. Rerunning tops the folder up.
+
+TensorBoard scalars in RUN/rollouts/tb, a point per rollout this job collects (step: its count of
+its share done): data/rollout_return (the rollout's return) and data/steps_per_s (env steps per
+second so far).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import socket
 import time
 from typing import Iterator
 
 import numpy as np
-
 from absl import logging
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from wm import envs, policies, rollouts
 from wm.config import Config
@@ -31,6 +38,33 @@ class Result:
   steps: int  # env steps taken (0 when skipped)
   seconds: float  # wall time spent on it
   skipped: bool = False  # already on disk or claimed by another process
+  ret: float = 0.0  # the episode's return (sum of its rewards)
+
+
+class Scalars:
+  """TensorBoard scalars written without TensorFlow, which collection never imports: one event
+  file of `folder`, in TensorBoard's record format (tensorboard's own RecordWriter)."""
+
+  def __init__(self, folder: str):
+    os.makedirs(folder, exist_ok=True)
+    name = f'events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}'
+    self._records = RecordWriter(open(os.path.join(folder, name), 'wb'))
+    self._write(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
+
+  def scalar(self, tag: str, value: float, step: int) -> None:
+    value = summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
+    self._write(event_pb2.Event(wall_time=time.time(), step=step,
+                                summary=summary_pb2.Summary(value=[value])))
+
+  def _write(self, event) -> None:
+    self._records.write(event.SerializeToString())
+    self._records.flush()
+
+  def __enter__(self) -> 'Scalars':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._records.close()
 
 
 def run_episode(env: envs.PixelEnv, policy: policies.Policy, seed: int,
@@ -82,7 +116,8 @@ class Worker:
       seed = rollouts.rollout_seed(self.config.seed, index)
       rollout = run_episode(self.env, self.policy, seed, self.config.env.agent_steps())
       rollouts.save(path, rollout, self.config.collect.compress_level)
-    return Result(index, len(rollout['actions']), time.perf_counter() - start)
+    return Result(index, len(rollout['actions']), time.perf_counter() - start,
+                  ret=float(rollout['rewards'].sum()))
 
 
 _WORKER: Worker | None = None
@@ -149,11 +184,13 @@ def run(stage: cli.Stage, parallelism: int = 1, task_index: int = 0, num_tasks: 
   progress = Progress('collect rollouts', total, folder=stage.dir)
   done, steps, collected = total - len(missing), 0, 0
   progress.update(done, force=True)
-  for result in collect(config, stage.dir, parallelism, task_index, num_tasks, log=logging.info):
-    done += 1
-    steps += result.steps
-    collected += 1
-    progress.update(done, env_steps=steps)
+  with Scalars(os.path.join(stage.dir, 'tb')) if missing else contextlib.nullcontext() as tb:
+    for result in collect(config, stage.dir, parallelism, task_index, num_tasks,
+                          log=logging.info):
+      done, steps, collected = done + 1, steps + result.steps, collected + 1
+      progress.update(done, env_steps=steps)
+      tb.scalar('data/rollout_return', result.ret, done)
+      tb.scalar('data/steps_per_s', steps / max(progress.elapsed(), 1e-9), done)
   have = len(rollouts.list_indices(stage.dir))
   logging.info('collected %d rollouts here (%d steps, %.0f steps/s); %d written by other '
                'processes meanwhile', collected, steps, steps / max(progress.elapsed(), 1e-9),

@@ -3,8 +3,10 @@
 Input:  RUN/vae/export, RUN/seq/export and RUN/controller/best.npz (or --params=FILE); nothing
         but the config with --policy=random.
 Output: RUN/evaluate/result.json (or --output=NAME.json): returns of every episode, mean, std,
-        min, max, the policy and the seeds' stream; RUN/evaluate/DONE. Prints `mean +- std (min .. max)` as the
-        paper's table does.
+        min, max, the policy and the seeds' stream; RUN/evaluate/DONE. Prints `mean +- std (min ..
+        max)` as the paper's table does. TensorBoard in RUN/evaluate/tb (tb/NAME for another
+        --output), replaced like the result: eval/return at each episode's index, and
+        eval/return_mean at the number of episodes.
 
     python scripts/evaluate.py --run_dir=RUN --episodes=100 --parallelism=2
     python scripts/evaluate.py --run_dir=RUN --policy=random --output=random.json
@@ -19,9 +21,11 @@ controller was trained at.
 
 from __future__ import annotations
 
+import glob
 import os
 
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from wm import artifacts, envs, es, evaluation
@@ -61,8 +65,27 @@ def run(stage: cli.Stage, policy: str = 'controller', episodes: int | None = Non
             'returns': [float(r) for r in returns]}
   path = os.path.join(stage.dir, output)
   fileio.write_json(path, result)
+  write_scalars(tb_dir(stage.dir, output), returns)
   line = (f'{policy} policy, {len(returns)} episodes: {result["mean"]:.1f} +- '
           f'{result["std"]:.1f} (min {result["min"]:.1f}, max {result["max"]:.1f})')
   print(line, flush=True)
   logging.info('wrote %s', path)
   stage.run.mark_done('evaluate', output=output, mean=result['mean'])
+
+
+def tb_dir(stage_dir: str, output: str) -> str:
+  """STAGE/tb for result.json; STAGE/tb/NAME for --output=NAME.json (a run of its own there)."""
+  name = os.path.splitext(output)[0]
+  return os.path.join(stage_dir, 'tb', *([] if output == 'result.json' else [name]))
+
+
+def write_scalars(folder: str, returns: np.ndarray) -> None:
+  """eval/return of every episode and eval/return_mean, replacing an earlier evaluation's."""
+  for old in glob.glob(os.path.join(glob.escape(folder), 'events.out.tfevents.*')):
+    os.remove(old)
+  writer = tf.summary.create_file_writer(folder)
+  with writer.as_default():
+    for episode, value in enumerate(returns):
+      tf.summary.scalar('eval/return', float(value), step=episode)
+    tf.summary.scalar('eval/return_mean', float(np.mean(returns)), step=len(returns))
+  writer.close()

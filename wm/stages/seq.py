@@ -1,6 +1,7 @@
 """Stage 5's training loop: M on encoded rollouts, resumable, preemptible, NaN-guarded.
 
-One step counter paces everything (wm.training.Every clocks): scalars every seq.log_every steps,
+One step counter paces everything (wm.training.Every clocks): scalars every seq.log_every steps
+(TensorBoard in RUN/seq/tb and a line each in RUN/seq/metrics.jsonl: wm.training.Metrics),
 validation every seq.valid_every, a checkpoint (model, optimizer, step: wm.training.Checkpoints)
 every seq.save_every and on preemption. Rerunning the same command restores the latest checkpoint
 and continues up to seq.train_steps (at the configured seq.learning_rate); raising
@@ -108,9 +109,9 @@ class Trainer:
     return {key: value / max(count, 1.0) for key, value in sums.items()}
 
 
-def write_scalars(family: str, terms: dict[str, float], step: int) -> None:
-  for key, value in terms.items():
-    tf.summary.scalar(f'{family}/{key}', value, step=step)
+def write_scalars(metrics: training.Metrics, family: str, terms: dict[str, float],
+                  step: int) -> None:
+  metrics.scalars({f'{family}/{key}': value for key, value in terms.items()}, step)
 
 
 def save_initial_latents(paths: list[str], path: str) -> int:
@@ -122,11 +123,9 @@ def save_initial_latents(paths: list[str], path: str) -> int:
 
 
 def fit(trainer: Trainer, checkpoints: training.Checkpoints, batches, seq: SeqConfig, evaluate,
-        preemption: training.Preemption) -> None:
-  """Steps from checkpoints.step up to seq.train_steps, paced by seq's clocks; ends with a
-  checkpoint.
-
-  Call inside a summary writer's default; `evaluate()` writes and returns the valid terms.
+        preemption: training.Preemption, metrics: training.Metrics) -> None:
+  """Steps from checkpoints.step up to seq.train_steps, paced by seq's clocks, writing scalars
+  to `metrics`; ends with a checkpoint. `evaluate()` writes and returns the valid terms.
   """
   clocks = {name: training.Every(getattr(seq, name + '_every'))
             for name in ('log', 'valid', 'save')}
@@ -140,38 +139,39 @@ def fit(trainer: Trainer, checkpoints: training.Checkpoints, batches, seq: SeqCo
     training.check_finite('train/loss', float(terms['loss']), step, checkpoints.directory)
     sequence_steps = (step - first) * seq.batch_size * seq.sequence_length
     if clocks['log'](step) or step == seq.train_steps:
-      write_scalars('train', {k: float(v) for k, v in terms.items()}, step)
-      tf.summary.scalar('train/sequence_steps_per_s',
-                        sequence_steps / (time.perf_counter() - start), step=step)
+      rate = sequence_steps / (time.perf_counter() - start)
+      write_scalars(metrics, 'train', {**terms, 'sequence_steps_per_s': rate}, step)
     if clocks['valid'](step):
       evaluate()
     if clocks['save'](step):
       checkpoints.save()
     if preemption.requested:
-      checkpoints.save_and_exit(tf.summary.flush)
+      checkpoints.save_and_exit(metrics.flush)
     progress.update(step, sequence_steps=sequence_steps)
   checkpoints.save_unsaved()
 
 
 def fit_and_validate(stage: cli.Stage, trainer: Trainer, checkpoints: training.Checkpoints,
                      train_paths: list[str], valid_paths: list[str]) -> dict[str, float]:
-  """Trains to seq.train_steps with summaries in STAGE/tb; returns the final valid terms."""
+  """Trains to seq.train_steps with summaries in STAGE/tb and STAGE/metrics.jsonl; returns the
+  final valid terms."""
   seq, seed = stage.config.seq, stage.config.seed
   train_data = sequences.train_batches(train_paths, seq.sequence_length, seq.batch_size,
                                        seq.shuffle_buffer, seed=seed)
   valid_data = valid_paths and sequences.valid_batches(valid_paths, seq.sequence_length,
                                                        seq.batch_size, seed=seed)
-  writer = tf.summary.create_file_writer(os.path.join(stage.dir, 'tb'))
+  metrics = training.Metrics(stage.dir)
+  metrics.resume(int(checkpoints.step))
 
   def evaluate() -> dict[str, float]:
     terms = trainer.evaluate(valid_data, seq.valid_batches) if valid_paths else {}
-    write_scalars('valid', terms, int(checkpoints.step))
+    write_scalars(metrics, 'valid', terms, int(checkpoints.step))
     return terms
 
-  with training.Preemption() as preemption, writer.as_default():
-    fit(trainer, checkpoints, iter(train_data), seq, evaluate, preemption)
+  with training.Preemption() as preemption:
+    fit(trainer, checkpoints, iter(train_data), seq, evaluate, preemption, metrics)
     final = evaluate()
-  writer.flush()
+  metrics.flush()
   return final
 
 

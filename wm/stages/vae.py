@@ -2,6 +2,7 @@
 
     RUN/vae/checkpoints/   model, optimizer and step counter (wm.training.Checkpoints)
     RUN/vae/tb/            TensorBoard: train/{loss,recon,kl}, valid/{loss,recon,kl}, images
+    RUN/vae/metrics.jsonl  the same scalars, a JSON line per logged step (wm.training.Metrics)
     RUN/vae/export/        the trained encoder (wm/models/export.py; load with kind='encoder')
     RUN/vae/DONE           written after the export
 
@@ -75,7 +76,7 @@ class Trainer:
     self.checkpoints = training.Checkpoints(stage.dir, self.model, self.optimizer,
                                             self.config.vae.model, shape, 'vae')
     self.train_step = make_train_step(self.model, self.optimizer, self.checkpoints.step)
-    self.writer = None
+    self.metrics = None  # training.Metrics, once there is training to do
     self.valid_data = None
 
   # ------------------------------------------------------------------------ steps
@@ -108,9 +109,7 @@ class Trainer:
   # ------------------------------------------------------------------------ summaries
 
   def log_scalars(self, family: str, metrics: dict[str, Any], step: int) -> None:
-    with self.writer.as_default(step=step):
-      for key, value in metrics.items():
-        tf.summary.scalar(f'{family}/{key}', float(value))
+    self.metrics.scalars({f'{family}/{key}': value for key, value in metrics.items()}, step)
 
   def validate(self, step: int) -> dict[str, float] | None:
     if self.valid_data is None:
@@ -126,7 +125,7 @@ class Trainer:
         images = tf.concat([originals, out['reconstruction'][:NUM_IMAGES]], axis=2)
     metrics = {k: v / count for k, v in totals.items()}
     self.log_scalars('valid', metrics, step)
-    with self.writer.as_default(step=step):
+    with self.metrics.writer.as_default(step=step):
       tf.summary.image('valid/frame_and_reconstruction', images, max_outputs=NUM_IMAGES)
     logging.info('step %d: valid/loss %.3f (recon %.3f, kl %.3f)', step, metrics['loss'],
                  metrics['recon'], metrics['kl'])
@@ -146,7 +145,8 @@ class Trainer:
                      self.export_dir)
         return None
       run.clear_done('vae')
-      self.writer = tf.summary.create_file_writer(os.path.join(self.stage.dir, 'tb'))
+      self.metrics = training.Metrics(self.stage.dir)
+      self.metrics.resume(start)
       train_paths, valid_paths = self.split_paths('train'), self.split_paths('valid')
       if valid_paths:
         self.valid_data = self.frames(valid_paths, self.config.seed).take(
@@ -157,7 +157,7 @@ class Trainer:
         valid = self.validate(int(self.checkpoints.step))
       except tf.errors.DataLossError as e:  # a shard is corrupted: inflate() or a CRC failed
         raise training.read_error(e, self.checkpoints, run, 'shard') from None
-      self.writer.flush()
+      self.metrics.flush()
       return {**self.export(), **({'valid': valid} if valid else {})}
 
   def loop(self, start: int, paths: list[str], preemption: training.Preemption) -> None:
@@ -168,7 +168,7 @@ class Trainer:
     step = start
     while step < vae.train_steps:
       if preemption.requested:
-        self.checkpoints.save_and_exit(self.writer.flush)
+        self.checkpoints.save_and_exit(self.metrics.flush)
       frames = next(batches)
       if step == start:
         self.check_frames(frames, paths)
