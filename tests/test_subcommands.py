@@ -52,8 +52,7 @@ SWEEP = textwrap.dedent('''
     import runpy, sys, types
     if sys.argv[1] == 'present':
       module = types.ModuleType('wm.infra.sweep')
-      module.main = lambda argv: print('sweep main got', argv[1:])
-      module.main.__module__ = 'wm.infra.sweep'
+      module.main = lambda argv: print('sweep main got', argv)  # what follows `sweep`
       sys.modules['wm.infra.sweep'] = module
     else:
       sys.modules['wm.infra.sweep'] = None  # import fails as if the file were missing

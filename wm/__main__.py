@@ -3,7 +3,7 @@
     python -m wm --run_dir=RUN --config=FILE:PRESET    every stage in order (wm/infra/pipeline.py)
     python -m wm status RUN [RUN ...] [--json]          where runs stand (wm/infra/status.py)
     python -m wm config FILE:PRESET [--changed]         every config field: value, default, meaning
-    python -m wm sweep ...                              several configs at once (wm/infra/sweep.py)
+    python -m wm sweep --root=DIR --grid F=V1,V2 ...    a grid of runs (wm/infra/sweep.py)
 
 The pipeline skips finished stages, so rerunning the same command continues; `--config.a.b=v`
 overrides go to every stage. `python -m wm SUBCOMMAND --help` lists a subcommand's flags.
@@ -23,45 +23,41 @@ from wm import config as config_lib
 from wm.errors import UserError
 from wm.infra import cli
 
-# A subcommand's (main, flags_parser), as absl's app.run takes them.
-Entry = tuple[Callable[[list[str]], None], Callable[[list[str]], list[str]]]
+def as_program(usage: str, module: str | None = None) -> None:
+  """Makes --help print `usage` above the flags, and list those `module` defines."""
+  globals()['__doc__'] = usage  # absl prints __main__'s docstring
+  for flag in flags.FLAGS.get_flags_for_module(module) if module else ():
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
-def _status() -> Entry:
+def run_status(argv: list[str]) -> None:
   from wm.infra import status  # pylint: disable=import-outside-toplevel
-  return status.main, status.parse
+  as_program(status.__doc__, status.__name__)
+  app.run(status.main, argv=[sys.argv[0], *argv], flags_parser=status.parse)
 
 
-def _sweep() -> Entry:
-  """wm.infra.sweep's main(argv), and its parse(argv) if it has one."""
+def run_sweep(argv: list[str]) -> None:
+  """wm.infra.sweep's main(argv), which parses the arguments after `sweep` itself."""
   try:
     module = importlib.import_module('wm.infra.sweep')
   except ModuleNotFoundError as e:
     if e.name != 'wm.infra.sweep':
       raise
-    raise UserError('python -m wm sweep: this checkout has no wm/infra/sweep.py; update it, or '
-                    'run each config alone: python -m wm --run_dir=RUN --config=FILE:PRESET'
-                    ) from None
+    cli.fail(UserError('python -m wm sweep: this checkout has no wm/infra/sweep.py; update it, '
+                       'or run each config alone: python -m wm --run_dir=RUN --config=FILE:PRESET'))
   if not callable(getattr(module, 'main', None)):
-    raise UserError(f'python -m wm sweep: {module.__file__} defines no main(argv)')
-  return module.main, getattr(module, 'parse', parse_plain)
-
-
-def parse_plain(argv: list[str]) -> list[str]:
-  """absl's flags_parser for a subcommand without its own: a bad flag is one message, exit 2."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    cli.fail(e)
-    raise  # not reached: fail() exits
+    cli.fail(UserError(f'python -m wm sweep: {module.__file__} defines no main(argv)'))
+  as_program(module.__doc__, module.__name__)
+  module.main(argv)
 
 
 _CONFIG_OVERRIDES: dict[str, str] = {}  # python -m wm config's --config.a.b=v, as given
 
 
-def _config() -> Entry:
+def run_config(argv: list[str]) -> None:
   flags.DEFINE_bool('changed', False, 'List only the fields the preset or an override changed.')
-  return config_main, parse_config
+  as_program(inspect.cleandoc(config_main.__doc__) + '\n')
+  app.run(config_main, argv=[sys.argv[0], *argv], flags_parser=parse_config)
 
 
 def parse_config(argv: list[str]) -> list[str]:
@@ -96,25 +92,10 @@ def config_main(argv: list[str]) -> None:
   print(config_lib.listing(config, _CONFIG_OVERRIDES, only_changed=flags.FLAGS.changed))
 
 
-# The first argument picks one; only its module is imported (each defines its own flags).
-SUBCOMMANDS: dict[str, Callable[[], Entry]] = {
-    'status': _status, 'config': _config, 'sweep': _sweep}
-
-
-def run_subcommand(name: str, argv: list[str]) -> None:
-  """Runs subcommand `name` on `argv` (what follows its name) as if it were its own program."""
-  try:
-    main, parse = SUBCOMMANDS[name]()
-  except UserError as e:
-    cli.fail(e)
-  if main.__module__ == __name__:  # defined here: its flags are this program's already
-    usage = inspect.cleandoc(main.__doc__) + '\n'
-  else:
-    usage = sys.modules[main.__module__].__doc__
-    for flag in flags.FLAGS.get_flags_for_module(main.__module__):  # listed by --help
-      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-  globals()['__doc__'] = usage  # what --help prints above the flags
-  app.run(main, argv=[sys.argv[0], *argv], flags_parser=parse)
+# The first argument picks one, run on the arguments after it. Only its module is imported: each
+# defines its own flags.
+SUBCOMMANDS: dict[str, Callable[[list[str]], None]] = {
+    'status': run_status, 'config': run_config, 'sweep': run_sweep}
 
 
 def run_pipeline() -> None:
@@ -125,7 +106,7 @@ def run_pipeline() -> None:
 def main() -> None:
   first = sys.argv[1] if len(sys.argv) > 1 else '-'
   if first in SUBCOMMANDS:
-    run_subcommand(first, sys.argv[2:])
+    SUBCOMMANDS[first](sys.argv[2:])
   elif not first.startswith('-'):  # the pipeline takes flags only
     cli.fail(UserError(f'unknown subcommand {first!r}; subcommands: {", ".join(SUBCOMMANDS)}, '
                        'or flags alone for the pipeline (python -m wm --help)'))
