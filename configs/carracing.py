@@ -4,6 +4,7 @@ whole pipeline on 2 cores), paper (Ha & Schmidhuber 2018's scale, for a SLURM cl
 Fields and their meaning: wm/config.py. Each preset below changes only what differs from there.
 """
 
+from wm import config as config_lib
 from wm.config import Config
 
 PRESETS = ('debug', 'small', 'paper')  # wm.config.load refuses any other name, listing these
@@ -27,37 +28,7 @@ def get_config(preset: str = 'small') -> Config:
     c.controller.eval_episodes = 16  # the best and the centroid each play 16 episodes
     c.play.fps = 12  # videos in real time: the agent sees 50 / 4 frames per second
   elif preset == 'debug':
-    c.env.max_steps = 40  # episodes of 40 steps
-    c.collect.num_rollouts = 6
-    c.records.shard_size_mb = 0.05  # several tiny shards, to exercise sharding
-    c.records.valid_fraction = 0.2
-    c.data.obs_sampled_per_rollout = 16
-    c.data.shuffle_buffer = 64
-    c.data.batch_size = 16
-    c.vae.z_size = 8
-    c.vae.train_steps = 20
-    c.vae.save_every = 10
-    c.vae.log_every = 5
-    c.vae.valid_batches = 2
-    c.encode.batch_size = 64
-    c.seq.hidden_size = 16
-    c.seq.num_mixtures = 2
-    c.seq.sequence_length = 10
-    c.seq.batch_size = 4
-    c.seq.train_steps = 20
-    c.seq.save_every = 10
-    c.seq.log_every = 5
-    c.seq.valid_every = 10
-    c.seq.valid_batches = 2
-    c.seq.shuffle_buffer = 64
-    c.seq.num_layers = 1
-    c.seq.num_heads = 2
-    c.controller.population_size = 4
-    c.controller.trials = 1
-    c.controller.generations = 2
-    c.controller.eval_every = 1
-    c.controller.eval_episodes = 1
-    c.controller.test_episodes = 4
+    config_lib.shrink_for_tests(c)
   elif preset == 'paper':
     c.collect.num_rollouts = 10000  # the paper's 10,000 random rollouts
     c.data.obs_sampled_per_rollout = 1000

@@ -218,6 +218,41 @@ def from_dict(data: dict[str, Any], cls: type = Config, where: str = '') -> Any:
   return cls(**kwargs)
 
 
+def shrink_for_tests(c: Config) -> None:
+  """Every size made tiny, so each stage runs in seconds on a CPU: the `debug` presets."""
+  c.env.max_steps = 40  # episodes of 40 steps
+  c.collect.num_rollouts = 6
+  c.records.shard_size_mb = 0.05  # several tiny shards, to exercise sharding
+  c.records.valid_fraction = 0.2
+  c.data.obs_sampled_per_rollout = 16
+  c.data.shuffle_buffer = 64
+  c.data.batch_size = 16
+  c.vae.z_size = 8
+  c.vae.train_steps = 20
+  c.vae.save_every = 10
+  c.vae.log_every = 5
+  c.vae.valid_batches = 2
+  c.encode.batch_size = 64
+  c.seq.hidden_size = 16
+  c.seq.num_mixtures = 2
+  c.seq.sequence_length = 10
+  c.seq.batch_size = 4
+  c.seq.train_steps = 20
+  c.seq.save_every = 10
+  c.seq.log_every = 5
+  c.seq.valid_every = 10
+  c.seq.valid_batches = 2
+  c.seq.shuffle_buffer = 64
+  c.seq.num_layers = 1
+  c.seq.num_heads = 2
+  c.controller.population_size = 4
+  c.controller.trials = 1
+  c.controller.generations = 2
+  c.controller.eval_every = 1
+  c.controller.eval_episodes = 1
+  c.controller.test_episodes = 4
+
+
 def to_dict(config: Config) -> dict[str, Any]:
   return dataclasses.asdict(config)
 

@@ -29,20 +29,9 @@ def changed_fields(run: runs.Run, stage: str, config: dict[str, Any]) -> dict[st
   except (OSError, ValueError):
     return {}
   owned = runs.STAGE_CONFIG[stage]
-  old, new = _owned(before, owned), _owned(config, owned)
+  old, new = runs.flat_fields(before, owned), runs.flat_fields(config, owned)
   return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-          if old.get(k) != new.get(k) and k not in runs.NO_EFFECT}
-
-
-def _owned(config: dict[str, Any], sections: tuple[str, ...]) -> dict[str, Any]:
-  flat = {}
-  for section in sections:
-    value = config.get(section)
-    if isinstance(value, dict):
-      flat.update({f'{section}.{k}': v for k, v in value.items()})
-    else:
-      flat[section] = value
-  return flat
+          if old.get(k) != new.get(k)}
 
 
 def decide(run: runs.Run, stage: str, config: dict[str, Any]) -> tuple[str, str]:

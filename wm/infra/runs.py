@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Iterable
 
 from wm.infra import fileio
 
@@ -65,10 +65,9 @@ TOP_UPS = {'collect.num_rollouts', 'vae.train_steps', 'seq.train_steps',
 NO_EFFECT = {'env.render_scale', 'encode.batch_size', 'controller.test_episodes'}
 
 
-def stage_fields(config: dict[str, Any], stage: str) -> dict[str, Any]:
-  """The flattened config fields (dotted names) `stage` and the stages before it depend on."""
-  names = list(STAGE_DIRS)
-  sections = [s for name in names[:names.index(stage) + 1] for s in STAGE_CONFIG[name]]
+def flat_fields(config: dict[str, Any], sections: Iterable[str]) -> dict[str, Any]:
+  """{dotted name: value} of a config dict's `sections` (a section or a top-level field),
+  leaving out the fields in NO_EFFECT."""
   flat = {}
   for section in sections:
     value = config.get(section)
@@ -77,6 +76,13 @@ def stage_fields(config: dict[str, Any], stage: str) -> dict[str, Any]:
     else:
       flat[section] = value
   return {k: v for k, v in flat.items() if k not in NO_EFFECT}
+
+
+def stage_fields(config: dict[str, Any], stage: str) -> dict[str, Any]:
+  """The flattened config fields (dotted names) `stage` and the stages before it depend on."""
+  names = list(STAGE_DIRS)
+  return flat_fields(config, [s for name in names[:names.index(stage) + 1]
+                              for s in STAGE_CONFIG[name]])
 
 
 def config_key(config: dict[str, Any], stage: str) -> str:

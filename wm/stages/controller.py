@@ -1,19 +1,10 @@
-"""Stage controller: evolve the controller with CMA-ES, in the real environment or in the dream.
+"""Stage controller: CMA-ES evolving the controller, in M's dream or in the real environment.
 
-Input:  RUN/vae/export (V), RUN/seq/export (M), RUN/seq/initial_latents.npz (dream starts),
-        the config's controller.* (population, trials, generations, mode, ...).
-Output: RUN/controller/es_state.npz (the search, resumable), history.jsonl (one line per
-        generation), best.npz (the best parameters), tb/ (TensorBoard), DONE.
-
-    python scripts/train_controller.py --run_dir=RUN --config=configs/carracing.py:debug \\
-        [--parallelism=2] [--config.controller.mode=dream]
-    mpiexec -n 8 python scripts/train_controller.py --run_dir=RUN   # or srun -n 8 ... on SLURM
-
-Rerunning continues from the last saved generation, also in the other mode: train in the dream,
-then rerun with --config.controller.mode=real (and more controller.generations) to continue
-the same search in the real environment. Under MPI rank 0 owns CMA-ES and every rank plays
-a share of the episodes; without MPI `--parallelism` local processes do. SIGTERM/SIGUSR1 save
-after the current generation and exit 75 (requeue).
+`run` starts on every MPI rank: rank 0 owns the search (wm/es.py) and the others serve its real
+episodes; without MPI, local worker processes do (wm/evaluation.py). Fitness comes from the dream
+(controller.mode=dream, wm/dream.py) or from real training episodes; every evaluation plays the
+best candidate and the centroid in both, logging the dream's fidelity beside the real returns.
+Inputs, outputs and flags: scripts/train_controller.py.
 """
 
 from __future__ import annotations

@@ -1,22 +1,10 @@
-"""Stage evaluate: N real episodes of the trained controller (or a random baseline), scored.
+"""Stage evaluate: the trained controller (or a uniformly random baseline) scored in the real
+environment, as the paper's table reports it: mean +- std, min and max over N episodes.
 
-Input:  RUN/vae/export, RUN/seq/export and RUN/controller/best.npz (or --params=FILE); nothing
-        but the config with --policy=random.
-Output: RUN/evaluate/result.json (or --output=NAME.json): returns of every episode, mean, std,
-        min, max, the policy and the seeds' stream; RUN/evaluate/DONE. Prints `mean +- std (min ..
-        max)` as the paper's table does. TensorBoard in RUN/evaluate/tb (tb/NAME for another
-        --output), replaced like the result: eval/return at each episode's index, and
-        eval/return_mean at the number of episodes.
-
-    python scripts/evaluate.py --run_dir=RUN --episodes=100 --parallelism=2
-    python scripts/evaluate.py --run_dir=RUN --policy=random --output=random.json
-    mpiexec -n 8 python scripts/evaluate.py --run_dir=RUN --episodes=1024
-
-The episodes' seeds come from their own seed stream (wm/es.py TEST_STREAM), so they are never the
-episodes the controller was trained or selected on. The random baseline draws a uniformly random
-action every frame. Frames are always drawn at the environment's own resolution
-(env.render_scale=1), so the score is on CarRacing's own pixels whatever resolution the
-controller was trained at.
+The episodes' seeds come from their own stream (wm/es.py TEST_STREAM), which nothing in training
+reads, and frames are drawn at the environment's own resolution (env.render_scale=1) whatever
+the controller trained at. Rank 0 scores; other MPI ranks, or local workers, play their share.
+Inputs, outputs and flags: scripts/evaluate.py.
 """
 
 from __future__ import annotations

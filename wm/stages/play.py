@@ -1,22 +1,9 @@
-"""Stage play: watch the trained agent, with V's and M's panels beside the frames, and record it.
+"""Stage play: the trained agent's episodes to watch, with V's and M's panels, a window, videos.
 
-Input:  RUN/vae/export (V), RUN/seq/export (M), RUN/controller/ (C's best parameters), all from
-        --run_dir alone; with --use_snapshot, RUN/controller/snapshot/code.tar.gz.
-Output: each episode's return on stdout and in RUN/play/returns.json; with --record_file, a video
-        (.mp4, or .gif) in RUN/play/ (a relative name) or at the path given; RUN/play/DONE.
-        Only the stage's own play, the trained controller in the real env, writes returns.json,
-        DONE and snapshot/; --dream and --policy=random are other views and write
-        returns-dream.json, returns-random.json or returns-random-dream.json and
-        snapshot-<view>/, never DONE, so they leave the pipeline's play stage as it was.
-
-    python scripts/play.py --run_dir=RUN --num_episodes=2 --record_file=agent.mp4 --alg_render
-    python scripts/play.py --run_dir=RUN --dream --record_file=dream.gif --alg_render
-    python scripts/play.py --run_dir=RUN --use_snapshot --record_file=archived.mp4
-
---alg_render draws the panels (V's reconstruction, M's predicted next frame, z mean +- sigma, the
-action within its bounds, M's hidden state, the return so far); --render shows a window (a virtual
-display on a headless node); --dream plays inside M instead of the real env; --use_snapshot re-runs
-this command with the code archived when the controller was trained, in a subprocess.
+Only the stage's own view, the trained controller in the real environment, marks the stage done
+(returns.json, DONE, snapshot/); the dream and the random policy are other views with files of
+their own. --use_snapshot replays with the code archived by the controller stage. The episodes
+themselves are wm/playback.py's. Inputs, outputs and flags: scripts/play.py.
 """
 
 from __future__ import annotations
