@@ -18,6 +18,16 @@ count) with Adam and gradient clipping on the same batch:
 It then times the mixture likelihood alone (forward and gradient), tfp's and ours.
 Rounds alternate between them so a machine busy with other work slows all alike. Rates are
 medians over rounds; ratios are medians of each round's ratio.
+
+    python scripts/benchmark_seq.py --step_contexts=25,50,100,200 [--step_batch_size=64 --rounds=5
+                                                                   --steps=15]
+
+times M's step instead: the transformer (hidden_size wide, its default 2 layers and 4 heads) at
+each max_context, ms per step of a batch inside one tf.function loop (as the dream runs it), after
+warm-up. `cached` is its step (a key/value cache; a round runs max_context steps, so the two
+window restarts in them are counted at their share); `recompute` is the step before the cache,
+which reran every block over the last max_context tokens each step (`steps` steps a round).
+Rounds alternate between the two; medians over rounds, of wall time and of CPU time.
 """
 
 import os
@@ -37,6 +47,9 @@ flags.DEFINE_integer('hidden_size', 256, 'LSTM units.')
 flags.DEFINE_integer('num_mixtures', 5, 'Gaussians per latent dimension.')
 flags.DEFINE_integer('steps', 15, 'Timed training steps per round.')
 flags.DEFINE_integer('rounds', 5, 'Alternating rounds per model.')
+flags.DEFINE_list('step_contexts', [], 'If set, time the transformer\'s step at these '
+                  'max_context values (e.g. 25,50,100,200) instead of training.')
+flags.DEFINE_integer('step_batch_size', 64, 'Rows per step in the --step_contexts mode.')
 
 
 def tfp_loss(z_size, num_mixtures):
@@ -156,8 +169,88 @@ def rate(step, batch, steps) -> float:
   return steps * FLAGS.batch_size * FLAGS.sequence_length / (time.perf_counter() - start)
 
 
+def recompute_step(model, z, action, state):
+  """The transformer's step before its cache: the last max_context tokens, right-aligned, rerun
+  through every block each step (positions restart at the oldest token)."""
+  import tensorflow as tf
+  size = model.max_context
+  tokens = tf.concat([state['tokens'][:, 1:], tf.concat([z, action], -1)[:, None]], 1)
+  length = tf.minimum(state['length'] + 1, size)
+  index = tf.range(size)[None]
+  first = (size - length)[:, None]  # where the real tokens start
+  causal = tf.linalg.band_part(tf.ones([size, size], tf.bool), -1, 0)[None]
+  mask = tf.logical_and(causal, (index >= first)[:, None, :])
+  positions = tf.maximum(index - first, 0)
+  hidden = model._hidden(tokens, positions, mask)[:, -1]  # pylint: disable=protected-access
+  return model.head(hidden), {'tokens': tokens, 'length': length, 'h': hidden}
+
+
+def step_loop(step, model, steps):
+  """A tf.function running `steps` steps from (z, state), M's mean latent fed back as the next z
+  (a dependent chain, as in a dream); returns (z, state) to carry into the next call."""
+  import tensorflow as tf
+
+  @tf.function
+  def run(z, state):
+    action = tf.zeros([tf.shape(z)[0], model.action_size])
+    for _ in tf.range(steps):
+      prediction, state = step(z, action, state)
+      z = prediction.means[..., 0]
+    return z, state
+
+  return run
+
+
+def step_times(max_context, batch):
+  """Median ms per step over the rounds at one max_context: {(cached or recompute, wall or
+  cpu): ms}; cpu is the process's CPU time (all threads), less swayed by other jobs."""
+  import numpy as np
+  import tensorflow as tf
+
+  from wm.models.transformer import Transformer
+  model = Transformer(FLAGS.z_size, FLAGS.action_size, FLAGS.hidden_size, FLAGS.num_mixtures,
+                      max_context=max_context)
+  model.build_for_loading()
+  z = tf.random.stateless_normal([batch, FLAGS.z_size], (0, 1))
+  old_state = {'tokens': tf.zeros([batch, max_context, FLAGS.z_size + FLAGS.action_size]),
+               'length': tf.zeros([batch], tf.int32), 'h': tf.zeros([batch, FLAGS.hidden_size])}
+  runs = {'cached': [step_loop(model.step, model, max_context), max_context,
+                     (z, model.initial_state(batch))],
+          'recompute': [step_loop(lambda *a: recompute_step(model, *a), model, FLAGS.steps),
+                        FLAGS.steps, (z, old_state)]}
+  times = {(name, clock): [] for name in runs for clock in ('wall', 'cpu')}
+  for round_ in range(FLAGS.rounds + 2):  # two warm-up rounds: trace, then fill the window
+    for name, (run, steps, carry) in runs.items():
+      wall, cpu = time.perf_counter(), time.process_time()
+      carry = run(*carry)
+      carry[0].numpy()
+      if round_ >= 2:
+        times[name, 'wall'].append((time.perf_counter() - wall) * 1e3 / steps)
+        times[name, 'cpu'].append((time.process_time() - cpu) * 1e3 / steps)
+      runs[name][2] = carry
+  return {key: float(np.median(t)) for key, t in times.items()}
+
+
+def step_table() -> None:
+  """Prints the --step_contexts table: ms per step, cached and recomputed, side by side."""
+  batch = FLAGS.step_batch_size
+  print(f'Transformer step, batch {batch}, width {FLAGS.hidden_size}, 2 layers, 4 heads, '
+        f'z {FLAGS.z_size}, {FLAGS.num_mixtures} mixtures; ms per step (wall; CPU time of all '
+        f'threads in brackets), median of {FLAGS.rounds} rounds')
+  print('| max_context | cached step (ms) | full-window recompute (ms) | recompute / cached |')
+  print('|---|---|---|---|')
+  for max_context in map(int, FLAGS.step_contexts):
+    t = step_times(max_context, batch)
+    print(f'| {max_context} | {t["cached", "wall"]:.2f} ({t["cached", "cpu"]:.2f}) | '
+          f'{t["recompute", "wall"]:.1f} ({t["recompute", "cpu"]:.1f}) | '
+          f'{t["recompute", "wall"] / t["cached", "wall"]:.1f}x |', flush=True)
+
+
 def main(argv):
   del argv
+  if FLAGS.step_contexts:
+    step_table()
+    return
   import numpy as np
   import tensorflow as tf
 

@@ -151,14 +151,15 @@ def test_tiny_model_learns_the_toy_dynamics(kind, synthetic_encoded):
   assert after['reward_nll'] < before['reward_nll'] / 2, (before, after)
 
 
-def test_transformer_context_slides_past_max_context():
+def test_transformer_context_restarts_past_max_context():
   model, _ = make('transformer', sequence_length=4)  # max_context 4
   z = tf.random.stateless_normal([2, 7, Z], (8, 9))
   actions = tf.random.stateless_uniform([2, 7, A], (1, 1), -1, 1)
   state = model.initial_state(2)
   for t in range(7):
     prediction, state = model.step(z[:, t], actions[:, t], state)
-  # After 7 steps the state holds steps 3..6, seen as a fresh window of 4.
-  window = model.predict_sequence(z[:, 3:], actions[:, 3:])
+  # Full after steps 0..3, the window restarted from steps 2, 3 (then 4, 5), and again from 4, 5:
+  # after 7 steps it holds steps 4..6 at positions 0..2 (tests/test_transformer_cache.py).
+  window = model.predict_sequence(z[:, 4:], actions[:, 4:])
   np.testing.assert_allclose(prediction.means.numpy(), window.means[:, -1].numpy(), atol=1e-4)
   np.testing.assert_allclose(model.features(state).numpy(), state['h'].numpy())

@@ -7,16 +7,31 @@ output at step t see steps <= t only, so one call over a whole window [B, T] tra
 once (`sequence_features`, teacher forcing), like the LSTM.
 
 Context: at most `max_context` steps (the stage sets it to seq.sequence_length, the window length
-it trains on), with learned absolute positions 0 .. max_context-1. `step` keeps the last
-`max_context` tokens as its state and reruns the blocks over them each step; once an episode is
-longer, the window slides and positions restart at its oldest token, so the model always sees a
-window like those it was trained on, and nothing older. There is no key/value cache: a step costs
-a forward pass over up to `max_context` tokens (fine for the controller and play; the MDN-RNN is
-the cheaper dream environment).
+it trains on), with learned absolute positions 0 .. max_context-1. `step` serves windows like
+those from a key/value cache. Its state is the current window per row: its tokens, every layer's
+keys and values of them ([B, heads, max_context, head_dim] per layer) and its length; a token's
+position is its index in the window. While the window has room, a step puts the new token at the
+next position and runs the blocks on that token alone, its attention reading the cached keys and
+values: exactly what a causal pass over the window computes at its last position. When a row's
+window is full, it restarts from its newest k = max_context//2 tokens, renumbered 0 .. k-1, whose
+keys and values one causal pass over those k tokens recomputes; the new token follows at k. Past
+max_context steps the model thus sees the last k+1 .. max_context steps, as a window that starts
+at position 0 (as in training), and nothing older. (Sliding the window one step at a time would
+move every token's position each step, and no cache could serve that.)
+
+Cost: a step computes one token (projections, MLP), plus once every k steps a pass over k tokens,
+so one token a step on average, where rerunning the window computed max_context tokens a step.
+What still grows with max_context is memory traffic: attention reads the whole fixed-shape cache,
+and writing one slot copies it (TensorFlow updates a loop-carried tensor out of place), a few ms
+at batch 64 and max_context 200 on a CPU (docs/benchmarks.md, "M: the transformer's step").
+The step's attention is computed by hand from the Keras MultiHeadAttention layer's own
+projections and scaling, so training (the layer itself) and stepping share the same weights,
+checkpoints and exports.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
@@ -26,6 +41,17 @@ from wm.models.base import Prediction, SequenceModel
 
 if TYPE_CHECKING:
   from wm.config import SeqConfig
+
+
+def attend(layer: tf.keras.layers.MultiHeadAttention, query: tf.Tensor, keys: tf.Tensor,
+           values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+  """Attention of projected queries [B, N, T, D] over keys and values [B, N, S, D] where mask
+  [B or 1, T, S] allows -> [B, T, N, D]: what `layer` computes between its projections (TF
+  backend's dot_product_attention: logits scaled by 1/sqrt(key_dim), masked out by a large
+  negative). Heads lead, so the products read the cache as it lies, with no transposed copy."""
+  logits = tf.matmul(query, keys, transpose_b=True) * (1.0 / math.sqrt(float(layer.key_dim)))
+  logits = tf.where(mask[:, None], logits, tf.constant(-1e9, logits.dtype))
+  return tf.transpose(tf.matmul(tf.nn.softmax(logits, -1), values), [0, 2, 1, 3])
 
 
 class Block(tf.keras.layers.Layer):
@@ -44,6 +70,21 @@ class Block(tf.keras.layers.Layer):
     y = self.norm1(x)
     x = x + self.attention(y, y, attention_mask=mask)
     return x + self.mlp_out(self.mlp_in(self.norm2(x)))
+
+  def cached(self, x: tf.Tensor, mask: tf.Tensor, cache: tuple[tf.Tensor, tf.Tensor] | None = None,
+             at: tf.Tensor | None = None) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
+    """`call` with the attention by hand (`attend`) over a key/value cache. Without `cache`: over
+    the tokens x [B, T, H] themselves (a causal pass, mask [1, T, T]). With cache = (keys, values)
+    [B, N, S, D]: x holds one new token per row, whose key and value go to cache slots `at`
+    [B, N, 3] (row, head, position); mask [B, 1, S] says which slots it sees. Returns
+    (x, (keys, values))."""
+    y, layer = self.norm1(x), self.attention
+    kv = [tf.transpose(dense(y), [0, 2, 1, 3]) for dense in (layer.key_dense, layer.value_dense)]
+    if cache is not None:
+      kv = [tf.tensor_scatter_nd_update(old, at, new[:, :, 0]) for old, new in zip(cache, kv)]
+    query = tf.transpose(layer.query_dense(y), [0, 2, 1, 3])
+    x = x + layer.output_dense(attend(layer, query, *kv, mask))
+    return x + self.mlp_out(self.mlp_in(self.norm2(x))), tuple(kv)
 
 
 class Transformer(SequenceModel):
@@ -94,26 +135,71 @@ class Transformer(SequenceModel):
     causal = tf.linalg.band_part(tf.ones([steps, steps], tf.bool), -1, 0)[None]
     return self._hidden(tf.concat([z, actions], -1), tf.range(steps)[None], causal)
 
-  def initial_state(self, batch_size: int) -> dict[str, tf.Tensor]:
-    """tokens: the last max_context inputs, right-aligned; length: how many are real; h."""
+  def initial_state(self, batch_size: int) -> dict[str, Any]:
+    """An empty window per row: tokens [B, C, Z+A] (left-aligned, index = position), keys and
+    values per layer [B, N, C, D] (C = max_context), length [B], h (the last step's features)."""
+    head_size = max(self.hidden_size // self.num_heads, 1)  # as Block's attention layer
+    cache = [batch_size, self.num_heads, self.max_context, head_size]
     return {'tokens': tf.zeros([batch_size, self.max_context, self.z_size + self.action_size]),
+            'keys': tuple(tf.zeros(cache) for _ in self.blocks),
+            'values': tuple(tf.zeros(cache) for _ in self.blocks),
             'length': tf.zeros([batch_size], tf.int32),
             'h': tf.zeros([batch_size, self.hidden_size])}
 
   def step(self, z: tf.Tensor, action: tf.Tensor,
-           state: dict[str, tf.Tensor]) -> tuple[Prediction, dict[str, tf.Tensor]]:
-    token = tf.concat([z, action], -1)[:, None]
-    tokens = tf.concat([state['tokens'][:, 1:], token], 1)
-    length = tf.minimum(state['length'] + 1, self.max_context)
-    index = tf.range(self.max_context)[None]
-    first = (self.max_context - length)[:, None]  # where the real tokens start
-    valid = index >= first
-    causal = tf.linalg.band_part(tf.ones([self.max_context] * 2, tf.bool), -1, 0)[None]
-    mask = tf.logical_and(causal, valid[:, None, :])
-    hidden = self._hidden(tokens, tf.maximum(index - first, 0), mask)[:, -1]
-    return self.head(hidden), {'tokens': tokens, 'length': length, 'h': hidden}
+           state: dict[str, Any]) -> tuple[Prediction, dict[str, Any]]:
+    """The new token at its row's next position, attending to the cache (module docstring)."""
+    state = tf.cond(tf.reduce_any(state['length'] >= self.max_context),
+                    lambda: self._restart(state), lambda: dict(state))
+    token, length = tf.concat([z, action], -1), state['length']
+    rows, heads = tf.meshgrid(tf.range(tf.shape(length)[0]), tf.range(self.num_heads),
+                              indexing='ij')
+    slot = tf.stack([rows[:, 0], length], 1)  # [B, 2]: (row, the new token's position)
+    at = tf.stack([rows, heads, tf.gather(length, rows)], -1)  # [B, N, 3]: its cache slots
+    visible = (tf.range(self.max_context)[None] <= length[:, None])[:, None]  # [B, 1, C]
+    x = self.embed(token[:, None]) + self.positions(length[:, None])
+    keys, values = [], []
+    for block, cache in zip(self.blocks, zip(state['keys'], state['values'])):
+      x, (k, v) = block.cached(x, visible, cache, at)
+      keys.append(k)
+      values.append(v)
+    h = self.norm(x)[:, 0]
+    return self.head(h), {'tokens': tf.tensor_scatter_nd_update(state['tokens'], slot, token),
+                          'keys': tuple(keys), 'values': tuple(values), 'length': length + 1,
+                          'h': h}
 
-  def features(self, state: dict[str, tf.Tensor]) -> tf.Tensor:
+  def _restart(self, state: dict[str, Any]) -> dict[str, Any]:
+    """Rows whose window is full keep its newest max_context//2 tokens at positions 0 .. k-1,
+    with their keys and values from one causal pass over them; other rows are unchanged."""
+    size, k = self.max_context, self.max_context // 2
+    full = state['length'] >= size
+    kept = state['tokens'][:, size - k:]
+
+    def pick(new: tf.Tensor, old: tf.Tensor, axis: int) -> tf.Tensor:  # axis: positions
+      padding = [[0, 0]] * new.shape.rank
+      padding[axis] = [0, size - k]
+      return tf.where(tf.reshape(full, [-1] + [1] * (old.shape.rank - 1)),
+                      tf.pad(new, padding), old)
+
+    keys, values = self._prefill(kept)
+    return {'tokens': pick(kept, state['tokens'], 1),
+            'keys': tuple(pick(n, o, 2) for n, o in zip(keys, state['keys'])),
+            'values': tuple(pick(n, o, 2) for n, o in zip(values, state['values'])),
+            'length': tf.where(full, k, state['length']), 'h': state['h']}
+
+  def _prefill(self, tokens: tf.Tensor) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+    """Every layer's keys and values [B, N, T, D] of tokens [B, T, Z+A] at positions 0 .. T-1."""
+    steps = tokens.shape[1]
+    x = self.embed(tokens) + self.positions(tf.range(steps)[None])
+    causal = tf.linalg.band_part(tf.ones([steps, steps], tf.bool), -1, 0)[None]
+    keys, values = [], []
+    for block in self.blocks:
+      x, (k, v) = block.cached(x, causal)
+      keys.append(k)
+      values.append(v)
+    return keys, values
+
+  def features(self, state: dict[str, Any]) -> tf.Tensor:
     return state['h']
 
   def sample(self, prediction: Prediction, temperature: float = 1.0,
