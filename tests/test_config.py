@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import run_script
+from conftest import debug_config, run_script
 from wm import config as config_lib
 from wm.errors import ConfigError
 
@@ -37,7 +37,7 @@ def test_every_field_has_a_comment():
 
 
 def test_overrides_are_parsed_by_type():
-  c = config_lib.load('configs/carracing.py:debug')
+  c = debug_config()
   config_lib.apply_overrides(c, {'collect.num_rollouts': '7', 'vae.learning_rate': '3e-4',
                                  'env.crop_dashboard': 'false', 'collect.policy': 'held'})
   assert (c.collect.num_rollouts, c.vae.learning_rate) == (7, 3e-4)
@@ -52,7 +52,7 @@ def test_overrides_are_parsed_by_type():
     ('collect', '3', 'is a section'),
 ])
 def test_bad_overrides_name_the_field(key, value, message):
-  c = config_lib.load('configs/carracing.py:debug')
+  c = debug_config()
   with pytest.raises(ConfigError, match=re.escape(message)):
     config_lib.override(c, key, value)
 
@@ -62,14 +62,14 @@ def test_bad_overrides_name_the_field(key, value, message):
                                        ('records.valid_fraction', '1.5'),
                                        ('collect.hold_max', '0')])
 def test_impossible_values_are_refused(key, value):
-  c = config_lib.load('configs/carracing.py:debug')
+  c = debug_config()
   config_lib.override(c, key, value)
   with pytest.raises(ConfigError, match=re.escape(key)):
     config_lib.validate(c)
 
 
 def test_json_round_trip_refuses_unknown_fields():
-  c = config_lib.load('configs/carracing.py:debug')
+  c = debug_config()
   assert config_lib.from_dict(config_lib.to_dict(c)) == c
   data = config_lib.to_dict(c)
   data['vae']['mystery'] = 1
@@ -107,7 +107,7 @@ def test_a_refused_stage_keeps_the_run_config(debug_data, tmp_path):
 def test_an_unknown_preset_or_env_name_is_a_config_error():
   with pytest.raises(ConfigError, match=re.escape("no preset 'debgu'; its presets: debug, small")):
     config_lib.load('configs/carracing.py:debgu')
-  c = config_lib.load('configs/carracing.py:debug')
+  c = debug_config()
   config_lib.override(c, 'env.name', 'NoSuchEnv-v0')
   with pytest.raises(ConfigError, match=re.escape("env.name='NoSuchEnv-v0'")):
     config_lib.validate(c)

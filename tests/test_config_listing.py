@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from conftest import DEBUG, REPO, run_script, script_env
+from conftest import DEBUG, REPO, debug_config, run_script, script_env
 from wm import config as config_lib
 
 
@@ -17,7 +17,7 @@ def listing(*args: str) -> subprocess.CompletedProcess:
 
 def row(text: str, name: str) -> list[str]:
   """The listing's row of field `name`: [mark, name, value, default, type, meaning...]."""
-  line = next(l for l in text.splitlines() if re.match(rf'^[*+ ] {re.escape(name)} ', l))
+  line = next(t for t in text.splitlines() if re.match(rf'^[*+ ] {re.escape(name)} ', t))
   return [line[0], *line[2:].split(None, 4)]
 
 
@@ -46,8 +46,8 @@ def test_changed_lists_only_the_presets_and_the_overrides_fields():
   result = listing('configs/carracing.py:small', '--changed', '--config.vae.z_size=16',
                    '--config.env.action_repeat', '2')
   assert result.returncode == 0, result.stderr[-2000:]
-  rows = [l for l in result.stdout.splitlines()[1:-1]]
-  assert rows and all(l[0] in '*+' for l in rows), result.stdout
+  rows = result.stdout.splitlines()[1:-1]
+  assert rows and all(r[0] in '*+' for r in rows), result.stdout
   assert row(result.stdout, 'vae.z_size')[:4] == ['+', 'vae.z_size', '16', '32']
   assert row(result.stdout, 'env.action_repeat')[:4] == ['+', 'env.action_repeat', '2', '1']
   assert row(result.stdout, 'controller.mode')[:4] == ['*', 'controller.mode', 'real', 'dream']
@@ -55,7 +55,7 @@ def test_changed_lists_only_the_presets_and_the_overrides_fields():
 
 
 def test_a_run_dirs_config_is_listed(tmp_path):
-  config = config_lib.load('configs/carracing.py:debug')
+  config = debug_config()
   (tmp_path / 'config.json').write_text(config_lib.to_json(config))
   result = listing(str(tmp_path), '--changed')
   assert result.returncode == 0, result.stderr[-2000:]

@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from conftest import debug_config
 from wm import config as config_lib
 from wm.errors import ConfigError
 from wm.models import registry
@@ -17,10 +18,6 @@ EXPORTED_KWARGS = {
     'transformer': {'z_size': 8, 'action_size': 3, 'hidden_size': 16, 'num_mixtures': 2,
                     'num_layers': 1, 'num_heads': 2, 'max_context': 10},
 }
-
-
-def debug_config() -> config_lib.Config:
-  return config_lib.load('configs/carracing.py:debug')
 
 
 @pytest.mark.parametrize('name', sorted(registry.SEQUENCE_MODELS))

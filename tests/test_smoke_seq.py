@@ -10,8 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, copy_run, run_script, script_env
-from wm import config as config_lib
+from conftest import DEBUG, REPO, copy_run, debug_config, run_script, script_env
 from wm import training
 from wm.infra import cli, runs
 from wm.stages import seq, shard
@@ -31,7 +30,7 @@ def latest_step(run_dir):
 def test_preempted_run_saves_exits_75_and_rerun_continues(synthetic_encoded, tmp_path):
   run_dir = copy_run(synthetic_encoded, str(tmp_path / 'run'))
   argv = [sys.executable, os.path.join(REPO, 'scripts', 'train_sequence_model.py'),
-          f'--run_dir={run_dir}', '--config=configs/carracing.py:debug',
+          f'--run_dir={run_dir}', f'--config={DEBUG}',
           '--config.seq.train_steps=100000', '--config.seq.save_every=5']
   process = subprocess.Popen(argv, env=script_env(), cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -62,7 +61,7 @@ def test_preempted_run_saves_exits_75_and_rerun_continues(synthetic_encoded, tmp
 
   # Another model over these checkpoints: a clear error, and the finished outputs are kept.
   # (In-process: the same code path the script runs, without another TensorFlow start-up.)
-  config = config_lib.load('configs/carracing.py:debug')
+  config = debug_config()
   config.seq.model = 'transformer'
   with pytest.raises(ConfigError, match='checkpoints'):
     seq.train(cli.Stage('seq', config, runs.Run(run_dir), {}))
@@ -91,7 +90,7 @@ def test_trains_on_real_encoded_debug_data(debug_encoded, tmp_path):
 
 def test_diverging_training_stops_with_a_clear_error(synthetic_encoded, tmp_path):
   run_dir = copy_run(synthetic_encoded, str(tmp_path / 'run'))
-  config = config_lib.load('configs/carracing.py:debug')
+  config = debug_config()
   config.seq.learning_rate = 1e30  # Adam moves every weight by ~1e30: the loss overflows
   config.seq.grad_clip = 0.0
   with pytest.raises(training.NonFiniteLossError, match='diverged'):

@@ -84,7 +84,7 @@ def test_checkpoints_without_model_json_resume_and_another_shape_is_refused(debu
 def test_preemption_signal_saves_and_asks_for_requeue(debug_data, tmp_path):
   run_dir = copy_run(debug_data, str(tmp_path / 'run'))
   argv = [sys.executable, os.path.join(REPO, 'scripts', 'train_vae.py'), f'--run_dir={run_dir}',
-          '--config=configs/carracing.py:debug', '--config.vae.train_steps=100000',
+          f'--config={DEBUG}', '--config.vae.train_steps=100000',
           '--config.vae.save_every=5']
   process = subprocess.Popen(argv, env=script_env(), cwd=REPO, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
