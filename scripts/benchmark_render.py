@@ -17,6 +17,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from wm.infra import quiet
+
+quiet.install()  # before TensorFlow is imported: its start-up notices stay out of the log
+
 import numpy as np
 from absl import app, flags
 

@@ -36,6 +36,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from wm.infra import quiet
+
+quiet.install()  # before TensorFlow is imported: its start-up notices stay out of the log
+
 from absl import app, flags
 
 FLAGS = flags.FLAGS
