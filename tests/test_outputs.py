@@ -10,7 +10,6 @@ import math
 import os
 import tarfile
 
-import numpy as np
 import pytest
 
 from conftest import REPO, debug_config, run_script
