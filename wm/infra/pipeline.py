@@ -118,10 +118,11 @@ def run_logged(argv: list[str], path: str) -> int:
 
 
 def folder_size(path: str) -> tuple[int, int]:
-  """(files, bytes) under `path`, snapshots excluded."""
+  """(files, bytes) under `path`: what the stage made, its snapshot, TensorBoard and progress.json
+  left out."""
   files = size = 0
   for root, dirs, names in os.walk(path):
-    dirs[:] = [d for d in dirs if d != 'snapshot']
+    dirs[:] = [d for d in dirs if d not in ('snapshot', 'tb')]  # code and logs, not outputs
     for name in (n for n in names if n != 'progress.json'):  # what the stage made, not its state
       try:
         size += os.path.getsize(os.path.join(root, name))
