@@ -11,7 +11,7 @@ count) with Adam and gradient clipping on the same batch:
   fit    the straightforward Keras way: a functional model compiled with a loss that scores the
          mixture with tfp's `MixtureSameFamily(Categorical, Normal).log_prob`, `train_on_batch`;
   step   that model and loss in a hand-written tf.function step (isolates the likelihood's share);
-  ours   wm.seq_training.Trainer on MDNRNN: the log-sum-exp likelihood of wm/models/mdn.py
+  ours   wm.stages.seq.Trainer on MDNRNN: the log-sum-exp likelihood of wm/models/mdn.py
          compiled apart by XLA, the LSTM unrolled by wm/models/fused_lstm.py (as on a CPU);
   layer  the same Trainer with the LSTM unrolled by the Keras layer itself (isolates the share
          of wm/models/fused_lstm.py).
