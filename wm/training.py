@@ -263,15 +263,4 @@ class Metrics:
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
   """The lines of a metrics.jsonl ([] if there is none); a line cut short by a kill is skipped."""
-  try:
-    with open(path) as f:
-      lines = f.read().splitlines()
-  except FileNotFoundError:
-    return []
-  rows = []
-  for line in lines:
-    try:
-      rows.append(json.loads(line))
-    except ValueError:
-      continue
-  return [row for row in rows if isinstance(row, dict) and 'step' in row]
+  return [row for row in fileio.read_jsonl(path) if 'step' in row]

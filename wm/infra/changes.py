@@ -29,9 +29,17 @@ def changed_fields(run: runs.Run, stage: str, config: dict[str, Any]) -> dict[st
   except (OSError, ValueError):
     return {}
   owned = runs.STAGE_CONFIG[stage]
-  old, new = runs.flat_fields(before, owned), runs.flat_fields(config, owned)
+  return field_changes(runs.flat_fields(before, owned), runs.flat_fields(config, owned))
+
+
+def field_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple]:
+  """{field: (old value, new value)} where two flat field dicts (runs.flat_fields) differ."""
   return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
           if old.get(k) != new.get(k)}
+
+
+def describe(changes: dict[str, tuple]) -> str:
+  return ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in changes.items())
 
 
 def decide(run: runs.Run, stage: str, config: dict[str, Any]) -> tuple[str, str]:
@@ -39,7 +47,7 @@ def decide(run: runs.Run, stage: str, config: dict[str, Any]) -> tuple[str, str]
   changes = changed_fields(run, stage, config)
   if not changes:
     return 'keep', ''
-  listed = ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in changes.items())
+  listed = describe(changes)
   top_ups = all(k in runs.TOP_UPS and isinstance(old, int) and isinstance(new, int)
                 and new >= old for k, (old, new) in changes.items())
   if top_ups:

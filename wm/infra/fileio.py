@@ -99,6 +99,25 @@ def read_json(path: str) -> Any:
     return json.load(f)
 
 
+def read_jsonl(path: str) -> list[dict]:
+  """The JSON objects of a .jsonl file, one a line ([] when it is missing); a line cut short by
+  a kill, or anything else that is not an object, is skipped."""
+  try:
+    with open(path) as f:
+      lines = f.read().splitlines()
+  except FileNotFoundError:
+    return []
+  rows = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(row, dict):
+      rows.append(row)
+  return rows
+
+
 def read_json_checked(path: str, missing: str, fix: str) -> Any:
   """Reads JSON or raises a DataError: `missing` says what its absence means, `fix` what to do."""
   if not os.path.exists(path):

@@ -101,10 +101,9 @@ def log_path(run: runs.Run, stage: str) -> str:
 def run_logged(argv: list[str], path: str) -> int:
   """Runs a stage, its stdout and stderr shown here and appended to `path`; its exit status."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get('TF_CPP_MIN_LOG_LEVEL', '2'))
   with open(path, 'ab') as log:
     log.write(f'== {time.strftime("%F %T")} {" ".join(argv)}\n'.encode())
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
       for line in iter(proc.stdout.readline, b''):
         sys.stdout.buffer.write(line)

@@ -234,11 +234,7 @@ def stage_result(run: runs.Run, stage: str, config: dict) -> dict:
 
 def controller_result(folder: str, config: dict) -> dict:
   """The CMA-ES generation reached, of how many, its best fitness, its last evaluation."""
-  try:
-    with open(os.path.join(folder, 'history.jsonl')) as f:
-      rows = [json.loads(line) for line in f if line.strip()]
-  except (OSError, ValueError):
-    return {}
+  rows = fileio.read_jsonl(os.path.join(folder, 'history.jsonl'))
   evals = [r['eval_mean'] for r in rows if r.get('eval_mean') is not None]
   return {'generation': rows[-1].get('generation'),
           'generations': (config.get('controller') or {}).get('generations'),

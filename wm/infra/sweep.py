@@ -42,7 +42,8 @@ from absl import app, flags
 
 from wm import config as config_lib
 from wm.errors import UserError
-from wm.infra import cli, fileio, pipeline, quiet, runs, slurm, submit, sweep_summary
+from wm.infra import (changes, cli, fileio, pipeline, quiet, runs, slurm, submit,
+                      sweep_summary)
 
 _ROOT = flags.DEFINE_string('root', None, 'Folder of the sweep: one run dir per grid point, '
                             'sweep.json, summary.md, summary.png, tb/.')
@@ -153,9 +154,8 @@ def refuse_changes(sweep_runs: list[SweepRun], record: dict | None) -> None:
 
 
 def changed_message(run: SweepRun, then: dict, stage: str) -> str:
-  old, new = runs.stage_fields(then['config'], stage), runs.stage_fields(run.config, stage)
-  fields = ', '.join(f'{k} {old.get(k)!r} -> {new.get(k)!r}' for k in sorted(set(old) | set(new))
-                     if old.get(k) != new.get(k))
+  fields = changes.describe(changes.field_changes(runs.stage_fields(then['config'], stage),
+                                                  runs.stage_fields(run.config, stage)))
   return (f'run {run.name}: the {stage} stage is shared with other runs of the sweep, and its '
           f'settings changed since {RECORD} recorded them: {fields}. The shared outputs were made '
           'with the old values: sweep the new settings into another --root, or move the old '

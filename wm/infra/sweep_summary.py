@@ -16,7 +16,6 @@ evaluate/result.json) and ROOT/sweep.json (wm/infra/sweep.py); rewritten whole e
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
@@ -59,7 +58,7 @@ def collect(root: str, entry: dict, fields: list[str]) -> dict:
     return row  # its folder is gone
   row.update(state=describe_state(found['stages']), results=found['results'])
   run = runs.Run(path)
-  row['history'] = read_jsonl(os.path.join(run.stage_dir('controller'), 'history.jsonl'))
+  row['history'] = fileio.read_jsonl(os.path.join(run.stage_dir('controller'), 'history.jsonl'))
   if run.is_done('evaluate'):
     done = status.read_json(run.done_path('evaluate')) or {}
     result = status.read_json(os.path.join(run.stage_dir('evaluate'),
@@ -73,14 +72,6 @@ def field_value(config: dict, dotted: str):
   for part in dotted.split('.'):
     config = config.get(part) if isinstance(config, dict) else None
   return config
-
-
-def read_jsonl(path: str) -> list[dict]:
-  try:
-    with open(path) as f:
-      return [json.loads(line) for line in f if line.strip()]
-  except (OSError, ValueError):
-    return []
 
 
 def describe_state(stages: list[dict]) -> str:
