@@ -71,7 +71,8 @@ def mem_mb(text: str) -> int:
   return int(int(m.group(1)) * scale)
 
 
-def _run(argv: list[str]) -> str | None:
+def output(argv: list[str]) -> str | None:
+  """A SLURM command's stdout, or None when it is missing, fails or takes over 30 s."""
   try:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
   except (OSError, subprocess.TimeoutExpired):
@@ -90,7 +91,7 @@ class Partition:
 def partition_info(name: str | None) -> Partition | None:
   """What a partition (default: the default one) offers, or None when sinfo cannot tell."""
   argv = ['sinfo', '-h', '-N', '-o', '%N %c %m %G %P'] + (['-p', name] if name else [])
-  rows = [line.split() for line in (_run(argv) or '').splitlines() if line.strip()]
+  rows = [line.split() for line in (output(argv) or '').splitlines() if line.strip()]
   if not name:  # the default partition, marked with '*'
     rows = [r for r in rows if r[4].endswith('*')]
   # A node is listed once per partition it belongs to.
@@ -138,7 +139,7 @@ def submit(argv: list[str], env: dict[str, str]) -> str:
 
 def job_states(job_id: str) -> dict[str, str]:
   """{job or array task id: state} for one job id (an array id gives all its tasks)."""
-  out = _run(['scontrol', '-o', 'show', 'job', job_id]) or ''
+  out = output(['scontrol', '-o', 'show', 'job', job_id]) or ''
   states = {}
   for line in out.splitlines():
     fields = dict(re.findall(r'(\w+)=(\S*)', line))

@@ -30,13 +30,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 
 from absl import app, flags
 
 from wm.errors import UserError
-from wm.infra import cli, fileio, progress, runs
+from wm.infra import cli, fileio, progress, runs, slurm
 
 _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of tables.')
 
@@ -122,14 +121,6 @@ def last_error(path: str | None) -> str | None:
 
 # ------------------------------------------------------------------------ SLURM
 
-def _output(argv: list[str]) -> str | None:
-  try:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-  except (OSError, subprocess.TimeoutExpired):
-    return None
-  return result.stdout if result.returncode == 0 else None
-
-
 def _records(text: str) -> dict[str, str]:
   """{job or array task id: state} from `scontrol -o show job` or job completion lines (a
   job's last line wins); a pending job keeps its reason: 'PENDING (Dependency)'."""
@@ -155,7 +146,7 @@ def _by_job(states: dict[str, str], job_ids: list[str]) -> dict[str, dict[str, s
 
 def _sacct(job_ids: list[str]) -> dict[str, dict[str, str]] | None:
   """States from the accounting database; None where there is none."""
-  out = _output(['sacct', '-n', '-P', '-X', '-o', 'JobID,State', '-j', ','.join(job_ids)])
+  out = slurm.output(['sacct', '-n', '-P', '-X', '-o', 'JobID,State', '-j', ','.join(job_ids)])
   if out is None:
     return None
   rows = (line.partition('|') for line in out.splitlines())
@@ -164,7 +155,7 @@ def _sacct(job_ids: list[str]) -> dict[str, dict[str, str]] | None:
 
 def _jobcomp(job_ids: list[str]) -> dict[str, dict[str, str]]:
   """States from the job completion file, where the cluster writes one (jobcomp/filetxt)."""
-  config = _output(['scontrol', 'show', 'config']) or ''
+  config = slurm.output(['scontrol', 'show', 'config']) or ''
   config = dict(re.findall(r'^(\w+)\s*=\s*(\S+)', config, re.M))
   path = config.get('JobCompLoc', '')
   if config.get('JobCompType') != 'jobcomp/filetxt' or not os.path.isfile(path):
@@ -181,7 +172,7 @@ def job_states(job_ids: list[str]) -> tuple[dict[str, dict[str, str]], str | Non
   """{job id: {job or array task id: state}}, and a note when SLURM cannot tell here."""
   if not shutil.which('scontrol'):
     return {j: {} for j in job_ids}, 'no SLURM here (scontrol is not on PATH): states unknown'
-  states = {j: _records(_output(['scontrol', '-o', 'show', 'job', j]) or '') for j in job_ids}
+  states = {j: _records(slurm.output(['scontrol', '-o', 'show', 'job', j]) or '') for j in job_ids}
   gone = [j for j, s in states.items() if not s]
   if gone:  # ended longer ago than the controller's MinJobAge
     ended = _sacct(gone)
