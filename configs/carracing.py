@@ -36,7 +36,6 @@ def get_config(preset: str = 'small') -> Config:
     c.data.shuffle_buffer = 100000
     c.vae.train_steps = 100000  # ~1 epoch of 10M frames at batch 100
     c.vae.save_every = 5000
-    c.vae.mixed_precision = True  # bfloat16 on the cluster's GPUs
     c.seq.batch_size = 100
     c.seq.train_steps = 20000  # ~20 epochs of 10,000 rollouts at batch 100 x 100 steps
     c.seq.save_every = 2000

@@ -89,6 +89,20 @@ wm_spawn() {
   WM_PIDS+=($!)
 }
 
+# wm_spawn_workers CMD...: starts a training stage (V, M): CMD itself in a job of one task, or
+# one srun step running CMD in each task of a job of several (--nodes=N, one task per node): the
+# stage's workers, which find each other from srun's environment (wm/distribute.py). srun passes
+# the USR1/TERM this script forwards to every worker; they agree on the step to stop after. No
+# --kill-on-bad-exit: a worker that stops while the chief saves must not kill the save, and the
+# others notice a dead worker themselves within seconds.
+wm_spawn_workers() {
+  if ((${SLURM_NTASKS:-1} > 1)); then
+    wm_spawn srun --ntasks="$SLURM_NTASKS" --cpus-per-task="$(wm_cpus)" "$@"
+  else
+    wm_spawn "$@"
+  fi
+}
+
 # wm_collect: waits for the spawned processes; notes failures and requeue requests. Returns 1
 # when the job should stop starting new processes (a failure, a requeue, a signal).
 WM_STATUS=0

@@ -29,11 +29,14 @@ def test_sequence_models_build_from_the_config_as_before(name):
   assert registry.sequence_model_class(name)(**kwargs).get_config() == kwargs
 
 
-def test_the_encoder_builds_from_the_config_as_before():
+@pytest.mark.parametrize('precision', ['float32', 'bfloat16'])
+def test_the_encoder_builds_from_the_config_as_before(precision):
   config = debug_config()
+  config.vae.precision = precision
   kwargs = vae_stage.model_kwargs(config)
   assert kwargs == {'z_size': config.vae.z_size, 'frame_size': config.env.frame_size,
-                    'kl_tolerance': config.vae.kl_tolerance, 'mixed_precision': False}
+                    'kl_tolerance': config.vae.kl_tolerance,
+                    'mixed_precision': precision == 'bfloat16'}
   assert registry.encoder_class(config.vae.model)(**kwargs).z_size == config.vae.z_size
 
 

@@ -243,10 +243,41 @@ def check_resumed(run_dir: str, job: str) -> None:
   assert fileio.read_json(runs.Run(run_dir).done_path('vae'))['step'] == 80
 
 
+@pytest.mark.slurm
+def test_m_on_two_srun_workers_is_preempted_requeued_and_resumes(slurm_cluster, debug_encoded,
+                                                                 tmp_path):
+  """slurm/seq.sbatch with two tasks: one srun step of two workers (MultiWorkerMirroredStrategy
+  from SlurmClusterResolver). USR1 to the job stops both after the same step; the job requeues
+  and both workers resume from that step; the chief alone writes DONE."""
+  run_dir = copy_run(debug_encoded, str(tmp_path / 'run'))
+  submitted = sh('sbatch', '--parsable', '--ntasks=2', '--ntasks-per-node=2', '--cpus-per-task=1',
+                 '--mem=3G', '--time=0:10:00', '--output=/dev/null', 'slurm/seq.sbatch',
+                 f'--run_dir={run_dir}', '--config.seq.train_steps=200',
+                 '--config.seq.save_every=50', env=job_env())
+  assert submitted.returncode == 0, submitted.stderr
+  job = submitted.stdout.strip()
+  checkpoints = os.path.join(run_dir, 'seq', 'checkpoints')
+  wait_for(lambda: glob.glob(os.path.join(checkpoints, 'ckpt-*.index')), 'a first checkpoint',
+           timeout=300)
+  assert sh('scancel', '--batch', '--signal=USR1', job).returncode == 0
+  states = slurm.wait([job], log=lambda _: None, timeout_s=400)
+  with open(os.path.join(run_dir, 'logs', f'seq-{job}.log')) as f:
+    log = f.read()
+  assert set(states.values()) == {'COMPLETED'}, (states, log[-4000:])
+  assert 'srun --ntasks=2' in log and f'scontrol requeue {job}' in log, log[-4000:]
+  stopped = set(re.findall(r'after saving step (\d+)', log))
+  resumed = re.findall(r'resumed from \S+ at step (\d+)', log)
+  assert len(stopped) == 1 and resumed == list(stopped) * 2, (stopped, resumed)
+  done = fileio.read_json(runs.Run(run_dir).done_path('seq'))
+  assert (done['device']['strategy'], done['device']['workers']) == ('multi_worker', 2), done
+  assert done['step'] == 200
+
+
 def test_submit_dry_run_chains_stages_with_resources(tmp_path):
   env = job_env(WM_SBATCH_SHARD='--time=0:30:00', WM_COLLECT_TASKS='5')
   result = sh(sys.executable, '-m', 'wm.infra.submit', f'--run_dir={tmp_path}', f'--config={DEBUG}',
-              '--dry_run', '--partition=cpuq', '--account=proj', '--config.seed=7', env=env)
+              '--dry_run', '--partition=cpuq', '--account=proj', '--config.seed=7',
+              '--train_nodes=3', env=env)
   assert result.returncode == 0, result.stderr
   commands = [line.strip() for line in result.stdout.splitlines() if line.startswith('  ')
                and ' sbatch ' in f' {line} ']
@@ -261,6 +292,9 @@ def test_submit_dry_run_chains_stages_with_resources(tmp_path):
   assert "'--dependency=afterok:<collect-array>'" in commands[1]
   assert all('--time=0:30:00' in c for c in commands[2:4])
   assert '--time=0:30:00' not in commands[0]
+  with_nodes = [re.search(r'slurm/(\w+)\.sbatch', c).group(1) for c in commands
+                if '--nodes=3' in c]
+  assert with_nodes == ['vae', 'seq'], with_nodes  # a worker per node: V and M only
   assert not os.path.exists(tmp_path / 'slurm_jobs.json')  # a dry run writes nothing
   bad = sh(sys.executable, '-m', 'wm.infra.submit', f'--run_dir={tmp_path}', '--stages=colect',
            '--dry_run', env=env)

@@ -77,7 +77,17 @@ class VaeConfig:
   save_every: int = 500  # checkpoint every this many steps
   log_every: int = 100  # write scalars every this many steps
   valid_batches: int = 10  # validation batches per evaluation
-  mixed_precision: bool = False  # bfloat16 convolutions: faster on GPUs/AMX CPUs, slower without
+  precision: str = 'auto'  # float32 | bfloat16 (convolutions) | auto: bfloat16 where the device has it natively (wm/hardware.py)
+
+
+@dataclasses.dataclass
+class DistributeConfig:
+  strategy: str = 'auto'  # V and M: one_device | mirrored | multi_worker | auto (see wm/distribute.py)
+  gpus: int = 0  # mirrored: GPUs of this process to mirror over (0: all it sees)
+  cpu_replicas: int = 1  # mirrored without GPUs: split the CPU into this many logical devices
+  workers: int = 0  # multi_worker: workers expected (0: as many as srun or TF_CONFIG start)
+  port: int = 0  # multi_worker under srun: first port of a node's workers (0: 20000 + job id % 20000)
+  collective_timeout_s: float = 600.0  # a collective op waiting longer fails (a worker died); 0: never
 
 
 @dataclasses.dataclass
@@ -138,6 +148,7 @@ class Config:
   records: RecordsConfig = dataclasses.field(default_factory=RecordsConfig)  # stage 2: TFRecord shards
   data: DataConfig = dataclasses.field(default_factory=DataConfig)  # how V reads frames
   vae: VaeConfig = dataclasses.field(default_factory=VaeConfig)  # stage 3: the observation encoder V
+  distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)  # V and M over devices and workers
   encode: EncodeConfig = dataclasses.field(default_factory=EncodeConfig)  # stage 4: re-encoding rollouts to latents
   seq: SeqConfig = dataclasses.field(default_factory=SeqConfig)  # stage 5: the sequence model M
   controller: ControllerConfig = dataclasses.field(default_factory=ControllerConfig)  # stage 6: the controller C and CMA-ES
@@ -201,12 +212,22 @@ def _failure(error: Exception, path: str) -> str:
   return f'{text} (line {lines[-1]})' if lines else text
 
 
+# Fields renamed since a RUN/config.json may have been written: old name -> (new name, new value).
+RENAMED = {
+    'vae.mixed_precision': ('vae.precision', lambda old: 'bfloat16' if old else 'float32'),
+}
+
+
 def from_dict(data: dict[str, Any], cls: type = Config, where: str = '') -> Any:
-  """Builds a config from nested dicts (such as RUN/config.json), refusing unknown fields."""
+  """Builds a config from nested dicts (such as RUN/config.json), refusing unknown fields and
+  reading renamed ones (RENAMED) under their new names."""
   hints = typing.get_type_hints(cls)
   kwargs = {}
   for key, value in data.items():
     name = f'{where}{key}'
+    if name in RENAMED:
+      name, value = RENAMED[name][0], RENAMED[name][1](value)
+      key = name.rpartition('.')[2]
     if key not in hints:
       raise ConfigError(_unknown_field_message(name, cls))
     if dataclasses.is_dataclass(hints[key]):
@@ -353,6 +374,8 @@ _CHOICES = {
     'controller.rest': ('middle', 'low'),
     'controller.mode': ('real', 'dream'),
     'controller.dream_done': ('sample', 'threshold'),
+    'vae.precision': ('auto', 'float32', 'bfloat16'),
+    'distribute.strategy': ('auto', 'one_device', 'mirrored', 'multi_worker'),
 }
 _POSITIVE = (
     'env.max_steps', 'env.action_repeat', 'env.frame_size', 'collect.num_rollouts',
@@ -407,6 +430,12 @@ def validate(config: Config) -> Config:
        f'is not a registered sequence model {sorted(registry.SEQUENCE_MODELS)} '
        '(wm/models/registry.py)'),
       ('seq.grad_clip', config.seq.grad_clip >= 0, 'must be >= 0'),
+      ('distribute.gpus', config.distribute.gpus >= 0, 'must be >= 0'),
+      ('distribute.cpu_replicas', config.distribute.cpu_replicas >= 1, 'must be >= 1'),
+      ('distribute.workers', config.distribute.workers >= 0, 'must be >= 0'),
+      ('distribute.port', 0 <= config.distribute.port < 65536, 'must be in 0..65535'),
+      ('distribute.collective_timeout_s', config.distribute.collective_timeout_s >= 0,
+       'must be >= 0'),
   ]
   for name, ok, requirement in checks:
     if not ok:

@@ -14,10 +14,12 @@ import os
 import tensorflow as tf
 
 from wm import records
+from wm.distribute import InputShard
 from wm.stages import shard
 from wm.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
+ALL = InputShard(0, 1, 0)  # one input pipeline reading every rollout
 ENCODED_FORMAT = 'encoded-rollouts-v1'  # manifest format of RUN/encoded/<split>
 # Manifest format -> its shards' name prefix, the stage script that writes them, and what a rerun
 # of it does with a missing shard (shard.shard_complete is False for it).
@@ -36,23 +38,31 @@ def _files(paths: list[str], shuffle: bool, seed: int | None) -> tf.data.Dataset
 
 
 def raw_rollouts(paths: list[str], frames_only: bool = False, shuffle: bool = False,
-                 seed: int | None = None, deterministic: bool = True) -> tf.data.Dataset:
-  """One element per rollout: a dict of decoded arrays (see wm.records.parse_raw)."""
+                 seed: int | None = None, deterministic: bool = True,
+                 shard: InputShard | None = None) -> tf.data.Dataset:
+  """One element per rollout: a dict of decoded arrays (see wm.records.parse_raw); with `shard`,
+  only that input pipeline's part of the rollouts (see InputShard.files_or_records)."""
+  paths, index, count = (shard or ALL).files_or_records(paths)
   files = _files(paths, shuffle, seed)
   data = files.interleave(records.read_one, cycle_length=min(len(paths), 8),
                           num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+  if count > 1:
+    data = data.shard(count, index)
   return data.map(lambda x: records.parse_raw(x, frames_only), num_parallel_calls=AUTOTUNE,
                   deterministic=deterministic)
 
 
 def raw_frames(paths: list[str], obs_sampled_per_rollout: int, shuffle_buffer: int,
-               batch_size: int, seed: int | None = None, repeat: bool = True) -> tf.data.Dataset:
-  """Batches of uint8 frames [batch, H, W, 3] for training V.
+               batch_size: int, seed: int | None = None, repeat: bool = True,
+               shard: InputShard | None = None) -> tf.data.Dataset:
+  """Batches of uint8 frames [batch_size, H, W, 3] for training V, from all the rollouts or from
+  `shard`'s part of them.
 
   Each time a rollout is read, `obs_sampled_per_rollout` of its frames (all, if it has fewer) are
   drawn without replacement; frames from many rollouts mix in a shuffle buffer.
   """
-  data = raw_rollouts(paths, frames_only=True, shuffle=True, seed=seed, deterministic=False)
+  data = raw_rollouts(paths, frames_only=True, shuffle=True, seed=seed, deterministic=False,
+                      shard=shard)
   if repeat:
     data = data.repeat()
 
@@ -68,12 +78,17 @@ def raw_frames(paths: list[str], obs_sampled_per_rollout: int, shuffle_buffer: i
 
 
 def encoded_rollouts(paths: list[str], shuffle: bool = False, seed: int | None = None,
-                     deterministic: bool = True) -> tf.data.Dataset:
+                     deterministic: bool = True, shard: InputShard | None = None
+                     ) -> tf.data.Dataset:
   """One element per latent rollout: a dict of decoded arrays (see wm.records.parse_encoded):
-  mu, logvar [T+1, Z] float32, actions [T, A], rewards [T], terminated, truncated [T] bool."""
+  mu, logvar [T+1, Z] float32, actions [T, A], rewards [T], terminated, truncated [T] bool. With
+  `shard`, only that input pipeline's part (see InputShard.files_or_records)."""
+  paths, index, count = (shard or ALL).files_or_records(paths)
   files = _files(paths, shuffle, seed)
   data = files.interleave(records.read_one, cycle_length=max(1, min(len(paths), 8)),
                           num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+  if count > 1:
+    data = data.shard(count, index)
   return data.map(records.parse_encoded, num_parallel_calls=AUTOTUNE,
                   deterministic=deterministic)
 

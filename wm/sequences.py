@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from wm import datasets
+from wm.distribute import InputShard
 
 AUTOTUNE = tf.data.AUTOTUNE
 FORMAT = datasets.ENCODED_FORMAT
@@ -58,20 +59,23 @@ def windows(rollout: dict[str, tf.Tensor], length: int, offset: tf.Tensor,
   }
 
 
-def _rollouts(paths: list[str], shuffle: bool, seed: int | None) -> tf.data.Dataset:
-  return datasets.encoded_rollouts(paths, shuffle=shuffle, seed=seed, deterministic=not shuffle)
+def _rollouts(paths: list[str], shuffle: bool, seed: int | None,
+              shard: InputShard | None = None) -> tf.data.Dataset:
+  return datasets.encoded_rollouts(paths, shuffle=shuffle, seed=seed, deterministic=not shuffle,
+                                   shard=shard)
 
 
 def train_batches(paths: list[str], length: int, batch_size: int, shuffle_buffer: int = 1000,
-                  seed: int | None = None) -> tf.data.Dataset:
-  """Endless shuffled batches of windows with random offsets and fresh latent samples."""
+                  seed: int | None = None, shard: InputShard | None = None) -> tf.data.Dataset:
+  """Endless shuffled batches of windows with random offsets and fresh latent samples, from all
+  the rollouts or from `shard`'s part of them."""
 
   def cut(rollout):
     offset = tf.random.uniform([], 0, length, tf.int32)
     noise = tf.random.normal(tf.shape(rollout['mu']))
     return windows(rollout, length, offset, noise)
 
-  data = _rollouts(paths, shuffle=True, seed=seed).repeat()
+  data = _rollouts(paths, shuffle=True, seed=seed, shard=shard).repeat()
   data = data.map(cut, num_parallel_calls=AUTOTUNE, deterministic=False).unbatch()
   data = data.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   return data.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)

@@ -110,7 +110,7 @@ def apply_learning_rate(optimizer, value: float, field: str) -> None:
   A checkpoint holds the optimizer's learning rate; without this a resumed run would keep the
   old rate while RUN/config.json records the new one.
   """
-  restored = float(optimizer.learning_rate)
+  restored = float(tf.convert_to_tensor(optimizer.learning_rate))  # a MirroredVariable too
   if not math.isclose(restored, value, rel_tol=1e-6):  # the variable is float32
     logging.info('%s=%g replaces the learning rate %g of the checkpoint', field, value, restored)
   optimizer.learning_rate = value
@@ -140,19 +140,25 @@ class Checkpoints:
   """
 
   def __init__(self, stage_dir: str, model, optimizer, name: str, kwargs: dict[str, Any],
-               section: str):
+               section: str, dist=None):
     """`name` and `kwargs` identify the model (kwargs: those that shape its variables);
-    `section` is its config's, named in errors and in the learning rate's field."""
+    `section` is its config's, named in errors and in the learning rate's field. Under a
+    wm.distribute.Distribution `dist` (make the model and optimizer in its scope, this outside
+    it: the step counter is a plain variable, the same on every worker) only the chief writes
+    here; the other workers save their part elsewhere and delete it."""
     self.directory = os.path.join(stage_dir, 'checkpoints')
-    self.optimizer, self.section = optimizer, section
+    self.optimizer, self.section, self.dist = optimizer, section, dist
+    self.chief = dist is None or dist.chief
     self.identity = {'name': name, 'kwargs': kwargs}
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
     self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step)
     self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=3)
+    self.saved_step = None  # the step of the latest checkpoint, once restored or saved
 
   def restore(self, learning_rate: float) -> int:
     """Restores the latest checkpoint, if any, at `learning_rate`; returns the step."""
-    remove_dead_checkpoint_writes(self.directory)
+    if self.chief:
+      remove_dead_checkpoint_writes(self.directory)
     latest = self.manager.latest_checkpoint
     if latest:
       self._check_model()
@@ -163,17 +169,24 @@ class Checkpoints:
             f'checkpoint {latest} does not fit {self.identity} ({str(e).splitlines()[0][:300]}); '
             f'{self._fix("it was")}') from None
       logging.info('resumed from %s at step %d', latest, int(self.step))
-    fileio.write_json(self._model_path(), self.identity)  # what the checkpoints are of from now
+      self.saved_step = int(self.step)
+    if self.chief:
+      fileio.write_json(self._model_path(), self.identity)  # what the checkpoints are of from now
     apply_learning_rate(self.optimizer, learning_rate, f'{self.section}.learning_rate')
     return int(self.step)
 
   def save(self) -> None:
-    self.manager.save(checkpoint_number=int(self.step))
+    """Saves ckpt-<step> (every worker calls it at the same step: saving may be collective)."""
+    if self.chief:
+      self.manager.save(checkpoint_number=int(self.step))
+    else:
+      self.dist.save_part(self.checkpoint)
+    self.saved_step = int(self.step)
 
   def save_unsaved(self) -> int:
     """Saves the step unless the latest checkpoint is of it; returns the step."""
     step = int(self.step)
-    if not (self.manager.latest_checkpoint or '').endswith(f'-{step}'):
+    if self.saved_step != step:
       self.save()
     return step
 
@@ -185,7 +198,7 @@ class Checkpoints:
 
   def resume_note(self) -> str:
     """What rerunning the stage does from here (for error messages)."""
-    step = int(self.step)
+    step = self.saved_step
     if not step:
       return 'rerun this command'
     return f'rerun this command: it continues from step {step} (the checkpoint in {self.directory})'
@@ -226,13 +239,16 @@ class Metrics:
   of steps after the checkpoint a rerun continues from: those steps are trained and logged again.
   """
 
-  def __init__(self, stage_dir: str):
-    self.writer = tf.summary.create_file_writer(os.path.join(stage_dir, 'tb'))
+  def __init__(self, stage_dir: str, enabled: bool = True):
+    """`enabled=False` (a worker that is not the chief) writes nothing."""
+    self.enabled = enabled
+    self.writer = (tf.summary.create_file_writer(os.path.join(stage_dir, 'tb')) if enabled
+                   else tf.summary.create_noop_writer())
     self.path = os.path.join(stage_dir, METRICS)
     self._row: dict[str, float] = {}
 
   def resume(self, step: int) -> None:
-    if not os.path.exists(self.path):
+    if not self.enabled or not os.path.exists(self.path):
       return
     kept = [row for row in read_metrics(self.path) if row['step'] <= step]
     text = ''.join(json.dumps(row) + '\n' for row in kept)
@@ -255,7 +271,7 @@ class Metrics:
     self.writer.flush()
 
   def _append(self) -> None:
-    if self._row:
+    if self._row and self.enabled:
       with open(self.path, 'a') as f:
         f.write(json.dumps(self._row) + '\n')
       self._row = {}

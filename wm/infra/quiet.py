@@ -26,6 +26,7 @@ BOILERPLATE = [re.compile(p) for p in (
     r'^I\d{4} [\d:. ]+\d+ cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized',
     r'^To enable the following instructions: .* rebuild TensorFlow with the appropriate '
     r'compiler flags\.$',
+    r'^I\d{4} [\d:. ]+\d+ functional_saver\.py:\d+\] Sharding callback duration: ',
 )]
 # A failed cuInit is boilerplate only where there is no NVIDIA device to find.
 NO_GPU = [re.compile(r'^E\d{4} [\d:. ]+\d+ cuda_platform\.cc:\d+\] failed call to cuInit: ')]

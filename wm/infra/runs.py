@@ -25,6 +25,7 @@ import os
 import time
 from typing import Any, Iterable
 
+from wm import config as config_lib
 from wm.infra import fileio
 
 STAGE_DIRS = {
@@ -61,8 +62,10 @@ STAGE_CONFIG = {
 # Fields a finished stage continues from when raised (a top-up), instead of starting over.
 TOP_UPS = {'collect.num_rollouts', 'vae.train_steps', 'seq.train_steps',
            'controller.generations'}
-# Fields that change only how fast or where, never a result.
-NO_EFFECT = {'env.render_scale', 'encode.batch_size', 'controller.test_episodes'}
+# Fields that change only how fast or where, never a result. (vae.precision changes rounding, as
+# the device does: a V trained in bfloat16 is kept when float32 is asked for, and shared by sweeps.)
+NO_EFFECT = {'env.render_scale', 'encode.batch_size', 'controller.test_episodes',
+             'vae.precision'}
 
 
 def flat_fields(config: dict[str, Any], sections: Iterable[str]) -> dict[str, Any]:
@@ -75,6 +78,9 @@ def flat_fields(config: dict[str, Any], sections: Iterable[str]) -> dict[str, An
       flat.update({f'{section}.{k}': v for k, v in value.items()})
     else:
       flat[section] = value
+  for old, (new, convert) in config_lib.RENAMED.items():  # a config.json of older code
+    if old in flat:
+      flat[new] = convert(flat.pop(old))
   return {k: v for k, v in flat.items() if k not in NO_EFFECT}
 
 

@@ -23,14 +23,15 @@ class SlurmStage:
   array: str | None = None  # submitter option with the array size (None: one job)
   gpu: bool = False  # on the GPU partition, with GPUs when the partition has them
   ranks: bool = False  # --ntasks from --controller_ranks (srun -n N MPI ranks)
+  nodes: bool = False  # --nodes from --train_nodes (a worker per node, wm/distribute.py)
 
 
 SLURM_STAGES = {
     'collect': SlurmStage(array='collect_tasks'),
     'shard': SlurmStage(array='shard_tasks'),
-    'vae': SlurmStage(gpu=True),
+    'vae': SlurmStage(gpu=True, nodes=True),
     'encode': SlurmStage(array='encode_tasks', gpu=True),
-    'seq': SlurmStage(gpu=True),
+    'seq': SlurmStage(gpu=True, nodes=True),
     'controller': SlurmStage(ranks=True),
     'evaluate': SlurmStage(),
     'play': SlurmStage(),

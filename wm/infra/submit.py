@@ -32,8 +32,10 @@ _PARTITION = flags.DEFINE_string('partition', None, 'Partition of CPU stages [WM
 _GPU_PARTITION = flags.DEFINE_string('gpu_partition', None, 'Partition of the training and '
                                      'encoding stages (default: --partition) [WM_GPU_PARTITION].')
 _ACCOUNT = flags.DEFINE_string('account', None, 'Account charged [WM_ACCOUNT].')
-_GPUS = flags.DEFINE_string('gpus', None, 'GPUs per job of the GPU stages; auto: 1 when the GPU '
-                            'partition has GPUs, else 0 [WM_GPUS, default auto].')
+_GPUS = flags.DEFINE_string('gpus', None, 'GPUs per node of the GPU stages; auto: 1 when the '
+                            'GPU partition has GPUs, else 0 [WM_GPUS, default auto].')
+_TRAIN_NODES = flags.DEFINE_integer('train_nodes', None, 'Nodes of the V and M jobs, a worker '
+                                    'each (wm/distribute.py) [WM_TRAIN_NODES, default 1].')
 _COLLECT_TASKS = flags.DEFINE_integer('collect_tasks', None, 'Collection array size '
                                       '[WM_COLLECT_TASKS, default 4].')
 _SHARD_TASKS = flags.DEFINE_integer('shard_tasks', None, 'Sharding array size [WM_SHARD_TASKS, '
@@ -52,7 +54,8 @@ _WAIT = flags.DEFINE_bool('wait', False, 'Wait for every job to end; exit 1 unle
 _AGAIN = flags.DEFINE_bool('allow_active', False, 'Submit even while jobs of an earlier '
                            'submission to this run dir are still queued or running.')
 
-_DEFAULTS = {'collect_tasks': 4, 'shard_tasks': 2, 'encode_tasks': 2, 'gpus': 'auto'}
+_DEFAULTS = {'collect_tasks': 4, 'shard_tasks': 2, 'encode_tasks': 2, 'gpus': 'auto',
+             'train_nodes': 1}
 JOBS_FILE = 'slurm_jobs.json'
 
 
@@ -93,6 +96,11 @@ def resources(spec: slurm.SlurmStage, script: str) -> tuple[list[str], list[str]
   fitted, notes = slurm.fit(options, info)
   argv = [f'--{k}={fitted[k]}' for k in ('cpus-per-task', 'mem', 'ntasks')
           if k in fitted and fitted[k] != header.get(k)]
+  nodes = setting(_TRAIN_NODES, 'WM_TRAIN_NODES') if spec.nodes else 1
+  if nodes < 1:
+    raise UserError(f'--train_nodes must be >= 1, got {nodes}')
+  if nodes > 1:
+    argv.append(f'--nodes={nodes}')
   if partition:
     argv.append(f'--partition={partition}')
   if setting(_ACCOUNT, 'WM_ACCOUNT'):

@@ -11,8 +11,9 @@ the encoder and the decoder's output is resized back.
 
 Loss (per frame, averaged over the batch): squared error summed over pixels plus the KL
 divergence to N(0, I) summed over latents, the KL clamped below at kl_tolerance * z_size (the
-paper's free bits). With `mixed_precision` the convolutions compute in bfloat16 (variables, the
-latent heads, the loss and every output stay float32).
+paper's free bits). With `mixed_precision` (vae.precision, resolved by wm/hardware.py) the
+convolutions compute in bfloat16 (variables, the latent heads, the loss and every output stay
+float32).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
+from wm import hardware
 from wm.models.base import ObservationEncoder
 
 if TYPE_CHECKING:
@@ -38,7 +40,7 @@ class ConvVAE(ObservationEncoder):
     """The constructor arguments the config asks for (plain JSON values: the export keeps them)."""
     return {'z_size': config.vae.z_size, 'frame_size': config.env.frame_size,
             'kl_tolerance': config.vae.kl_tolerance,
-            'mixed_precision': config.vae.mixed_precision}
+            'mixed_precision': hardware.precision(config.vae.precision) == 'bfloat16'}
 
   def __init__(self, z_size: int = 32, frame_size: int = 64, kl_tolerance: float = 0.5,
                mixed_precision: bool = False, **kwargs: Any):
@@ -112,8 +114,12 @@ class ConvVAE(ObservationEncoder):
     return x
 
   @staticmethod
-  def sample(mu: tf.Tensor, logvar: tf.Tensor, seed: Any = None) -> tf.Tensor:
-    if seed is None:
+  def sample(mu: tf.Tensor, logvar: tf.Tensor, seed: Any = None,
+             noise: tf.Tensor | None = None) -> tf.Tensor:
+    """z = mu + sigma * eps, eps given as `noise`, drawn from `seed` (stateless), or drawn."""
+    if noise is not None:
+      eps = noise
+    elif seed is None:
       eps = tf.random.normal(tf.shape(mu))
     else:
       eps = tf.random.stateless_normal(tf.shape(mu), seed)
@@ -126,11 +132,13 @@ class ConvVAE(ObservationEncoder):
     z = self.sample(mu, logvar)
     return {'mu': mu, 'logvar': logvar, 'z': z, 'reconstruction': self.decode(z)}
 
-  def losses_for(self, frames: tf.Tensor, seed: Any = None) -> dict[str, tf.Tensor]:
-    """The training loss and its parts for a batch of frames (float32 scalars)."""
+  def losses_for(self, frames: tf.Tensor, seed: Any = None,
+                 noise: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    """The training loss and its parts for a batch of frames (float32 scalars, means over the
+    batch); `seed` or `noise` fixes the latent sample (see sample)."""
     target = self.to_float(frames)
     mu, logvar = self.encode(target)
-    reconstruction = self.decode(self.sample(mu, logvar, seed))
+    reconstruction = self.decode(self.sample(mu, logvar, seed, noise))
     recon = tf.reduce_mean(tf.reduce_sum(tf.square(target - reconstruction), axis=[1, 2, 3]))
     kl = -0.5 * tf.reduce_sum(1.0 + logvar - tf.square(mu) - tf.exp(logvar), axis=1)
     kl = tf.reduce_mean(tf.maximum(kl, self.kl_tolerance * self.z_size))

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wm import sequences, training
+from wm import distribute, sequences, training
 from wm.config import SeqConfig
 from wm.errors import DataError
 from wm.infra import cli, fileio
@@ -59,14 +59,18 @@ class Trainer:
   body (LSTM or transformer). scripts/benchmark_seq.py measures the step.
   """
 
-  def __init__(self, model, learning_rate: float, grad_clip: float = 0.0):
+  def __init__(self, model, learning_rate: float, grad_clip: float = 0.0,
+               dist: distribute.Distribution | None = None):
+    """Under `dist` (default: one device), make the model and this in dist.scope()."""
     self.model = model
     self.grad_clip = grad_clip
+    self.dist = dist or distribute.one_device()
     self.optimizer = tf.keras.optimizers.Adam(learning_rate)
     model.build_for_loading()
     self.optimizer.build(model.trainable_variables)
     self.loss_step = tf.function(self._loss_step, jit_compile=True)
-    self.train_step = tf.function(self._train_step)
+    # train_step(batch, stop) -> the global batch's terms, and `stop` summed over the workers
+    self.train_step = self.dist.step(self._train_step)
     self.eval_step = tf.function(self._terms, reduce_retracing=True)
 
   def _terms(self, batch: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
@@ -81,22 +85,37 @@ class Trainer:
                          targets['done'], targets['mask'])
     return terms, tape.gradient(terms['loss'], outputs)
 
-  def gradients(self, batch: dict[str, tf.Tensor]):
-    """(terms, gradients, variables) of the loss on one batch."""
+  def gradients(self, batch: dict[str, tf.Tensor], share: tf.Tensor | float = 1.0):
+    """(terms, gradients, variables) of the loss on one batch, scaled by `share`: this
+    replica's part of the global batch's mask-weighted mean."""
     with tf.GradientTape() as tape:
       features = self.model.sequence_features(batch['z'], batch['actions'], training=True)
       outputs = self.model.head.dense(features)
     targets = {key: batch[key] for key in ('z_next', 'reward', 'done', 'mask')}
     terms, d_outputs = self.loss_step(outputs, targets)
     variables = self.model.trainable_variables
-    return terms, tape.gradient(outputs, variables, output_gradients=d_outputs), variables
+    grads = tape.gradient(outputs, variables, output_gradients=d_outputs * share)
+    return {key: value * share for key, value in terms.items()}, grads, variables
 
-  def _train_step(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    terms, grads, variables = self.gradients(batch)
+  def _train_step(self, batch: dict[str, tf.Tensor], stop: tf.Tensor | float = 0.0
+                  ) -> dict[str, tf.Tensor]:
+    """One replica's part of a step (all of it on one device)."""
+    share = distribute.replica_share(tf.reduce_sum(tf.cast(batch['mask'], tf.float32)))
+    terms, grads, variables = self.gradients(batch, share)
     if self.grad_clip > 0:
-      grads, _ = tf.clip_by_global_norm(grads, self.grad_clip)
+      grads = self.clip(grads)
     self.optimizer.apply_gradients(zip(grads, variables))
-    return terms
+    return {**terms, 'stop': stop}
+
+  def clip(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
+    """Clips the global batch's gradient to seq.grad_clip. With several replicas that needs
+    their sum first; the optimizer sums again, so each replica then hands it 1/R of the
+    clipped sum."""
+    replicas = self.dist.replicas
+    if replicas > 1:
+      grads = tf.distribute.get_replica_context().all_reduce(distribute.SUM, grads)
+    grads, _ = tf.clip_by_global_norm(grads, self.grad_clip)
+    return grads if replicas == 1 else [g / replicas for g in grads]
 
   def evaluate(self, data: tf.data.Dataset, max_batches: int) -> dict[str, float]:
     """Mask-weighted means of the terms over at most `max_batches` batches."""
@@ -130,12 +149,14 @@ def fit(trainer: Trainer, checkpoints: training.Checkpoints, batches, seq: SeqCo
   clocks = {name: training.Every(getattr(seq, name + '_every'))
             for name in ('log', 'valid', 'save')}
   step = first = int(checkpoints.step)
-  progress = Progress('seq', seq.train_steps, folder=os.path.dirname(checkpoints.directory))
+  progress = Progress('seq', seq.train_steps,
+                      folder=os.path.dirname(checkpoints.directory) if checkpoints.chief else None)
   start = time.perf_counter()
   while step < seq.train_steps:
-    terms = trainer.train_step(next(batches))
+    terms = trainer.train_step(next(batches), tf.constant(float(preemption.requested)))
     checkpoints.step.assign_add(1)
     step = int(checkpoints.step)
+    stop = float(terms.pop('stop')) > 0  # every worker stops after this same step
     training.check_finite('train/loss', float(terms['loss']), step, checkpoints.directory)
     sequence_steps = (step - first) * seq.batch_size * seq.sequence_length
     if clocks['log'](step) or step == seq.train_steps:
@@ -145,7 +166,7 @@ def fit(trainer: Trainer, checkpoints: training.Checkpoints, batches, seq: SeqCo
       evaluate()
     if clocks['save'](step):
       checkpoints.save()
-    if preemption.requested:
+    if stop:
       checkpoints.save_and_exit(metrics.flush)
     progress.update(step, sequence_steps=sequence_steps)
   checkpoints.save_unsaved()
@@ -155,12 +176,15 @@ def fit_and_validate(stage: cli.Stage, trainer: Trainer, checkpoints: training.C
                      train_paths: list[str], valid_paths: list[str]) -> dict[str, float]:
   """Trains to seq.train_steps with summaries in STAGE/tb and STAGE/metrics.jsonl; returns the
   final valid terms."""
-  seq, seed = stage.config.seq, stage.config.seed
-  train_data = sequences.train_batches(train_paths, seq.sequence_length, seq.batch_size,
-                                       seq.shuffle_buffer, seed=seed)
+  seq, seed, dist = stage.config.seq, stage.config.seed, trainer.dist
+  train_data = dist.datasets(
+      lambda part: sequences.train_batches(train_paths, seq.sequence_length, part.batch_size,
+                                           seq.shuffle_buffer, seed=seed, shard=part),
+      seq.batch_size, 'seq.batch_size')
+  valid_paths = valid_paths if dist.chief else []  # validation is the chief's, computed once
   valid_data = valid_paths and sequences.valid_batches(valid_paths, seq.sequence_length,
                                                        seq.batch_size, seed=seed)
-  metrics = training.Metrics(stage.dir)
+  metrics = training.Metrics(stage.dir, enabled=dist.chief)
   metrics.resume(int(checkpoints.step))
 
   def evaluate() -> dict[str, float]:
@@ -168,29 +192,38 @@ def fit_and_validate(stage: cli.Stage, trainer: Trainer, checkpoints: training.C
     write_scalars(metrics, 'valid', terms, int(checkpoints.step))
     return terms
 
-  with training.Preemption() as preemption:
+  with training.Preemption() as preemption, dist.workers_alive(checkpoints.resume_note):
     fit(trainer, checkpoints, iter(train_data), seq, evaluate, preemption, metrics)
     final = evaluate()
   metrics.flush()
   return final
 
 
-def train(stage: cli.Stage) -> dict[str, Any]:
-  """Trains (or resumes, or tops up) M to seq.train_steps and exports it; returns DONE's info."""
+def train(stage: cli.Stage, dist: distribute.Distribution | None = None
+          ) -> dict[str, Any] | None:
+  """Trains (or resumes, or tops up) M to seq.train_steps under `dist` (by default the
+  config's) and exports it; returns DONE's info (None on a worker that is not the chief)."""
   seq, run = stage.config.seq, stage.run
+  dist = dist or distribute.create(stage.config.distribute)
   train_paths, manifest = read_split(run, 'train')
   has_valid = os.path.exists(os.path.join(run.split_dir('encode', 'valid'), shard.MANIFEST))
   valid_paths = read_split(run, 'valid')[0] if has_valid else []
   kwargs = model_kwargs(seq, int(manifest['z_size']), int(manifest['action_size']))
-  model = registry.sequence_model_class(seq.model)(**kwargs)
-  trainer = Trainer(model, seq.learning_rate, seq.grad_clip)
+  dist.check_batch(seq.batch_size, 'seq.batch_size')
+  dist.check_rollouts(int(manifest['num_rollouts']), run.split_dir('encode', 'train'))
+  with dist.scope():
+    model = registry.sequence_model_class(seq.model)(**kwargs)
+    trainer = Trainer(model, seq.learning_rate, seq.grad_clip, dist)
   checkpoints = training.Checkpoints(stage.dir, model, trainer.optimizer, seq.model, kwargs,
-                                     'seq')
+                                     'seq', dist)
   checkpoints.restore(seq.learning_rate)
-  run.clear_done('seq')  # only once the inputs and checkpoints are known to fit
+  if dist.chief:
+    run.clear_done('seq')  # only once the inputs and checkpoints are known to fit
   try:
     final = fit_and_validate(stage, trainer, checkpoints, train_paths, valid_paths)
     step = int(checkpoints.step)
+    if not dist.chief:
+      return None
     export.save(model, os.path.join(stage.dir, 'export'), 'sequence_model', seq.model, kwargs,
                 step=step, valid=final)
     count = save_initial_latents(train_paths, os.path.join(stage.dir, 'initial_latents.npz'))
@@ -201,5 +234,9 @@ def train(stage: cli.Stage) -> dict[str, Any]:
 
 
 def run(stage: cli.Stage) -> None:
-  """The stage: train (or resume, or top up) M, export it, then DONE."""
-  stage.run.mark_done('seq', **train(stage))
+  """The stage: train (or resume, or top up) M, export it, then DONE (the chief's)."""
+  dist = distribute.create(stage.config.distribute)  # before any other TensorFlow op
+  device = distribute.record(stage, dist, {'precision': 'float32'})
+  info = train(stage, dist)
+  if info is not None:
+    stage.run.mark_done('seq', **info, device=device)

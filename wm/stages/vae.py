@@ -21,7 +21,7 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-from wm import datasets, training
+from wm import datasets, distribute, hardware, training
 from wm.config import Config
 from wm.errors import DataError
 from wm.infra import cli
@@ -47,35 +47,45 @@ def build_model(config: Config) -> tf.keras.Model:
 
 
 def make_train_step(model: tf.keras.Model, optimizer: tf.keras.optimizers.Optimizer,
-                    step: tf.Variable):
-  """One optimizer step on a batch of uint8 frames, as a tf.function; counts `step` up."""
+                    dist: distribute.Distribution, global_batch: int, seed: int):
+  """One optimizer step on a global batch of uint8 frames, on every replica of `dist`:
+  step(frames, step, stop) -> {loss, recon, kl: the global batch's means, stop: > 0 when any
+  worker asked to stop}. The latent noise of row i of step s is row i of a draw seeded by
+  (seed, s) for the global batch, so any number of replicas takes the same step."""
 
-  @tf.function
-  def train_step(frames: tf.Tensor) -> dict[str, tf.Tensor]:
+  def replica_step(frames: tf.Tensor, step: tf.Tensor, stop: tf.Tensor) -> dict[str, tf.Tensor]:
+    local = tf.shape(frames)[0]
+    first = distribute.replica_first_row(local)
+    noise = tf.random.stateless_normal([global_batch, model.z_size],
+                                       tf.stack([tf.constant(seed, tf.int64), step]))
+    share = distribute.replica_share(local)
     variables = model.trainable_variables
     with tf.GradientTape() as tape:
-      out = model.losses_for(frames)
-    grads = tape.gradient(out['loss'], variables)
+      out = model.losses_for(frames, noise=noise[first:first + local])
+      loss = out['loss'] * share
+    grads = tape.gradient(loss, variables)
     optimizer.apply_gradients(zip(grads, variables))
-    step.assign_add(1)
-    return {k: out[k] for k in ('loss', 'recon', 'kl')}
+    return {'loss': loss, 'recon': out['recon'] * share, 'kl': out['kl'] * share, 'stop': stop}
 
-  return train_step
+  return dist.step(replica_step)
 
 
 class Trainer:
   """Owns the model, optimizer, checkpoints and summaries of one stage run."""
 
-  def __init__(self, stage: cli.Stage):
-    self.stage, self.config = stage, stage.config
+  def __init__(self, stage: cli.Stage, dist: distribute.Distribution):
+    self.stage, self.config, self.dist = stage, stage.config, dist
     self.export_dir = os.path.join(stage.dir, 'export')
-    self.model = build_model(self.config)
-    self.optimizer = tf.keras.optimizers.Adam(self.config.vae.learning_rate)
-    self.optimizer.build(self.model.trainable_variables)
+    dist.check_batch(self.config.data.batch_size, 'data.batch_size')
+    with dist.scope():
+      self.model = build_model(self.config)
+      self.optimizer = tf.keras.optimizers.Adam(self.config.vae.learning_rate)
+      self.optimizer.build(self.model.trainable_variables)
     shape = {k: v for k, v in model_kwargs(self.config).items() if k not in RESUMABLE}
     self.checkpoints = training.Checkpoints(stage.dir, self.model, self.optimizer,
-                                            self.config.vae.model, shape, 'vae')
-    self.train_step = make_train_step(self.model, self.optimizer, self.checkpoints.step)
+                                            self.config.vae.model, shape, 'vae', dist)
+    self.train_step = make_train_step(self.model, self.optimizer, dist,
+                                      self.config.data.batch_size, self.config.seed)
     self.metrics = None  # training.Metrics, once there is training to do
     self.valid_data = None
 
@@ -93,13 +103,22 @@ class Trainer:
       return None  # records.valid_fraction = 0: no validation split
     return shard.shard_paths(split_dir)
 
-  def frames(self, paths: list[str], seed: int) -> tf.data.Dataset:
+  def frames(self, paths: list[str], seed: int,
+             shard: distribute.InputShard | None = None) -> tf.data.Dataset:
+    """Batches of frames: global batches, or `shard`'s per-replica batches."""
     data = self.config.data
+    shard = shard or distribute.InputShard(0, 1, data.batch_size)
     return datasets.raw_frames(paths, data.obs_sampled_per_rollout, data.shuffle_buffer,
-                               data.batch_size, seed=seed)
+                               shard.batch_size, seed=seed, shard=shard)
 
-  def check_frames(self, batch: tf.Tensor, paths: list[str]) -> None:
-    want = (self.config.data.batch_size, *self.model.frame_shape)
+  def train_batches(self, paths: list[str], seed: int):
+    """The training batches, split over the replicas (each worker reads its part)."""
+    return self.dist.datasets(lambda shard: self.frames(paths, seed, shard),
+                              self.config.data.batch_size, 'data.batch_size')
+
+  def check_frames(self, batch, paths: list[str]) -> None:
+    batch = self.dist.strategy.experimental_local_results(batch)[0]
+    want = (self.config.data.batch_size // self.dist.replicas, *self.model.frame_shape)
     if tuple(batch.shape) != want or batch.dtype != tf.uint8:
       raise DataError(f'frames in {os.path.dirname(paths[0])} are {batch.dtype.name} '
                       f'{tuple(batch.shape[1:])}; the encoder expects uint8 {want[1:]} '
@@ -144,36 +163,45 @@ class Trainer:
                      'to do; raise vae.train_steps to train longer', start, vae.train_steps,
                      self.export_dir)
         return None
-      run.clear_done('vae')
-      self.metrics = training.Metrics(self.stage.dir)
+      if self.dist.chief:
+        run.clear_done('vae')
+      self.metrics = training.Metrics(self.stage.dir, enabled=self.dist.chief)
       self.metrics.resume(start)
       train_paths, valid_paths = self.split_paths('train'), self.split_paths('valid')
-      if valid_paths:
+      train_dir = run.split_dir('shard', 'train')
+      self.dist.check_rollouts(shard.read_manifest(train_dir)['num_rollouts'], train_dir)
+      if valid_paths and self.dist.chief:  # validation is the chief's, computed once
         self.valid_data = self.frames(valid_paths, self.config.seed).take(
             vae.valid_batches).cache()
       try:
         if start < vae.train_steps:
-          self.loop(start, train_paths, preemption)
+          with self.dist.workers_alive(self.checkpoints.resume_note):
+            self.loop(start, train_paths, preemption)
         valid = self.validate(int(self.checkpoints.step))
       except tf.errors.DataLossError as e:  # a shard is corrupted: inflate() or a CRC failed
         raise training.read_error(e, self.checkpoints, run, 'shard') from None
       self.metrics.flush()
+      if not self.dist.chief:
+        return None
       return {**self.export(), **({'valid': valid} if valid else {})}
 
   def loop(self, start: int, paths: list[str], preemption: training.Preemption) -> None:
     vae = self.config.vae
     log_every, save_every = training.Every(vae.log_every), training.Every(vae.save_every)
-    batches = iter(self.frames(paths, seed=self.config.seed * 1_000_003 + start))
-    progress = Progress('vae train steps', vae.train_steps, folder=self.stage.dir)
+    batches = iter(self.train_batches(paths, seed=self.config.seed * 1_000_003 + start))
+    progress = Progress('vae train steps', vae.train_steps,
+                        folder=self.stage.dir if self.dist.chief else None)
     step = start
     while step < vae.train_steps:
-      if preemption.requested:
-        self.checkpoints.save_and_exit(self.metrics.flush)
       frames = next(batches)
       if step == start:
         self.check_frames(frames, paths)
-      metrics = self.train_step(frames)
+      metrics = self.train_step(frames, tf.constant(step, tf.int64),
+                                tf.constant(float(preemption.requested)))
+      self.checkpoints.step.assign_add(1)
       step = int(self.checkpoints.step)
+      if float(metrics.pop('stop')) > 0:  # every worker stops after this same step
+        self.checkpoints.save_and_exit(self.metrics.flush)
       training.check_finite('train/loss', float(metrics['loss']), step,
                             self.checkpoints.directory)
       if log_every(step):
@@ -201,17 +229,20 @@ class Trainer:
     return {'step': step, 'export': self.export_dir}
 
 
-def train(stage: cli.Stage) -> dict[str, Any] | None:
-  """Trains V; returns DONE's info, None if there was nothing to do (see Trainer.train)."""
-  return Trainer(stage).train()
+def train(stage: cli.Stage, dist: distribute.Distribution | None = None) -> dict[str, Any] | None:
+  """Trains V (under `dist`, by default the config's); returns DONE's info, None if there was
+  nothing to do or this worker is not the chief (see Trainer.train)."""
+  return Trainer(stage, dist or distribute.create(stage.config.distribute)).train()
 
 
 def run(stage: cli.Stage, check_numerics: bool = False, run_eagerly: bool = False) -> None:
   """The stage: train (or resume, or top up) V, export it, then DONE."""
+  dist = distribute.create(stage.config.distribute)  # before any other TensorFlow op
   if check_numerics:
     tf.debugging.enable_check_numerics()
   if run_eagerly:
     tf.config.run_functions_eagerly(True)
-  info = train(stage)
+  device = distribute.record(stage, dist, hardware.describe(stage.config.vae.precision))
+  info = train(stage, dist)
   if info is not None:
-    stage.run.mark_done('vae', **info)
+    stage.run.mark_done('vae', **info, device=device)
