@@ -1,6 +1,7 @@
 """Benchmark of stages 3 and 4 on this machine, every figure side by side in one run:
 
-  (a) V training images/s: our train step (wm/vae.py, fp32 and mixed bfloat16) against a
+  (a) V training images/s: our train step (wm/stages/vae.py, fp32 and mixed bfloat16; the one
+      vae.precision picks on this machine is compared, wm/hardware.py) against a
       straightforward Keras `fit` of the paper's architecture (Dense(1024) -> 1x1 map -> 4
       deconvolutions, KL via add_loss) on the same in-memory batches;
   (b) encoding frames/s: the encoder alone on batches of encode.batch_size frames, and the
@@ -90,6 +91,16 @@ def paper_keras_vae(z_size: int):
   return model
 
 
+def cpu_model() -> str:
+  """The CPU's model name, from /proc/cpuinfo (the benchmark's figures depend on it)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+  except OSError:
+    names = []
+  return names[0] if names else 'unknown CPU'
+
+
 def timed(fn, rounds: int) -> list[tuple[float, float]]:
   """(wall seconds, CPU seconds of this process) of each of `rounds` calls of fn."""
   out = []
@@ -112,7 +123,7 @@ _OVERRIDES = {}
 def main(argv: list[str]) -> None:
   del argv
   import tensorflow as tf
-  from wm import datasets
+  from wm import datasets, distribute, hardware
   from wm.stages import encode, shard, vae
   from wm.models import export
   from wm.models.vae import ConvVAE
@@ -141,13 +152,13 @@ def main(argv: list[str]) -> None:
     model = ConvVAE(z_size=config.vae.z_size, mixed_precision=mixed)
     model.build_for_loading()
     optimizer = tf.keras.optimizers.Adam(config.vae.learning_rate)
-    step = vae.make_train_step(model, optimizer, tf.Variable(0, dtype=tf.int64))
-    feed = iter(memory)
-    step(next(feed))
+    train = vae.make_train_step(model, optimizer, distribute.one_device(), batch, seed=0)
+    feed, step_number, stop = iter(memory), tf.constant(0, tf.int64), tf.constant(0.0)
+    train(next(feed), step_number, stop)
 
-    def run(step=step, feed=feed):
+    def run(train=train, feed=feed, step_number=step_number, stop=stop):
       for _ in range(steps):
-        float(step(next(feed))['loss'])
+        float(train(next(feed), step_number, stop)['loss'])
     variants['ours, mixed bfloat16' if mixed else 'ours, float32'] = run
   keras_feed = memory.map(lambda x: (tf.cast(x, tf.float32) / 255.0,) * 2)
   for jit in ('auto', False):
@@ -163,17 +174,21 @@ def main(argv: list[str]) -> None:
   rates = {name: rate(steps * batch, t) for name, t in times.items()}
   for name, (wall, cpu) in rates.items():
     print(f'  train  {name:32s} {wall:8,.0f} images/s {cpu:8,.0f} images/CPU-s')
-  ours_name = 'ours, mixed bfloat16' if config.vae.mixed_precision else 'ours, float32'
+  device = hardware.describe(config.vae.precision)
+  mixed = device['precision'] == 'bfloat16'
+  ours_name = 'ours, mixed bfloat16' if mixed else 'ours, float32'
   ours = rates[ours_name]
+  print(f'vae.precision={config.vae.precision}: {device["precision"]} ({device["device"]}, '
+        f'{cpu_model()})')
   for which, i in (('wall time', 0), ('CPU time', 1)):
     keras_best = max(v[i] for k, v in rates.items() if k.startswith('Keras'))
     keras_default = rates['Keras fit (jit_compile=auto)'][i]
-    print(f'(a) by {which}: {ours_name} (vae.mixed_precision={config.vae.mixed_precision}) over '
+    print(f'(a) by {which}: {ours_name} (vae.precision={config.vae.precision}) over '
           f'Keras fit: {ours[i] / keras_default:.2f}x (default compile), '
           f'{ours[i] / keras_best:.2f}x (its best)   goal >= 2')
 
   # (b) encode.
-  model = ConvVAE(z_size=config.vae.z_size, mixed_precision=config.vae.mixed_precision)
+  model = ConvVAE(z_size=config.vae.z_size, mixed_precision=mixed)
   model.build_for_loading()
   export_dir = os.path.join(tmp, 'export')
   export.save(model, export_dir, kind='encoder', name='conv_vae', kwargs=model.get_config())
