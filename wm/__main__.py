@@ -4,6 +4,8 @@
     python -m wm status RUN [RUN ...] [--json]          where runs stand (wm/infra/status.py)
     python -m wm config FILE:PRESET [--changed]         every config field: value, default, meaning
     python -m wm sweep --root=DIR --grid F=V1,V2 ...    a grid of runs (wm/infra/sweep.py)
+    python -m wm iterate --run_dir=RUN                  rounds of the paper's iterative training
+                                                        (wm/infra/iterate.py)
 
 The pipeline skips finished stages, so rerunning the same command continues; `--config.a.b=v`
 overrides go to every stage. `python -m wm SUBCOMMAND --help` lists a subcommand's flags.
@@ -92,10 +94,16 @@ def config_main(argv: list[str]) -> None:
   print(config_lib.listing(config, _CONFIG_OVERRIDES, only_changed=flags.FLAGS.changed))
 
 
+def run_iterate(argv: list[str]) -> None:
+  from wm.infra import iterate, pipeline  # pylint: disable=import-outside-toplevel
+  as_program(iterate.__doc__, pipeline.__name__)
+  app.run(iterate.main, argv=[sys.argv[0], *argv], flags_parser=iterate.parse)
+
+
 # The first argument picks one, run on the arguments after it. Only its module is imported: each
 # defines its own flags.
 SUBCOMMANDS: dict[str, Callable[[list[str]], None]] = {
-    'status': run_status, 'config': run_config, 'sweep': run_sweep}
+    'status': run_status, 'config': run_config, 'sweep': run_sweep, 'iterate': run_iterate}
 
 
 def run_pipeline() -> None:

@@ -70,19 +70,42 @@ def action_space_of(config: Config):
 # ---------------------------------------------------------------------------- the Policy
 
 
-class Agent(Policy):
-  """One environment's policy from a WorldModel and one controller parameter vector."""
+NOISE_STREAM = 7_000_001  # the exploration noise's seed stream (episode seed, this)
 
-  def __init__(self, world: WorldModel, params: np.ndarray):
-    self.world = world
+
+class Agent(Policy):
+  """One environment's policy from a WorldModel and one controller parameter vector.
+
+  The controller is deterministic (z is V's mean, as in the paper's). With `noise` > 0 (the
+  iterative training's collection: collect.action_noise) it explores: each bounded action
+  dimension gets Gaussian noise of std noise x its range, clipped to the range (unbounded ones
+  std noise); a Discrete action is replaced by a uniformly random one with probability noise.
+  The noise is seeded by the episode's seed. `info['action']` stays the controller's own.
+  """
+
+  def __init__(self, world: WorldModel, params: np.ndarray, noise: float = 0.0):
+    self.world, self.noise = world, noise
     self.params = tf.constant(np.asarray(params, np.float32)[None])
     self.state = world.seq.initial_state(1)
+    self.rng = np.random.default_rng(NOISE_STREAM)
 
   def reset(self, seed: int) -> None:
-    del seed  # the agent is deterministic: z is V's mean, as in the paper's controller
     self.state = self.world.seq.initial_state(1)
+    self.rng = np.random.default_rng([seed, NOISE_STREAM])
 
   def act(self, frame: np.ndarray) -> PolicyStep:
     out, self.state = self.world.step(tf.constant(frame[None]), self.state, self.params)
     info = tf.nest.map_structure(lambda t: t.numpy()[0], out)
-    return PolicyStep(info['action'].astype(np.float32), info)
+    action = info['action'].astype(np.float32)
+    return PolicyStep(self.explore(action) if self.noise > 0 else action, info)
+
+  def explore(self, action: np.ndarray) -> np.ndarray:
+    controller = self.world.controller
+    if controller.discrete:
+      if self.rng.random() < self.noise:
+        action = np.eye(len(action), dtype=np.float32)[self.rng.integers(len(action))]
+      return action
+    low, high = controller.bounds()
+    scale = np.where(np.isfinite(high - low), high - low, 1.0)
+    noisy = action + self.rng.normal(0.0, self.noise, action.shape) * scale
+    return np.clip(noisy, low, high).astype(np.float32)

@@ -47,11 +47,13 @@ class EnvConfig:
 @dataclasses.dataclass
 class CollectConfig:
   num_rollouts: int = 200  # rollouts wanted in RUN/rollouts; reruns top up to this, never beyond
-  policy: str = 'brownian'  # random policy: uniform | brownian | held (see wm/policies.py)
+  policy: str = 'brownian'  # uniform | brownian | held (random, wm/policies.py) | controller (a trained one)
   brownian_sigma: float = 0.3  # brownian: std of the action change per step, in action-range units
   hold_min: int = 1  # held: an action is held for at least this many frames
   hold_max: int = 10  # held: ... and at most this many frames
   compress_level: int = 1  # zlib level of the rollout .npz files (1 is fast, 9 is small)
+  controller_run: str = ''  # policy=controller: the run dir whose V, M and controller/best.npz act
+  action_noise: float = 0.1  # policy=controller: exploration, Gaussian std per action in units of its range (Discrete: P(random action))
 
 
 @dataclasses.dataclass
@@ -134,6 +136,15 @@ class ControllerConfig:
 
 
 @dataclasses.dataclass
+class IterateConfig:
+  iterations: int = 0  # python -m wm iterate: rounds after the run's own (the paper's iterative training)
+  rollouts: int = 100  # rollouts each round adds, played by the previous round's controller (collect.action_noise)
+  vae_steps: int = 1000  # V's training steps each round adds, continuing its checkpoint
+  seq_steps: int = 1000  # M's training steps each round adds, continuing its checkpoint
+  generations: int = 25  # controller generations each round adds, continuing its CMA-ES state
+
+
+@dataclasses.dataclass
 class PlayConfig:
   num_episodes: int = 1  # episodes to play
   fps: int = 50  # frames per second of recorded videos
@@ -153,6 +164,7 @@ class Config:
   seq: SeqConfig = dataclasses.field(default_factory=SeqConfig)  # stage 5: the sequence model M
   controller: ControllerConfig = dataclasses.field(default_factory=ControllerConfig)  # stage 6: the controller C and CMA-ES
   play: PlayConfig = dataclasses.field(default_factory=PlayConfig)  # stage 7: playing and recording
+  iterate: IterateConfig = dataclasses.field(default_factory=IterateConfig)  # rounds of collect with C, retrain, continue C
 
 
 # ---------------------------------------------------------------------------- loading
@@ -369,7 +381,7 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
 # ---------------------------------------------------------------------------- validation
 
 _CHOICES = {
-    'collect.policy': ('uniform', 'brownian', 'held'),
+    'collect.policy': ('uniform', 'brownian', 'held', 'controller'),
     'controller.inputs': ('z', 'zh', 'zh_hidden'),
     'controller.rest': ('middle', 'low'),
     'controller.mode': ('real', 'dream'),
@@ -418,6 +430,15 @@ def validate(config: Config) -> Config:
        f'must be >= collect.hold_min ({config.collect.hold_min})'),
       ('collect.brownian_sigma', config.collect.brownian_sigma >= 0, 'must be >= 0'),
       ('collect.compress_level', 0 <= config.collect.compress_level <= 9, 'must be in 0..9'),
+      ('collect.controller_run', config.collect.policy != 'controller'
+       or bool(config.collect.controller_run), 'must name a run dir with a trained controller '
+       'when collect.policy=controller'),
+      ('collect.action_noise', config.collect.action_noise >= 0, 'must be >= 0'),
+      ('iterate.iterations', config.iterate.iterations >= 0, 'must be >= 0'),
+      ('iterate.rollouts', config.iterate.rollouts >= 1, 'must be >= 1'),
+      ('iterate.vae_steps', config.iterate.vae_steps >= 0, 'must be >= 0'),
+      ('iterate.seq_steps', config.iterate.seq_steps >= 0, 'must be >= 0'),
+      ('iterate.generations', config.iterate.generations >= 1, 'must be >= 1'),
       ('records.valid_fraction', 0 <= config.records.valid_fraction < 1, 'must be in [0, 1)'),
       ('env.render_scale', 0 < config.env.render_scale <= 1, 'must be in (0, 1]'),
       ('env.render_scale', config.env.render_scale == 1 or config.env.fast_render,

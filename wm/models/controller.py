@@ -50,6 +50,7 @@ class Controller:
       low = np.asarray(action_space.low, np.float64).ravel()
       high = np.asarray(action_space.high, np.float64).ravel()
     bounded = np.isfinite(low) & np.isfinite(high)
+    self._low_high = (np.where(bounded, low, -np.inf), np.where(bounded, high, np.inf))
     self._bounded = tf.constant(bounded)
     self._low = tf.constant(np.where(bounded, low, 0.0), tf.float32)
     self._high = tf.constant(np.where(bounded, high, 0.0), tf.float32)
@@ -67,6 +68,10 @@ class Controller:
     return cls(config.inputs, z_size, h_size, action_space, config.hidden_units, config.rest)
 
   # ------------------------------------------------------------------ flat vector <-> weights
+
+  def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) of each action dimension, -inf/inf where unbounded (Box spaces)."""
+    return self._low_high
 
   def unflatten(self, params: np.ndarray) -> dict[str, np.ndarray]:
     """One flat vector [num_params] -> {'w0': [in, out], 'b0': [out], ...}."""

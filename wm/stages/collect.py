@@ -1,5 +1,7 @@
 """Stage collect: random-policy rollouts in parallel into one folder, safe for many processes and
-SLURM jobs at once.
+SLURM jobs at once. With collect.policy=controller, a trained controller (of
+collect.controller_run, exploring with collect.action_noise) plays them instead: the iterative
+training's collection (wm/infra/iterate.py).
 
 Rollout `i` (0 <= i < num_rollouts) has its own seed derived from (experiment seed, i), so the data
 never depends on how the work was split. A job takes the indices `i % num_tasks == task_index`
@@ -26,9 +28,9 @@ from absl import logging
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from wm import envs, policies, rollouts
+from wm import artifacts, envs, policies, rollouts
 from wm.config import Config
-from wm.infra import cli, fileio, workers
+from wm.infra import cli, fileio, runs, workers
 from wm.infra.progress import Progress
 
 
@@ -105,7 +107,7 @@ class Worker:
   def __init__(self, config: Config, folder: str):
     self.config, self.folder = config, folder
     self.env = envs.make(config.env)
-    self.policy = policies.make_random(config.collect, self.env.action_space)
+    self.policy = make_policy(config, self.env.action_space)
 
   def collect(self, index: int) -> Result:
     path = rollouts.path_for(self.folder, index)
@@ -118,6 +120,26 @@ class Worker:
       rollouts.save(path, rollout, self.config.collect.compress_level)
     return Result(index, len(rollout['actions']), time.perf_counter() - start,
                   ret=float(rollout['rewards'].sum()))
+
+
+def make_policy(config: Config, action_space) -> policies.Policy:
+  """collect.policy's policy: a random one, or a trained controller exploring with
+  collect.action_noise (the iterative training's collection, which loads TensorFlow)."""
+  if config.collect.policy != 'controller':
+    return policies.make_random(config.collect, action_space)
+  from wm import agent  # pylint: disable=import-outside-toplevel  (TensorFlow: only here)
+  run = runs.Run(config.collect.controller_run)
+  world = agent.WorldModel.load(run, config, action_space)
+  params = artifacts.load_params(artifacts.controller_params_path(run), world.controller)
+  return agent.Agent(world, params, noise=config.collect.action_noise)
+
+
+def check_policy(config: Config) -> None:
+  """Refuses collect.policy=controller without the trained run it names, before any work."""
+  if config.collect.policy == 'controller':
+    run = runs.Run(config.collect.controller_run)
+    artifacts.require_world_model(run)
+    artifacts.require_controller(run)
 
 
 _WORKER: Worker | None = None
@@ -177,6 +199,7 @@ def episode_timeout(config: Config) -> float:
 def run(stage: cli.Stage, parallelism: int = 1, task_index: int = 0, num_tasks: int = 1) -> None:
   """The stage: this task's share of the rollouts, then DONE once all of them exist."""
   config = stage.config
+  check_policy(config)
   facts = envs.check(config.env, seed=config.seed)
   logging.info('environment %s ok: %s', config.env.name, facts)
   total = len(range(task_index, config.collect.num_rollouts, num_tasks))
