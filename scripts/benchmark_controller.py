@@ -6,7 +6,9 @@ Input:  RUN/vae/export, RUN/seq/export, RUN/seq/initial_latents.npz (any trained
 Output: printed figures, side by side from one run, all in agent steps (one per
         env.action_repeat frames; the dream's steps are agent steps too):
           real env steps/s of V+M+C in one process (a batch of --real_envs environments), with
-            frames drawn at the config's env.render_scale and at full size (render_scale=1)
+            frames drawn at the config's env.render_scale and at full size (render_scale=1); the
+            same batch with random actions; one environment alone with random actions on the
+            same episodes (what the agent's steps/s is compared with: goal >= 0.9)
           dream steps/s of the same V+M+C (--dream_batch episodes as one batch inside M)
           real-env evaluation steps/s with a pool of 2 workers and of 1 worker
 
@@ -28,13 +30,14 @@ quiet.install()  # before TensorFlow is imported: its start-up notices stay out 
 import numpy as np
 from absl import app, flags
 
-from wm import envs, es, evaluation
+from wm import envs, es, evaluation, policies
 from wm.infra import cli, runs
 from wm.agent import WorldModel, action_space_of
 from wm.dream import Dream
 from wm.errors import UserError
 
-_REAL_ENVS = flags.DEFINE_integer('real_envs', 4, 'Environments stepped together in one process.')
+_REAL_ENVS = flags.DEFINE_integer('real_envs', 16, 'Environments stepped together in one process '
+                                  '(the small preset: 16 episodes a worker a generation).')
 _REAL_STEPS = flags.DEFINE_integer('real_steps', 250, 'Frames per real episode measured '
                                    '(env.max_steps).')
 _DREAM_BATCH = flags.DEFINE_integer('dream_batch', 256, 'Dream episodes in one batch '
@@ -72,10 +75,25 @@ def main(argv: list[str]) -> None:
   z0 = dream.start.draw(len(batch), rng)
   dream.returns(batch, z0, np.array([1, 2]))  # trace
 
-  def real_rate(worker: evaluation.Worker) -> float:
+  def real_rate(worker: evaluation.Worker, policy: np.ndarray | None = params) -> float:
     start, before = time.perf_counter(), worker.steps
-    worker.evaluate(params, seeds)
+    worker.evaluate(policy, seeds)
     return (worker.steps - before) / (time.perf_counter() - start)
+
+  def env_alone_rate() -> float:
+    """One environment, a uniformly random policy, the same episodes one after the other."""
+    env, steps, start = envs.make(config.env), 0, time.perf_counter()
+    for seed in seeds:
+      policy = policies.UniformPolicy(env.action_space)
+      policy.reset(int(seed))
+      frame = env.reset(seed=int(seed))
+      for _ in range(config.env.agent_steps()):
+        frame, _, terminated, truncated = env.step(policy.act(frame).action)
+        steps += 1
+        if terminated or truncated:
+          break
+    env.close()
+    return steps / (time.perf_counter() - start)
 
   def dream_rate() -> float:
     start = time.perf_counter()
@@ -83,10 +101,12 @@ def main(argv: list[str]) -> None:
     return steps / (time.perf_counter() - start)
 
   # Interleaved repeats, best of each: other load on the machine hits both sides alike.
-  real = real_full = dreamt = 0.0
+  real = real_full = dreamt = random_batch = alone = 0.0
   for _ in range(_REPEATS.value):
     real, real_full = max(real, real_rate(worker)), max(real_full, real_rate(full_worker))
     dreamt = max(dreamt, dream_rate())
+    random_batch = max(random_batch, real_rate(worker, None))
+    alone = max(alone, env_alone_rate())
 
   jobs = _POOL_EPISODES.value
   with evaluation.Pool(config, run.root, 1) as one, evaluation.Pool(config, run.root, 2) as two:
@@ -110,6 +130,10 @@ def main(argv: list[str]) -> None:
   print(f'real env, 1 process, {_REAL_ENVS.value} envs: {real:10,.0f} steps/s   '
         f'(env.render_scale={config.env.render_scale}, env.action_repeat='
         f'{config.env.action_repeat})')
+  print(f'  the same, random actions:   {random_batch:10,.0f} steps/s   V+M+C cost '
+        f'{100 * (1 - real / random_batch):.0f}% of the agent\'s time')
+  print(f'env alone, 1 env, random:     {alone:10,.0f} steps/s   agent / env alone: '
+        f'{real / alone:.2f} (goal >= 0.9)')
   print(f'  the same, full-size frames:  {real_full:10,.0f} steps/s   drawing at '
         f'{config.env.render_scale}: {real / real_full:.2f}x')
   print(f'dream, batch {_DREAM_BATCH.value}:           {dreamt:10,.0f} steps/s   '

@@ -32,6 +32,11 @@ class WorldModel:
   def __init__(self, encoder: Any, seq: Any, controller: Controller):
     self.encoder, self.seq, self.controller = encoder, seq, controller
     self.step = tf.function(self._step, reduce_retracing=True)
+    # The action and the next state only: in a graph, what no output needs (M's prediction head,
+    # V's logvar) is pruned, so acting costs less than `step` (the controller stage's real
+    # episodes, where nothing else is read).
+    self.act = tf.function(lambda frames, state, params: self._act(frames, state, params),
+                           reduce_retracing=True)
 
   @classmethod
   def load(cls, run: runs.Run, config: Config, action_space=None) -> 'WorldModel':
@@ -47,6 +52,10 @@ class WorldModel:
     controller = Controller.from_config(config.controller, encoder.z_size, seq.feature_size,
                                         action_space)
     return cls(encoder, seq, controller)
+
+  def _act(self, frames: tf.Tensor, state: Any, params: tf.Tensor):
+    out, state = self._step(frames, state, params)
+    return out['action'], state
 
   def _step(self, frames: tf.Tensor, state: Any, params: tf.Tensor):
     mu, logvar = self.encoder.encode(frames)

@@ -91,8 +91,8 @@ class Worker:
     state = [world.seq.initial_state(len(params))]
 
     def act(frames: np.ndarray) -> np.ndarray:
-      out, state[0] = world.step(tf.constant(frames), state[0], params_t)
-      return out['action'].numpy()
+      action, state[0] = world.act(tf.constant(frames), state[0], params_t)
+      return action.numpy()
     return act
 
   def _random_actor(self, batch: list[envs.PixelEnv], seeds: np.ndarray):
