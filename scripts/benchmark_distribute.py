@@ -15,7 +15,6 @@ Output: the figures on stdout.
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -87,25 +86,13 @@ def timed(step, count: int) -> float:
   return count / (time.perf_counter() - start)
 
 
-def free_ports(count: int) -> list[int]:
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(('localhost', 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 def run_kind(kind: str, argv: list[str]) -> dict:
   """Measures `kind` in fresh processes (two workers for multi_worker); the chief's figures."""
   command = [sys.executable, os.path.abspath(__file__), f'--measure={kind}', *argv]
   envs = [dict(os.environ)]
   if kind == 'multi_worker':
-    workers = [f'localhost:{p}' for p in free_ports(2)]
-    envs = [dict(os.environ, TF_CONFIG=json.dumps(
-        {'cluster': {'worker': workers}, 'task': {'type': 'worker', 'index': i}}))
-            for i in range(2)]
+    from wm import distribute  # pylint: disable=import-outside-toplevel
+    envs = [dict(os.environ, TF_CONFIG=c) for c in distribute.localhost_tf_configs(2)]
   procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for env in envs]
   outputs = [p.communicate(timeout=900)[0] for p in procs]
   if any(p.returncode for p in procs):

@@ -13,7 +13,6 @@ import glob
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,26 +27,10 @@ from wm.infra import changes, runs
 from wm.stages import shard
 
 
-def free_ports(count: int) -> list[int]:
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(('localhost', 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
-def tf_configs(count: int) -> list[str]:
-  workers = [f'localhost:{port}' for port in free_ports(count)]
-  return [json.dumps({'cluster': {'worker': workers}, 'task': {'type': 'worker', 'index': i}})
-          for i in range(count)]
-
-
 def start_workers(argv: list[str], tmp_path, name: str, count: int = 2) -> list[subprocess.Popen]:
   """`count` processes of `argv` joined by TF_CONFIG; each one's output in tmp_path/name-i.log."""
   procs = []
-  for i, tf_config in enumerate(tf_configs(count)):
+  for i, tf_config in enumerate(distribute.localhost_tf_configs(count)):
     log = open(tmp_path / f'{name}-{i}.log', 'w')  # pylint: disable=consider-using-with
     env = dict(script_env(), TF_CONFIG=tf_config, TMPDIR=str(tmp_path / 'tmp'))
     procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO))
@@ -219,7 +202,7 @@ def test_multi_worker_without_workers_is_refused(monkeypatch):
 
 
 def test_a_worker_count_other_than_the_started_one_is_refused(monkeypatch):
-  monkeypatch.setenv('TF_CONFIG', tf_configs(2)[0])
+  monkeypatch.setenv('TF_CONFIG', distribute.localhost_tf_configs(2)[0])
   with pytest.raises(ConfigError, match=r'distribute.workers=3 but 2 workers were started '
                      r'\(TF_CONFIG\)'):
     distribute.create(dist_config(strategy='multi_worker', workers=3))

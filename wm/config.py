@@ -425,7 +425,17 @@ def validate(config: Config) -> Config:
   for name in _POSITIVE:
     if not get(config, name) > 0:
       raise ConfigError(f'config field {name} must be > 0, got {get(config, name)!r}')
-  checks = [
+  for name, ok, requirement in _range_checks(config):
+    if not ok:
+      raise ConfigError(f'config field {name}={get(config, name)!r} {requirement}')
+  from wm import envs  # pylint: disable=import-outside-toplevel  (wm/envs.py imports this module)
+  envs.spec_for(config.env.name)  # a ConfigError naming the registered environments
+  return config
+
+
+def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
+  """(field, whether its value is allowed, what is) for the fields with a rule of their own."""
+  return [
       ('collect.hold_max', config.collect.hold_max >= config.collect.hold_min,
        f'must be >= collect.hold_min ({config.collect.hold_min})'),
       ('collect.brownian_sigma', config.collect.brownian_sigma >= 0, 'must be >= 0'),
@@ -458,12 +468,6 @@ def validate(config: Config) -> Config:
       ('distribute.collective_timeout_s', config.distribute.collective_timeout_s >= 0,
        'must be >= 0'),
   ]
-  for name, ok, requirement in checks:
-    if not ok:
-      raise ConfigError(f'config field {name}={get(config, name)!r} {requirement}')
-  from wm import envs  # pylint: disable=import-outside-toplevel  (wm/envs.py imports this module)
-  envs.spec_for(config.env.name)  # a ConfigError naming the registered environments
-  return config
 
 
 # ---------------------------------------------------------------------------- listing

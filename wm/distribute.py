@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import tempfile
 from typing import Any, Callable
 
@@ -304,6 +305,19 @@ def where_workers_come_from() -> str:
   if in_srun_step():
     return f'srun step of {os.environ["SLURM_STEP_NUM_TASKS"]} tasks'
   return 'TF_CONFIG' if os.environ.get('TF_CONFIG') else 'one process'
+
+
+def localhost_tf_configs(count: int) -> list[str]:
+  """TF_CONFIG values for `count` workers on this machine, on ports free now (tests and
+  benchmarks; worker i runs with the i-th value in its environment)."""
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(('localhost', 0))
+  workers = [f'localhost:{s.getsockname()[1]}' for s in sockets]
+  for s in sockets:
+    s.close()
+  return [json.dumps({'cluster': {'worker': workers}, 'task': {'type': 'worker', 'index': i}})
+          for i in range(count)]
 
 
 def cluster_resolver(cfg: DistributeConfig):
