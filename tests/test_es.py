@@ -71,6 +71,24 @@ def test_resume_continues_exactly(tmp_path):
   assert [r['mode'] for r in rows] == ['dream'] * 2 + ['real'] * 4
 
 
+def test_a_copy_without_best_continues_the_search_and_chooses_a_best_anew(tmp_path):
+  """The iterative training's rounds: the search goes on, the old best (scored through other V
+  and M) does not count."""
+  settings = es.Settings(6, 8, 0.3, seed=2)
+  state, saved = es.State.empty(settings), []
+  list(es.run(str(tmp_path / 'a'), state, 3, 'real', es.Objective(_quadratic, _ignore)))
+  assert state.best_score > -np.inf
+  os.makedirs(tmp_path / 'b')
+  es.copy_without_best(str(tmp_path / 'a'), str(tmp_path / 'b'))
+  copied = es.load(str(tmp_path / 'b'), settings)
+  np.testing.assert_array_equal(copied.returns, state.returns)
+  assert (copied.best_score, copied.best_evaluated) == (-np.inf, False)
+  worse = lambda p, g: _quadratic(p, g) - 1e6  # noqa: E731  (far below the old best)
+  list(es.run(str(tmp_path / 'b'), copied, 4, 'real',
+              es.Objective(worse, lambda p, s: saved.append(s))))
+  assert saved and saved[-1] < state.best_score  # chosen anew, though worse than the old
+
+
 def test_evaluations_keep_the_better_of_best_candidate_and_centroid(tmp_path):
   # Every second generation both are played on the same episodes; best.npz gets the better.
   settings = es.Settings(6, 8, 0.3, seed=2)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import REPO, copy_run, script_env
 
 from wm import config as config_lib, rollouts
@@ -49,6 +50,10 @@ def test_a_round_collects_with_the_controller_and_trains_on(debug_agent, tmp_pat
   assert fileio.read_json(round1.done_path('seq'))['step'] == 30, steps
   history = fileio.read_jsonl(os.path.join(round1.stage_dir('controller'), 'history.jsonl'))
   assert len(history) == fileio.read_json(round1.done_path('controller'))['generations'] == 3
+  # The round's best was chosen by its own evaluation, through its own V and M.
+  last = history[-1]
+  assert fileio.read_json(round1.done_path('controller'))['best_score'] == pytest.approx(
+      max(last['eval_mean'], last['centroid_eval_mean']))
   assert fileio.read_json(round1.done_path('evaluate'))['mean'] is not None
 
   summary = (tmp_path / 'run' / 'iterations' / 'summary.md').read_text()

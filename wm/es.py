@@ -143,6 +143,18 @@ def save(folder: str, state: State) -> None:
              **{f'column_{c}': v for c, v in state.columns.items()})
 
 
+def copy_without_best(source: str, target: str) -> None:
+  """Writes the search state of folder `source` into folder `target` (atomically) with its best
+  forgotten: no best score, so the next generations choose a best anew (best.npz is not copied).
+  For a search continued through other V and M (the iterative training's rounds), where the old
+  best's parameters mean something else."""
+  with np.load(os.path.join(source, STATE), allow_pickle=False) as data:
+    arrays = {name: data[name] for name in data.files}
+  arrays.update(best_score=np.float64(-np.inf), best_evaluated=np.bool_(False))
+  with fileio.atomic_path(os.path.join(target, STATE)) as tmp, open(tmp, 'wb') as f:
+    np.savez(f, **arrays)
+
+
 def load(folder: str, settings: Settings) -> State:
   """The saved state (or an empty one), checked against `settings`."""
   path = os.path.join(folder, STATE)

@@ -33,7 +33,7 @@ import time
 
 from absl import flags
 
-from wm import config as config_lib, rollouts
+from wm import config as config_lib, es, rollouts
 from wm.config import Config
 from wm.errors import UserError
 from wm.infra import cli, fileio, pipeline, runs
@@ -42,8 +42,10 @@ FOLDER = 'iterations'  # RUN/iterations/<k>: round k
 SUMMARY = 'summary.md'  # RUN/iterations/summary.md
 # The stages every round runs (play is the user's: python scripts/play.py --run_dir=...).
 ROUND_STAGES = ('collect', 'shard', 'vae', 'encode', 'seq', 'controller', 'evaluate')
+# What each trained stage of a round continues from; the first name marks the copy done. The
+# controller's best.npz is not carried: see continue_from.
 CONTINUED = {'vae': ('checkpoints',), 'seq': ('checkpoints',),
-             'controller': ('es_state.npz', 'history.jsonl', 'best.npz')}
+             'controller': (es.STATE, es.HISTORY)}
 
 
 def round_dir(root: str, k: int) -> str:
@@ -79,7 +81,13 @@ def link_rollouts(previous: runs.Run, run: runs.Run) -> int:
 
 
 def continue_from(previous: runs.Run, run: runs.Run) -> None:
-  """Copies what V, M and the controller continue from, unless the round has started them."""
+  """Copies what V, M and the controller continue from, unless the round has started them.
+
+  The CMA-ES search continues, but not its best: round k-1's best parameters were scored through
+  round k-1's V and M, and through the new ones their inputs mean something else (a first try
+  that kept it scored 10.7 where round 0 had 599.5, while the continued search's own candidates
+  evaluated at 547-565). The round's evaluations choose its best anew (es.copy_without_best).
+  """
   for stage, names in CONTINUED.items():
     source, target = previous.stage_dir(stage), run.stage_dir(stage)
     if os.path.exists(os.path.join(target, names[0])):
@@ -87,7 +95,9 @@ def continue_from(previous: runs.Run, run: runs.Run) -> None:
     os.makedirs(target, exist_ok=True)
     for name in reversed(names):  # the first, which marks the copy done, last
       path = os.path.join(source, name)
-      if os.path.isdir(path):
+      if name == es.STATE:
+        es.copy_without_best(source, target)
+      elif os.path.isdir(path):
         with fileio.atomic_dir(os.path.join(target, name)) as tmp:
           shutil.copytree(path, tmp, dirs_exist_ok=True)
       elif os.path.exists(path):
