@@ -250,8 +250,9 @@ def test_m_on_two_srun_workers_is_preempted_requeued_and_resumes(slurm_cluster, 
   from SlurmClusterResolver). USR1 to the job stops both after the same step; the job requeues
   and both workers resume from that step; the chief alone writes DONE."""
   run_dir = copy_run(debug_encoded, str(tmp_path / 'run'))
+  # 30 minutes: seq.sbatch's own USR1 comes 600 s before the limit, and must not come here.
   submitted = sh('sbatch', '--parsable', '--ntasks=2', '--ntasks-per-node=2', '--cpus-per-task=1',
-                 '--mem=3G', '--time=0:10:00', '--output=/dev/null', 'slurm/seq.sbatch',
+                 '--mem=3G', '--time=0:30:00', '--output=/dev/null', 'slurm/seq.sbatch',
                  f'--run_dir={run_dir}', '--config.seq.train_steps=200',
                  '--config.seq.save_every=50', env=job_env())
   assert submitted.returncode == 0, submitted.stderr
