@@ -160,6 +160,18 @@ def test_a_global_batch_that_does_not_split_is_refused_before_training(debug_dat
   assert not os.path.exists(os.path.join(run_dir, 'vae', 'checkpoints'))
 
 
+def test_the_nan_guard_stops_mirrored_training_with_the_checkpoint_kept(debug_data, tmp_path):
+  """The guard sees the loss summed over the replicas, so every replica stops at the same step."""
+  run_dir = copy_run(debug_data, str(tmp_path / 'run'))
+  result = subprocess.run(
+      stage_argv('train_vae', run_dir, '--config.distribute.cpu_replicas=2',
+                 '--config.vae.learning_rate=1e30', '--config.vae.train_steps=40'),
+      capture_output=True, text=True, env=script_env(), cwd=REPO, timeout=180)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert 'training diverged' in result.stderr and 'Traceback' not in result.stderr
+  assert not os.path.exists(os.path.join(run_dir, 'vae', 'DONE'))
+
+
 # ---------------------------------------------------------------------------- data per worker
 
 
