@@ -52,16 +52,20 @@ def round_dir(root: str, k: int) -> str:
   return root if k == 0 else os.path.join(root, FOLDER, str(k))
 
 
-def round_config(previous: Config, previous_root: str, settings: config_lib.IterateConfig
+def round_config(previous: Config, previous_run: runs.Run, settings: config_lib.IterateConfig
                  ) -> Config:
-  """Round k's config: round k-1's, collecting with its controller and training on from it."""
+  """Round k's config: round k-1's, collecting with its controller and training on from it. The
+  counts continue from what round k-1's DONE markers record it did (overrides given to its
+  stages included)."""
+  done = {stage: fileio.read_json(previous_run.done_path(stage))
+          for stage in ('collect', 'vae', 'seq', 'controller')}
   config = copy.deepcopy(previous)
   config.collect.policy = 'controller'
-  config.collect.controller_run = os.path.abspath(previous_root)
-  config.collect.num_rollouts = previous.collect.num_rollouts + settings.rollouts
-  config.vae.train_steps = previous.vae.train_steps + settings.vae_steps
-  config.seq.train_steps = previous.seq.train_steps + settings.seq_steps
-  config.controller.generations = previous.controller.generations + settings.generations
+  config.collect.controller_run = os.path.abspath(previous_run.root)
+  config.collect.num_rollouts = done['collect']['rollouts'] + settings.rollouts
+  config.vae.train_steps = done['vae']['step'] + settings.vae_steps
+  config.seq.train_steps = done['seq']['step'] + settings.seq_steps
+  config.controller.generations = done['controller']['generations'] + settings.generations
   config.iterate = copy.deepcopy(settings)
   return config_lib.validate(config)
 
@@ -115,7 +119,7 @@ def prepare(root: str, k: int, settings: config_lib.IterateConfig) -> runs.Run:
   os.makedirs(run.root, exist_ok=True)
   if not os.path.exists(run.config_path):
     before = config_lib.load_json(previous.config_path)
-    config = round_config(before, previous.root, settings)
+    config = round_config(before, previous, settings)
     fileio.write_text(run.config_path, config_lib.to_json(config) + '\n')
   linked = link_rollouts(previous, run)
   continue_from(previous, run)
