@@ -51,5 +51,5 @@ def precision(setting: str) -> str:
 def describe(setting: str) -> dict[str, str]:
   """What a snapshot records: the setting, what it resolved to and why."""
   native, why = native_bfloat16()
-  return {'setting': setting, 'precision': precision(setting),
-          'native_bfloat16': native, 'device': why}
+  chosen = setting if setting != 'auto' else ('bfloat16' if native else 'float32')
+  return {'setting': setting, 'precision': chosen, 'native_bfloat16': native, 'device': why}

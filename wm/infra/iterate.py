@@ -171,10 +171,7 @@ def main(argv: list[str]) -> None:
   settings = cli.resolve_config(root, overrides).iterate
   config = flags.FLAGS.config if flags.FLAGS['config'].present else None
   os.makedirs(root, exist_ok=True)
-  with fileio.claim(os.path.join(root, pipeline.LOCK)) as held:
-    if not held:
-      raise UserError(f'a pipeline or iterate is running in {root} (host and pid: '
-                      f'{fileio.claim_holder(os.path.join(root, pipeline.LOCK))}): wait for it')
+  with pipeline.run_lock(root):
     for k in range(settings.iterations + 1):
       run = runs.Run(root) if k == 0 else prepare(root, k, settings)
       print(f'== round {k} of {settings.iterations}: {run.root}', flush=True)

@@ -15,6 +15,7 @@ what to do where redoing would resume from the old inputs (CANNOT_REDO).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
@@ -236,6 +237,20 @@ def selected_stages() -> list[StageCommand]:
   return [s for s in STAGES if s.name in wanted]
 
 
+@contextlib.contextmanager
+def run_lock(root: str):
+  """Holds RUN/.pipeline.claim while stages run there (the pipeline's, or iterate's); a second
+  holder is refused, naming the first."""
+  with fileio.claim(os.path.join(root, LOCK)) as held:
+    if not held:
+      raise UserError(
+          f'another pipeline is running in {root} (host and pid: '
+          f'{fileio.claim_holder(os.path.join(root, LOCK))}): wait for it to finish. If it '
+          'was killed, its lock is taken over at once on the same host, or after '
+          f'{fileio.LEASE_S:.0f}s unrenewed from another host.')
+    yield
+
+
 @cli.exits_on_user_error
 def main(argv: list[str]) -> None:
   del argv  # parse() refused positional arguments
@@ -247,13 +262,7 @@ def main(argv: list[str]) -> None:
   run = runs.Run(flags.FLAGS.run_dir)
   config = flags.FLAGS.config if flags.FLAGS['config'].present else None
   os.makedirs(run.root, exist_ok=True)
-  with fileio.claim(os.path.join(run.root, LOCK)) as held:
-    if not held:
-      raise UserError(
-          f'another pipeline is running in {run.root} (host and pid: '
-          f'{fileio.claim_holder(os.path.join(run.root, LOCK))}): wait for it to finish. If it '
-          'was killed, its lock is taken over at once on the same host, or after '
-          f'{fileio.LEASE_S:.0f}s unrenewed from another host.')
+  with run_lock(run.root):
     start = time.perf_counter()
     reports, code = run_stages(run, stages, config, cli.overrides(), _PARALLELISM.value,
                                resolved)
