@@ -4,6 +4,9 @@ Input:  nothing (collects its own data into --work_dir, default a temporary fold
 Output: the ratios the data stages must reach, printed as a table (and --json_out if given):
   collect/overhead  collector steps/s with 1 worker / raw env+policy steps/s     (goal >= 0.95)
   collect/scaling   collector steps/s with 2 workers / with 1 worker              (goal >= 1.8)
+                    (each side plays whole episodes until --min_steps / --scaling_steps, as a
+                    stage of hundreds of rollouts does: a short episode, Doom's ~217 steps,
+                    would otherwise measure making the environment and starting the workers)
   data/frames_per_s raw dataset builder output frames/s (all frames of each rollout, and 100 of
                     each)                                                          (goal >= 30k)
   env/action_repeat raw env+policy frames/s at the preset's env.action_repeat / at 1 (context:
@@ -39,7 +42,11 @@ from wm import config as config_lib, envs, policies
 from wm.stages import collect
 
 _STEPS = flags.DEFINE_integer('steps', 500, 'Steps per rollout.')
-_ROLLOUTS = flags.DEFINE_integer('rollouts', 8, 'Rollouts per scaling measurement.')
+_ROLLOUTS = flags.DEFINE_integer('rollouts', 8, 'Rollouts per scaling measurement, at least.')
+_MIN_STEPS = flags.DEFINE_integer('min_steps', 4000, 'Steps each side of the overhead ratio '
+                                  'plays at least: whole episodes, as many as it takes.')
+_SCALING_STEPS = flags.DEFINE_integer('scaling_steps', 20000, 'Steps each side of the scaling '
+                                      'ratio collects at least (the workers start once a stage).')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds per ratio.')
 _WORK_DIR = flags.DEFINE_string('work_dir', None, 'Scratch folder (default: a temp folder).')
 _JSON_OUT = flags.DEFINE_string('json_out', None, 'Also write the results here.')
@@ -57,15 +64,32 @@ def make_config(num_rollouts: int) -> config_lib.Config:
 def raw_steps_per_s(config, seed: int) -> float:
   """The env and policy alone: no frames kept, nothing written."""
   env = envs.make(config.env)
+  start = time.perf_counter()
+  steps = play_random(env, config, seed)
+  return steps / (time.perf_counter() - start)
+
+
+def raw_episodes_steps_per_s(config, seeds: list[int]) -> float:
+  """The collector's work without the collector: make the env once, then play `seeds`' episodes
+  with the random policy, keeping no frames and writing nothing."""
+  start = time.perf_counter()
+  env = envs.make(config.env)
+  steps = sum(play_random(env, config, seed) for seed in seeds)
+  env.close()
+  return steps / (time.perf_counter() - start)
+
+
+def play_random(env, config, seed: int) -> int:
+  """Steps of one episode of the preset's random policy."""
   policy = policies.make_random(config.collect, env.action_space)
-  frame, steps, start = env.reset(seed=seed), 0, time.perf_counter()
+  frame, steps = env.reset(seed=seed), 0
   policy.reset(seed)
   for _ in range(config.env.agent_steps()):
     frame, _, terminated, truncated = env.step(policy.act(frame).action)
     steps += 1
     if terminated or truncated:
       break
-  return steps / (time.perf_counter() - start)
+  return steps
 
 
 def alternating_env_rates(first: dict, second: dict) -> tuple[float, float]:
@@ -108,27 +132,35 @@ def main(argv):
   results = collector_ratios(work)
   if flags.FLAGS.config.split(':')[0].endswith('carracing.py'):
     results.update(carracing_ratios())
-  results.update(reading_rates(work))
+  results.update(reading_rates(work, int(results['collect/scaling_rollouts'])))
   report(results)
 
 
 def collector_ratios(work: str) -> dict[str, float]:
-  """Overhead: raw loop vs the collector (one worker, in process), same seeds, alternating;
-  scaling: 1 worker vs 2 workers on the same rollouts."""
+  """Overhead: the raw loop vs the collector (one worker, in process) on the same episodes,
+  alternating; scaling: 1 worker vs 2 workers on the same rollouts. Episode counts come from
+  the length of a first raw episode (which also warms the environment up)."""
+  config = make_config(1)
+  length = max(1, play_random(envs.make(config.env), config, collection_seed(config, 0)))
+  overhead_rollouts = -(-_MIN_STEPS.value // length)
+  scaling_rollouts = max(_ROLLOUTS.value, -(-_SCALING_STEPS.value // length))
   overhead, scaling = [], []
   for r in range(_ROUNDS.value):
-    config = make_config(1)
-    raw = raw_steps_per_s(config, seed=collection_seed(config, 0))
+    config = make_config(overhead_rollouts)
+    seeds = [collection_seed(config, i) for i in range(overhead_rollouts)]
+    raw = raw_episodes_steps_per_s(config, seeds)
     collected = collector_steps_per_s(config, os.path.join(work, f'overhead-{r}'), 1)
     overhead.append((raw, collected))
   for r in range(_ROUNDS.value):
-    config = make_config(_ROLLOUTS.value)
+    config = make_config(scaling_rollouts)
     one = collector_steps_per_s(config, os.path.join(work, f'scale1-{r}'), 1)
     two = collector_steps_per_s(config, os.path.join(work, f'scale2-{r}'), 2)
     scaling.append((one, two))
   raw, collected = np.median(overhead, axis=0)
   one, two = np.median(scaling, axis=0)
-  return {'collect/raw_env_steps_per_s': raw, 'collect/collector_steps_per_s_1_worker': collected,
+  return {'collect/episode_steps': length, 'collect/overhead_rollouts': overhead_rollouts,
+          'collect/scaling_rollouts': scaling_rollouts, 'collect/raw_env_steps_per_s': raw,
+          'collect/collector_steps_per_s_1_worker': collected,
           'collect/overhead_ratio': collected / raw, 'collect/steps_per_s_2_workers': two,
           'collect/scaling_ratio': two / one}
 
@@ -148,10 +180,10 @@ def carracing_ratios() -> dict[str, float]:
           'env/render_scale_ratio': small / full}
 
 
-def reading_rates(work: str) -> dict[str, float]:
-  """Shards the last scaling data set and reads it back."""
+def reading_rates(work: str, num_rollouts: int) -> dict[str, float]:
+  """Shards the last scaling data set (num_rollouts rollouts) and reads it back."""
   from wm.stages import shard
-  config = make_config(_ROLLOUTS.value)
+  config = make_config(num_rollouts)
   config.records.shard_size_mb = 1.0
   config.records.valid_fraction = 0.0
   source = os.path.join(work, f'scale2-{_ROUNDS.value - 1}')

@@ -66,3 +66,31 @@ def test_losses_ignore_masked_steps():
   assert np.isclose(float(terms['latent_nll']), expected, rtol=1e-5)
   total = terms['latent_nll'] + terms['reward_nll'] + terms['done_nll']
   assert np.isclose(float(terms['loss']), float(total))
+
+
+def test_a_done_weight_keeps_the_done_probability_calibrated():
+  # 1 step in 20 ends: whatever seq.done_weight is, the loss is least where the done logit is
+  # the true log-odds, so the dream's episode ends keep the data's rate.
+  lead = (1, 200)
+  done = np.zeros(lead, np.float32)
+  done[0, ::20] = 1.0
+  mask = tf.ones(lead)
+  rng = np.random.default_rng(3)
+  base = random_prediction(rng, lead=lead)
+  truth = np.log(0.05 / 0.95)
+  candidates = np.linspace(truth - 1, truth + 1, 201)
+
+  def best_logit(weight):
+    losses = [float(mdn.losses(dataclasses.replace(base, done_logit=tf.fill(lead, float(c))),
+                               base.means[..., 0], base.reward, done, mask,
+                               done_weight=weight)['loss']) for c in candidates]
+    return candidates[int(np.argmin(losses))]
+
+  for weight in (1.0, 10.0):
+    assert abs(best_logit(weight) - truth) < 0.02, weight
+  # The reported done_nll is the plain cross-entropy; only the loss weighs the ends more.
+  at = dataclasses.replace(base, done_logit=tf.fill(lead, float(truth)))
+  plain = mdn.losses(at, base.means[..., 0], base.reward, done, mask)
+  weighted = mdn.losses(at, base.means[..., 0], base.reward, done, mask, done_weight=10.0)
+  assert np.isclose(float(plain['done_nll']), float(weighted['done_nll']))
+  assert float(weighted['loss']) > float(plain['loss'])

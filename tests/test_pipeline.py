@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import DEBUG, REPO, copy_run, run_script, script_env
-from wm.infra import pipeline, quiet, runs
+from wm.infra import changes, pipeline, quiet, runs
 
 # Holds the run dir's pipeline lock as a running pipeline does, until killed.
 _HOLDER = textwrap.dedent('''
@@ -149,5 +149,27 @@ def test_a_rerun_with_another_config_tops_up_or_refuses_never_skips(debug_data, 
   assert 'collect finished with other settings: env.max_steps 40 -> 30' in other.stderr
   assert 'another --run_dir' in other.stderr and 'Traceback' not in other.stderr
 
-  same = _pipeline(run_dir, '--config.collect.num_rollouts=8', stages='collect,shard')
+  # The exploration noise acts only for policy=controller: a random collection stands.
+  same = _pipeline(run_dir, '--config.collect.num_rollouts=8', '--config.collect.action_noise=0.5',
+                   stages='collect,shard')
   assert same.returncode == 0 and 'collect: done already' in same.stdout
+
+
+def test_a_field_newer_than_a_stored_config_counts_as_its_default():
+  stored = {'seq': {'hidden_size': 256}}  # written before seq.done_weight existed
+  now = changes.with_defaults({'seq': {'hidden_size': 256}})
+  assert changes.field_changes(runs.flat_fields(changes.with_defaults(stored), ['seq']),
+                               runs.flat_fields(now, ['seq'])) == {}
+  heavier = dict(now, seq=dict(now['seq'], done_weight=10.0))
+  assert changes.field_changes(runs.flat_fields(changes.with_defaults(stored), ['seq']),
+                               runs.flat_fields(heavier, ['seq'])) == {
+                                   'seq.done_weight': (1.0, 10.0)}
+
+
+def test_fields_that_act_only_under_a_policy_count_only_under_it():
+  random_policy = {'collect': {'policy': 'random', 'action_noise': 0.1, 'controller_run': ''}}
+  noisier = {'collect': {'policy': 'random', 'action_noise': 0.3, 'controller_run': 'r'}}
+  assert runs.config_key(random_policy, 'collect') == runs.config_key(noisier, 'collect')
+  driven = {'collect': dict(random_policy['collect'], policy='controller')}
+  driven_noisier = {'collect': dict(noisier['collect'], policy='controller')}
+  assert runs.config_key(driven, 'collect') != runs.config_key(driven_noisier, 'collect')

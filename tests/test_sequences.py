@@ -54,6 +54,25 @@ def test_windows_never_cross_a_rollout(synthetic_encoded):
   assert seen_padding and seen_short
 
 
+def test_windows_from_the_episode_start_begin_at_multiples_of_the_length(synthetic_encoded):
+  # seq.window_start=episode: every rollout is read from its first step, with no random offset.
+  truth = rollouts_by_index()
+  length = 10
+  data = sequences.train_batches(paths(synthetic_encoded, 'train'), length, batch_size=4,
+                                 shuffle_buffer=16, seed=1, from_start=True)
+  starts = set()
+  for batch in data.take(30).as_numpy_iterator():
+    for i in range(4):
+      start = int(batch['start'][i])
+      assert start % length == 0, start
+      rollout = truth[int(batch['index'][i])]
+      real = int(batch['mask'][i].sum())
+      np.testing.assert_allclose(batch['actions'][i][:real],
+                                 rollout['actions'][start:start + real])
+      starts.add(start)
+  assert 0 in starts and len(starts) > 1
+
+
 def test_validation_windows_are_fixed_and_cover_every_step(synthetic_encoded):
   truth = rollouts_by_index()
   data = sequences.valid_batches(paths(synthetic_encoded, 'valid'), 10, batch_size=3, seed=5)

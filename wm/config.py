@@ -111,6 +111,8 @@ class SeqConfig:
   valid_every: int = 500  # evaluate on the validation split every this many steps (and at the end)
   valid_batches: int = 10  # validation batches per evaluation at most
   grad_clip: float = 1.0  # clip gradients to this global norm (0: no clipping)
+  window_start: str = 'random'  # training windows start at a random offset each pass | episode: at t = 0, L, 2L, ... (as dreams start)
+  done_weight: float = 1.0  # weight of terminated steps in the done loss (rare ends; the paper's Doom M: 10); the done probability stays calibrated
   shuffle_buffer: int = 1000  # training windows in the shuffle buffer
   temperature: float = 1.0  # sampling temperature of the mixture
   num_layers: int = 2  # transformer: attention blocks
@@ -386,6 +388,7 @@ _CHOICES = {
     'controller.rest': ('middle', 'low'),
     'controller.mode': ('real', 'dream'),
     'controller.dream_done': ('sample', 'threshold'),
+    'seq.window_start': ('random', 'episode'),
     'vae.precision': ('auto', 'float32', 'bfloat16'),
     'distribute.strategy': ('auto', 'one_device', 'mirrored', 'multi_worker'),
 }
@@ -397,7 +400,7 @@ _POSITIVE = (
     'vae.log_every', 'vae.valid_batches', 'encode.batch_size', 'seq.hidden_size',
     'seq.num_mixtures', 'seq.sequence_length', 'seq.batch_size', 'seq.learning_rate',
     'seq.train_steps', 'seq.save_every', 'seq.log_every', 'seq.valid_every', 'seq.valid_batches',
-    'seq.shuffle_buffer', 'seq.temperature', 'seq.num_layers',
+    'seq.shuffle_buffer', 'seq.temperature', 'seq.num_layers', 'seq.done_weight',
     'seq.num_heads', 'controller.hidden_units', 'controller.population_size',
     'controller.trials', 'controller.generations', 'controller.init_sigma',
     'controller.dream_temperature', 'controller.eval_every', 'controller.eval_episodes',

@@ -18,6 +18,10 @@ rollouts are kept rather than dropped because the episodes that end early (the c
 track) are the ones that teach the done head. Training draws a random offset o < L each pass (the
 first o steps are covered on other passes) and fresh latent samples; validation uses o = 0 and
 latent samples seeded by the rollout index, so its NLL is comparable across evaluations.
+With seq.window_start=episode training uses o = 0 too: M then learns every window from an
+episode's first step with a fresh state, as a dream episode runs, and with a sequence_length
+longer than most episodes it learns what a whole episode's memory holds (Doom's health is not
+on screen: when a hit kills depends on the hits before it).
 """
 
 from __future__ import annotations
@@ -66,12 +70,17 @@ def _rollouts(paths: list[str], shuffle: bool, seed: int | None,
 
 
 def train_batches(paths: list[str], length: int, batch_size: int, shuffle_buffer: int = 1000,
-                  seed: int | None = None, shard: InputShard | None = None) -> tf.data.Dataset:
-  """Endless shuffled batches of windows with random offsets and fresh latent samples, from all
-  the rollouts or from `shard`'s part of them."""
+                  seed: int | None = None, shard: InputShard | None = None,
+                  from_start: bool = False) -> tf.data.Dataset:
+  """Endless shuffled batches of windows with random offsets (or, `from_start`, windows at
+  t = 0, L, 2L, ...: every window chain starts where an episode does) and fresh latent samples,
+  from all the rollouts or from `shard`'s part of them."""
 
   def cut(rollout):
-    offset = tf.random.uniform([], 0, length, tf.int32)
+    if from_start:
+      offset = tf.constant(0)
+    else:
+      offset = tf.random.uniform([], 0, length, tf.int32)
     noise = tf.random.normal(tf.shape(rollout['mu']))
     return windows(rollout, length, offset, noise)
 

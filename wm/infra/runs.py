@@ -66,6 +66,10 @@ TOP_UPS = {'collect.num_rollouts', 'vae.train_steps', 'seq.train_steps',
 # the device does: a V trained in bfloat16 is kept when float32 is asked for, and shared by sweeps.)
 NO_EFFECT = {'env.render_scale', 'encode.batch_size', 'controller.test_episodes',
              'vae.precision'}
+# Fields that act only when another field has a value: {field: (that field, its value)}. Elsewhere
+# they are left out, so a random-policy collection is not redone for a new exploration noise.
+ONLY_WHEN = {'collect.controller_run': ('collect.policy', 'controller'),
+             'collect.action_noise': ('collect.policy', 'controller')}
 
 
 def flat_fields(config: dict[str, Any], sections: Iterable[str]) -> dict[str, Any]:
@@ -81,7 +85,8 @@ def flat_fields(config: dict[str, Any], sections: Iterable[str]) -> dict[str, An
   for old, (new, convert) in config_lib.RENAMED.items():  # a config.json of older code
     if old in flat:
       flat[new] = convert(flat.pop(old))
-  return {k: v for k, v in flat.items() if k not in NO_EFFECT}
+  return {k: v for k, v in flat.items() if k not in NO_EFFECT and
+          (k not in ONLY_WHEN or flat.get(ONLY_WHEN[k][0]) == ONLY_WHEN[k][1])}
 
 
 def stage_fields(config: dict[str, Any], stage: str) -> dict[str, Any]:

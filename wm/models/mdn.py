@@ -85,12 +85,16 @@ def sample(prediction: Prediction, temperature: float = 1.0, seed: Any = None) -
 
 
 def losses(prediction: Prediction, z_next: tf.Tensor, reward: tf.Tensor, done: tf.Tensor,
-           mask: tf.Tensor) -> dict[str, tf.Tensor]:
-  """Masked mean training terms over [B, T] steps, and their sum as 'loss'.
+           mask: tf.Tensor, done_weight: float = 1.0) -> dict[str, tf.Tensor]:
+  """Masked mean training terms over [B, T] steps, and the training loss as 'loss'.
 
   latent_nll: -log p(z_next), averaged over latent dimensions (the paper's scale);
   reward_nll: 0.5 * squared error (a unit-variance Gaussian's NLL without its constant);
   done_nll:   sigmoid cross-entropy of the done logit against `done` (terminated).
+  loss:       their sum, with the done term's terminated steps weighted by `done_weight`
+              (seq.done_weight). The weighted term is taken at logit + log(done_weight), whose
+              optimum is log(done_weight) + the true log-odds: the logit itself stays calibrated
+              (what the dream draws episode ends from), only the rare ends weigh more.
   """
   mask = tf.cast(mask, tf.float32)
   count = tf.maximum(tf.reduce_sum(mask), 1.0)
@@ -101,9 +105,14 @@ def losses(prediction: Prediction, z_next: tf.Tensor, reward: tf.Tensor, done: t
   latent = -tf.reduce_mean(log_prob(prediction.logits, prediction.means, prediction.log_stds,
                                     z_next), axis=-1)
   reward_term = 0.5 * tf.square(prediction.reward - reward)
-  done_term = tf.nn.sigmoid_cross_entropy_with_logits(tf.cast(done, tf.float32),
-                                                      prediction.done_logit)
+  done = tf.cast(done, tf.float32)
+  done_term = tf.nn.sigmoid_cross_entropy_with_logits(done, prediction.done_logit)
   terms = {'latent_nll': mean(latent), 'reward_nll': mean(reward_term),
            'done_nll': mean(done_term)}
-  terms['loss'] = terms['latent_nll'] + terms['reward_nll'] + terms['done_nll']
+  if done_weight == 1.0:
+    weighted = terms['done_nll']
+  else:
+    weighted = mean(tf.nn.weighted_cross_entropy_with_logits(
+        done, prediction.done_logit + math.log(done_weight), done_weight))
+  terms['loss'] = terms['latent_nll'] + terms['reward_nll'] + weighted
   return terms

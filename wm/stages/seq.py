@@ -60,10 +60,10 @@ class Trainer:
   """
 
   def __init__(self, model, learning_rate: float, grad_clip: float = 0.0,
-               dist: distribute.Distribution | None = None):
+               dist: distribute.Distribution | None = None, done_weight: float = 1.0):
     """Under `dist` (default: one device), make the model and this in dist.scope()."""
     self.model = model
-    self.grad_clip = grad_clip
+    self.grad_clip, self.done_weight = grad_clip, done_weight
     self.dist = dist or distribute.one_device()
     self.optimizer = tf.keras.optimizers.Adam(learning_rate)
     model.build_for_loading()
@@ -75,14 +75,15 @@ class Trainer:
 
   def _terms(self, batch: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
     prediction = self.model.predict_sequence(batch['z'], batch['actions'], training=training)
-    return mdn.losses(prediction, batch['z_next'], batch['reward'], batch['done'], batch['mask'])
+    return mdn.losses(prediction, batch['z_next'], batch['reward'], batch['done'], batch['mask'],
+                      self.done_weight)
 
   def _loss_step(self, outputs: tf.Tensor, targets: dict[str, tf.Tensor]):
     """The head's dense outputs [B, T, D] -> (terms, d loss / d outputs)."""
     with tf.GradientTape() as tape:
       tape.watch(outputs)
       terms = mdn.losses(self.model.head.unpack(outputs), targets['z_next'], targets['reward'],
-                         targets['done'], targets['mask'])
+                         targets['done'], targets['mask'], self.done_weight)
     return terms, tape.gradient(terms['loss'], outputs)
 
   def gradients(self, batch: dict[str, tf.Tensor], share: tf.Tensor | float = 1.0):
@@ -178,8 +179,9 @@ def fit_and_validate(stage: cli.Stage, trainer: Trainer, checkpoints: training.C
   final valid terms."""
   seq, seed, dist = stage.config.seq, stage.config.seed, trainer.dist
   train_data = dist.datasets(
-      lambda part: sequences.train_batches(train_paths, seq.sequence_length, part.batch_size,
-                                           seq.shuffle_buffer, seed=seed, shard=part),
+      lambda part: sequences.train_batches(
+          train_paths, seq.sequence_length, part.batch_size, seq.shuffle_buffer, seed=seed,
+          shard=part, from_start=seq.window_start == 'episode'),
       seq.batch_size, 'seq.batch_size')
   valid_paths = valid_paths if dist.chief else []  # validation is the chief's, computed once
   valid_data = valid_paths and sequences.valid_batches(valid_paths, seq.sequence_length,
@@ -213,7 +215,7 @@ def train(stage: cli.Stage, dist: distribute.Distribution | None = None
   dist.check_rollouts(int(manifest['num_rollouts']), run.split_dir('encode', 'train'))
   with dist.scope():
     model = registry.sequence_model_class(seq.model)(**kwargs)
-    trainer = Trainer(model, seq.learning_rate, seq.grad_clip, dist)
+    trainer = Trainer(model, seq.learning_rate, seq.grad_clip, dist, seq.done_weight)
   checkpoints = training.Checkpoints(stage.dir, model, trainer.optimizer, seq.model, kwargs,
                                      'seq', dist)
   checkpoints.restore(seq.learning_rate)
