@@ -198,10 +198,15 @@ def test_dream_episodes_end_with_m_s_done_probability():
   logit = tf.fill([20000], float(np.log(0.05 / 0.95)))
   seed = tf.constant([3, 4], tf.int64)
   sample = Dream.__new__(Dream)
-  sample.done_rule = 'sample'
+  sample.done_rule, sample.done_shift = 'sample', 0.0
   ended = sample._ends(logit, 20000, seed).numpy().mean()
   assert 0.04 < ended < 0.06, ended
   threshold = Dream.__new__(Dream)
-  threshold.done_rule = 'threshold'
+  threshold.done_rule, threshold.done_shift = 'threshold', 0.0
   assert threshold._ends(logit, 20000, seed).numpy().sum() == 0
   assert threshold._ends(-logit, 20000, seed).numpy().all()
+  # controller.dream_done_odds=19 turns odds 1:19 into 1:1: half the steps end.
+  cautious = Dream.__new__(Dream)
+  cautious.done_rule, cautious.done_shift = 'sample', float(np.log(19.0))
+  ended = cautious._ends(logit, 20000, seed).numpy().mean()
+  assert 0.48 < ended < 0.52, ended

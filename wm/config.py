@@ -132,6 +132,7 @@ class ControllerConfig:
   mode: str = 'dream'  # where candidates are evaluated: dream (inside M) | real (the env)
   dream_temperature: float = 1.15  # dream: sampling temperature of M
   dream_done: str = 'sample'  # dream: an episode ends with M's done probability | threshold (> 0.5)
+  dream_done_odds: float = 1.0  # dream: M's odds of an episode's end times this (> 1: a cautious dream, harder than M predicts)
   eval_every: int = 25  # every this many generations the best is evaluated in the real env
   eval_episodes: int = 16  # ... over this many episodes
   test_episodes: int = 20  # scripts/evaluate.py: episodes (the paper's table used 100)
@@ -401,7 +402,7 @@ _POSITIVE = (
     'seq.num_mixtures', 'seq.sequence_length', 'seq.batch_size', 'seq.learning_rate',
     'seq.train_steps', 'seq.save_every', 'seq.log_every', 'seq.valid_every', 'seq.valid_batches',
     'seq.shuffle_buffer', 'seq.temperature', 'seq.num_layers', 'seq.done_weight',
-    'seq.num_heads', 'controller.hidden_units', 'controller.population_size',
+    'seq.num_heads', 'controller.dream_done_odds', 'controller.hidden_units', 'controller.population_size',
     'controller.trials', 'controller.generations', 'controller.init_sigma',
     'controller.dream_temperature', 'controller.eval_every', 'controller.eval_episodes',
     'controller.test_episodes',

@@ -5,12 +5,15 @@ distribution of first frames' latents (RUN/seq/initial_latents.npz), then for
 env.agent_steps() steps: the controller acts on (z, h), M predicts the next latent (sampled at
 controller.dream_temperature), the reward and the episode's end (its reward and done heads;
 with controller.dream_done=sample an episode ends with the predicted probability of its end,
-drawn each step; with threshold, once that probability passes 0.5). The loop is one compiled
+drawn each step; with threshold, once that probability passes 0.5; either after its odds are
+multiplied by controller.dream_done_odds, which makes a cautious dream above 1). The loop is one compiled
 `tf.function` (a `tf.while_loop` over the steps); the noise comes from stateless seeds, so a
 generation's dream is the same on every rerun.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import tensorflow as tf
@@ -24,18 +27,20 @@ class Dream:
   """Evaluates candidate parameters [P, n] over `trials` dream episodes each."""
 
   def __init__(self, world: WorldModel, start: artifacts.StartLatents, max_steps: int,
-               temperature: float, use_done: bool = True, done_rule: str = 'sample'):
+               temperature: float, use_done: bool = True, done_rule: str = 'sample',
+               done_odds: float = 1.0):
     self.world, self.start = world, start
     self.max_steps, self.temperature = max_steps, temperature
     self.use_done = use_done  # False runs every episode max_steps (the benchmark's untrained M)
     self.done_rule = done_rule  # controller.dream_done: sample | threshold
+    self.done_shift = math.log(done_odds)  # controller.dream_done_odds, added to the logit
     self._run = tf.function(self._episodes, reduce_retracing=True)
 
   @classmethod
   def load(cls, world: WorldModel, run: runs.Run, max_steps: int, temperature: float,
-           use_done: bool = True, done_rule: str = 'sample') -> 'Dream':
+           use_done: bool = True, done_rule: str = 'sample', done_odds: float = 1.0) -> 'Dream':
     return cls(world, artifacts.StartLatents.of_run(run, world.encoder.z_size), max_steps,
-               temperature, use_done, done_rule)
+               temperature, use_done, done_rule, done_odds)
 
   def evaluate(self, params: np.ndarray, trials: int, seed: int) -> np.ndarray:
     """Mean dream return per candidate [P]; `seed` fixes starts and M's sampling noise."""
@@ -84,8 +89,8 @@ class Dream:
     """Which episodes end after this step: drawn with M's done probability ('sample': a rare
     death the data shows at 5% a step ends 5% of dream steps too), or where it is over 0.5
     ('threshold': a rare event may then never end a dream)."""
-    logit = tf.reshape(done_logit, [batch])
+    logit = tf.cast(tf.reshape(done_logit, [batch]), tf.float32) + self.done_shift
     if self.done_rule == 'threshold':
       return logit > 0
     draw = tf.random.stateless_uniform([batch], tf.random.experimental.stateless_fold_in(seed, 1))
-    return draw < tf.sigmoid(tf.cast(logit, tf.float32))
+    return draw < tf.sigmoid(logit)

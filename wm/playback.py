@@ -13,6 +13,7 @@ return so far. Without rendering (play's --alg_render) none of that code runs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any, Callable, Sequence
 
@@ -52,8 +53,11 @@ def sample_seed(seed: int, step: int) -> tuple[int, int]:
   return (seed % (2**31 - 1), step)
 
 
-def _ends(done_logit: float, done_rule: str, rng: np.random.Generator) -> bool:
-  """Whether M ends the dream here, by controller.dream_done's rule (as wm/dream.py)."""
+def _ends(done_logit: float, done_rule: str, rng: np.random.Generator,
+          done_odds: float = 1.0) -> bool:
+  """Whether M ends the dream here, by controller.dream_done's rule and dream_done_odds (as
+  wm/dream.py)."""
+  done_logit += math.log(done_odds)
   if done_rule == 'threshold':
     return done_logit > 0
   return rng.random() < 1.0 / (1.0 + np.exp(-done_logit))
@@ -155,7 +159,8 @@ def play_episode(env, policy: Policy, seed: int, sinks: Sequence[Sink] = ()) -> 
 
 def dream_episode(world: artifacts.Models, start: artifacts.StartLatents | None, policy: Policy,
                   seed: int, temperature: float, max_steps: int, action_space: gym.Space,
-                  sinks: Sequence[Sink] = (), done_rule: str = 'sample') -> EpisodeResult:
+                  sinks: Sequence[Sink] = (), done_rule: str = 'sample',
+                  done_odds: float = 1.0) -> EpisodeResult:
   """One episode inside M: frames decoded from M's own samples, the policy acting on them.
 
   The first latent is the mean latent of a real rollout's first frame (`start`, from
@@ -198,7 +203,7 @@ def dream_episode(world: artifacts.Models, start: artifacts.StartLatents | None,
       image = show(frame, step.info, returns, max_steps)
       for sink in sinks:
         sink(image)
-    if _ends(float(_numpy(prediction.done_logit).ravel()[0]), done_rule, rng):
+    if _ends(float(_numpy(prediction.done_logit).ravel()[0]), done_rule, rng, done_odds):
       break
     z = seq.sample(prediction, temperature, seed=sample_seed(seed, steps))
   return EpisodeResult(total, steps)

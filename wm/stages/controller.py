@@ -51,7 +51,8 @@ class Episodes:
     self.local = None  # made on first use: a dream-only search never starts the workers
     # The dream: fitness in dream mode, and in both modes the dream half of every evaluation.
     self.dream = Dream.load(model, stage.run, self.config.env.agent_steps(),
-                            self.c.dream_temperature, done_rule=self.c.dream_done)
+                            self.c.dream_temperature, done_rule=self.c.dream_done,
+                            done_odds=self.c.dream_done_odds)
 
   def real(self) -> evaluation.Evaluator:
     if self.mpi_evaluator is not None:

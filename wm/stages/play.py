@@ -110,7 +110,8 @@ def play_episodes(stage: cli.Stage, options: Options, env, world, policy,
       result = playback.dream_episode(world, start, policy, seed,
                                       config.controller.dream_temperature,
                                       config.env.agent_steps(), env.action_space, sinks,
-                                      config.controller.dream_done)
+                                      config.controller.dream_done,
+                                      config.controller.dream_done_odds)
     else:
       result = playback.play_episode(env, policy, seed, sinks)
     results.append(result)
