@@ -5,7 +5,7 @@ Output: the ratios the data stages must reach, printed as a table (and --json_ou
   collect/overhead  collector steps/s with 1 worker / raw env+policy steps/s     (goal >= 0.95)
   collect/scaling   collector steps/s with 2 workers / with 1 worker              (goal >= 1.8)
                     (each side plays whole episodes until --min_steps / --scaling_steps, as a
-                    stage of hundreds of rollouts does: a short episode, Doom's ~217 steps,
+                    stage of hundreds of rollouts does: a short episode, Doom's ~200-300 steps,
                     would otherwise measure making the environment and starting the workers)
   data/frames_per_s raw dataset builder output frames/s (all frames of each rollout, and 100 of
                     each)                                                          (goal >= 30k)
