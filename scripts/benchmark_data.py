@@ -141,7 +141,9 @@ def collector_ratios(work: str) -> dict[str, float]:
   alternating; scaling: 1 worker vs 2 workers on the same rollouts. Episode counts come from
   the length of a first raw episode (which also warms the environment up)."""
   config = make_config(1)
-  length = max(1, play_random(envs.make(config.env), config, collection_seed(config, 0)))
+  env = envs.make(config.env)
+  length = max(1, play_random(env, config, collection_seed(config, 0)))
+  env.close()
   overhead_rollouts = -(-_MIN_STEPS.value // length)
   scaling_rollouts = max(_ROLLOUTS.value, -(-_SCALING_STEPS.value // length))
   overhead, scaling = [], []

@@ -41,15 +41,18 @@ def native_bfloat16() -> tuple[bool, str]:
   return False, 'CPU without avx512_bf16 or amx_bf16'
 
 
-def precision(setting: str) -> str:
-  """float32 or bfloat16: `setting` itself, or for 'auto' what the device computes natively."""
+def precision(setting: str, native: bool | None = None) -> str:
+  """float32 or bfloat16: `setting` itself, or for 'auto' what the device computes natively
+  (`native`: native_bfloat16()'s answer, when the caller has asked already)."""
   if setting != 'auto':
     return setting
-  return 'bfloat16' if native_bfloat16()[0] else 'float32'
+  if native is None:
+    native = native_bfloat16()[0]
+  return 'bfloat16' if native else 'float32'
 
 
 def describe(setting: str) -> dict[str, str]:
   """What a snapshot records: the setting, what it resolved to and why."""
   native, why = native_bfloat16()
-  chosen = setting if setting != 'auto' else ('bfloat16' if native else 'float32')
-  return {'setting': setting, 'precision': chosen, 'native_bfloat16': native, 'device': why}
+  return {'setting': setting, 'precision': precision(setting, native), 'native_bfloat16': native,
+          'device': why}

@@ -14,11 +14,11 @@ first stage that owns it, before anything later runs.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
 from wm import config as config_lib
+from wm.errors import ConfigError
 from wm.infra import fileio, runs
 
 
@@ -30,20 +30,19 @@ def changed_fields(run: runs.Run, stage: str, config: dict[str, Any]) -> dict[st
     before = fileio.read_json(path)
   except (OSError, ValueError):
     return {}
+  try:
+    before = with_defaults(before)
+  except ConfigError as e:
+    raise ConfigError(f'{path}: {e}') from None
   owned = runs.STAGE_CONFIG[stage]
-  return field_changes(runs.flat_fields(with_defaults(before), owned),
-                       runs.flat_fields(config, owned))
+  return field_changes(runs.flat_fields(before, owned), runs.flat_fields(config, owned))
 
 
 def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
-  """A stored config with the fields it lacks at their defaults: a config.json written before a
-  field existed ran as its default does (a new field's default keeps the old behaviour)."""
-  merged = dataclasses.asdict(config_lib.Config())
-  for key, value in config.items():
-    default = merged.get(key)
-    merged[key] = dict(default, **value) if isinstance(value, dict) and isinstance(
-        default, dict) else value
-  return merged
+  """A stored config with the fields it lacks at their defaults and old names renamed: a
+  config.json written before a field existed ran as its default does (a new field's default
+  keeps the old behaviour)."""
+  return config_lib.to_dict(config_lib.from_dict(config))
 
 
 def field_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple]:
