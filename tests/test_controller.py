@@ -27,6 +27,8 @@ def test_paper_controller_sizes():
   assert Controller('zh', 32, 256, CAR_ACTIONS).num_params == 867  # the paper's count
   assert Controller('z', 32, 256, CAR_ACTIONS).num_params == 32 * 3 + 3
   assert Controller('zh_hidden', 32, 256, CAR_ACTIONS, 40).num_params == 288 * 40 + 40 + 40 * 3 + 3
+  doom = gym.spaces.Discrete(3)  # the paper's Doom C: [z, c, h] of z 64 and an LSTM of 512
+  assert Controller('zch', 64, 512 + 512, doom).num_params == (64 + 1024) * 3 + 3
 
 
 @pytest.mark.parametrize('inputs', ['z', 'zh', 'zh_hidden'])
@@ -89,6 +91,46 @@ def test_agent_is_a_policy_with_panels_info(controller_models):
   assert set(info['prediction']) >= {'reward', 'done_logit', 'means'}
   np.testing.assert_array_equal(info['action'], steps[-1].action)
   assert not np.array_equal(steps[0].info['h'], steps[-1].info['h'])  # M's state advances
+
+
+def test_zch_reads_the_lstm_cell_and_hidden_state(controller_models):
+  config = _debug_config()
+  config.controller.inputs = 'zch'
+  world = WorldModel.load(runs.Run(controller_models), config)
+  seq = world.seq
+  assert world.controller.h_size == seq.feature_size + seq.cell_size == 2 * seq.feature_size
+  rng = np.random.default_rng(6)
+  state = seq.initial_state(2)
+  for _ in range(3):  # a state whose c and h differ
+    _, state = seq.step(tf.constant(rng.normal(size=(2, seq.z_size)), tf.float32),
+                        tf.constant(rng.uniform(size=(2, 3)), tf.float32), state)
+  h, c = state
+  assert not np.allclose(h.numpy(), c.numpy())
+  memory = world.controller.memory(seq, state).numpy()
+  np.testing.assert_array_equal(memory, np.concatenate([c.numpy(), h.numpy()], axis=1))
+  # The agent and the dream act on it: only the weights on c change what a zch controller does.
+  params = rng.normal(size=(6, world.controller.num_params))
+  weights_on_c = slice(seq.z_size * 3, (seq.z_size + seq.cell_size) * 3)
+  no_c = params.copy()
+  no_c[:, weights_on_c] = 0
+  run = runs.Run(controller_models)
+  dream = Dream.load(world, run, max_steps=20, temperature=1.0)
+  assert not np.array_equal(dream.evaluate(params, 2, seed=3), dream.evaluate(no_c, 2, seed=3))
+  zh_config = _debug_config()
+  zh = WorldModel.load(run, zh_config)
+  zh_params = np.delete(no_c, weights_on_c, axis=1)  # [z, h] rows of the same weights
+  np.testing.assert_allclose(Dream.load(zh, run, max_steps=20, temperature=1.0)
+                             .evaluate(zh_params, 2, seed=3),
+                             dream.evaluate(no_c, 2, seed=3), rtol=1e-5)
+
+
+def test_zch_needs_a_cell_state(tmp_path):
+  import controller_models  # pylint: disable=import-outside-toplevel
+  run = runs.Run(controller_models.write(str(tmp_path), seq='transformer'))
+  config = _debug_config()
+  config.seq.model, config.controller.inputs = 'transformer', 'zch'
+  with pytest.raises(ConfigError, match='controller.inputs=zch.*Transformer has none'):
+    WorldModel.load(run, config)
 
 
 def test_mismatched_models_are_refused(controller_models, tmp_path):

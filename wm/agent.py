@@ -49,8 +49,7 @@ class WorldModel:
       raise DataError(f'M in {artifacts.seq_export(run)} takes actions of size '
                       f'{seq.action_size}, the environment {config.env.name} has {action_size}: '
                       'wrong run dir or env.name?')
-    controller = Controller.from_config(config.controller, encoder.z_size, seq.feature_size,
-                                        action_space)
+    controller = Controller.from_config(config.controller, encoder.z_size, seq, action_space)
     return cls(encoder, seq, controller)
 
   def _act(self, frames: tf.Tensor, state: Any, params: tf.Tensor):
@@ -61,7 +60,7 @@ class WorldModel:
     mu, logvar = self.encoder.encode(frames)
     mu, logvar = tf.cast(mu, tf.float32), tf.cast(logvar, tf.float32)
     h = tf.cast(self.seq.features(state), tf.float32)
-    action = self.controller(params, mu, h)
+    action = self.controller(params, mu, self.controller.memory(self.seq, state))
     prediction, state = self.seq.step(mu, action, state)
     fields = {f.name: getattr(prediction, f.name) for f in dataclasses.fields(prediction)}
     return {'mu': mu, 'logvar': logvar, 'h': h, 'action': action, 'prediction': fields}, state

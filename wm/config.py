@@ -121,7 +121,7 @@ class SeqConfig:
 
 @dataclasses.dataclass
 class ControllerConfig:
-  inputs: str = 'zh'  # controller input: z | zh (the paper's) | zh_hidden (one hidden layer)
+  inputs: str = 'zh'  # controller input: z | zh (the paper's) | zh_hidden (one hidden layer) | zch (the LSTM's cell c too: the paper's Doom C)
   hidden_units: int = 40  # zh_hidden: width of the hidden layer
   rest: str = 'middle'  # a zero output puts one-sided actions (gas, brake) at: middle | low (off)
   population_size: int = 16  # CMA-ES candidates per generation
@@ -385,7 +385,7 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
 
 _CHOICES = {
     'collect.policy': ('uniform', 'brownian', 'held', 'controller'),
-    'controller.inputs': ('z', 'zh', 'zh_hidden'),
+    'controller.inputs': ('z', 'zh', 'zh_hidden', 'zch'),
     'controller.rest': ('middle', 'low'),
     'controller.mode': ('real', 'dream'),
     'controller.dream_done': ('sample', 'threshold'),

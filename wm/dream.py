@@ -72,8 +72,7 @@ class Dream:
     steps = tf.constant(0.0)
     z = z0
     for t in tf.range(self.max_steps):
-      h = tf.cast(seq.features(state), tf.float32)
-      action = controller(params, z, h)
+      action = controller(params, z, controller.memory(seq, state))
       prediction, state = seq.step(z, action, state)
       total += alive * tf.cast(tf.reshape(prediction.reward, [batch]), tf.float32)
       steps += tf.reduce_sum(alive)

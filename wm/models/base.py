@@ -71,6 +71,7 @@ class SequenceModel(tf.keras.Model, abc.ABC):
   z_size: int
   action_size: int
   feature_size: int  # size of features(state), the controller's extra input (h)
+  cell_size: int = 0  # size of cell(state): the LSTM's c (controller.inputs=zch); 0 if none
   head: tf.keras.layers.Layer  # features [..., feature_size] -> Prediction
 
   def build_for_loading(self) -> None:
@@ -103,6 +104,11 @@ class SequenceModel(tf.keras.Model, abc.ABC):
   @abc.abstractmethod
   def features(self, state: Any) -> tf.Tensor:
     """What the controller sees of the state: float32 [B, feature_size] (the LSTM's h)."""
+
+  def cell(self, state: Any) -> tf.Tensor:
+    """The memory beside the features, float32 [B, cell_size]: the LSTM's c. Models without
+    one (cell_size 0) have nothing to give."""
+    raise NotImplementedError(f'{type(self).__name__} has no cell state')
 
   @abc.abstractmethod
   def sample(self, prediction: Prediction, temperature: float = 1.0,

@@ -4,10 +4,14 @@
                                                                    z=32, h=256, 3 actions)
     inputs='z'          a = squash(W z + b)                      the paper's "V only" ablation
     inputs='zh_hidden'  a = squash(W2 tanh(W1 [z, h] + b1) + b2)  "... with a hidden layer"
+    inputs='zch'        a = squash(W [z, c, h] + b)              the paper's Doom controller: the
+                                                                   LSTM's cell c as well (M must
+                                                                   have one: seq.model=mdnrnn)
 
 Parameters are one flat float vector (what CMA-ES searches), laid out as the weights of each
 layer (row-major) followed by its bias. `__call__` is batched over candidates: row i of
-`params` drives row i of the inputs, so a whole population runs in one TensorFlow call.
+`params` drives row i of the inputs, so a whole population runs in one TensorFlow call. What
+the controller takes of M's state (h, or c and h) is `memory(seq, state)`; `h_size` is its size.
 
 `squash` maps raw outputs into the action space: tanh onto each bounded Box dimension's
 [low, high] (steering in [-1, 1]; (tanh + 1) / 2 for gas and brake in [0, 1]), the raw value
@@ -26,7 +30,7 @@ import tensorflow as tf
 
 from wm.errors import ConfigError
 
-INPUTS = ('z', 'zh', 'zh_hidden')
+INPUTS = ('z', 'zh', 'zh_hidden', 'zch')
 RESTS = ('middle', 'low')
 
 
@@ -63,9 +67,26 @@ class Controller:
     self.num_params = int(sum(np.prod(shape) for _, shape in self.shapes))
 
   @classmethod
-  def from_config(cls, config, z_size: int, h_size: int, action_space: gym.Space) -> 'Controller':
-    """The variant `config` (a ControllerConfig) names, for V's z and M's features h."""
+  def from_config(cls, config, z_size: int, seq, action_space: gym.Space) -> 'Controller':
+    """The variant `config` (a ControllerConfig) names, for V's z and what it takes of M `seq`
+    (a wm.models.base.SequenceModel)."""
+    h_size = seq.feature_size
+    if config.inputs == 'zch':
+      if not seq.cell_size:
+        raise ConfigError(f'controller.inputs=zch reads M\'s cell state, and {type(seq).__name__} '
+                          'has none: use controller.inputs=zh, or an LSTM M (seq.model=mdnrnn)')
+      h_size += seq.cell_size
     return cls(config.inputs, z_size, h_size, action_space, config.hidden_units, config.rest)
+
+  def memory(self, seq, state) -> tf.Tensor | None:
+    """What this controller takes of M's state, float32 [B, h_size]: M's features h, or
+    [c, h] for inputs=zch; None for inputs=z."""
+    if self.inputs == 'z':
+      return None
+    h = tf.cast(seq.features(state), tf.float32)
+    if self.inputs == 'zch':
+      return tf.concat([tf.cast(seq.cell(state), tf.float32), h], axis=1)
+    return h
 
   # ------------------------------------------------------------------ flat vector <-> weights
 

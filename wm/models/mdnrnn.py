@@ -36,7 +36,7 @@ class MDNRNN(SequenceModel):
     super().__init__(**kwargs)
     self.z_size, self.action_size = z_size, action_size
     self.hidden_size, self.num_mixtures = hidden_size, num_mixtures
-    self.feature_size = hidden_size
+    self.feature_size = self.cell_size = hidden_size
     self.lstm = tf.keras.layers.LSTM(hidden_size, return_sequences=True, return_state=True,
                                      name='lstm')
     self.head = mdn.PredictionHead(z_size, num_mixtures, name='head')
@@ -67,6 +67,9 @@ class MDNRNN(SequenceModel):
 
   def features(self, state: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
     return state[0]
+
+  def cell(self, state: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+    return state[1]
 
   def sample(self, prediction: Prediction, temperature: float = 1.0,
              seed: Any = None) -> tf.Tensor:

@@ -131,8 +131,8 @@ def load_controller(stage: cli.Stage, world: artifacts.Models, env) -> policies.
   """The controller stage's best parameters acting through V and M (wm.agent.Agent)."""
   from wm import agent  # pylint: disable=import-outside-toplevel
   from wm.models.controller import Controller  # pylint: disable=import-outside-toplevel
-  controller = Controller.from_config(stage.config.controller, world.encoder.z_size,
-                                      world.seq.feature_size, env.action_space)
+  controller = Controller.from_config(stage.config.controller, world.encoder.z_size, world.seq,
+                                      env.action_space)
   params = artifacts.load_params(artifacts.require_controller(stage.run), controller)
   return agent.Agent(agent.WorldModel(world.encoder, world.seq, controller), params)
 
