@@ -15,9 +15,12 @@ Output: the ratios the data stages must reach, printed as a table (and --json_ou
                     at the preset's action repeat)
 
     python scripts/benchmark_data.py [--config=configs/doom.py:small] [--steps=500 --rollouts=8]
+                                     [--config.collect.compress_level=0 ...]
 
-The environment and the random policy are the --config preset's (default the CarRacing small
-preset); the action-repeat and render-scale ratios are CarRacing's and measured only for it.
+The environment, the random policy and the collector's settings are the --config preset's
+(default the CarRacing small preset) with any --config.a.b=v overrides; the collector's ratios
+are taken at every frame drawn at full size whatever env.action_repeat and env.render_scale say.
+The action-repeat and render-scale ratios are CarRacing's and measured only for it.
 
 The two sides of each ratio run alternately in the same process, several rounds, and the median
 is reported, since shared machines are noisy.
@@ -39,6 +42,7 @@ from absl import app, flags
 import numpy as np
 
 from wm import config as config_lib, envs, policies
+from wm.infra import cli
 from wm.stages import collect
 
 _STEPS = flags.DEFINE_integer('steps', 500, 'Steps per rollout.')
@@ -53,7 +57,7 @@ _JSON_OUT = flags.DEFINE_string('json_out', None, 'Also write the results here.'
 
 
 def make_config(num_rollouts: int) -> config_lib.Config:
-  c = config_lib.load(flags.FLAGS.config)  # cli's --config flag (wm/infra/cli.py)
+  c = cli.resolve_config(None, cli.overrides())  # --config and its --config.a.b=v overrides
   c.env.max_steps = _STEPS.value
   c.env.action_repeat = 1  # the collector's ratios: every frame drawn, at full size, and kept
   c.env.render_scale = 1.0
@@ -126,6 +130,7 @@ def reading_frames_per_s(paths, per_rollout: int, seconds: float = 8.0) -> float
   return frames / (time.perf_counter() - start)
 
 
+@cli.exits_on_user_error
 def main(argv):
   del argv
   work = _WORK_DIR.value or tempfile.mkdtemp(prefix='wm-bench-')
@@ -170,7 +175,7 @@ def collector_ratios(work: str) -> dict[str, float]:
 def carracing_ratios() -> dict[str, float]:
   """Frames/s acting every frame vs every k-th, and agent steps/s drawing the full window vs the
   preset's smaller one (at k)."""
-  preset = config_lib.load(flags.FLAGS.config).env
+  preset = cli.resolve_config(None, cli.overrides()).env
   k = preset.action_repeat
   every, kth = alternating_env_rates({'action_repeat': 1}, {'action_repeat': k})
   kth *= k  # agent steps/s -> frames/s
@@ -197,7 +202,8 @@ def reading_rates(work: str, num_rollouts: int) -> dict[str, float]:
 
 
 def report(results: dict[str, float]) -> None:
-  print(f'{"metric":42s} value  ({flags.FLAGS.config})')
+  given = ' '.join(f'--config.{k}={v}' for k, v in cli.overrides().items())
+  print(f'{"metric":42s} value  ({flags.FLAGS.config}{" " + given if given else ""})')
   for key, value in results.items():
     print(f'{key:42s} {value:,.2f}')
   goals = {'collect/overhead_ratio': 0.95, 'collect/scaling_ratio': 1.8,
@@ -215,4 +221,4 @@ def collection_seed(config, index: int) -> int:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, ('config',)))
