@@ -19,8 +19,8 @@ import time
 import pytest
 from conftest import DEBUG, REPO, copy_run, script_env
 
-from wm import rollouts
-from wm.infra import fileio, pipeline, runs, slurm
+from wm import config as config_lib, rollouts
+from wm.infra import fileio, iterate, pipeline, runs, slurm
 from wm.stages import shard
 
 # Loaded by every Python process of the jobs (through PYTHONPATH): logs each file a process puts
@@ -384,3 +384,35 @@ def test_waiting_stops_at_a_job_that_can_never_start(slurm_cluster):
   finally:
     sh('scancel', job.stdout.strip())
   assert states == {job.stdout.strip(): 'PENDING:PartitionConfig'}
+
+
+@pytest.mark.slurm
+def test_iterative_training_is_submitted_as_one_chain_of_rounds(slurm_cluster, debug_agent,
+                                                                tmp_path):
+  run_dir = copy_run(debug_agent, str(tmp_path / 'run'))  # round 0 trained up to its controller
+  result = submit(run_dir, '--iterate', '--wait', '--collect_tasks=2', '--shard_tasks=1',
+                  '--encode_tasks=1', '--config.iterate.iterations=1',
+                  '--config.iterate.rollouts=2', '--config.iterate.vae_steps=10',
+                  '--config.iterate.seq_steps=10', '--config.iterate.generations=1')
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  jobs = fileio.read_json(os.path.join(run_dir, 'slurm_jobs.json'))['submissions'][-1]['jobs']
+  round1 = runs.Run(os.path.join(run_dir, 'iterations', '1'))
+  # Round 0's finished stages are not submitted again; its evaluation is, then the rounds.
+  names = [(j['stage'], os.path.dirname(j['logs'])) for j in jobs if j['kind'] != 'array']
+  assert names == [('evaluate', run_dir), ('iterate', run_dir)] + [
+      (stage, round1.root) for stage in iterate.ROUND_STAGES] + [('iterate', run_dir)], names
+  for before, job in zip(jobs, jobs[1:]):  # one chain, in order
+    assert job['after'] == before['job_id'], jobs
+  config = config_lib.load_json(round1.config_path)
+  assert (config.collect.policy, config.collect.controller_run) == ('controller', run_dir)
+  assert fileio.read_json(round1.done_path('collect'))['rollouts'] == 8  # 6 linked + 2 played
+  assert fileio.read_json(round1.done_path('vae'))['step'] == 30
+  assert isinstance(fileio.read_json(round1.done_path('evaluate'))['mean'], float)
+  for job in jobs:  # each round's jobs log into that round's folder
+    if job['kind'] != 'array':
+      log = os.path.join(job['logs'], f'{job["stage"]}-{job["job_id"]}.log')
+      assert f'{job["stage"]} finished' in open(log).read(), log
+  summary = open(os.path.join(run_dir, 'iterations', 'summary.md')).read()
+  assert '| 1 | iterations/1 | 8 | 30 | 30 |' in summary, summary
+  again = submit(run_dir, '--iterate', '--dry_run', '--config.iterate.iterations=1')
+  assert again.returncode == 0 and again.stdout.count('done already') == 14, again.stdout

@@ -17,6 +17,10 @@ models and scores stay apart, and every stage in it resumes by rerun like any ot
     evaluate/    the round's controller on the same controller.test_episodes real episodes
     config.json  the round's config: round k-1's with the changes above
 
+On SLURM (`slurm/submit_pipeline.sh --iterate`) each round's stages are jobs, and between rounds
+a job runs `python -m wm iterate --run_dir=RUN --after_round=K`: with round K finished, it writes
+the summary so far and prepares round K+1 (if any), running no stage.
+
 A round's folder is prepared once (links, copies of the checkpoints and the CMA-ES state, its
 config.json); what a kill left unprepared is prepared on the rerun, and finished stages are
 skipped. RUN/iterations/summary.md compares the rounds. One iterate (or pipeline) at a time runs
@@ -37,6 +41,11 @@ from wm import config as config_lib, es, rollouts
 from wm.config import Config
 from wm.errors import UserError
 from wm.infra import cli, fileio, pipeline, runs
+
+_AFTER_ROUND = flags.DEFINE_integer(
+    'after_round', None, 'Run no stage: with round K finished, write the summary so far and '
+    'prepare round K+1 when there is one (the job between rounds of slurm/submit_pipeline.sh '
+    '--iterate).', lower_bound=0)
 
 FOLDER = 'iterations'  # RUN/iterations/<k>: round k
 SUMMARY = 'summary.md'  # RUN/iterations/summary.md
@@ -171,6 +180,9 @@ def main(argv: list[str]) -> None:
   settings = cli.resolve_config(root, overrides).iterate
   config = flags.FLAGS.config if flags.FLAGS['config'].present else None
   os.makedirs(root, exist_ok=True)
+  if _AFTER_ROUND.value is not None:
+    between_rounds(root, _AFTER_ROUND.value, settings)
+    return
   with pipeline.run_lock(root):
     for k in range(settings.iterations + 1):
       run = runs.Run(root) if k == 0 else prepare(root, k, settings)
@@ -178,7 +190,26 @@ def main(argv: list[str]) -> None:
       code = run_round(run, k, config, overrides, flags.FLAGS.parallelism)
       if code:
         sys.exit(code)
-  table = summary(root, settings.iterations)
+  write_summary(root, settings.iterations)
+
+
+def between_rounds(root: str, k: int, settings: config_lib.IterateConfig) -> None:
+  """--after_round=K: the summary of the finished rounds, and round K+1 prepared if any."""
+  if k > settings.iterations:
+    raise UserError(f'--after_round={k}: iterate.iterations is {settings.iterations}, so the '
+                    f'last round is {settings.iterations}')
+  done = runs.Run(round_dir(root, k))
+  if not done.is_done('evaluate'):
+    raise UserError(f'--after_round={k}: round {k} ({done.root}) has no finished evaluate stage; '
+                    'run its stages first')
+  with pipeline.run_lock(root):
+    if k < settings.iterations:
+      prepare(root, k + 1, settings)
+    write_summary(root, settings.iterations)
+
+
+def write_summary(root: str, rounds: int) -> None:
+  table = summary(root, rounds)
   os.makedirs(os.path.join(root, FOLDER), exist_ok=True)
   fileio.write_text(os.path.join(root, FOLDER, SUMMARY), table + '\n')
   print(table, flush=True)

@@ -35,6 +35,7 @@ SLURM_STAGES = {
     'controller': SlurmStage(ranks=True),
     'evaluate': SlurmStage(),
     'play': SlurmStage(),
+    'iterate': SlurmStage(),  # between rounds of iterative training: prepares the next one
 }
 
 # Job states after which a job will not run again.

@@ -9,6 +9,12 @@ cancels everything after it). Array stages run as a job array, then as one short
 --array that checks every share is there and marks the stage DONE. Job ids are printed and
 appended to RUN/slurm_jobs.json; each job logs to RUN/logs/<stage>-<job>[_<task>].log.
 
+With --iterate, the rounds of the paper's iterative training follow, as `python -m wm iterate`
+runs them: round 0 is the run itself (collect to evaluate, no play); then for each round k of
+iterate.iterations an iterate job (slurm/iterate.sbatch: the summary so far, round k's folder and
+config) and round k's stages on RUN/iterations/<k>, logging to its logs/; a last iterate job
+writes RUN/iterations/summary.md. The chain is one line of afterok dependencies throughout.
+
 Resources: the #SBATCH lines of each sbatch script are the defaults; CPUs, memory and tasks that
 no node of the partition has are shrunk to fit (so the same command works on a laptop's local
 cluster). Every option below falls back to an environment variable (WM_PARTITION, ...), and
@@ -25,7 +31,7 @@ import time
 
 from absl import app, flags
 
-from wm.infra import cli, fileio, pipeline, runs, slurm
+from wm.infra import cli, fileio, iterate, pipeline, runs, slurm
 from wm.errors import UserError
 
 _PARTITION = flags.DEFINE_string('partition', None, 'Partition of CPU stages [WM_PARTITION].')
@@ -51,6 +57,8 @@ _STAGE_SBATCH = flags.DEFINE_multi_string('stage_sbatch', [], 'STAGE:OPTIONS ext
 _AFTER = flags.DEFINE_string('after', None, 'Job id the first stage waits for (afterok).')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the sbatch commands, submit nothing.')
 _WAIT = flags.DEFINE_bool('wait', False, 'Wait for every job to end; exit 1 unless all completed.')
+_ITERATE = flags.DEFINE_bool('iterate', False, 'Submit the run as round 0 of iterative training '
+                             'and its iterate.iterations rounds after it (wm/infra/iterate.py).')
 _AGAIN = flags.DEFINE_bool('allow_active', False, 'Submit even while jobs of an earlier '
                            'submission to this run dir are still queued or running.')
 
@@ -126,30 +134,53 @@ def stage_args(run_dir: str) -> list[str]:
 
 def plan(run: runs.Run) -> list[dict]:
   """One entry per job to submit, in order, each waiting for the one before."""
+  if not _ITERATE.value:
+    return plan_stages(run, [s.name for s in pipeline.selected_stages()], stage_args(run.root))
+  if flags.FLAGS['stages'].present:
+    raise UserError('--iterate submits every stage of every round (collect to evaluate); '
+                    'leave out --stages')
+  rounds = cli.resolve_config(run.root, cli.overrides()).iterate.iterations
+  if rounds < 1:
+    raise UserError('--iterate: iterate.iterations is 0, so there is no round to submit; '
+                    'pass --config.iterate.iterations=N')
+  jobs = plan_stages(run, list(iterate.ROUND_STAGES), stage_args(run.root))
+  for k in range(1, rounds + 2):
+    jobs += plan_stages(run, ['iterate'], stage_args(run.root) + [f'--after_round={k - 1}'],
+                        label=f'r{k - 1}')
+    if k <= rounds:
+      round_run = runs.Run(iterate.round_dir(run.root, k))
+      jobs += plan_stages(round_run, list(iterate.ROUND_STAGES), [f'--run_dir={round_run.root}'],
+                          label=f'r{k}')
+  return jobs
+
+
+def plan_stages(run: runs.Run, names: list[str], args: list[str], label: str = '') -> list[dict]:
+  """The jobs of `names` on `run` that are not done yet, each stage with `args`."""
   jobs = []
-  for stage in pipeline.selected_stages():
-    if run.is_done(stage.name):
-      print(f'== {stage.name}: done already ({run.done_path(stage.name)}), not submitted')
+  for name in names:
+    if name in runs.STAGE_DIRS and run.is_done(name):
+      print(f'== {name}: done already ({run.done_path(name)}), not submitted')
       continue
-    spec = slurm.SLURM_STAGES[stage.name]
-    script = slurm.sbatch_script(stage.name)
+    spec = slurm.SLURM_STAGES[name]
+    script = slurm.sbatch_script(name)
     argv, notes, gpus = resources(spec, script)
-    argv += stage_extra(stage.name)
+    argv += stage_extra(name)
     logs = os.path.join(run.root, 'logs')
     size = setting(flags.FLAGS[spec.array], 'WM_' + spec.array.upper()) if spec.array else 0
     if spec.array and size < 1:
       raise UserError(f'--{spec.array} must be >= 1, got {size}')
     env = {}
-    if stage.name == 'encode':  # every encoding process must agree on the outer shards
+    if name == 'encode':  # every encoding process must agree on the outer shards
       env['WM_NUM_OUTER_SHARDS'] = str(size * max(gpus, 1))
-    common = dict(stage=stage.name, script=script, notes=notes, env=env)
+    common = dict(stage=name, script=script, notes=notes, env=env, args=args, logs=logs,
+                  label=label)
     if size:
       jobs.append(dict(common, kind='array', array=f'0-{size - 1}', sbatch=argv + [
-          f'--array=0-{size - 1}', f'--output={logs}/{stage.name}-%A_%a.log']))
+          f'--array=0-{size - 1}', f'--output={logs}/{name}-%A_%a.log']))
     if size:  # the check after the array: nothing to do if its last task marked the stage done
-      common['env'] = dict(env, WM_DONE_FILE=run.done_path(stage.name))
+      common['env'] = dict(env, WM_DONE_FILE=run.done_path(name))
     jobs.append(dict(common, kind='finish' if size else 'job', sbatch=argv + [
-        f'--output={logs}/{stage.name}-%j.log']))
+        f'--output={logs}/{name}-%j.log']))
   return jobs
 
 
@@ -164,23 +195,24 @@ def main(argv: list[str]) -> None:
     refuse_if_active(run)
   jobs = plan(run)
   env = dict(os.environ, WM_REPO=slurm.REPO_ROOT, WM_PYTHON=sys.executable)
-  if not _DRY_RUN.value:
-    os.makedirs(os.path.join(run.root, 'logs'), exist_ok=True)
   previous = _AFTER.value
   for job in jobs:
     dependency = [f'--dependency=afterok:{previous}'] if previous else []
-    job['command'] = ['sbatch', '--parsable', f'--job-name=wm-{job["stage"]}',
+    name = '-'.join(filter(None, (job.pop('label'), job['stage'])))  # r1-collect: round 1's
+    job['command'] = ['sbatch', '--parsable', f'--job-name=wm-{name}',
                       '--kill-on-invalid-dep=yes', *dependency, *job['sbatch'], job['script'],
-                      *stage_args(run.root)]
+                      *job.pop('args')]
     job['after'] = previous
-    job['job_id'] = (f'<{job["stage"]}-{job["kind"]}>' if _DRY_RUN.value
+    if not _DRY_RUN.value:
+      os.makedirs(job['logs'], exist_ok=True)  # sbatch --output: a round's, before it starts
+    job['job_id'] = (f'<{name}-{job["kind"]}>' if _DRY_RUN.value
                      else slurm.submit(job['command'], dict(env, **job['env'])))
     previous = job['job_id']
-    print(f'{job["stage"]:11s} {job["kind"]:6s} job {job["job_id"]:>8s}'
+    print(f'{name:14s} {job["kind"]:6s} job {job["job_id"]:>8s}'
           f'{"  array " + job["array"] if "array" in job else ""}'
           f'{"  after " + job["after"] if job["after"] else ""}', flush=True)
     for note in job['notes']:
-      print(f'{"":11s} fitted: {note}')
+      print(f'{"":14s} fitted: {note}')
     if _DRY_RUN.value:
       print('  ' + shlex.join([f'{k}={v}' for k, v in job['env'].items()] + job['command']))
   if not _DRY_RUN.value and jobs:
@@ -214,7 +246,7 @@ def refuse_if_active(run: runs.Run) -> None:
 def record(run: runs.Run, jobs: list[dict]) -> None:
   path = os.path.join(run.root, JOBS_FILE)
   history = fileio.read_json(path) if os.path.exists(path) else {'submissions': []}
-  keys = ('stage', 'kind', 'job_id', 'array', 'after', 'env', 'command')
+  keys = ('stage', 'kind', 'job_id', 'array', 'after', 'env', 'command', 'logs')
   history['submissions'].append({
       'submitted_at': time.strftime('%F %T'),
       'jobs': [{k: j[k] for k in keys if k in j} for j in jobs]})
