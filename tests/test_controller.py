@@ -247,8 +247,35 @@ def test_dream_episodes_end_with_m_s_done_probability():
   threshold.done_rule, threshold.done_shift = 'threshold', 0.0
   assert threshold._ends(logit, 20000, seed).numpy().sum() == 0
   assert threshold._ends(-logit, 20000, seed).numpy().all()
+  expected = Dream.__new__(Dream)  # no draw: every episode ends by that probability, 5%
+  expected.done_rule, expected.done_shift = 'expected', 0.0
+  np.testing.assert_allclose(expected._ends(logit, 20000, seed).numpy(), 0.05, rtol=1e-5)
   # controller.dream_done_odds=19 turns odds 1:19 into 1:1: half the steps end.
   cautious = Dream.__new__(Dream)
   cautious.done_rule, cautious.done_shift = 'sample', float(np.log(19.0))
   ended = cautious._ends(logit, 20000, seed).numpy().mean()
   assert 0.48 < ended < 0.52, ended
+
+
+def test_expected_dream_is_the_mean_of_sampled_dreams(controller_models):
+  # dream_done=expected weighs each reward by the probability of being alive: on the same latent
+  # paths (same starts and seed) it is what `sample` gives on average over its end draws, with
+  # less spread.
+  config = _debug_config()
+  run = runs.Run(controller_models)
+  world = WorldModel.load(run, config)
+  rng = np.random.default_rng(9)
+  batch = np.repeat(rng.normal(size=(1, world.controller.num_params)), 4000, axis=0)
+  sample = Dream.load(world, run, max_steps=30, temperature=1.0)
+  z0, seed = sample.start.draw(len(batch), rng), np.array([5, 6])
+  drawn, _ = sample.returns(batch, z0, seed)
+  expected, _ = Dream.load(world, run, max_steps=30, temperature=1.0,
+                           done_rule='expected').returns(batch, z0, seed)
+  assert len(np.unique(drawn.round(4))) > 100  # episodes ended at many steps
+  difference = drawn - expected
+  assert abs(difference.mean()) < 4 * difference.std() / np.sqrt(len(batch)), difference.mean()
+  assert expected.std() < drawn.std()
+  with pytest.raises(ConfigError, match='dream_done'):
+    config.controller.dream_done = 'median'
+    from wm import config as config_lib  # pylint: disable=import-outside-toplevel
+    config_lib.validate(config)

@@ -131,7 +131,7 @@ class ControllerConfig:
   train_patience: int = 0  # real-env training: stop after this many steps without reward (0: off)
   mode: str = 'dream'  # where candidates are evaluated: dream (inside M) | real (the env)
   dream_temperature: float = 1.15  # dream: sampling temperature of M
-  dream_done: str = 'sample'  # dream: an episode ends with M's done probability | threshold (> 0.5)
+  dream_done: str = 'sample'  # dream: an episode ends with M's done probability | threshold (> 0.5) | expected (rewards weighted by the probability of being alive: no draw's noise)
   dream_done_odds: float = 1.0  # dream: M's odds of an episode's end times this (> 1: a cautious dream, harder than M predicts)
   eval_every: int = 25  # every this many generations the best is evaluated in the real env
   eval_episodes: int = 16  # ... over this many episodes
@@ -388,7 +388,7 @@ _CHOICES = {
     'controller.inputs': ('z', 'zh', 'zh_hidden', 'zch'),
     'controller.rest': ('middle', 'low'),
     'controller.mode': ('real', 'dream'),
-    'controller.dream_done': ('sample', 'threshold'),
+    'controller.dream_done': ('sample', 'threshold', 'expected'),
     'seq.window_start': ('random', 'episode'),
     'vae.precision': ('auto', 'float32', 'bfloat16'),
     'distribute.strategy': ('auto', 'one_device', 'mirrored', 'multi_worker'),

@@ -5,7 +5,10 @@ distribution of first frames' latents (RUN/seq/initial_latents.npz), then for
 env.agent_steps() steps: the controller acts on (z, h), M predicts the next latent (sampled at
 controller.dream_temperature), the reward and the episode's end (its reward and done heads;
 with controller.dream_done=sample an episode ends with the predicted probability of its end,
-drawn each step; with threshold, once that probability passes 0.5; either after its odds are
+drawn each step; with threshold, once that probability passes 0.5; with expected, never by a
+draw: each step's reward counts times the probability of being alive then, the product of
+(1 - end probability) so far, which is the mean of what `sample` draws without its noise, and
+the episode stops once that is below ALIVE_FLOOR; each rule after the odds of an end are
 multiplied by controller.dream_done_odds, which makes a cautious dream above 1). The loop is one compiled
 `tf.function` (a `tf.while_loop` over the steps); the noise comes from stateless seeds, so a
 generation's dream is the same on every rerun.
@@ -23,6 +26,9 @@ from wm.agent import WorldModel
 from wm.infra import runs
 
 
+ALIVE_FLOOR = 1e-3  # dream_done=expected: an episode this unlikely to be alive has ended
+
+
 class Dream:
   """Evaluates candidate parameters [P, n] over `trials` dream episodes each."""
 
@@ -32,7 +38,7 @@ class Dream:
     self.world, self.start = world, start
     self.max_steps, self.temperature = max_steps, temperature
     self.use_done = use_done  # False runs every episode max_steps (the benchmark's untrained M)
-    self.done_rule = done_rule  # controller.dream_done: sample | threshold
+    self.done_rule = done_rule  # controller.dream_done: sample | threshold | expected
     self.done_shift = math.log(done_odds)  # controller.dream_done_odds, added to the logit
     self._run = tf.function(self._episodes, reduce_retracing=True)
 
@@ -75,21 +81,25 @@ class Dream:
       action = controller(params, z, controller.memory(seq, state))
       prediction, state = seq.step(z, action, state)
       total += alive * tf.cast(tf.reshape(prediction.reward, [batch]), tf.float32)
-      steps += tf.reduce_sum(alive)
+      steps += tf.reduce_sum(tf.cast(alive > 0.0, tf.float32))
       seed = tf.random.experimental.stateless_fold_in(noise_seed, tf.cast(t, tf.int64))
       if self.use_done:
-        alive *= 1.0 - tf.cast(self._ends(prediction.done_logit, batch, seed), tf.float32)
+        alive *= 1.0 - self._ends(prediction.done_logit, batch, seed)
+        alive = tf.where(alive < ALIVE_FLOOR, tf.zeros_like(alive), alive)
       z = tf.cast(seq.sample(prediction, self.temperature, seed=seed), tf.float32)
       if tf.reduce_max(alive) == 0.0:
         break
     return total, steps
 
   def _ends(self, done_logit: tf.Tensor, batch, seed: tf.Tensor) -> tf.Tensor:
-    """Which episodes end after this step: drawn with M's done probability ('sample': a rare
-    death the data shows at 5% a step ends 5% of dream steps too), or where it is over 0.5
-    ('threshold': a rare event may then never end a dream)."""
+    """How much each episode ends after this step, float32 [batch]: 1 or 0 drawn with M's done
+    probability ('sample': a rare death the data shows at 5% a step ends 5% of dream steps too),
+    or where it is over 0.5 ('threshold': a rare event may then never end a dream); or that
+    probability itself ('expected')."""
     logit = tf.cast(tf.reshape(done_logit, [batch]), tf.float32) + self.done_shift
     if self.done_rule == 'threshold':
-      return logit > 0
+      return tf.cast(logit > 0, tf.float32)
+    if self.done_rule == 'expected':
+      return tf.sigmoid(logit)
     draw = tf.random.stateless_uniform([batch], tf.random.experimental.stateless_fold_in(seed, 1))
-    return draw < tf.sigmoid(logit)
+    return tf.cast(draw < tf.sigmoid(logit), tf.float32)

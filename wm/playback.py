@@ -56,7 +56,7 @@ def sample_seed(seed: int, step: int) -> tuple[int, int]:
 def _ends(done_logit: float, done_rule: str, rng: np.random.Generator,
           done_odds: float = 1.0) -> bool:
   """Whether M ends the dream here, by controller.dream_done's rule and dream_done_odds (as
-  wm/dream.py)."""
+  wm/dream.py; one episode of 'expected' is drawn as 'sample' draws it)."""
   done_logit += math.log(done_odds)
   if done_rule == 'threshold':
     return done_logit > 0
