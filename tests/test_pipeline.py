@@ -173,3 +173,45 @@ def test_fields_that_act_only_under_a_policy_count_only_under_it():
   driven = {'collect': dict(random_policy['collect'], policy='controller')}
   driven_noisier = {'collect': dict(noisier['collect'], policy='controller')}
   assert runs.config_key(driven, 'collect') != runs.config_key(driven_noisier, 'collect')
+
+
+def _children(pid: int) -> list[int]:
+  with open(f'/proc/{pid}/task/{pid}/children') as f:
+    return [int(p) for p in f.read().split()]
+
+
+def _alive(pid: int) -> bool:
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().split(')')[-1].split()[0] != 'Z'  # a zombie has ended
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.exists(f'/proc/{os.getpid()}/task/{os.getpid()}/children'),
+                    reason='needs Linux /proc children lists')
+def test_a_killed_pipeline_takes_its_running_stage_with_it(tmp_path):
+  # A pipeline killed with kill -9 (no chance to forward anything) must not leave its stage
+  # running on alone: it would keep writing into the run dir a rerun then shares with it.
+  parent = subprocess.Popen(
+      [sys.executable, '-m', 'wm', f'--run_dir={tmp_path}', f'--config={DEBUG}',
+       '--stages=collect', '--config.collect.num_rollouts=10000', '--parallelism=1'],
+      cwd=REPO, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 120
+    while not os.path.exists(tmp_path / 'rollouts' / 'rollout-000000.npz'):
+      assert time.time() < deadline and parent.poll() is None, 'the stage never started'
+      time.sleep(0.5)
+    stage = _children(parent.pid)
+    assert len(stage) == 1, stage
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 60
+    while _alive(stage[0]) and time.time() < deadline:
+      time.sleep(0.5)
+    assert not _alive(stage[0]), 'the stage kept running after its pipeline was killed'
+  finally:
+    parent.kill()
+    for pid in _children(parent.pid) if _alive(parent.pid) else []:
+      os.kill(pid, 9)
+  assert not runs.Run(str(tmp_path)).is_done('collect')

@@ -16,8 +16,10 @@ what to do where redoing would resume from the old inputs (CANNOT_REDO).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -99,12 +101,26 @@ def log_path(run: runs.Run, stage: str) -> str:
   return os.path.join(run.root, 'logs', f'{stage}.log')
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _end_with_parent() -> None:
+  """In the stage's process, before it starts: SIGTERM when this pipeline process dies, however
+  it dies (a kill -9 included), so the stage saves and stops as on a preemption instead of
+  running on alone, unseen, into a run dir that a rerun would then share with it."""
+  try:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+  except (OSError, AttributeError):  # not Linux: a killed pipeline leaves its stage running
+    pass
+
+
 def run_logged(argv: list[str], path: str) -> int:
   """Runs a stage, its stdout and stderr shown here and appended to `path`; its exit status."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, 'ab') as log:
     log.write(f'== {time.strftime("%F %T")} {" ".join(argv)}\n'.encode())
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=_end_with_parent)
     try:
       for line in iter(proc.stdout.readline, b''):
         sys.stdout.buffer.write(line)
