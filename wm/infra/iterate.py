@@ -198,9 +198,9 @@ def between_rounds(root: str, k: int, settings: config_lib.IterateConfig) -> Non
   if k > settings.iterations:
     raise UserError(f'--after_round={k}: iterate.iterations is {settings.iterations}, so the '
                     f'last round is {settings.iterations}')
-  done = runs.Run(round_dir(root, k))
-  if not done.is_done('evaluate'):
-    raise UserError(f'--after_round={k}: round {k} ({done.root}) has no finished evaluate stage; '
+  finished = runs.Run(round_dir(root, k))
+  if not finished.is_done('evaluate'):
+    raise UserError(f'--after_round={k}: round {k} ({finished.root}) has no finished evaluate stage; '
                     'run its stages first')
   with pipeline.run_lock(root):
     if k < settings.iterations:

@@ -144,13 +144,13 @@ def plan(run: runs.Run) -> list[dict]:
     raise UserError('--iterate: iterate.iterations is 0, so there is no round to submit; '
                     'pass --config.iterate.iterations=N')
   jobs = plan_stages(run, list(iterate.ROUND_STAGES), stage_args(run.root))
-  for k in range(1, rounds + 2):
-    jobs += plan_stages(run, ['iterate'], stage_args(run.root) + [f'--after_round={k - 1}'],
-                        label=f'r{k - 1}')
-    if k <= rounds:
-      round_run = runs.Run(iterate.round_dir(run.root, k))
+  for k in range(rounds + 1):  # after round k: the summary and round k+1's folder, its stages
+    jobs += plan_stages(run, ['iterate'], stage_args(run.root) + [f'--after_round={k}'],
+                        label=f'r{k}')
+    if k < rounds:
+      round_run = runs.Run(iterate.round_dir(run.root, k + 1))
       jobs += plan_stages(round_run, list(iterate.ROUND_STAGES), [f'--run_dir={round_run.root}'],
-                          label=f'r{k}')
+                          label=f'r{k + 1}')
   return jobs
 
 
