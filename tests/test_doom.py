@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -46,6 +48,54 @@ def test_doom_frames_come_from_the_screen_key_and_the_precheck_says_so():
   facts = envs.check(config.env, seed=0)
   assert facts['frames_from'] == "observation['screen'] (inferred)"
   assert facts['env_frame_shape'] == (240, 320, 3)
+
+
+ORPHAN_PROBE = """
+import os, sys, time
+import numpy as np
+from wm import config as config_lib, envs
+env = envs.make(config_lib.load(sys.argv[1]).env)
+env.reset(seed=0)
+env.step(np.eye(3, dtype=np.float32)[0])
+print(os.getpid(), flush=True)
+time.sleep(120)
+"""
+
+
+def _engines_of(pid: int) -> list[int]:
+  """Running processes whose parent is `pid` (the engine VizDoom started for a game)."""
+  out = subprocess.run(['ps', '-o', 'pid=', '--ppid', str(pid)], capture_output=True, text=True)
+  return [int(p) for p in out.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().split(')')[-1].split()[0] != 'Z'  # a zombie is dead, waiting to be reaped
+  except FileNotFoundError:
+    return False
+
+
+def test_a_killed_process_takes_its_vizdoom_engine_with_it():
+  """VizDoom plays each game in an engine process of its own; a stage or pool worker killed with
+  SIGKILL used to leave it running forever (wm/vizdoom_engine.sh)."""
+  probe = subprocess.Popen([sys.executable, '-c', ORPHAN_PROBE, DOOM], cwd=REPO,
+                           env=script_env(), stdout=subprocess.PIPE, text=True)
+  engines = []
+  try:
+    pid = int(probe.stdout.readline())
+    engines = _engines_of(pid)
+    assert engines, f'no engine process found under the game\'s owner {pid}'
+    probe.kill()
+    probe.wait(10)
+    deadline = time.monotonic() + 10
+    while any(map(_alive, engines)) and time.monotonic() < deadline:
+      time.sleep(0.2)
+    assert not any(map(_alive, engines)), f'engines {engines} outlived their killed owner'
+  finally:
+    probe.kill()
+    for engine in filter(_alive, engines):  # a failed run leaves no engine behind either
+      os.kill(engine, signal.SIGKILL)
 
 
 @pytest.mark.slow

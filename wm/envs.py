@@ -145,6 +145,7 @@ class PixelEnv:
     _ensure_headless_sdl()
     self.env = gym.make(gym_id, render_mode=render_mode, max_episode_steps=config.max_steps,
                         **kwargs)
+    tie_engine_to_owner(self.env)
     self.action_space = self.env.action_space
     self.action_size = action_size(self.action_space)
     self._discrete = isinstance(self.action_space, gym.spaces.Discrete)
@@ -189,6 +190,23 @@ class PixelEnv:
 
   def close(self) -> None:
     self.env.close()
+
+
+ENGINE_WRAPPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vizdoom_engine.sh')
+
+
+def tie_engine_to_owner(env: gym.Env) -> None:
+  """A VizDoom env's engine process (started at its first reset) gets killed when this process
+  dies, however it dies: wm/vizdoom_engine.sh starts the package's engine under a parent-death
+  signal. Other envs, and a VizDoom without its bundled engine, are left as they are."""
+  game = getattr(env.unwrapped, 'game', None)
+  if game is None or not hasattr(game, 'set_vizdoom_path') or game.is_running():
+    return
+  import vizdoom  # pylint: disable=import-outside-toplevel  (imported already: it made `env`)
+  engine = os.path.join(os.path.dirname(vizdoom.__file__), 'vizdoom')
+  if os.path.isfile(engine) and os.access(ENGINE_WRAPPER, os.X_OK):
+    os.environ['WM_VIZDOOM_ENGINE'] = engine
+    game.set_vizdoom_path(ENGINE_WRAPPER)
 
 
 def preprocess(frame: np.ndarray, size: int, crop_bottom: int = 0) -> np.ndarray:
