@@ -21,9 +21,12 @@ move every token's position each step, and no cache could serve that.)
 
 Cost: a step computes one token (projections, MLP), plus once every k steps a pass over k tokens,
 so one token a step on average, where rerunning the window computed max_context tokens a step.
-What still grows with max_context is memory traffic: attention reads the whole fixed-shape cache,
-and writing one slot copies it (TensorFlow updates a loop-carried tensor out of place), a few ms
-at batch 64 and max_context 200 on a CPU (docs/benchmarks.md, "M: the transformer's step").
+The new token's key, value and inputs are written into the state's buffers in place (`write`):
+an out-of-place update would copy the whole cache every step, at the Doom dream's batch 256 and
+max_context 500 about 0.5 GB a step, half the step's time. So `step` consumes its state: the
+state it was given shares those buffers with the one it returns, and is not to be stepped again.
+What still grows with max_context is attention reading the whole fixed-shape cache
+(docs/benchmarks.md, "M: the transformer's step").
 The step's attention is computed by hand from the Keras MultiHeadAttention layer's own
 projections and scaling, so training (the layer itself) and stepping share the same weights,
 checkpoints and exports.
@@ -54,6 +57,26 @@ def attend(layer: tf.keras.layers.MultiHeadAttention, query: tf.Tensor, keys: tf
   return tf.transpose(tf.matmul(tf.nn.softmax(logits, -1), values), [0, 2, 1, 3])
 
 
+def fresh_zeros(shape: list) -> tf.Tensor:
+  """A float32 zero tensor in a buffer of its own, which `write` may update in place: TensorFlow's
+  Empty op is never constant-folded or shared, unlike tf.zeros inside a tf.function."""
+  return tf.raw_ops.Empty(shape=tf.stack(shape), dtype=tf.float32, init=True)
+
+
+def write(buffer: tf.Tensor, rows: tf.Tensor, new: tf.Tensor) -> tf.Tensor:
+  """buffer [B, ..., S, D] with new [B, ..., D] written at position rows [B] of each row's
+  S axis, in place (the returned tensor is `buffer`, updated): one row of D per slot, where an
+  out-of-place update would copy the whole buffer."""
+  shape = tf.shape(buffer)
+  slots, size = shape[1:-2], shape[-2]  # the axes between the row and its positions (heads)
+  per_row = tf.reduce_prod(slots)
+  first = (tf.range(shape[0]) * per_row * size + rows)[:, None]  # [B, 1]: slot 0's row, at rows
+  index = tf.reshape(first + tf.range(per_row)[None] * size, [-1])  # [B * heads]
+  flat = tf.reshape(buffer, [-1, shape[-1]])
+  values = tf.reshape(tf.cast(new, buffer.dtype), [-1, shape[-1]])
+  return tf.reshape(tf.raw_ops.InplaceUpdate(x=flat, i=index, v=values), shape)
+
+
 class Block(tf.keras.layers.Layer):
   """Pre-LayerNorm causal self-attention and MLP, each with a residual connection."""
 
@@ -75,13 +98,13 @@ class Block(tf.keras.layers.Layer):
              at: tf.Tensor | None = None) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
     """`call` with the attention by hand (`attend`) over a key/value cache. Without `cache`: over
     the tokens x [B, T, H] themselves (a causal pass, mask [1, T, T]). With cache = (keys, values)
-    [B, N, S, D]: x holds one new token per row, whose key and value go to cache slots `at`
-    [B, N, 3] (row, head, position); mask [B, 1, S] says which slots it sees. Returns
+    [B, N, S, D]: x holds one new token per row, whose key and value are written in place at
+    position `at` [B] of its row; mask [B, 1, S] says which slots it sees. Returns
     (x, (keys, values))."""
     y, layer = self.norm1(x), self.attention
     kv = [tf.transpose(dense(y), [0, 2, 1, 3]) for dense in (layer.key_dense, layer.value_dense)]
     if cache is not None:
-      kv = [tf.tensor_scatter_nd_update(old, at, new[:, :, 0]) for old, new in zip(cache, kv)]
+      kv = [write(old, at, new[:, :, 0]) for old, new in zip(cache, kv)]
     query = tf.transpose(layer.query_dense(y), [0, 2, 1, 3])
     x = x + layer.output_dense(attend(layer, query, *kv, mask))
     return x + self.mlp_out(self.mlp_in(self.norm2(x))), tuple(kv)
@@ -140,31 +163,28 @@ class Transformer(SequenceModel):
     values per layer [B, N, C, D] (C = max_context), length [B], h (the last step's features)."""
     head_size = max(self.hidden_size // self.num_heads, 1)  # as Block's attention layer
     cache = [batch_size, self.num_heads, self.max_context, head_size]
-    return {'tokens': tf.zeros([batch_size, self.max_context, self.z_size + self.action_size]),
-            'keys': tuple(tf.zeros(cache) for _ in self.blocks),
-            'values': tuple(tf.zeros(cache) for _ in self.blocks),
+    return {'tokens': fresh_zeros([batch_size, self.max_context, self.z_size + self.action_size]),
+            'keys': tuple(fresh_zeros(cache) for _ in self.blocks),
+            'values': tuple(fresh_zeros(cache) for _ in self.blocks),
             'length': tf.zeros([batch_size], tf.int32),
             'h': tf.zeros([batch_size, self.hidden_size])}
 
   def step(self, z: tf.Tensor, action: tf.Tensor,
            state: dict[str, Any]) -> tuple[Prediction, dict[str, Any]]:
-    """The new token at its row's next position, attending to the cache (module docstring)."""
+    """The new token at its row's next position, attending to the cache (module docstring).
+    Consumes `state`: its buffers are written in place and become the returned state's."""
     state = tf.cond(tf.reduce_any(state['length'] >= self.max_context),
                     lambda: self._restart(state), lambda: dict(state))
     token, length = tf.concat([z, action], -1), state['length']
-    rows, heads = tf.meshgrid(tf.range(tf.shape(length)[0]), tf.range(self.num_heads),
-                              indexing='ij')
-    slot = tf.stack([rows[:, 0], length], 1)  # [B, 2]: (row, the new token's position)
-    at = tf.stack([rows, heads, tf.gather(length, rows)], -1)  # [B, N, 3]: its cache slots
     visible = (tf.range(self.max_context)[None] <= length[:, None])[:, None]  # [B, 1, C]
     x = self.embed(token[:, None]) + self.positions(length[:, None])
     keys, values = [], []
     for block, cache in zip(self.blocks, zip(state['keys'], state['values'])):
-      x, (k, v) = block.cached(x, visible, cache, at)
+      x, (k, v) = block.cached(x, visible, cache, length)
       keys.append(k)
       values.append(v)
     h = self.norm(x)[:, 0]
-    return self.head(h), {'tokens': tf.tensor_scatter_nd_update(state['tokens'], slot, token),
+    return self.head(h), {'tokens': write(state['tokens'], length, token),
                           'keys': tuple(keys), 'values': tuple(values), 'length': length + 1,
                           'h': h}
 
