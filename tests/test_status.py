@@ -166,6 +166,25 @@ def test_runs_compared_in_one_table(debug_agent, tmp_path):
   assert [r['run'] for r in status_json(debug_agent, changed)] == [debug_agent, changed]
 
 
+def test_curves_show_each_evaluation_against_the_search_time(debug_agent, tmp_path):
+  """--curves: a row per evaluated generation, at the minutes of fitness spent up to it."""
+  history = fileio.read_jsonl(os.path.join(debug_agent, 'controller', 'history.jsonl'))
+  evaluated = [r for r in history if r['eval_mean'] is not None]
+  assert evaluated and all(r['fitness_s'] > 0 for r in history), history
+  result = json.loads(status(debug_agent, '--curves', '--json').stdout)['curves'][debug_agent]
+  assert [p['generation'] for p in result] == [r['generation'] for r in evaluated]
+  for point in result:
+    spent = sum(r['fitness_s'] for r in history if r['generation'] <= point['generation'])
+    assert abs(point['search_min'] - spent / 60) < 1e-9, (point, spent)
+    row = history[point['generation'] - 1]
+    assert (point['eval_mean'], point['dream_eval_mean']) == (row['eval_mean'],
+                                                               row['dream_eval_mean'])
+  lines = status(debug_agent, '--curves').stdout.splitlines()
+  assert lines[0] == f'{debug_agent}:' and 'search time (min)' in lines[1], lines
+  assert [line.split()[0] for line in lines[2:]] == [str(p['generation']) for p in result]
+  assert status(debug_agent, str(tmp_path / 'none'), '--curves', check=False).returncode == 2
+
+
 @pytest.mark.slurm
 @pytest.mark.usefixtures('slurm_cluster')
 def test_queued_job_is_shown_with_its_state(debug_agent, tmp_path):

@@ -1,7 +1,7 @@
 """`python -m wm`: the pipeline, and subcommands that look at runs and configs.
 
     python -m wm --run_dir=RUN --config=FILE:PRESET    every stage in order (wm/infra/pipeline.py)
-    python -m wm status RUN [RUN ...] [--json]          where runs stand (wm/infra/status.py)
+    python -m wm status RUN [RUN ...] [--json] [--curves]  where runs stand (wm/infra/status.py)
     python -m wm config FILE:PRESET [--changed]         every config field: value, default, meaning
     python -m wm sweep --root=DIR --grid F=V1,V2 ...    a grid of runs (wm/infra/sweep.py)
     python -m wm iterate --run_dir=RUN                  rounds of the paper's iterative training

@@ -8,7 +8,9 @@ every generation: its normal samples come from a numpy Generator seeded from the
                                   mean and sigma after each, the history columns, the search's
                                   settings, and the best parameters' evaluation
     RUN/controller/history.jsonl  one line per generation: generation, mode, best, mean, worst,
-                                  sigma, eval_mean, eval_std (rewritten whole from the state)
+                                  sigma, the evaluations' means and stds (real and dream), and
+                                  the seconds its fitness and evaluations took (COLUMNS;
+                                  rewritten whole from the state)
     RUN/controller/best.npz       the best parameters (wm/agent.py format)
 
 and a rerun rebuilds CMA-ES by replaying ask/tell with the saved returns, checking each
@@ -22,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 import zipfile
 from typing import Callable
 
@@ -36,7 +39,9 @@ STATE, HISTORY = 'es_state.npz', 'history.jsonl'
 BEST = artifacts.BEST  # the best parameters (RUN/controller/best.npz)
 COLUMNS = ('best', 'mean', 'worst', 'sigma', 'eval_mean', 'eval_std', 'centroid_eval_mean',
            'centroid_eval_std', 'dream_eval_mean', 'dream_eval_std', 'centroid_dream_eval_mean',
-           'centroid_dream_eval_std')
+           'centroid_dream_eval_std',
+           'fitness_s',  # wall seconds the generation's fitness took: the search's own cost
+           'eval_s')  # ... and its evaluations (real and dream), a measurement, not training
 # Independent seed streams: CMA-ES sampling, training episodes, evaluations during training,
 # and scripts/evaluate.py's episodes (never the same episodes as training).
 ES_STREAM, TRAIN_STREAM, EVAL_STREAM, TEST_STREAM = 101, 102, 103, 104
@@ -220,14 +225,17 @@ def run(folder: str, state: State, generations: int, mode: str, objective: Objec
   while state.generation < generations:
     g = state.generation + 1
     solutions = search.ask()
+    start = time.perf_counter()
     returns = np.asarray(objective.fitness(solutions, g), np.float64)
     search.tell(solutions, returns)
     top = int(np.argmax(returns))
     row = {'best': returns[top], 'mean': returns.mean(), 'worst': returns.min(),
-           'sigma': search.sigma}
+           'sigma': search.sigma, 'fitness_s': time.perf_counter() - start}
     best, score, evaluated = solutions[top], returns[top], False
     if objective.evaluate is not None and g % objective.eval_every == 0:
+      start = time.perf_counter()
       best, score = _evaluate(objective, g, best, search.centroid, row)
+      row['eval_s'] = time.perf_counter() - start
       evaluated = True
     if (evaluated and not state.best_evaluated) or (
         evaluated == state.best_evaluated and score > state.best_score):

@@ -3,6 +3,8 @@
     python -m wm.infra.status RUN             # a row per stage: state, progress or result, log
     python -m wm.infra.status RUN1 RUN2 ...   # one comparison table, a row per run
     python -m wm.infra.status RUN --json      # the same, as JSON for scripts
+    python -m wm.infra.status RUN1 RUN2 --curves   # each run's controller evaluations (real
+                                                   # and dream) against its search time
 
 A stage is
   done         its DONE exists (with its key result: V's and M's validation loss, the CMA-ES
@@ -38,6 +40,9 @@ from wm.errors import UserError
 from wm.infra import cli, fileio, progress, runs, slurm
 
 _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of tables.')
+_CURVES = flags.DEFINE_bool('curves', False, 'Print each run\'s learning curve instead: every '
+                            'evaluation of its controller search (real and dream, best candidate '
+                            'and centroid) against the search time spent before it.')
 
 RUNNING_WITHIN_S = 600  # progress.json written on another host this recently: running
 TAIL_BYTES = 16384  # how much of a log's end is searched for an error
@@ -233,6 +238,42 @@ def controller_result(folder: str, config: dict) -> dict:
           'eval_mean': evals[-1] if evals else None} if rows else {}
 
 
+def curve(folder: str) -> list[dict]:
+  """The evaluated generations of the controller search in `folder`: generation, mode, the
+  minutes of fitness evaluation up to it (None where a generation's time was not recorded) and
+  the real and dream evaluations of its best candidate and of the centroid."""
+  rows, spent, out = fileio.read_jsonl(os.path.join(folder, 'history.jsonl')), 0.0, []
+  for row in rows:
+    spent = None if spent is None or row.get('fitness_s') is None else spent + row['fitness_s']
+    if row.get('eval_mean') is None:
+      continue
+    out.append({'generation': row['generation'], 'mode': row.get('mode'),
+                'search_min': None if spent is None else spent / 60,
+                **{k: row.get(k) for k in ('eval_mean', 'centroid_eval_mean', 'dream_eval_mean',
+                                           'centroid_dream_eval_mean')}})
+  return out
+
+
+def render_curves(paths: list[str]) -> str:
+  """A table per run: its curve (`curve`), or why it has none."""
+  lines = []
+  for path in paths:
+    run = open_run(path)
+    points = curve(run.stage_dir('controller'))
+    lines.append(f'{path}:')
+    if not points:
+      lines.append('  no evaluation yet (controller/history.jsonl: controller.eval_every)')
+      continue
+    rows = [['generation', 'mode', 'search time (min)', 'real: best / centroid',
+             'dream: best / centroid']]
+    rows += [[str(p['generation']), p['mode'] or '?', _cell(p['search_min'], '.1f'),
+              f'{_cell(p["eval_mean"], ".0f")} / {_cell(p["centroid_eval_mean"], ".0f")}',
+              f'{_cell(p["dream_eval_mean"], ".0f")} / '
+              f'{_cell(p["centroid_dream_eval_mean"], ".0f")}'] for p in points]
+    lines.append(table(rows))
+  return '\n'.join(lines)
+
+
 def describe_result(stage: str, result: dict) -> str:
   if 'valid_loss' in result:
     return f'valid loss {_cell(result["valid_loss"])} (step {result["step"]})'
@@ -303,9 +344,8 @@ def stage_status(run: runs.Run, stage: str, jobs: list[dict], config: dict, now:
   return status
 
 
-def run_status(path: str, now: float | None = None) -> dict:
-  """Everything status shows about the run dir `path`."""
-  now = time.time() if now is None else now
+def open_run(path: str) -> runs.Run:
+  """The run dir `path`, or a UserError saying why it is not one."""
   if not os.path.isdir(path):
     state = 'is a file, not a folder' if os.path.exists(path) else 'does not exist'
     raise UserError(f'run dir {path} {state}: pass the folder the stages were given as --run_dir')
@@ -315,6 +355,13 @@ def run_status(path: str, now: float | None = None) -> dict:
     raise UserError(f'{path} is not a run dir: it has no config.json and no stage folder '
                     f'({", ".join(runs.STAGE_DIRS.values())}); pass the folder the stages were '
                     'given as --run_dir')
+  return run
+
+
+def run_status(path: str, now: float | None = None) -> dict:
+  """Everything status shows about the run dir `path`."""
+  now = time.time() if now is None else now
+  run = open_run(path)
   config, slurm = read_json(run.config_path), slurm_jobs(run)
   jobs = (slurm or {}).get('jobs', [])
   stages = [stage_status(run, name, [j for j in jobs if j['stage'] == name],
@@ -393,7 +440,15 @@ def render_comparison(statuses: list[dict]) -> str:
 def main(argv: list[str]) -> None:
   paths = argv[1:]
   if not paths:
-    raise UserError('usage: python -m wm.infra.status RUN [RUN ...] [--json]')
+    raise UserError('usage: python -m wm.infra.status RUN [RUN ...] [--json] [--curves]')
+  if _CURVES.value:
+    folders = {path: open_run(path).stage_dir('controller') for path in paths}
+    if _JSON.value:
+      print(json.dumps({'curves': {path: curve(folder) for path, folder in folders.items()}},
+                       indent=2))
+    else:
+      print(render_curves(paths))
+    return
   statuses = [run_status(path) for path in paths]
   if _JSON.value:
     print(json.dumps({'runs': statuses}, indent=2))
