@@ -60,7 +60,9 @@ def test_bad_overrides_name_the_field(key, value, message):
 @pytest.mark.parametrize('key,value', [('collect.num_rollouts', '0'),
                                        ('collect.policy', 'clever'),
                                        ('records.valid_fraction', '1.5'),
-                                       ('collect.hold_max', '0')])
+                                       ('collect.hold_max', '0'),
+                                       ('controller.dream_generations', '-1'),
+                                       ('controller.dream_generations', '5')])  # debug: dream mode
 def test_impossible_values_are_refused(key, value):
   c = debug_config()
   config_lib.override(c, key, value)

@@ -199,6 +199,22 @@ def test_killed_dream_run_continues_in_real_env(controller_models, tmp_path):
   assert os.path.exists(os.path.join(run_dir, 'controller', 'DONE'))
 
 
+def test_a_real_search_warm_started_in_the_dream(controller_models, tmp_path):
+  """controller.dream_generations: the first generations evolve in the dream, the rest in the
+  real env, as one search; the evaluations play both throughout."""
+  run_dir = copy_run(controller_models, str(tmp_path / 'run'))
+  run_script('train_controller', f'--run_dir={run_dir}', f'--config={DEBUG}',
+             '--config.controller.mode=real', '--config.controller.dream_generations=2',
+             '--config.controller.generations=4', '--config.controller.eval_every=2',
+             '--config.env.max_steps=20', '--config.controller.init_sigma=1')
+  rows = _history(run_dir)
+  assert [r['mode'] for r in rows] == ['dream', 'dream', 'real', 'real']
+  assert all(rows[g]['eval_mean'] is not None and rows[g]['dream_eval_mean'] is not None
+             for g in (1, 3))
+  state = np.load(os.path.join(run_dir, 'controller', es.STATE))
+  assert list(state['modes']) == ['dream', 'dream', 'real', 'real']
+
+
 @pytest.mark.mpi
 def test_mpi_ranks_match_the_local_pool(controller_models, mpi_as_root, tmp_path):
   mpiexec = shutil.which('mpiexec')

@@ -130,6 +130,7 @@ class ControllerConfig:
   init_sigma: float = 0.1  # CMA-ES initial step size
   train_patience: int = 0  # real-env training: stop after this many steps without reward (0: off)
   mode: str = 'dream'  # where candidates are evaluated: dream (inside M) | real (the env)
+  dream_generations: int = 0  # mode=real: the first this many generations evolve in M's dream instead (a warm start), the rest in the real env
   dream_temperature: float = 1.15  # dream: sampling temperature of M
   dream_done: str = 'sample'  # dream: an episode ends with M's done probability | threshold (> 0.5) | expected (rewards weighted by the probability of being alive: no draw's noise)
   dream_done_odds: float = 1.0  # dream: M's odds of an episode's end times this (> 1: a cautious dream, harder than M predicts)
@@ -460,6 +461,10 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
        'needs env.fast_render=True (the scaled drawing is part of the fast renderer)'),
       ('vae.kl_tolerance', config.vae.kl_tolerance >= 0, 'must be >= 0'),
       ('controller.train_patience', config.controller.train_patience >= 0, 'must be >= 0'),
+      ('controller.dream_generations', config.controller.dream_generations >= 0, 'must be >= 0'),
+      ('controller.dream_generations', config.controller.dream_generations == 0
+       or config.controller.mode == 'real', 'is a warm start for controller.mode=real (with '
+       'mode=dream every generation is in the dream already)'),
       ('vae.model', config.vae.model in registry.ENCODERS,
        f'is not a registered encoder {sorted(registry.ENCODERS)} (wm/models/registry.py)'),
       ('seq.model', config.seq.model in registry.SEQUENCE_MODELS,

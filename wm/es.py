@@ -213,8 +213,10 @@ class Objective:
   dream_evaluate: Callable[[np.ndarray, int], np.ndarray] | None = None
 
 
-def run(folder: str, state: State, generations: int, mode: str, objective: Objective):
+def run(folder: str, state: State, generations: int, mode: str | Callable[[int], str],
+        objective: Objective):
   """Runs generations state.generation+1 .. `generations`, saving after each; yields them.
+  `mode` (real | dream, or a function of the generation giving it) is recorded per generation.
 
   Every `objective.eval_every` generations the generation's best candidate and the search's
   centroid are evaluated (in the real environment, and with `dream_evaluate` in the dream too),
@@ -241,7 +243,7 @@ def run(folder: str, state: State, generations: int, mode: str, objective: Objec
         evaluated == state.best_evaluated and score > state.best_score):
       objective.save_best(best, float(score))
       state.best_score, state.best_evaluated = float(score), evaluated
-    state.append(returns, search.digest(), mode, **row)
+    state.append(returns, search.digest(), mode(g) if callable(mode) else mode, **row)
     save(folder, state)
     yield Generation(g, row, solutions[top])
     if objective.stop():

@@ -2,7 +2,8 @@
 
 `run` starts on every MPI rank: rank 0 owns the search (wm/es.py) and the others serve its real
 episodes; without MPI, local worker processes do (wm/evaluation.py). Fitness comes from the dream
-(controller.mode=dream, wm/dream.py) or from real training episodes; every evaluation plays the
+(controller.mode=dream, wm/dream.py) or from real training episodes (mode=real; its first
+controller.dream_generations generations in the dream, a warm start); every evaluation plays the
 best candidate and the centroid in both, logging the dream's fidelity beside the real returns.
 Inputs, outputs and flags: scripts/train_controller.py.
 """
@@ -67,9 +68,14 @@ class Episodes:
                                    np.tile(seeds, len(params)), patience)
     return returns.reshape(len(params), len(seeds))
 
+  def mode(self, generation: int) -> str:
+    """Where generation `generation` (1-based) evolves: controller.mode, but in the dream for a
+    real-mode search's first controller.dream_generations."""
+    return 'dream' if generation <= self.c.dream_generations else self.c.mode
+
   def fitness(self, params: np.ndarray, generation: int) -> np.ndarray:
     seed = self.config.seed
-    if self.c.mode == 'dream':
+    if self.mode(generation) == 'dream':
       return self.dream.evaluate(params, self.c.trials,
                                  es.derive_seed(seed, es.TRAIN_STREAM, generation))
     seeds = es.episode_seeds(seed, es.TRAIN_STREAM, generation, self.c.trials)
@@ -102,9 +108,11 @@ def train(stage: cli.Stage, mpi_evaluator, parallelism: int = 1) -> None:
     return
   stage.run.clear_done('controller')
   episodes = Episodes(stage, model, mpi_evaluator, parallelism)
+  warm = (f' after {c.dream_generations} generations in the dream' if c.dream_generations
+          else '')
   logging.info('CMA-ES over %d parameters (controller.inputs=%s), population %d, %d trials, '
-               '%s mode, from generation %d', settings.num_params, c.inputs, c.population_size,
-               c.trials, c.mode, state.generation + 1)
+               '%s mode%s, from generation %d', settings.num_params, c.inputs, c.population_size,
+               c.trials, c.mode, warm, state.generation + 1)
   try:
     search(stage, model, state, episodes)
   finally:
@@ -130,7 +138,7 @@ def search(stage: cli.Stage, model: WorldModel, state: es.State, episodes: Episo
     objective = es.Objective(episodes.fitness, save_best, episodes.evaluate, c.eval_every,
                              stop=lambda: preemption.requested,
                              dream_evaluate=episodes.dream_evaluate)
-    for gen in es.run(stage.dir, state, c.generations, c.mode, objective):
+    for gen in es.run(stage.dir, state, c.generations, episodes.mode, objective):
       log(writer, gen)
       progress.update(gen.generation)
 
