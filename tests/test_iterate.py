@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import REPO, copy_run, script_env
 
-from wm import config as config_lib, rollouts
+from wm import config as config_lib, es, rollouts
 from wm.infra import fileio, iterate, runs
 
 ROUND = ['--config.iterate.iterations=1', '--config.iterate.rollouts=2',
@@ -61,6 +61,27 @@ def test_a_round_collects_with_the_controller_and_trains_on(debug_agent, tmp_pat
 
   again = wm('iterate', f'--run_dir={root}', *ROUND)  # everything is done: nothing runs
   assert again.returncode == 0 and 'started' not in again.stdout, again.stdout[-2000:]
+
+
+@pytest.mark.parametrize('search', ['continue', 'restart'])
+def test_a_round_continues_or_restarts_the_search(debug_agent, tmp_path, search):
+  """iterate.search: round 1's controller starts from round 0's CMA-ES state and generation
+  count, or from scratch; V and M continue either way."""
+  root = copy_run(debug_agent, str(tmp_path / 'run'))
+  runs.Run(root).mark_done('evaluate')  # what a round starts after (its score is not read here)
+  settings = config_lib.IterateConfig(iterations=1, generations=3, search=search)
+  round1 = iterate.prepare(root, 1, settings)
+  before = fileio.read_json(runs.Run(root).done_path('controller'))['generations']
+  config = config_lib.load_json(round1.config_path)
+  carried = os.path.exists(os.path.join(round1.stage_dir('controller'), es.STATE))
+  if search == 'continue':
+    assert (config.controller.generations, carried) == (before + 3, True)
+  else:
+    assert (config.controller.generations, carried) == (3, False)
+  assert os.path.isdir(os.path.join(round1.stage_dir('vae'), 'checkpoints'))
+  assert os.path.isdir(os.path.join(round1.stage_dir('seq'), 'checkpoints'))
+  iterate.prepare(root, 1, settings)  # idempotent: nothing changes on a rerun
+  assert os.path.exists(os.path.join(round1.stage_dir('controller'), es.STATE)) == carried
 
 
 def test_collecting_with_a_controller_needs_a_trained_one(debug_data, tmp_path):

@@ -145,7 +145,8 @@ class IterateConfig:
   rollouts: int = 100  # rollouts each round adds, played by the previous round's controller (collect.action_noise)
   vae_steps: int = 1000  # V's training steps each round adds, continuing its checkpoint
   seq_steps: int = 1000  # M's training steps each round adds, continuing its checkpoint
-  generations: int = 25  # controller generations each round adds, continuing its CMA-ES state
+  generations: int = 25  # controller generations each round runs (added to round k-1's with search=continue)
+  search: str = 'continue'  # each round's CMA-ES: continue (round k-1's state, through the new V and M) | restart (from scratch through them)
 
 
 @dataclasses.dataclass
@@ -390,6 +391,7 @@ _CHOICES = {
     'controller.rest': ('middle', 'low'),
     'controller.mode': ('real', 'dream'),
     'controller.dream_done': ('sample', 'threshold', 'expected'),
+    'iterate.search': ('continue', 'restart'),
     'seq.window_start': ('random', 'episode'),
     'vae.precision': ('auto', 'float32', 'bfloat16'),
     'distribute.strategy': ('auto', 'one_device', 'mirrored', 'multi_worker'),

@@ -13,7 +13,8 @@ models and scores stay apart, and every stage in it resumes by rerun like any ot
     vae/, seq/   round k-1's checkpoints, trained iterate.vae_steps / iterate.seq_steps further
                  on all the data (the stages' top-up: vae.train_steps, seq.train_steps raised)
     controller/  round k-1's CMA-ES state, continued for iterate.generations more generations
-                 through the new V and M (controller.generations raised)
+                 through the new V and M (controller.generations raised); with
+                 iterate.search=restart a new search of iterate.generations from scratch
     evaluate/    the round's controller on the same controller.test_episodes real episodes
     config.json  the round's config: round k-1's with the changes above
 
@@ -74,7 +75,8 @@ def round_config(previous: Config, previous_run: runs.Run, settings: config_lib.
   config.collect.num_rollouts = done['collect']['rollouts'] + settings.rollouts
   config.vae.train_steps = done['vae']['step'] + settings.vae_steps
   config.seq.train_steps = done['seq']['step'] + settings.seq_steps
-  config.controller.generations = done['controller']['generations'] + settings.generations
+  config.controller.generations = settings.generations + (
+      done['controller']['generations'] if settings.search == 'continue' else 0)
   config.iterate = copy.deepcopy(settings)
   return config_lib.validate(config)
 
@@ -93,15 +95,18 @@ def link_rollouts(previous: runs.Run, run: runs.Run) -> int:
   return len(indices)
 
 
-def continue_from(previous: runs.Run, run: runs.Run) -> None:
+def continue_from(previous: runs.Run, run: runs.Run, search: str = 'continue') -> None:
   """Copies what V, M and the controller continue from, unless the round has started them.
 
-  The CMA-ES search continues, but not its best: round k-1's best parameters were scored through
-  round k-1's V and M, and through the new ones their inputs mean something else (a first try
-  that kept it scored 10.7 where round 0 had 599.5, while the continued search's own candidates
-  evaluated at 547-565). The round's evaluations choose its best anew (es.copy_without_best).
+  The CMA-ES search continues (iterate.search=continue; with restart the round's search starts
+  from scratch), but not its best: round k-1's best parameters were scored through round k-1's
+  V and M, and through the new ones their inputs mean something else (a first try that kept it
+  scored 10.7 where round 0 had 599.5, while the continued search's own candidates evaluated at
+  547-565). The round's evaluations choose its best anew (es.copy_without_best).
   """
   for stage, names in CONTINUED.items():
+    if stage == 'controller' and search == 'restart':
+      continue
     source, target = previous.stage_dir(stage), run.stage_dir(stage)
     if os.path.exists(os.path.join(target, names[0])):
       continue  # started (or copied) before
@@ -131,7 +136,7 @@ def prepare(root: str, k: int, settings: config_lib.IterateConfig) -> runs.Run:
     config = round_config(before, previous, settings)
     fileio.write_text(run.config_path, config_lib.to_json(config) + '\n')
   linked = link_rollouts(previous, run)
-  continue_from(previous, run)
+  continue_from(previous, run, config_lib.load_json(run.config_path).iterate.search)
   print(f'== round {k}: {run.root}: {linked} rollouts of round {k - 1} linked, '
         f'{settings.rollouts} to collect with its controller', flush=True)
   return run
