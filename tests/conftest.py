@@ -44,6 +44,27 @@ def run_script(name: str, *args: str, check: bool = True, timeout: float = 300,
   return result
 
 
+def process_alive(pid: int) -> bool:
+  """Whether `pid` runs (a zombie or a dying process has ended: it only waits to be reaped)."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
+  except FileNotFoundError:
+    return False
+
+
+def child_pids(pid: int) -> list[int]:
+  """The processes `pid` started that are still its children (any of its threads'; Linux /proc)."""
+  children = []
+  for task in os.listdir(f'/proc/{pid}/task'):
+    try:
+      with open(f'/proc/{pid}/task/{task}/children') as f:
+        children += [int(p) for p in f.read().split()]
+    except FileNotFoundError:  # the thread ended meanwhile
+      pass
+  return children
+
+
 def copy_run(src: str, dst: str) -> str:
   shutil.copytree(src, dst, symlinks=True)
   return dst

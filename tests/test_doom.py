@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, script_env
+from conftest import REPO, child_pids, process_alive, script_env
 from wm import config as config_lib
 from wm import envs
 from wm.errors import ConfigError
@@ -62,20 +62,6 @@ time.sleep(120)
 """
 
 
-def _engines_of(pid: int) -> list[int]:
-  """Running processes whose parent is `pid` (the engine VizDoom started for a game)."""
-  out = subprocess.run(['ps', '-o', 'pid=', '--ppid', str(pid)], capture_output=True, text=True)
-  return [int(p) for p in out.stdout.split()]
-
-
-def _alive(pid: int) -> bool:
-  try:
-    with open(f'/proc/{pid}/stat') as f:
-      return f.read().split(')')[-1].split()[0] != 'Z'  # a zombie is dead, waiting to be reaped
-  except FileNotFoundError:
-    return False
-
-
 def test_a_killed_process_takes_its_vizdoom_engine_with_it():
   """VizDoom plays each game in an engine process of its own; a stage or pool worker killed with
   SIGKILL used to leave it running forever (wm/vizdoom_engine.sh)."""
@@ -84,17 +70,17 @@ def test_a_killed_process_takes_its_vizdoom_engine_with_it():
   engines = []
   try:
     pid = int(probe.stdout.readline())
-    engines = _engines_of(pid)
+    engines = child_pids(pid)  # the engine VizDoom started for the game
     assert engines, f'no engine process found under the game\'s owner {pid}'
     probe.kill()
     probe.wait(10)
     deadline = time.monotonic() + 10
-    while any(map(_alive, engines)) and time.monotonic() < deadline:
+    while any(map(process_alive, engines)) and time.monotonic() < deadline:
       time.sleep(0.2)
-    assert not any(map(_alive, engines)), f'engines {engines} outlived their killed owner'
+    assert not any(map(process_alive, engines)), f'engines {engines} outlived their killed owner'
   finally:
     probe.kill()
-    for engine in filter(_alive, engines):  # a failed run leaves no engine behind either
+    for engine in filter(process_alive, engines):  # a failed run leaves no engine behind either
       os.kill(engine, signal.SIGKILL)
 
 

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from conftest import DEBUG, REPO, copy_run, run_script, script_env
+from conftest import (DEBUG, REPO, child_pids, copy_run, process_alive, run_script,
+                      script_env)
 from wm.infra import changes, pipeline, quiet, runs
 
 # Holds the run dir's pipeline lock as a running pipeline does, until killed.
@@ -175,19 +176,6 @@ def test_fields_that_act_only_under_a_policy_count_only_under_it():
   assert runs.config_key(driven, 'collect') != runs.config_key(driven_noisier, 'collect')
 
 
-def _children(pid: int) -> list[int]:
-  with open(f'/proc/{pid}/task/{pid}/children') as f:
-    return [int(p) for p in f.read().split()]
-
-
-def _alive(pid: int) -> bool:
-  try:
-    with open(f'/proc/{pid}/stat') as f:
-      return f.read().split(')')[-1].split()[0] != 'Z'  # a zombie has ended
-  except FileNotFoundError:
-    return False
-
-
 @pytest.mark.skipif(not os.path.exists(f'/proc/{os.getpid()}/task/{os.getpid()}/children'),
                     reason='needs Linux /proc children lists')
 def test_a_killed_pipeline_takes_its_running_stage_with_it(tmp_path):
@@ -202,16 +190,16 @@ def test_a_killed_pipeline_takes_its_running_stage_with_it(tmp_path):
     while not os.path.exists(tmp_path / 'rollouts' / 'rollout-000000.npz'):
       assert time.time() < deadline and parent.poll() is None, 'the stage never started'
       time.sleep(0.5)
-    stage = _children(parent.pid)
+    stage = child_pids(parent.pid)
     assert len(stage) == 1, stage
     parent.kill()
     parent.wait()
     deadline = time.time() + 60
-    while _alive(stage[0]) and time.time() < deadline:
+    while process_alive(stage[0]) and time.time() < deadline:
       time.sleep(0.5)
-    assert not _alive(stage[0]), 'the stage kept running after its pipeline was killed'
+    assert not process_alive(stage[0]), 'the stage kept running after its pipeline was killed'
   finally:
     parent.kill()
-    for pid in _children(parent.pid) if _alive(parent.pid) else []:
+    for pid in child_pids(parent.pid) if process_alive(parent.pid) else []:
       os.kill(pid, 9)
   assert not runs.Run(str(tmp_path)).is_done('collect')

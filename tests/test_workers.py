@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_script, script_env
+from conftest import REPO, process_alive, run_script, script_env
 from wm.infra import workers
 
 
@@ -108,17 +108,9 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path):
     parent.kill()
     parent.wait()
   deadline = time.monotonic() + 30
-  while time.monotonic() < deadline and any(_alive(p) for p in children):
+  while time.monotonic() < deadline and any(process_alive(p) for p in children):
     time.sleep(0.1)
-  assert not any(_alive(p) for p in children), children
-
-
-def _alive(pid: int) -> bool:
-  try:
-    with open(f'/proc/{pid}/stat') as f:
-      return f.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
-  except FileNotFoundError:
-    return False
+  assert not any(process_alive(p) for p in children), children
 
 
 @pytest.mark.parametrize('env_name', ['Pendulum-v1', 'CartPole-v1'])

@@ -254,12 +254,10 @@ def curve(folder: str) -> list[dict]:
   return out
 
 
-def render_curves(paths: list[str]) -> str:
-  """A table per run: its curve (`curve`), or why it has none."""
+def render_curves(curves: dict[str, list[dict]]) -> str:
+  """A table per run dir: its curve (`curve`), or why it has none."""
   lines = []
-  for path in paths:
-    run = open_run(path)
-    points = curve(run.stage_dir('controller'))
+  for path, points in curves.items():
     lines.append(f'{path}:')
     if not points:
       lines.append('  no evaluation yet (controller/history.jsonl: controller.eval_every)')
@@ -442,12 +440,8 @@ def main(argv: list[str]) -> None:
   if not paths:
     raise UserError('usage: python -m wm.infra.status RUN [RUN ...] [--json] [--curves]')
   if _CURVES.value:
-    folders = {path: open_run(path).stage_dir('controller') for path in paths}
-    if _JSON.value:
-      print(json.dumps({'curves': {path: curve(folder) for path, folder in folders.items()}},
-                       indent=2))
-    else:
-      print(render_curves(paths))
+    curves = {path: curve(open_run(path).stage_dir('controller')) for path in paths}
+    print(json.dumps({'curves': curves}, indent=2) if _JSON.value else render_curves(curves))
     return
   statuses = [run_status(path) for path in paths]
   if _JSON.value:
