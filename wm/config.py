@@ -128,6 +128,7 @@ class ControllerConfig:
   trials: int = 4  # episodes per candidate; fitness is their mean return
   generations: int = 100  # generations in total (a rerun continues up to this)
   init_sigma: float = 0.1  # CMA-ES initial step size
+  covariance: str = 'full'  # CMA-ES covariance: full (the paper's) | diagonal (sep-CMA-ES: learns each parameter's scale ~n/3 times faster)
   train_patience: int = 0  # real-env training: stop after this many steps without reward (0: off)
   mode: str = 'dream'  # where candidates are evaluated: dream (inside M) | real (the env)
   dream_generations: int = 0  # mode=real: the first this many generations evolve in M's dream instead (a warm start), the rest in the real env
@@ -389,6 +390,7 @@ _CHOICES = {
     'collect.policy': ('uniform', 'brownian', 'held', 'controller'),
     'controller.inputs': ('z', 'zh', 'zh_hidden', 'zch'),
     'controller.rest': ('middle', 'low'),
+    'controller.covariance': ('full', 'diagonal'),
     'controller.mode': ('real', 'dream'),
     'controller.dream_done': ('sample', 'threshold', 'expected'),
     'iterate.search': ('continue', 'restart'),

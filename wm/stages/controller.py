@@ -100,7 +100,7 @@ def train(stage: cli.Stage, mpi_evaluator, parallelism: int = 1) -> None:
   config, c = stage.config, stage.config.controller
   model = WorldModel.load(stage.run, config, action_space_of(config))
   settings = es.Settings(model.controller.num_params, c.population_size, c.init_sigma, config.seed,
-                         c.rest)
+                         c.rest, c.covariance)
   state = es.load(stage.dir, settings)
   if state.generation >= c.generations:
     logging.info('%d of %d generations done already', state.generation, c.generations)
