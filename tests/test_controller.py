@@ -198,13 +198,20 @@ def test_training_patience_ends_episodes_without_reward(controller_models):
   config.env.max_steps = 60
   seeds = np.array([3, 4])
   full, early = (evaluation.Worker(config, controller_models) for _ in range(2))
-  full_returns = full.evaluate(None, seeds)
-  early_returns = early.evaluate(None, seeds, patience=5)
+  whole, cut = full.play(None, seeds), early.play(None, seeds, patience=5)
   assert full.steps == 2 * 60  # whole episodes
+  limit = config.env.agent_steps()
+  assert whole.steps.tolist() == [limit, limit] and not whole.ended.any()  # the time limit
   # A random car from a standing start rarely reaches a new tile: with patience 5 each episode
   # ends 5 steps after its last reward.
   assert early.steps < 2 * 20, early.steps
-  assert (early_returns > full_returns).all()  # fewer -0.1 frames paid
+  assert cut.steps.sum() == early.steps and not cut.ended.any()  # the patience, not the game
+  assert (cut.returns > whole.returns).all()  # fewer -0.1 frames paid
+  np.testing.assert_array_equal(early.evaluate(None, seeds, patience=5), cut.returns)
+  table = evaluation.Outcomes(np.array([1.5, -2.0]), np.array([3, 7]), np.array([True, False]))
+  back = evaluation.Outcomes.from_array(table.to_array())
+  assert back.returns.tolist() == [1.5, -2.0] and back.steps.tolist() == [3, 7]
+  assert back.ended.tolist() == [True, False]
 
 
 def test_rest_low_leaves_one_sided_actions_off():

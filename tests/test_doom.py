@@ -97,4 +97,7 @@ def test_debug_doom_pipeline_runs_every_stage(tmp_path):
     scored = json.load(f)
   assert scored['env'] == 'VizdoomTakeCover-v1' and scored['episodes'] == 4
   assert all(r >= 1 for r in scored['returns'])  # every tic survived earns 1
+  limit = config_lib.load_json(os.path.join(run_dir, 'config.json')).env.agent_steps()
+  for steps, ended in zip(scored['steps'], scored['ended']):  # died early, or survived the limit
+    assert (ended and steps < limit) or (not ended and steps == limit), scored
   assert os.path.getsize(os.path.join(run_dir, 'play', 'agent.mp4')) > 0

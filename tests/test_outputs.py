@@ -13,7 +13,7 @@ import tarfile
 import pytest
 
 from conftest import REPO, debug_config, run_script
-from wm import rollouts, training
+from wm import config as config_lib, rollouts, training
 from wm.infra import snapshot
 
 
@@ -89,6 +89,11 @@ def test_evaluation_writes_every_return_and_the_mean_and_a_rerun_replaces_them(t
   assert [step for step, _ in scalars['eval/return']] == [0, 1]  # the first run's are gone
   assert [v for _, v in scalars['eval/return']] == pytest.approx(result['returns'], rel=1e-5)
   assert scalars['eval/return_mean'] == [(2, pytest.approx(result['mean'], rel=1e-5))]
+  limit = config_lib.load_json(os.path.join(run_dir, 'config.json')).env.agent_steps()
+  assert len(result['steps']) == len(result['ended']) == 2
+  for steps, ended in zip(result['steps'], result['ended']):  # ended early, or ran to the limit
+    assert (ended and 0 < steps <= limit) or (not ended and steps == limit), result
+  assert result['ended_count'] == sum(result['ended'])
 
 
 def check_metrics_match_tensorboard(stage_dir: str, log_every: int, train_steps: int) -> list:

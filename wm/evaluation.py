@@ -1,7 +1,9 @@
 """Real-environment episodes for many controllers at once, on one machine or across MPI ranks.
 
-A job is (controller parameters, episode seed); its result is the episode's return. An
-`Evaluator` maps jobs [J] to returns [J]. With `patience` > 0 (training only:
+A job is (controller parameters, episode seed); its result is the episode's `Outcomes`: its
+return, its agent steps, and whether the environment ended it (CarRacing: the lap finished, or
+the car left the playfield; Doom: the player died) rather than its time limit or the patience
+below. An `Evaluator` maps jobs [J] to outcomes [J] (`play`), or to returns [J] (`evaluate`). With `patience` > 0 (training only:
 `controller.train_patience`) an episode ends early once that many agent steps in a row brought
 no positive reward: a car off the track, or standing still, earns nothing more in CarRacing but
 costs a whole episode of steps. Evaluations always play whole episodes.
@@ -22,6 +24,7 @@ uniformly random policy (evaluate.py's baseline).
 from __future__ import annotations
 
 import abc
+import dataclasses
 import os
 import signal
 
@@ -34,6 +37,23 @@ from wm.agent import WorldModel
 from wm.config import Config
 
 MAX_BATCH = 64  # environments a worker steps together at most
+
+
+@dataclasses.dataclass
+class Outcomes:
+  """Real episodes' results: row j is job j's."""
+  returns: np.ndarray  # [J] float: the undiscounted return
+  steps: np.ndarray  # [J] int: agent steps played (env.action_repeat frames each)
+  ended: np.ndarray  # [J] bool: the environment ended it (terminated), not a limit
+
+  def to_array(self) -> np.ndarray:
+    """[J, 3] float64: what crosses process boundaries (a pool's pipe, MPI's Gatherv)."""
+    return np.stack([self.returns, self.steps, self.ended], axis=1).astype(np.float64)
+
+  @classmethod
+  def from_array(cls, table: np.ndarray) -> 'Outcomes':
+    table = np.asarray(table, np.float64).reshape(-1, 3)
+    return cls(table[:, 0], table[:, 1].astype(np.int64), table[:, 2] > 0.5)
 
 
 def chunks(num_jobs: int, workers: int) -> list[np.ndarray]:
@@ -56,21 +76,25 @@ class Worker:
       self._world = WorldModel.load(self.run, self.config)
     return self._world
 
-  def evaluate(self, params: np.ndarray | None, seeds: np.ndarray, patience: int = 0) -> np.ndarray:
-    returns = np.zeros(len(seeds))
+  def play(self, params: np.ndarray | None, seeds: np.ndarray, patience: int = 0) -> Outcomes:
+    table = np.zeros((len(seeds), 3))
     for start in range(0, len(seeds), MAX_BATCH):
       part = slice(start, start + MAX_BATCH)
       batch = None if params is None else params[part]
-      returns[part] = self._play(batch, seeds[part], patience)
-    return returns
+      table[part] = self._play(batch, seeds[part], patience).to_array()
+    return Outcomes.from_array(table)
 
-  def _play(self, params: np.ndarray | None, seeds: np.ndarray, patience: int) -> np.ndarray:
+  def evaluate(self, params: np.ndarray | None, seeds: np.ndarray, patience: int = 0) -> np.ndarray:
+    return self.play(params, seeds, patience).returns
+
+  def _play(self, params: np.ndarray | None, seeds: np.ndarray, patience: int) -> Outcomes:
     count = len(seeds)
     while len(self.envs) < count:
       self.envs.append(envs.make(self.config.env))
     batch = self.envs[:count]
     frames = np.stack([env.reset(seed=int(s)) for env, s in zip(batch, seeds)])
     returns, alive = np.zeros(count), np.ones(count, bool)
+    steps, ended = np.zeros(count, np.int64), np.zeros(count, bool)
     idle = np.zeros(count, int)  # agent steps since the last positive reward
     act = self._random_actor(batch, seeds) if params is None else self._world_actor(params)
     for _ in range(self.config.env.agent_steps()):
@@ -78,12 +102,14 @@ class Worker:
       for i in np.flatnonzero(alive):
         frames[i], reward, terminated, truncated = batch[i].step(actions[i])
         returns[i] += reward
+        steps[i] += 1
+        ended[i] = terminated
         idle[i] = 0 if reward > 0 else idle[i] + 1
         alive[i] = not (terminated or truncated or (patience and idle[i] >= patience))
         self.steps += 1
       if not alive.any():
         break
-    return returns
+    return Outcomes(returns, steps, ended)
 
   def _world_actor(self, params: np.ndarray):
     world = self.world
@@ -103,13 +129,17 @@ class Worker:
 
 
 class Evaluator(abc.ABC):
-  """Maps jobs (params [J, n] or None, seeds [J]) to episode returns [J]."""
+  """Maps jobs (params [J, n] or None, seeds [J]) to episode outcomes [J]."""
 
   workers: int
 
   @abc.abstractmethod
-  def evaluate(self, params: np.ndarray | None, seeds: np.ndarray, patience: int = 0) -> np.ndarray:
+  def play(self, params: np.ndarray | None, seeds: np.ndarray, patience: int = 0) -> Outcomes:
     ...
+
+  def evaluate(self, params: np.ndarray | None, seeds: np.ndarray, patience: int = 0) -> np.ndarray:
+    """The episodes' returns [J]."""
+    return self.play(params, seeds, patience).returns
 
   def close(self) -> None:
     pass
@@ -125,8 +155,8 @@ class InProcess(Evaluator):
   def __init__(self, config: Config, run_root: str):
     self.worker, self.workers = Worker(config, run_root), 1
 
-  def evaluate(self, params, seeds, patience=0):
-    return self.worker.evaluate(params, np.asarray(seeds), patience)
+  def play(self, params, seeds, patience=0):
+    return self.worker.play(params, np.asarray(seeds), patience)
 
 
 _WORKER: Worker | None = None
@@ -146,7 +176,7 @@ def _init_pool_worker(config: Config, run_root: str, threads: int, preload: bool
 
 
 def _pool_chunk(job: tuple[np.ndarray | None, np.ndarray, int]) -> np.ndarray:
-  return _WORKER.evaluate(*job)
+  return _WORKER.play(*job).to_array()
 
 
 class Pool(Evaluator):
@@ -158,13 +188,13 @@ class Pool(Evaluator):
                                    (config, run_root, threads, preload), name='evaluation',
                                    describe=_describe_chunk)
 
-  def evaluate(self, params, seeds, patience=0):
+  def play(self, params, seeds, patience=0):
     seeds = np.asarray(seeds)
     jobs = [(None if params is None else params[c], seeds[c], patience)
             for c in chunks(len(seeds), self.workers)]
     # A chunk is stuck when it plays slower than 1 frame/s per episode (measured: >100).
     self.pool.task_timeout = 120.0 + max(len(j[1]) for j in jobs) * self.max_frames
-    return np.concatenate(self.pool.map(jobs))
+    return Outcomes.from_array(np.concatenate(self.pool.map(jobs)))
 
   def close(self) -> None:
     self.pool.close()
@@ -181,7 +211,7 @@ _EVAL, _STOP = 1, 0
 
 
 class Mpi(Evaluator):
-  """Rank 0's side: broadcasts the jobs, plays its own chunk, gathers everyone's returns.
+  """Rank 0's side: broadcasts the jobs, plays its own chunk, gathers everyone's outcomes.
 
   Messages are numpy buffers (Bcast/Gatherv), never pickled objects.
   """
@@ -190,7 +220,7 @@ class Mpi(Evaluator):
     self.comm, self.workers = comm, comm.Get_size()
     self.worker = Worker(config, run_root)
 
-  def evaluate(self, params, seeds, patience=0):
+  def play(self, params, seeds, patience=0):
     seeds = np.ascontiguousarray(seeds, np.int64)
     if params is not None:
       params = np.ascontiguousarray(params, np.float64)
@@ -214,19 +244,19 @@ def serve(comm, config: Config, run_root: str) -> None:
     _mpi_round(comm, worker, params, np.zeros(header[1], np.int64), int(header[3]))
 
 
-def _mpi_round(comm, worker: Worker, params, seeds, patience: int) -> np.ndarray | None:
+def _mpi_round(comm, worker: Worker, params, seeds, patience: int) -> Outcomes | None:
   from mpi4py import MPI  # pylint: disable=import-outside-toplevel
   if params is not None:
     comm.Bcast(params, root=0)
   comm.Bcast(seeds, root=0)
   parts = chunks(len(seeds), comm.Get_size())
   mine = parts[comm.Get_rank()]
-  returns = worker.evaluate(None if params is None else params[mine], seeds[mine], patience)
-  counts = [len(p) for p in parts]
-  gathered = np.zeros(len(seeds)) if comm.Get_rank() == 0 else None
-  comm.Gatherv(returns.astype(np.float64),
+  table = worker.play(None if params is None else params[mine], seeds[mine], patience).to_array()
+  counts = [3 * len(p) for p in parts]  # 3 columns a job: Outcomes.to_array
+  gathered = np.zeros(3 * len(seeds)) if comm.Get_rank() == 0 else None
+  comm.Gatherv(np.ascontiguousarray(table).ravel(),
                [gathered, counts, np.cumsum([0] + counts[:-1]), MPI.DOUBLE], root=0)
-  return gathered
+  return None if gathered is None else Outcomes.from_array(gathered)
 
 
 def make(config: Config, run_root: str, parallelism: int, comm=None,

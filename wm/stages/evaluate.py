@@ -44,18 +44,25 @@ def run(stage: cli.Stage, policy: str = 'controller', episodes: int | None = Non
   seeds = es.episode_seeds(config.seed, es.TEST_STREAM, 0, episodes)
   with evaluation.make(config, stage.run.root, parallelism, world.comm,
                        preload=params is not None) as pool:
-    returns = pool.evaluate(params, seeds)
+    outcomes = pool.play(params, seeds)
+  returns = outcomes.returns
   result = {'policy': policy, 'params': params_path, 'env': config.env.name,
             'render_scale': config.env.render_scale,
             'episodes': len(returns), 'mean': float(returns.mean()), 'std': float(returns.std()),
             'min': float(returns.min()), 'max': float(returns.max()),
             'seed': config.seed, 'seed_stream': es.TEST_STREAM,
-            'returns': [float(r) for r in returns]}
+            'returns': [float(r) for r in returns],
+            # each episode's agent steps, and whether the environment ended it (CarRacing: the
+            # lap finished or the car left the playfield; Doom: a death) before its time limit
+            'steps': [int(n) for n in outcomes.steps], 'ended': [bool(e) for e in outcomes.ended],
+            'ended_count': int(outcomes.ended.sum()), 'mean_steps': float(outcomes.steps.mean())}
   path = os.path.join(stage.dir, output)
   fileio.write_json(path, result)
   write_scalars(tb_dir(stage.dir, output), returns)
   line = (f'{policy} policy, {len(returns)} episodes: {result["mean"]:.1f} +- '
-          f'{result["std"]:.1f} (min {result["min"]:.1f}, max {result["max"]:.1f})')
+          f'{result["std"]:.1f} (min {result["min"]:.1f}, max {result["max"]:.1f}); '
+          f'{result["ended_count"]} ended by the environment before its limit of '
+          f'{config.env.agent_steps()} steps, {result["mean_steps"]:.0f} steps on average')
   print(line, flush=True)
   logging.info('wrote %s', path)
   stage.run.mark_done('evaluate', output=output, mean=result['mean'])
