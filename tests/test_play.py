@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -34,6 +35,9 @@ def test_random_policy_video_has_one_frame_per_step_and_no_panels(tmp_path):
   assert frames.shape == (steps, 64 * playback.SCALE, 64 * playback.SCALE, 3)
   saved = json.load(open(os.path.join(run_dir, 'play', 'returns-random.json')))
   assert [round(r, 2) for r in saved['returns']] == [float(r[1]) for r in returns]
+  for mean, size in zip(saved['action_mean'], saved['action_abs_mean']):  # steering, gas, brake
+    assert len(mean) == len(size) == 3 and -1 <= mean[0] <= 1 and 0 <= min(mean[1:])
+    assert all(abs(m) <= a + 1e-9 for m, a in zip(mean, size)) and 0.3 < size[0] < 0.7  # uniform
   # Not the play stage (the controller in the real env): its files are not written.
   for name in ('DONE', 'returns.json', 'snapshot'):
     assert not os.path.exists(os.path.join(run_dir, 'play', name)), name
@@ -131,6 +135,7 @@ def test_only_the_controller_in_the_real_env_is_the_play_stage(debug_agent, tmp_
     assert open(os.path.join(play_dir, name), 'rb').read() == before[name], name
   saved = json.load(open(os.path.join(play_dir, 'returns-dream.json')))
   assert saved['dream'] is True and len(saved['returns']) == 2
+  assert len(saved['action_mean']) == 2 and len(saved['action_mean'][0]) == 3
   assert json.load(open(os.path.join(play_dir, 'snapshot-dream', 'config.json')))[
       'play']['num_episodes'] == 2
   # The pipeline still finds the play stage as it ran, not changed by the dream's override.
@@ -192,6 +197,7 @@ def label_at(image: np.ndarray, rect, label: str) -> float:
 
 
 WINDOW_CHECK = """
+import gymnasium as gym
 import numpy as np
 from wm import config, envs, playback
 env = envs.make(config.load('configs/carracing.py:debug').env)
@@ -270,3 +276,16 @@ def test_the_trained_agent_plays_with_panels_and_replays_from_its_snapshot(debug
   replay = run_script('play', f'--run_dir={run_dir}', '--use_snapshot')
   assert 'replaying with the code archived in' in replay.stdout
   assert ret(replay.stdout) == ret(live.stdout)
+
+
+def test_an_episodes_action_tally_counts_discrete_actions_as_one_hot():
+  tally = playback.ActionTally(gym.spaces.Discrete(3))
+  for action in (0, 2, 2, np.eye(3)[2]):  # a random policy's int, or the controller's one-hot
+    tally.add(action)
+  result = tally.result(7.0, 4)
+  assert result.action_mean == [0.25, 0.0, 0.75] and result.action_abs_mean == [0.25, 0.0, 0.75]
+  box = playback.ActionTally(gym.spaces.Box(-1, 1, (2,)))
+  box.add([1.0, -0.5])
+  box.add([-1.0, -0.5])
+  assert box.result(0.0, 2).action_mean == [0.0, -0.5]
+  assert box.result(0.0, 2).action_abs_mean == [1.0, 0.5]

@@ -124,6 +124,27 @@ class WorldModelPanels(Policy):
 class EpisodeResult:
   ret: float  # sum of rewards
   steps: int
+  action_mean: list[float]  # each action dimension's mean over the episode (Discrete: how often)
+  action_abs_mean: list[float]  # ... and its mean magnitude (a steering that swings hard)
+
+
+class ActionTally:
+  """Sums an episode's actions as vectors (a Discrete action as its one-hot) for EpisodeResult."""
+
+  def __init__(self, space: gym.Space):
+    self.space, self.total, self.total_abs, self.count = space, 0.0, 0.0, 0
+
+  def add(self, action) -> None:
+    vector = np.asarray(action, np.float64).ravel()
+    if isinstance(self.space, gym.spaces.Discrete) and vector.size == 1:
+      vector = np.eye(int(self.space.n))[int(vector[0])]
+    self.total, self.total_abs = self.total + vector, self.total_abs + np.abs(vector)
+    self.count += 1
+
+  def result(self, ret: float, steps: int) -> EpisodeResult:
+    n = max(self.count, 1)
+    return EpisodeResult(ret, steps, [float(v) for v in np.atleast_1d(self.total / n)],
+                         [float(v) for v in np.atleast_1d(self.total_abs / n)])
 
 
 Sink = Callable[[np.ndarray], None]
@@ -143,8 +164,10 @@ def play_episode(env, policy: Policy, seed: int, sinks: Sequence[Sink] = ()) -> 
   frame = env.reset(seed=seed)
   policy.reset(seed)
   returns, total, steps, done = [], 0.0, 0, False
+  tally = ActionTally(env.action_space)
   while not done:
     step = policy.act(frame)
+    tally.add(step.action)
     next_frame, reward, terminated, truncated = env.step(step.action)
     total += reward
     returns.append(total)
@@ -154,7 +177,7 @@ def play_episode(env, policy: Policy, seed: int, sinks: Sequence[Sink] = ()) -> 
       for sink in sinks:
         sink(image)
     frame, done = next_frame, terminated or truncated
-  return EpisodeResult(total, steps)
+  return tally.result(total, steps)
 
 
 def dream_episode(world: artifacts.Models, start: artifacts.StartLatents | None, policy: Policy,
@@ -180,6 +203,7 @@ def dream_episode(world: artifacts.Models, start: artifacts.StartLatents | None,
   policy.reset(seed)
   act_on_latent = latent_actor(policy)
   returns, total, steps = [], 0.0, 0
+  tally = ActionTally(action_space)
   for _ in range(max_steps):
     frame = (np.clip(_numpy(encoder.decode(z))[0], 0, 1) * 255 + 0.5).astype(np.uint8)
     h = tf.cast(seq.features(state), tf.float32)
@@ -189,6 +213,7 @@ def dream_episode(world: artifacts.Models, start: artifacts.StartLatents | None,
     else:  # any other policy sees the decoded frame
       step = policy.act(frame)
       action = tf.convert_to_tensor(np.asarray(step.action, np.float32)[None])
+    tally.add(step.action)
     prediction, state = seq.step(z, action, state)
     total += float(_numpy(prediction.reward).ravel()[0])
     returns.append(total)
@@ -206,7 +231,7 @@ def dream_episode(world: artifacts.Models, start: artifacts.StartLatents | None,
     if _ends(float(_numpy(prediction.done_logit).ravel()[0]), done_rule, rng, done_odds):
       break
     z = seq.sample(prediction, temperature, seed=sample_seed(seed, steps))
-  return EpisodeResult(total, steps)
+  return tally.result(total, steps)
 
 
 class Window:

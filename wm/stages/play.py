@@ -85,7 +85,9 @@ def run(stage: cli.Stage, options: Options) -> None:
   returns = os.path.join(stage.dir, returns_name(options.view))
   fileio.write_json(returns, {
       'dream': options.dream, 'policy': options.policy,
-      'returns': [r.ret for r in results], 'steps': [r.steps for r in results]})
+      'returns': [r.ret for r in results], 'steps': [r.steps for r in results],
+      'action_mean': [r.action_mean for r in results],
+      'action_abs_mean': [r.action_abs_mean for r in results]})
   if record:
     print(f'video: {record} ({writer.frames} frames)', flush=True)
   if options.view is None:
