@@ -3,10 +3,11 @@
 A job is (controller parameters, episode seed); its result is the episode's `Outcomes`: its
 return, its agent steps, and whether the environment ended it (CarRacing: the lap finished, or
 the car left the playfield; Doom: the player died) rather than its time limit or the patience
-below. An `Evaluator` maps jobs [J] to outcomes [J] (`play`), or to returns [J] (`evaluate`). With `patience` > 0 (training only:
-`controller.train_patience`) an episode ends early once that many agent steps in a row brought
-no positive reward: a car off the track, or standing still, earns nothing more in CarRacing but
-costs a whole episode of steps. Evaluations always play whole episodes.
+below. An `Evaluator` maps jobs [J] to outcomes [J] (`play`), or to returns [J] (`evaluate`).
+With `patience` > 0 (training only: `controller.train_patience`) an episode ends early once that
+many agent steps in a row brought no positive reward: a car off the track, or standing still,
+earns nothing more in CarRacing but costs a whole episode of steps. Evaluations always play
+whole episodes.
 
 The jobs are cut into contiguous chunks, one per worker; a `Worker` owns V, M and a batch of
 environments and plays its chunk with one fused V+M+C step per time step for the whole batch
