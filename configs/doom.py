@@ -30,7 +30,6 @@ def get_config(preset: str = 'small') -> Config:
     c.collect.num_rollouts = 500  # ~163k frames of held random actions, about two minutes
     c.vae.train_steps = 5000  # ~3 epochs at batch 100: at 2000 V drew no monsters or far fireballs
     c.vae.learning_rate = 6e-4  # 6x the paper's rate: this budget has ~20x fewer steps
-    c.seq.hidden_size = 256  # 512 costs ~3x per step: the dream budget goes to generations
     c.seq.sequence_length = 500  # whole episodes (median 292 steps): hits add up off screen
     c.seq.batch_size = 16  # 16 x 500 steps a batch
     c.seq.train_steps = 1500
