@@ -107,6 +107,11 @@ def test_two_workers_train_v_write_once_and_resume_after_one_is_killed(debug_dat
   assert 'error: worker 0 of 2 stopped because another worker is gone' in lost, lost[-2000:]
   assert 'Traceback' not in lost
   print(f'the chief noticed the lost worker in {time.time() - started:.1f} s')
+  # What worker 1 leaves when the kill lands in the middle of its part of a save (it may or may
+  # not have, depending on timing): its next save must remove it.
+  stale = tmp_path / 'tmp' / distribute.part_folder_name(1, ckpt)
+  stale.mkdir(exist_ok=True)
+  (stale / 'ckpt.data-00000-of-00001.tempstate123').write_bytes(b'half')
 
   again = start_workers(argv[:-3] + ['--config.vae.train_steps=40'] + argv[-2:], tmp_path,
                         'again')

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -180,13 +181,24 @@ class Distribution:
           f'({type(e).__name__}: {reason}). Find why in that worker\'s log, then, on every '
           f'worker, {resume_note()}') from None
 
-  def save_part(self, checkpoint: tf.train.Checkpoint) -> None:
-    """A non-chief worker's part of a checkpoint save: written to a temporary folder, deleted."""
-    folder = tempfile.mkdtemp(prefix=f'wm-worker{self.worker}-ckpt-')
+  def save_part(self, checkpoint: tf.train.Checkpoint, directory: str) -> None:
+    """A non-chief worker's part of a checkpoint save into `directory`: written to a scratch
+    folder and deleted. The folder's name is fixed for this worker and directory, so what a
+    worker killed in the middle of a save left behind goes at its next save."""
+    folder = os.path.join(tempfile.gettempdir(), part_folder_name(self.worker, directory))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
     try:
       checkpoint.write(os.path.join(folder, 'ckpt'))
     finally:
       shutil.rmtree(folder, ignore_errors=True)
+
+
+def part_folder_name(worker: int, directory: str) -> str:
+  """The scratch folder (under the temp dir) a non-chief worker writes its part of a checkpoint
+  save into `directory` to."""
+  key = hashlib.sha1(os.path.abspath(directory).encode()).hexdigest()[:12]
+  return f'wm-worker{worker}-ckpt-{key}'
 
 
 def one_device() -> Distribution:

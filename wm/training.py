@@ -180,7 +180,7 @@ class Checkpoints:
     if self.chief:
       self.manager.save(checkpoint_number=int(self.step))
     else:
-      self.dist.save_part(self.checkpoint)
+      self.dist.save_part(self.checkpoint, self.directory)
     self.saved_step = int(self.step)
 
   def save_unsaved(self) -> int:
