@@ -65,28 +65,35 @@ def windows(rollout: dict[str, tf.Tensor], length: int, offset: tf.Tensor,
 
 def _rollouts(paths: list[str], shuffle: bool, seed: int | None,
               shard: InputShard | None = None) -> tf.data.Dataset:
-  return datasets.encoded_rollouts(paths, shuffle=shuffle, seed=seed, deterministic=not shuffle,
+  return datasets.encoded_rollouts(paths, shuffle=shuffle, seed=seed, deterministic=True,
                                    shard=shard)
 
 
 def train_batches(paths: list[str], length: int, batch_size: int, shuffle_buffer: int = 1000,
-                  seed: int | None = None, shard: InputShard | None = None,
-                  from_start: bool = False) -> tf.data.Dataset:
+                  seed: int = 0, shard: InputShard | None = None,
+                  from_start: bool = False, start_step: int = 0) -> tf.data.Dataset:
   """Endless shuffled batches of windows with random offsets (or, `from_start`, windows at
   t = 0, L, 2L, ...: every window chain starts where an episode does) and fresh latent samples,
-  from all the rollouts or from `shard`'s part of them."""
+  from all the rollouts or from `shard`'s part of them. The stream is a function of (seed,
+  start_step): the rollouts' order is seeded and each one's offset and latent sample are drawn
+  from its position in the stream, so a training run is the same on every rerun, and one
+  resumed at `start_step` draws windows of its own rather than repeat the first ones."""
+  stream = seed * 1_000_003 + start_step
 
-  def cut(rollout):
+  def cut(position, rollout):
+    draw = tf.random.experimental.stateless_fold_in(
+        tf.stack([tf.constant(stream, tf.int64), position]), 1)
     if from_start:
       offset = tf.constant(0)
     else:
-      offset = tf.random.uniform([], 0, length, tf.int32)
-    noise = tf.random.normal(tf.shape(rollout['mu']))
+      offset = tf.random.stateless_uniform([], draw, 0, length, tf.int32)
+    noise = tf.random.stateless_normal(tf.shape(rollout['mu']),
+                                       tf.random.experimental.stateless_fold_in(draw, 2))
     return windows(rollout, length, offset, noise)
 
-  data = _rollouts(paths, shuffle=True, seed=seed, shard=shard).repeat()
-  data = data.map(cut, num_parallel_calls=AUTOTUNE, deterministic=False).unbatch()
-  data = data.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  data = _rollouts(paths, shuffle=True, seed=stream, shard=shard).repeat().enumerate()
+  data = data.map(cut, num_parallel_calls=AUTOTUNE).unbatch()
+  data = data.shuffle(shuffle_buffer, seed=stream, reshuffle_each_iteration=True)
   return data.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 

@@ -181,7 +181,8 @@ def fit_and_validate(stage: cli.Stage, trainer: Trainer, checkpoints: training.C
   train_data = dist.datasets(
       lambda part: sequences.train_batches(
           train_paths, seq.sequence_length, part.batch_size, seq.shuffle_buffer, seed=seed,
-          shard=part, from_start=seq.window_start == 'episode'),
+          shard=part, from_start=seq.window_start == 'episode',
+          start_step=int(checkpoints.step)),
       seq.batch_size, 'seq.batch_size')
   valid_paths = valid_paths if dist.chief else []  # validation is the chief's, computed once
   valid_data = valid_paths and sequences.valid_batches(valid_paths, seq.sequence_length,
@@ -213,6 +214,7 @@ def train(stage: cli.Stage, dist: distribute.Distribution | None = None
   kwargs = model_kwargs(seq, int(manifest['z_size']), int(manifest['action_size']))
   dist.check_batch(seq.batch_size, 'seq.batch_size')
   dist.check_rollouts(int(manifest['num_rollouts']), run.split_dir('encode', 'train'))
+  tf.keras.utils.set_random_seed(stage.config.seed)  # M's initial weights: the same every run
   with dist.scope():
     model = registry.sequence_model_class(seq.model)(**kwargs)
     trainer = Trainer(model, seq.learning_rate, seq.grad_clip, dist, seq.done_weight)
