@@ -53,26 +53,29 @@ def raw_rollouts(paths: list[str], frames_only: bool = False, shuffle: bool = Fa
 
 
 def raw_frames(paths: list[str], obs_sampled_per_rollout: int, shuffle_buffer: int,
-               batch_size: int, seed: int | None = None, repeat: bool = True,
+               batch_size: int, seed: int = 0, repeat: bool = True,
                shard: InputShard | None = None) -> tf.data.Dataset:
   """Batches of uint8 frames [batch_size, H, W, 3] for training V, from all the rollouts or from
   `shard`'s part of them.
 
   Each time a rollout is read, `obs_sampled_per_rollout` of its frames (all, if it has fewer) are
-  drawn without replacement; frames from many rollouts mix in a shuffle buffer.
+  drawn without replacement; frames from many rollouts mix in a shuffle buffer. The stream is a
+  function of `seed`: the rollouts' order is seeded and each rollout's draw is keyed by its
+  position in the stream, so the same seed gives the same batches on every run.
   """
-  data = raw_rollouts(paths, frames_only=True, shuffle=True, seed=seed, deterministic=False,
+  data = raw_rollouts(paths, frames_only=True, shuffle=True, seed=seed, deterministic=True,
                       shard=shard)
   if repeat:
     data = data.repeat()
 
-  def sample(x):
+  def sample(position, x):
     frames = x['frames']
     count = tf.minimum(tf.shape(frames)[0], obs_sampled_per_rollout)
-    picks = tf.random.shuffle(tf.range(tf.shape(frames)[0]), seed=seed)[:count]
+    key = tf.stack([tf.constant(seed, tf.int64), position])
+    picks = tf.argsort(tf.random.stateless_uniform(tf.shape(frames)[:1], key))[:count]
     return tf.gather(frames, picks)
 
-  data = data.map(sample, num_parallel_calls=AUTOTUNE, deterministic=False).unbatch()
+  data = data.enumerate().map(sample, num_parallel_calls=AUTOTUNE).unbatch()
   data = data.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   return data.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 

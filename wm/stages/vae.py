@@ -77,6 +77,7 @@ class Trainer:
     self.stage, self.config, self.dist = stage, stage.config, dist
     self.export_dir = os.path.join(stage.dir, 'export')
     dist.check_batch(self.config.data.batch_size, 'data.batch_size')
+    tf.keras.utils.set_random_seed(self.config.seed)  # V's initial weights: the same every run
     with dist.scope():
       self.model = build_model(self.config)
       self.optimizer = tf.keras.optimizers.Adam(self.config.vae.learning_rate)
