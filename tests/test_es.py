@@ -131,6 +131,29 @@ def test_evaluations_also_log_the_dream_beside_the_real_game(tmp_path):
   assert np.isnan(state.columns['dream_eval_mean'][0])  # not an evaluation generation
 
 
+@pytest.mark.parametrize('keep', ['real', 'dream'])
+def test_keep_dream_chooses_by_the_dream_and_never_by_the_game(tmp_path, keep):
+  # The game prefers the centroid (row 1), the dream the best candidate (row 0): with
+  # controller.keep=dream best.npz is the dream's choice, scored by its dream evaluation.
+  settings = es.Settings(3, 4, 0.5, seed=0)
+  state = es.State.empty(settings)
+  saved = []
+  real = lambda p, g: np.array([[1.0] * 4, [3.0] * 4])  # noqa: E731
+  dream = lambda p, g: np.array([[8.0] * 4, [6.0] * 4])  # noqa: E731
+  gens = list(es.run(str(tmp_path), state, 2, 'dream', es.Objective(
+      _quadratic, lambda p, s: saved.append((p.copy(), s)), real, eval_every=2,
+      dream_evaluate=dream, keep=keep)))
+  params, score = saved[-1]
+  assert score == (8.0 if keep == 'dream' else 3.0)
+  chose_best = np.allclose(params, gens[-1].best_params)
+  assert chose_best == (keep == 'dream')
+
+
+def test_keep_dream_without_a_dream_is_refused():
+  with pytest.raises(ValueError, match='dream_evaluate'):
+    es.Objective(_quadratic, _ignore, keep='dream')
+
+
 def test_diagonal_covariance_learns_each_parameters_scale():
   """controller.covariance=diagonal (sep-CMA-ES) adapts a step size per parameter within a few
   hundred generations at a dimension where the full matrix stays isotropic: on a quadratic half

@@ -220,6 +220,11 @@ class Objective:
   stop: Callable[[], bool] = lambda: False  # checked after each generation is saved
   # the same as `evaluate` inside M's dream: logged beside the real returns (dream fidelity)
   dream_evaluate: Callable[[np.ndarray, int], np.ndarray] | None = None
+  keep: str = 'real'  # which evaluation chooses best.npz: real | dream (needs dream_evaluate)
+
+  def __post_init__(self):
+    if self.keep == 'dream' and self.dream_evaluate is None:
+      raise ValueError("keep='dream' chooses by the dream's evaluations: give dream_evaluate")
 
 
 def run(folder: str, state: State, generations: int, mode: str | Callable[[int], str],
@@ -229,8 +234,9 @@ def run(folder: str, state: State, generations: int, mode: str | Callable[[int],
 
   Every `objective.eval_every` generations the generation's best candidate and the search's
   centroid are evaluated (in the real environment, and with `dream_evaluate` in the dream too),
-  and best.npz keeps whichever evaluated best in the real environment so far. Stops early
-  (after saving) when objective.stop() is true.
+  and best.npz keeps whichever evaluated best so far, in the real environment or, with
+  objective.keep == 'dream', in the dream. Stops early (after saving) when objective.stop() is
+  true.
   """
   search = replay(state)
   while state.generation < generations:
@@ -261,8 +267,8 @@ def run(folder: str, state: State, generations: int, mode: str | Callable[[int],
 
 def _evaluate(objective: Objective, generation: int, best: np.ndarray, centroid: np.ndarray,
               row: dict) -> tuple[np.ndarray, float]:
-  """Plays the best candidate and the centroid on the same episodes; returns the better and
-  its mean, and adds both to the history `row`."""
+  """Plays the best candidate and the centroid on the same episodes; returns the better (by
+  `objective.keep`'s evaluation) and its mean there, and adds both evaluations to `row`."""
   pair = np.stack([best, centroid])
   episodes = np.asarray(objective.evaluate(pair, generation))
   row.update(eval_mean=episodes[0].mean(), eval_std=episodes[0].std(),
@@ -272,6 +278,9 @@ def _evaluate(objective: Objective, generation: int, best: np.ndarray, centroid:
     row.update(dream_eval_mean=dreamt[0].mean(), dream_eval_std=dreamt[0].std(),
                centroid_dream_eval_mean=dreamt[1].mean(),
                centroid_dream_eval_std=dreamt[1].std())
-  if episodes[1].mean() > episodes[0].mean():
-    return centroid, episodes[1].mean()
-  return best, episodes[0].mean()
+    if objective.keep == 'dream':
+      episodes = dreamt
+  means = episodes.mean(axis=1)
+  if means[1] > means[0]:
+    return centroid, means[1]
+  return best, means[0]

@@ -137,7 +137,7 @@ def search(stage: cli.Stage, model: WorldModel, state: es.State, episodes: Episo
   with training.Preemption() as preemption:
     objective = es.Objective(episodes.fitness, save_best, episodes.evaluate, c.eval_every,
                              stop=lambda: preemption.requested,
-                             dream_evaluate=episodes.dream_evaluate)
+                             dream_evaluate=episodes.dream_evaluate, keep=c.keep)
     for gen in es.run(stage.dir, state, c.generations, episodes.mode, objective):
       log(writer, gen)
       progress.update(gen.generation)
