@@ -24,6 +24,7 @@ def get_config(preset: str = 'small') -> Config:
   c.controller.mode = 'dream'  # trained only inside M: the real game is never played in training
   c.controller.inputs = 'zh'  # a = W [z, h] + b over the 3 actions (argmax)
   c.controller.dream_temperature = 1.15  # the paper's best transfer
+  c.controller.keep = 'dream'  # best.npz chosen by dream evaluations: the game is only watched
   c.seq.window_start = 'episode'  # M learns episodes from their first step, as dreams run
   c.seq.done_weight = 10.0  # deaths are rare (one step in ~300); the paper's Doom M: 10x
   if preset == 'small':

@@ -101,3 +101,10 @@ def test_debug_doom_pipeline_runs_every_stage(tmp_path):
   for steps, ended in zip(scored['steps'], scored['ended']):  # died early, or survived the limit
     assert (ended and steps < limit) or (not ended and steps == limit), scored
   assert os.path.getsize(os.path.join(run_dir, 'play', 'agent.mp4')) > 0
+  # controller.keep=dream: the kept controller's score is a dream evaluation's, never the game's
+  with open(os.path.join(run_dir, 'controller', 'DONE')) as f:
+    kept = json.load(f)['best_score']
+  with open(os.path.join(run_dir, 'controller', 'history.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  dreamt = {r[k] for r in rows for k in ('dream_eval_mean', 'centroid_dream_eval_mean') if k in r}
+  assert kept in dreamt, (kept, rows)
