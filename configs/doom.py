@@ -18,7 +18,7 @@ def get_config(preset: str = 'small') -> Config:
   c.env.name = 'VizdoomTakeCover-v1'  # frames from its dict observation's 'screen' (inferred)
   c.env.max_steps = 2100  # the paper's cap on an episode
   c.env.crop_dashboard = False  # TakeCover's screen has no dashboard
-  c.collect.policy = 'held'  # random actions held for 1-10 frames, as the paper's Doom data
+  c.collect.policy = 'held'  # random actions held 1-10 frames (collect.hold_max), as the paper's
   c.vae.z_size = 64  # the paper's Doom latent
   c.seq.hidden_size = 512  # the paper's Doom LSTM
   c.controller.mode = 'dream'  # trained only inside M: the real game is never played in training
@@ -29,6 +29,7 @@ def get_config(preset: str = 'small') -> Config:
   c.seq.done_weight = 10.0  # deaths are rare (one step in ~300); the paper's Doom M: 10x
   if preset == 'small':
     c.collect.num_rollouts = 500  # ~163k frames of held random actions, about two minutes
+    c.collect.hold_max = 50  # held up to 50 frames: the player crosses the room (docs/results.md)
     c.vae.train_steps = 5000  # ~3 epochs at batch 100: at 2000 V drew no monsters or far fireballs
     c.vae.learning_rate = 6e-4  # 6x the paper's rate: this budget has ~20x fewer steps
     c.seq.sequence_length = 500  # whole episodes (median 292 steps): hits add up off screen
