@@ -136,8 +136,8 @@ class ControllerConfig:
   dream_done: str = 'sample'  # dream: an episode ends with M's done probability | threshold (> 0.5) | expected (rewards weighted by the probability of being alive: no draw's noise)
   dream_done_odds: float = 1.0  # dream: M's odds of an episode's end times this (> 1: a cautious dream, harder than M predicts)
   eval_every: int = 25  # every this many generations the best and the centroid are evaluated, in the real env and in the dream
-  keep: str = 'real'  # which evaluated controller best.npz keeps: real (the best real evaluation) | dream (the best dream evaluation: the real game is watched, never used to choose)
   eval_episodes: int = 16  # ... over this many episodes
+  keep: str = 'real'  # which evaluated controller best.npz keeps: real (the best real evaluation) | dream (the best dream evaluation: the real game is watched, never used to choose)
   test_episodes: int = 20  # scripts/evaluate.py: episodes (the paper's table used 100)
 
 
