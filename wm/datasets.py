@@ -32,24 +32,28 @@ WRITERS = {
 }
 
 
+def stream_seed(seed: int, start_step: int) -> int:
+  """The seed of a training data stream that starts (or resumes) at `start_step`: the same run
+  reads the same stream on every rerun, and a resumed one a stream of its own."""
+  return seed * 1_000_003 + start_step
+
+
 def _files(paths: list[str], shuffle: bool, seed: int | None) -> tf.data.Dataset:
   files = tf.data.Dataset.from_tensor_slices(list(paths))
   return files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True) if shuffle else files
 
 
 def raw_rollouts(paths: list[str], frames_only: bool = False, shuffle: bool = False,
-                 seed: int | None = None, deterministic: bool = True,
-                 shard: InputShard | None = None) -> tf.data.Dataset:
+                 seed: int | None = None, shard: InputShard | None = None) -> tf.data.Dataset:
   """One element per rollout: a dict of decoded arrays (see wm.records.parse_raw); with `shard`,
   only that input pipeline's part of the rollouts (see InputShard.files_or_records)."""
   paths, index, count = (shard or ALL).files_or_records(paths)
   files = _files(paths, shuffle, seed)
   data = files.interleave(records.read_one, cycle_length=min(len(paths), 8),
-                          num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+                          num_parallel_calls=AUTOTUNE)
   if count > 1:
     data = data.shard(count, index)
-  return data.map(lambda x: records.parse_raw(x, frames_only), num_parallel_calls=AUTOTUNE,
-                  deterministic=deterministic)
+  return data.map(lambda x: records.parse_raw(x, frames_only), num_parallel_calls=AUTOTUNE)
 
 
 def raw_frames(paths: list[str], obs_sampled_per_rollout: int, shuffle_buffer: int,
@@ -63,8 +67,7 @@ def raw_frames(paths: list[str], obs_sampled_per_rollout: int, shuffle_buffer: i
   function of `seed`: the rollouts' order is seeded and each rollout's draw is keyed by its
   position in the stream, so the same seed gives the same batches on every run.
   """
-  data = raw_rollouts(paths, frames_only=True, shuffle=True, seed=seed, deterministic=True,
-                      shard=shard)
+  data = raw_rollouts(paths, frames_only=True, shuffle=True, seed=seed, shard=shard)
   if repeat:
     data = data.repeat()
 
@@ -81,19 +84,17 @@ def raw_frames(paths: list[str], obs_sampled_per_rollout: int, shuffle_buffer: i
 
 
 def encoded_rollouts(paths: list[str], shuffle: bool = False, seed: int | None = None,
-                     deterministic: bool = True, shard: InputShard | None = None
-                     ) -> tf.data.Dataset:
+                     shard: InputShard | None = None) -> tf.data.Dataset:
   """One element per latent rollout: a dict of decoded arrays (see wm.records.parse_encoded):
   mu, logvar [T+1, Z] float32, actions [T, A], rewards [T], terminated, truncated [T] bool. With
   `shard`, only that input pipeline's part (see InputShard.files_or_records)."""
   paths, index, count = (shard or ALL).files_or_records(paths)
   files = _files(paths, shuffle, seed)
   data = files.interleave(records.read_one, cycle_length=max(1, min(len(paths), 8)),
-                          num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+                          num_parallel_calls=AUTOTUNE)
   if count > 1:
     data = data.shard(count, index)
-  return data.map(records.parse_encoded, num_parallel_calls=AUTOTUNE,
-                  deterministic=deterministic)
+  return data.map(records.parse_encoded, num_parallel_calls=AUTOTUNE)
 
 
 def encoded_sizes(split_dir: str) -> tuple[int, int]:

@@ -63,12 +63,6 @@ def windows(rollout: dict[str, tf.Tensor], length: int, offset: tf.Tensor,
   }
 
 
-def _rollouts(paths: list[str], shuffle: bool, seed: int | None,
-              shard: InputShard | None = None) -> tf.data.Dataset:
-  return datasets.encoded_rollouts(paths, shuffle=shuffle, seed=seed, deterministic=True,
-                                   shard=shard)
-
-
 def train_batches(paths: list[str], length: int, batch_size: int, shuffle_buffer: int = 1000,
                   seed: int = 0, shard: InputShard | None = None,
                   from_start: bool = False, start_step: int = 0) -> tf.data.Dataset:
@@ -78,7 +72,7 @@ def train_batches(paths: list[str], length: int, batch_size: int, shuffle_buffer
   start_step): the rollouts' order is seeded and each one's offset and latent sample are drawn
   from its position in the stream, so a training run is the same on every rerun, and one
   resumed at `start_step` draws windows of its own rather than repeat the first ones."""
-  stream = seed * 1_000_003 + start_step
+  stream = datasets.stream_seed(seed, start_step)
 
   def cut(position, rollout):
     draw = tf.random.experimental.stateless_fold_in(
@@ -91,7 +85,8 @@ def train_batches(paths: list[str], length: int, batch_size: int, shuffle_buffer
                                        tf.random.experimental.stateless_fold_in(draw, 2))
     return windows(rollout, length, offset, noise)
 
-  data = _rollouts(paths, shuffle=True, seed=stream, shard=shard).repeat().enumerate()
+  data = datasets.encoded_rollouts(paths, shuffle=True, seed=stream, shard=shard)
+  data = data.repeat().enumerate()
   data = data.map(cut, num_parallel_calls=AUTOTUNE).unbatch()
   data = data.shuffle(shuffle_buffer, seed=stream, reshuffle_each_iteration=True)
   return data.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
@@ -105,13 +100,13 @@ def valid_batches(paths: list[str], length: int, batch_size: int, seed: int = 0)
     noise = tf.random.stateless_normal(tf.shape(rollout['mu']), noise_seed)
     return windows(rollout, length, tf.constant(0), noise)
 
-  data = _rollouts(paths, shuffle=False, seed=None).map(cut).unbatch()
+  data = datasets.encoded_rollouts(paths).map(cut).unbatch()
   return data.batch(batch_size).prefetch(AUTOTUNE)
 
 
 def first_latents(paths: list[str]) -> dict[str, np.ndarray]:
   """mu and logvar [N, Z] of every rollout's first frame, and their rollout indices [N]."""
-  data = _rollouts(paths, shuffle=False, seed=None).map(
+  data = datasets.encoded_rollouts(paths).map(
       lambda r: {'mu': r['mu'][0], 'logvar': r['logvar'][0], 'index': r['index']})
   rows = list(data.as_numpy_iterator())
   return {key: np.stack([row[key] for row in rows]) for key in ('mu', 'logvar', 'index')}

@@ -189,7 +189,7 @@ class Trainer:
   def loop(self, start: int, paths: list[str], preemption: training.Preemption) -> None:
     vae = self.config.vae
     log_every, save_every = training.Every(vae.log_every), training.Every(vae.save_every)
-    batches = iter(self.train_batches(paths, seed=self.config.seed * 1_000_003 + start))
+    batches = iter(self.train_batches(paths, seed=datasets.stream_seed(self.config.seed, start)))
     progress = Progress('vae train steps', vae.train_steps,
                         folder=self.stage.dir if self.dist.chief else None)
     step = start
