@@ -286,3 +286,50 @@ def test_expected_dream_is_the_mean_of_sampled_dreams(controller_models):
     config.controller.dream_done = 'median'
     from wm import config as config_lib  # pylint: disable=import-outside-toplevel
     config_lib.validate(config)
+
+
+def test_dream_judges_play_their_share_in_their_own_world(debug_world_model):
+  # controller.dream_checkpoints: an earlier M's world plays an equal share of every candidate's
+  # episodes, the final M still giving the controller its memory. Judged by M's last checkpoint
+  # (the export's own weights) the dream is the unjudged one row for row; judged by step 10's M,
+  # the final M's rows are unchanged and the judge's differ.
+  run = runs.Run(debug_world_model)
+  world = WorldModel.load(run, debug_config())
+  rng = np.random.default_rng(11)
+  batch = np.repeat(rng.normal(size=(3, world.controller.num_params)), 4, axis=0)
+  plain = Dream.load(world, run, max_steps=30, temperature=1.0)
+  z0, seed = plain.start.draw(len(batch), rng), np.array([2, 3])
+  unjudged, _ = plain.returns(batch, z0, seed)
+  itself, _ = Dream.load(world, run, max_steps=30, temperature=1.0,
+                         checkpoints=[20]).returns(batch, z0, seed)
+  np.testing.assert_allclose(itself, unjudged, rtol=1e-5)
+  earlier = Dream.load(world, run, max_steps=30, temperature=1.0, checkpoints=[10])
+  judged, _ = earlier.returns(batch, z0, seed)
+  np.testing.assert_allclose(judged[:6], unjudged[:6], rtol=1e-5)
+  assert not np.allclose(judged[6:], unjudged[6:])
+  # A candidate's episodes: half in each world; fitness=worst is the lower world's mean.
+  params = batch[::4]
+  episodes = earlier.episodes(params, 4, seed=5)
+  assert episodes.shape == (3, 4)
+  worst = Dream.load(world, run, max_steps=30, temperature=1.0, checkpoints=[10],
+                     fitness='worst')
+  np.testing.assert_allclose(worst.evaluate(params, 4, seed=5),
+                             episodes.reshape(3, 2, 2).mean(axis=2).min(axis=1), rtol=1e-6)
+  np.testing.assert_allclose(earlier.evaluate(params, 4, seed=5), episodes.mean(axis=1))
+  with pytest.raises(ConfigError, match='multiples of 2'):
+    earlier.episodes(params, 3, seed=5)
+
+
+def test_dream_judges_are_checked(debug_world_model):
+  run = runs.Run(debug_world_model)
+  world = WorldModel.load(run, debug_config())
+  with pytest.raises(DataError, match=r'no checkpoint of M at step 15 .*kept: \[10, 20\]'):
+    Dream.load(world, run, max_steps=5, temperature=1.0, checkpoints=[15])
+  config = debug_config()
+  from wm import config as config_lib  # pylint: disable=import-outside-toplevel
+  config.controller.dream_checkpoints = '10,x'
+  with pytest.raises(ConfigError, match='dream_checkpoints'):
+    config_lib.validate(config)
+  config.controller.dream_checkpoints, config.controller.trials = '10', 3
+  with pytest.raises(ConfigError, match='controller.trials=3 .*multiples of 2'):
+    config_lib.validate(config)

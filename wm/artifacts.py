@@ -94,6 +94,36 @@ def load_models(run: runs.Run) -> Models:
   return Models(encoder, seq)
 
 
+def seq_checkpoint(run: runs.Run, step: int) -> str:
+  """The prefix of M's resume checkpoint at `step` (RUN/seq/checkpoints/ckpt-STEP)."""
+  return os.path.join(run.stage_dir('seq'), 'checkpoints', f'ckpt-{step}')
+
+
+def load_seq_checkpoint(run: runs.Run, step: int):
+  """M as it was at training step `step`: the exported M's architecture with the weights of its
+  resume checkpoint (the seq stage keeps its newest 3, one every seq.save_every steps)."""
+  prefix = seq_checkpoint(run, step)
+  if not os.path.exists(prefix + '.index'):
+    folder = os.path.dirname(prefix)
+    kept = sorted(int(name[5:-6]) for name in (os.listdir(folder) if os.path.isdir(folder)
+                                               else ())
+                  if name.startswith('ckpt-') and name.endswith('.index'))
+    raise DataError(f'{run.root} has no checkpoint of M at step {step} ({prefix}.index is '
+                    f'missing; kept: {kept or "none"}): choose controller.dream_checkpoints among '
+                    'those, or retrain M with a seq.save_every that saves that step')
+  from wm.models import export  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  info = export.read_info(seq_export(run))
+  model = export.KINDS[info['kind']](info['name'])(**info['kwargs'])
+  model.build_for_loading()
+  try:
+    tf.train.Checkpoint(model=model).read(prefix).expect_partial().assert_existing_objects_matched()
+  except (ValueError, AssertionError, tf.errors.OpError) as e:
+    raise DataError(f'checkpoint {prefix} does not fit the exported M {info["name"]}'
+                    f'({info["kwargs"]}): {str(e).splitlines()[0][:300]}') from None
+  return model
+
+
 class StartLatents:
   """First latents to start dreams from: rows of `mu`/`logvar` (sampled), or of `z`."""
 

@@ -135,10 +135,20 @@ class ControllerConfig:
   dream_temperature: float = 1.15  # dream: sampling temperature of M
   dream_done: str = 'sample'  # dream: an episode ends with M's done probability | threshold (> 0.5) | expected (rewards weighted by the probability of being alive: no draw's noise)
   dream_done_odds: float = 1.0  # dream: M's odds of an episode's end times this (> 1: a cautious dream, harder than M predicts)
+  dream_checkpoints: str = ''  # dream: steps of M's checkpoints (comma-separated, e.g. '1000') whose worlds play an equal share of each candidate's episodes beside the final M's
+  dream_fitness: str = 'mean'  # dream: a candidate's fitness: mean (of all its episodes) | worst (the lowest of the Ms' means)
   eval_every: int = 25  # every this many generations the best and the centroid are evaluated, in the real env and in the dream
   eval_episodes: int = 16  # ... over this many episodes
   keep: str = 'real'  # which evaluated controller best.npz keeps: real (the best real evaluation) | dream (the best dream evaluation: the real game is watched, never used to choose)
   test_episodes: int = 20  # scripts/evaluate.py: episodes (the paper's table used 100)
+
+  def judge_steps(self) -> tuple[int, ...]:
+    """dream_checkpoints as steps (a ConfigError for anything but positive integers)."""
+    parts = [p.strip() for p in self.dream_checkpoints.split(',') if p.strip()]
+    if not all(p.isdigit() and int(p) > 0 for p in parts):
+      raise ConfigError(f'config field controller.dream_checkpoints={self.dream_checkpoints!r} '
+                        "should be training steps of M, comma-separated (e.g. '1000,1250')")
+    return tuple(int(p) for p in parts)
 
 
 @dataclasses.dataclass
@@ -395,6 +405,7 @@ _CHOICES = {
     'controller.mode': ('real', 'dream'),
     'controller.keep': ('real', 'dream'),
     'controller.dream_done': ('sample', 'threshold', 'expected'),
+    'controller.dream_fitness': ('mean', 'worst'),
     'iterate.search': ('continue', 'restart'),
     'seq.window_start': ('random', 'episode'),
     'vae.precision': ('auto', 'float32', 'bfloat16'),
@@ -447,6 +458,7 @@ def validate(config: Config) -> Config:
 
 def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
   """(field, whether its value is allowed, what is) for the fields with a rule of their own."""
+  judges = config.controller.judge_steps()
   return [
       ('collect.hold_max', config.collect.hold_max >= config.collect.hold_min,
        f'must be >= collect.hold_min ({config.collect.hold_min})'),
@@ -468,6 +480,11 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
       ('vae.kl_tolerance', config.vae.kl_tolerance >= 0, 'must be >= 0'),
       ('controller.train_patience', config.controller.train_patience >= 0, 'must be >= 0'),
       ('controller.dream_generations', config.controller.dream_generations >= 0, 'must be >= 0'),
+      ('controller.trials', config.controller.trials % (1 + len(judges)) == 0
+       and config.controller.eval_episodes % (1 + len(judges)) == 0,
+       f'and controller.eval_episodes ({config.controller.eval_episodes}) must be multiples of '
+       f'{1 + len(judges)}: the final M and controller.dream_checkpoints '
+       f'({config.controller.dream_checkpoints!r}) play equal shares of the dream episodes'),
       ('controller.dream_generations', config.controller.dream_generations == 0
        or config.controller.mode == 'real', 'is a warm start for controller.mode=real (with '
        'mode=dream every generation is in the dream already)'),

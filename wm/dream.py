@@ -12,17 +12,26 @@ the episode stops once that is below ALIVE_FLOOR; each rule after the odds of an
 multiplied by controller.dream_done_odds, which makes a cautious dream above 1). The loop is one compiled
 `tf.function` (a `tf.while_loop` over the steps); the noise comes from stateless seeds, so a
 generation's dream is the same on every rerun.
+
+Judges (controller.dream_checkpoints): earlier checkpoints of M may play an equal share of each
+candidate's episodes, their world going on from their own predictions while the controller's
+memory h still comes from the final M run on what it saw, as in the game. A blind spot of one M
+(a move it lets live for ever) then pays in that M's share of episodes only, or not at all with
+controller.dream_fitness=worst (a candidate scores its worst M's mean).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from wm import artifacts
 from wm.agent import WorldModel
+from wm.errors import ConfigError
 from wm.infra import runs
 
 
@@ -34,8 +43,10 @@ class Dream:
 
   def __init__(self, world: WorldModel, start: artifacts.StartLatents, max_steps: int,
                temperature: float, use_done: bool = True, done_rule: str = 'sample',
-               done_odds: float = 1.0):
+               done_odds: float = 1.0, judges: Sequence[Any] = (), fitness: str = 'mean'):
     self.world, self.start = world, start
+    self.judges = tuple(judges)  # earlier Ms whose worlds play their share of the episodes
+    self.fitness = fitness  # controller.dream_fitness: mean | worst (over the Ms' means)
     self.max_steps, self.temperature = max_steps, temperature
     self.use_done = use_done  # False runs every episode max_steps (the benchmark's untrained M)
     self.done_rule = done_rule  # controller.dream_done: sample | threshold | expected
@@ -44,22 +55,42 @@ class Dream:
 
   @classmethod
   def load(cls, world: WorldModel, run: runs.Run, max_steps: int, temperature: float,
-           use_done: bool = True, done_rule: str = 'sample', done_odds: float = 1.0) -> 'Dream':
+           use_done: bool = True, done_rule: str = 'sample', done_odds: float = 1.0,
+           checkpoints: Sequence[int] = (), fitness: str = 'mean') -> 'Dream':
+    judges = [artifacts.load_seq_checkpoint(run, step) for step in checkpoints]
     return cls(world, artifacts.StartLatents.of_run(run, world.encoder.z_size), max_steps,
-               temperature, use_done, done_rule, done_odds)
+               temperature, use_done, done_rule, done_odds, judges, fitness)
+
+  @property
+  def worlds(self) -> int:
+    """How many Ms play each candidate's episodes: the final one and the judges."""
+    return 1 + len(self.judges)
 
   def evaluate(self, params: np.ndarray, trials: int, seed: int) -> np.ndarray:
-    """Mean dream return per candidate [P]; `seed` fixes starts and M's sampling noise."""
-    return self.episodes(params, trials, seed).mean(axis=1)
+    """Dream fitness per candidate [P]: the mean return, or with judges and fitness=worst the
+    lowest of the Ms' mean returns; `seed` fixes starts and M's sampling noise."""
+    returns = self.episodes(params, trials, seed)
+    if self.fitness == 'worst':
+      return returns.reshape(len(params), self.worlds, -1).mean(axis=2).min(axis=1)
+    return returns.mean(axis=1)
 
   def episodes(self, params: np.ndarray, trials: int, seed: int) -> np.ndarray:
-    """Dream returns [P, trials]: `trials` episodes of each candidate of params [P, n]."""
+    """Dream returns [P, trials]: `trials` episodes of each candidate of params [P, n], in
+    blocks of trials / worlds per M (the final M's first, then each judge's)."""
+    if trials % self.worlds:
+      raise ConfigError(f'{trials} dream episodes a candidate do not split evenly between '
+                        f'{self.worlds} Ms (controller.dream_checkpoints and the final M): make '
+                        'controller.trials and controller.eval_episodes multiples of '
+                        f'{self.worlds}')
     rng = np.random.default_rng(seed)
-    batch = np.repeat(np.asarray(params, np.float32), trials, axis=0)
+    share = trials // self.worlds
+    # World-major rows: the final M's episodes of every candidate, then each judge's.
+    batch = np.tile(np.repeat(np.asarray(params, np.float32), share, axis=0), (self.worlds, 1))
     z0 = self.start.draw(len(batch), rng)
     noise_seed = rng.integers(0, 2**31 - 1, size=2)
     returns, _ = self.returns(batch, z0, noise_seed)
-    return returns.reshape(len(params), trials)
+    return returns.reshape(self.worlds, len(params), share).transpose(1, 0, 2).reshape(
+        len(params), trials)
 
   def returns(self, params: np.ndarray, z0: np.ndarray,
               noise_seed: np.ndarray) -> tuple[np.ndarray, int]:
@@ -73,6 +104,8 @@ class Dream:
     seq, controller = self.world.seq, self.world.controller
     batch = tf.shape(params)[0]  # not static once traced for fitness and evaluation sizes
     state = seq.initial_state(batch)
+    share = batch // self.worlds
+    judge_states = tuple(judge.initial_state(share) for judge in self.judges)
     total = tf.zeros([batch])
     alive = tf.ones([batch])
     steps = tf.constant(0.0)
@@ -80,16 +113,32 @@ class Dream:
     for t in tf.range(self.max_steps):
       action = controller(params, z, controller.memory(seq, state))
       prediction, state = seq.step(z, action, state)
+      if self.judges:
+        prediction, judge_states = self._judged(prediction, z, action, judge_states, share)
       total += alive * tf.cast(tf.reshape(prediction.reward, [batch]), tf.float32)
       steps += tf.reduce_sum(tf.cast(alive > 0.0, tf.float32))
       seed = tf.random.experimental.stateless_fold_in(noise_seed, tf.cast(t, tf.int64))
       if self.use_done:
         alive *= 1.0 - self._ends(prediction.done_logit, batch, seed)
         alive = tf.where(alive < ALIVE_FLOOR, tf.zeros_like(alive), alive)
-      z = tf.cast(seq.sample(prediction, self.temperature, seed=seed), tf.float32)
+      z = tf.ensure_shape(tf.cast(seq.sample(prediction, self.temperature, seed=seed),
+                                  tf.float32), z0.shape)  # judged rows lose the static batch
       if tf.reduce_max(alive) == 0.0:
         break
     return total, steps
+
+  def _judged(self, prediction, z, action, judge_states, share):
+    """The prediction [batch] with each judge's rows (block i + 1 of `share`) from that judge
+    stepping on them, and the judges' next states."""
+    parts, states = [_rows(prediction, 0, share)], []
+    for i, (judge, judge_state) in enumerate(zip(self.judges, judge_states)):
+      rows = slice((i + 1) * share, (i + 2) * share)
+      judged, judge_state = judge.step(z[rows], action[rows], judge_state)
+      parts.append(judged)
+      states.append(judge_state)
+    joined = {f.name: tf.concat([tf.cast(getattr(p, f.name), getattr(prediction, f.name).dtype)
+                                 for p in parts], 0) for f in dataclasses.fields(prediction)}
+    return type(prediction)(**joined), tuple(states)
 
   def _ends(self, done_logit: tf.Tensor, batch, seed: tf.Tensor) -> tf.Tensor:
     """How much each episode ends after this step, float32 [batch]: 1 or 0 drawn with M's done
@@ -103,3 +152,9 @@ class Dream:
       return tf.sigmoid(logit)
     draw = tf.random.stateless_uniform([batch], tf.random.experimental.stateless_fold_in(seed, 1))
     return tf.cast(draw < tf.sigmoid(logit), tf.float32)
+
+
+def _rows(prediction, start: int, size):
+  """Rows start..start+size of every field of a batched prediction."""
+  return type(prediction)(**{f.name: getattr(prediction, f.name)[start:start + size]
+                             for f in dataclasses.fields(prediction)})

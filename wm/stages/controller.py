@@ -53,7 +53,9 @@ class Episodes:
     # The dream: fitness in dream mode, and in both modes the dream half of every evaluation.
     self.dream = Dream.load(model, stage.run, self.config.env.agent_steps(),
                             self.c.dream_temperature, done_rule=self.c.dream_done,
-                            done_odds=self.c.dream_done_odds)
+                            done_odds=self.c.dream_done_odds,
+                            checkpoints=self.c.judge_steps(),
+                            fitness=self.c.dream_fitness)
 
   def real(self) -> evaluation.Evaluator:
     if self.mpi_evaluator is not None:
