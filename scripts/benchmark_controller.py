@@ -9,7 +9,8 @@ Output: printed figures, side by side from one run, all in agent steps (one per
             frames drawn at the config's env.render_scale and at full size (render_scale=1); the
             same batch with random actions; one environment alone with random actions on the
             same episodes (what the agent's steps/s is compared with: goal >= 0.9)
-          dream steps/s of the same V+M+C (--dream_batch episodes as one batch inside M)
+          dream steps/s of the same V+M+C (--dream_batch episodes as one batch inside M), with
+            M's products in float32 and in controller.dream_precision's pick for this device
           real-env evaluation steps/s with a pool of 2 workers and of 1 worker
 
     python scripts/benchmark_controller.py --run_dir=RUN --config=configs/carracing.py:small
@@ -30,7 +31,7 @@ quiet.install()  # before TensorFlow is imported: its start-up notices stay out 
 import numpy as np
 from absl import app, flags
 
-from wm import envs, es, evaluation, policies
+from wm import envs, es, evaluation, hardware, policies
 from wm.infra import cli, runs
 from wm.agent import WorldModel, action_space_of
 from wm.dream import Dream
@@ -69,11 +70,15 @@ def main(argv: list[str]) -> None:
   full_worker = evaluation.Worker(envs.full_size(config), run.root)
   full_worker._world = model  # pylint: disable=protected-access
   full_worker.evaluate(params[:1], seeds[:1])
-  dream = Dream.load(model, run, _DREAM_STEPS.value, config.controller.dream_temperature,
-                     use_done=False)  # every dream runs dream_steps: an untrained M's done head
-  batch = rng.normal(size=(_DREAM_BATCH.value, n)) * 0.1  # would end them at random
-  z0 = dream.start.draw(len(batch), rng)
-  dream.returns(batch, z0, np.array([1, 2]))  # trace
+  # Every dream runs dream_steps (an untrained M's done head would end them at random), with M in
+  # float32 and in the precision controller.dream_precision picks on this device.
+  precision = hardware.precision(config.controller.dream_precision)
+  dreams = {p: Dream.load(model, run, _DREAM_STEPS.value, config.controller.dream_temperature,
+                          use_done=False, precision=p) for p in sorted({'float32', precision})}
+  batch = rng.normal(size=(_DREAM_BATCH.value, n)) * 0.1
+  z0 = dreams['float32'].start.draw(len(batch), rng)
+  for dream in dreams.values():
+    dream.returns(batch, z0, np.array([1, 2]))  # trace
 
   def real_rate(worker: evaluation.Worker, policy: np.ndarray | None = params) -> float:
     start, before = time.perf_counter(), worker.steps
@@ -95,16 +100,18 @@ def main(argv: list[str]) -> None:
     env.close()
     return steps / (time.perf_counter() - start)
 
-  def dream_rate() -> float:
+  def dream_rate(dream: Dream) -> float:
     start = time.perf_counter()
     _, steps = dream.returns(batch, z0, np.array([3, 4]))
     return steps / (time.perf_counter() - start)
 
   # Interleaved repeats, best of each: other load on the machine hits both sides alike.
-  real = real_full = dreamt = random_batch = alone = 0.0
+  real = real_full = random_batch = alone = 0.0
+  dreamt = dict.fromkeys(dreams, 0.0)
   for _ in range(_REPEATS.value):
     real, real_full = max(real, real_rate(worker)), max(real_full, real_rate(full_worker))
-    dreamt = max(dreamt, dream_rate())
+    for p, dream in dreams.items():
+      dreamt[p] = max(dreamt[p], dream_rate(dream))
     random_batch = max(random_batch, real_rate(worker, None))
     alone = max(alone, env_alone_rate())
 
@@ -121,8 +128,8 @@ def main(argv: list[str]) -> None:
     for _ in range(_REPEATS.value):
       for workers, pool in pools.items():
         start = time.perf_counter()
-        pool.evaluate(pool_params, pool_seeds)
-        rate = jobs * config.env.agent_steps() / (time.perf_counter() - start)  # whole episodes
+        played = pool.play(pool_params, pool_seeds).steps.sum()  # Doom's episodes end early
+        rate = played / (time.perf_counter() - start)
         pool_rates[workers] = max(pool_rates[workers], rate)
 
   print(f'controller: {n} parameters (controller.inputs={config.controller.inputs}), '
@@ -136,8 +143,10 @@ def main(argv: list[str]) -> None:
         f'{real / alone:.2f} (goal >= 0.9)')
   print(f'  the same, full-size frames:  {real_full:10,.0f} steps/s   drawing at '
         f'{config.env.render_scale}: {real / real_full:.2f}x')
-  print(f'dream, batch {_DREAM_BATCH.value}:           {dreamt:10,.0f} steps/s   '
-        f'{dreamt / real:6.0f}x real (goal >= 300x)')
+  for p, rate in dreamt.items():
+    note = ' (controller.dream_precision)' if p == precision else ''
+    print(f'dream, batch {_DREAM_BATCH.value}, M in {p:8}: {rate:10,.0f} steps/s   '
+          f'{rate / real:6.0f}x real{note} (goal >= 300x)')
   print(f'real-env pool, 1 worker:      {pool_rates[1]:10,.0f} steps/s')
   print(f'real-env pool, 2 workers:     {pool_rates[2]:10,.0f} steps/s   '
         f'{pool_rates[2] / pool_rates[1]:6.2f}x (goal >= 1.8x)')

@@ -50,6 +50,29 @@ def test_step_matches_the_sequence_call_and_samples(kind):
 
 
 @pytest.mark.parametrize('kind', KINDS)
+def test_frozen_step_in_bfloat16_follows_the_float32_step(kind):
+  # controller.dream_precision=bfloat16: the dream's M with its products in bfloat16 (8 bits of
+  # mantissa) tracks the float32 step to bfloat16's rounding over a dozen steps; a model without
+  # that path says it stays in float32.
+  model, _ = make(kind, hidden_size=64)
+  step, precision = model.frozen_step('bfloat16')
+  assert precision == ('bfloat16' if kind == 'mdnrnn' else 'float32')
+  assert model.frozen_step('float32') == (model.step, 'float32')
+  z = tf.random.stateless_normal([8, 12, Z], (1, 2))
+  actions = tf.random.stateless_uniform([8, 12, A], (3, 4), -1, 1)
+  exact, fast = model.initial_state(8), model.initial_state(8)
+  for t in range(12):
+    want, exact = model.step(z[:, t], actions[:, t], exact)
+    got, fast = step(z[:, t], actions[:, t], fast)
+    for field in ('logits', 'means', 'log_stds', 'reward', 'done_logit'):
+      a, b = getattr(want, field).numpy(), getattr(got, field).numpy()
+      assert b.dtype == np.float32
+      np.testing.assert_allclose(b, a, atol=0.03, rtol=0.03, err_msg=f'{field} at step {t}')
+  if precision == 'bfloat16':
+    assert not np.array_equal(want.means.numpy(), got.means.numpy())  # not the float32 path
+
+
+@pytest.mark.parametrize('kind', KINDS)
 def test_step_runs_inside_tf_function(kind):
   model, _ = make(kind)
 

@@ -13,6 +13,9 @@ multiplied by controller.dream_done_odds, which makes a cautious dream above 1).
 `tf.function` (a `tf.while_loop` over the steps); the noise comes from stateless seeds, so a
 generation's dream is the same on every rerun.
 
+M's matrix products run in controller.dream_precision (bfloat16 where the device computes it
+natively, with 'auto': wm/hardware.py); its state, gates and predictions stay float32.
+
 Judges (controller.dream_checkpoints): earlier checkpoints of M may play an equal share of each
 candidate's episodes, their world going on from their own predictions while the controller's
 memory h still comes from the final M run on what it saw, as in the game. A blind spot of one M
@@ -43,8 +46,12 @@ class Dream:
 
   def __init__(self, world: WorldModel, start: artifacts.StartLatents, max_steps: int,
                temperature: float, use_done: bool = True, done_rule: str = 'sample',
-               done_odds: float = 1.0, judges: Sequence[Any] = (), fitness: str = 'mean'):
+               done_odds: float = 1.0, judges: Sequence[Any] = (), fitness: str = 'mean',
+               precision: str = 'float32'):
     self.world, self.start = world, start
+    # M's steps (the final M's, then each judge's), their products in controller.dream_precision
+    self._step, self.precision = world.seq.frozen_step(precision)
+    self._judge_steps = tuple(judge.frozen_step(precision)[0] for judge in judges)
     self.judges = tuple(judges)  # earlier Ms whose worlds play their share of the episodes
     self.fitness = fitness  # controller.dream_fitness: mean | worst (over the Ms' means)
     self.max_steps, self.temperature = max_steps, temperature
@@ -56,10 +63,11 @@ class Dream:
   @classmethod
   def load(cls, world: WorldModel, run: runs.Run, max_steps: int, temperature: float,
            use_done: bool = True, done_rule: str = 'sample', done_odds: float = 1.0,
-           checkpoints: Sequence[int] = (), fitness: str = 'mean') -> 'Dream':
+           checkpoints: Sequence[int] = (), fitness: str = 'mean',
+           precision: str = 'float32') -> 'Dream':
     judges = [artifacts.load_seq_checkpoint(run, step) for step in checkpoints]
     return cls(world, artifacts.StartLatents.of_run(run, world.encoder.z_size), max_steps,
-               temperature, use_done, done_rule, done_odds, judges, fitness)
+               temperature, use_done, done_rule, done_odds, judges, fitness, precision)
 
   @property
   def worlds(self) -> int:
@@ -112,7 +120,7 @@ class Dream:
     z = z0
     for t in tf.range(self.max_steps):
       action = controller(params, z, controller.memory(seq, state))
-      prediction, state = seq.step(z, action, state)
+      prediction, state = self._step(z, action, state)
       if self.judges:
         prediction, judge_states = self._judged(prediction, z, action, judge_states, share)
       total += alive * tf.cast(tf.reshape(prediction.reward, [batch]), tf.float32)
@@ -131,9 +139,9 @@ class Dream:
     """The prediction [batch] with each judge's rows (block i + 1 of `share`) from that judge
     stepping on them, and the judges' next states."""
     parts, states = [_rows(prediction, 0, share)], []
-    for i, (judge, judge_state) in enumerate(zip(self.judges, judge_states)):
+    for i, (step, judge_state) in enumerate(zip(self._judge_steps, judge_states)):
       rows = slice((i + 1) * share, (i + 2) * share)
-      judged, judge_state = judge.step(z[rows], action[rows], judge_state)
+      judged, judge_state = step(z[rows], action[rows], judge_state)
       parts.append(judged)
       states.append(judge_state)
     joined = {f.name: tf.concat([tf.cast(getattr(p, f.name), getattr(prediction, f.name).dtype)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import tensorflow as tf
 
@@ -100,6 +100,13 @@ class SequenceModel(tf.keras.Model, abc.ABC):
   @abc.abstractmethod
   def step(self, z: tf.Tensor, action: tf.Tensor, state: Any) -> tuple[Prediction, Any]:
     """One step: z [B, Z], action [B, A] -> (prediction for the next step, new state)."""
+
+  def frozen_step(self, precision: str = 'float32') -> tuple[Callable[..., Any], str]:
+    """(`step` for weights that no longer change, e.g. the dream's, with its matrix products in
+    `precision`: float32 | bfloat16, the weights cast once here; the precision it computes in).
+    A model without a bfloat16 path gives its float32 `step`."""
+    del precision
+    return self.step, 'float32'
 
   @abc.abstractmethod
   def features(self, state: Any) -> tf.Tensor:

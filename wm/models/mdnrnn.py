@@ -65,6 +65,31 @@ class MDNRNN(SequenceModel):
     h, (h, c) = self.lstm.cell(tf.concat([z, action], -1), list(state))
     return self.head(h), (h, c)
 
+  def frozen_step(self, precision: str = 'float32'):
+    """`step` with the cell's and the head's products in bfloat16 when asked (3.5x faster on a
+    CPU with AMX, docs/benchmarks.md); the gates' arithmetic, the state and the prediction stay
+    float32."""
+    if precision != 'bfloat16':
+      return self.step, 'float32'
+    cell, dense = self.lstm.cell, self.head.dense
+    kernel, recurrent = tf.cast(cell.kernel, tf.bfloat16), tf.cast(cell.recurrent_kernel,
+                                                                   tf.bfloat16)
+    bias, head_kernel = tf.identity(cell.bias), tf.cast(dense.kernel, tf.bfloat16)
+    head_bias = tf.identity(dense.bias)
+
+    def step(z, action, state):
+      h, c = state
+      x = tf.cast(tf.concat([z, action], -1), tf.bfloat16)
+      gates = tf.cast(tf.matmul(x, kernel) + tf.matmul(tf.cast(h, tf.bfloat16), recurrent),
+                      tf.float32) + bias
+      i, f, g, o = tf.split(gates, 4, axis=-1)  # Keras' order
+      c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+      h = tf.sigmoid(o) * tf.tanh(c)
+      outputs = tf.cast(tf.matmul(tf.cast(h, tf.bfloat16), head_kernel), tf.float32) + head_bias
+      return self.head.unpack(outputs), (h, c)
+
+    return step, 'bfloat16'
+
   def features(self, state: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
     return state[0]
 

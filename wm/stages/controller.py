@@ -15,7 +15,7 @@ import os
 import numpy as np
 from absl import logging
 
-from wm import artifacts, es, evaluation, training
+from wm import artifacts, es, evaluation, hardware, training
 from wm.agent import WorldModel, action_space_of
 from wm.artifacts import save_params
 from wm.dream import Dream
@@ -55,7 +55,10 @@ class Episodes:
                             self.c.dream_temperature, done_rule=self.c.dream_done,
                             done_odds=self.c.dream_done_odds,
                             checkpoints=self.c.judge_steps(),
-                            fitness=self.c.dream_fitness)
+                            fitness=self.c.dream_fitness,
+                            precision=hardware.precision(self.c.dream_precision))
+    logging.info('dream: M computes in %s (controller.dream_precision=%s: %s)',
+                 self.dream.precision, self.c.dream_precision, hardware.native_bfloat16()[1])
 
   def real(self) -> evaluation.Evaluator:
     if self.mpi_evaluator is not None:
