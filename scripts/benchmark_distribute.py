@@ -2,7 +2,8 @@
 of one process (MirroredStrategy) and on 2 worker processes (MultiWorkerMirroredStrategy on
 localhost), side by side in one run, and their ratios to one device.
 
-Without GPUs the 2 replicas are logical devices splitting the same CPU cores, so the ratio
+Without GPUs the 2 replicas are logical devices splitting the same CPU cores (the 2 worker
+processes each pinned to half of them, as SLURM binds a task to its --cpus-per-task), so the ratio
 measures the strategy's overhead, not a speed-up (the goal on GPUs: 1.8x on 2, 3.4x on 4). Each
 measurement is a fresh process (a strategy is set up before any other TensorFlow op); the kinds
 alternate round by round so that background load hits them alike, and the median is shown.
@@ -13,6 +14,7 @@ Output: the figures on stdout.
     python scripts/benchmark_distribute.py [--config=configs/carracing.py:small] [--rounds=3]
 """
 
+import functools
 import json
 import os
 import statistics
@@ -89,16 +91,34 @@ def timed(step, count: int) -> float:
 def run_kind(kind: str, argv: list[str]) -> dict:
   """Measures `kind` in fresh processes (two workers for multi_worker); the chief's figures."""
   command = [sys.executable, os.path.abspath(__file__), f'--measure={kind}', *argv]
-  envs = [dict(os.environ)]
+  envs, cpus = [dict(os.environ)], [None]
   if kind == 'multi_worker':
     from wm import distribute  # pylint: disable=import-outside-toplevel
     envs = [dict(os.environ, TF_CONFIG=c) for c in distribute.localhost_tf_configs(2)]
-  procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for env in envs]
+    cpus = cpu_halves()
+  procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True,
+                            preexec_fn=None if mine is None else functools.partial(
+                                os.sched_setaffinity, 0, mine))
+           for env, mine in zip(envs, cpus)]
   outputs = [p.communicate(timeout=900)[0] for p in procs]
   if any(p.returncode for p in procs):
     raise SystemExit(f'measuring {kind} failed (exit {[p.returncode for p in procs]})')
   results = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
   return next(r for r in results if r['chief'])
+
+
+def cpu_halves() -> list[set[int] | None]:
+  """Each of 2 worker processes' CPUs: half of this process's each, as a SLURM task of
+  --cpus-per-task gets its own (TensorFlow sizes its thread pools to the CPUs it may use, so
+  two unpinned processes would each run a pool as wide as the machine); None where the machine
+  has a single CPU or the system cannot pin."""
+  if not hasattr(os, 'sched_getaffinity'):
+    return [None, None]
+  mine = sorted(os.sched_getaffinity(0))
+  if len(mine) < 2:
+    return [None, None]
+  half = len(mine) // 2
+  return [set(mine[:half]), set(mine[half:])]
 
 
 def main(argv: list[str]) -> None:
