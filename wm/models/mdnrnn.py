@@ -66,16 +66,16 @@ class MDNRNN(SequenceModel):
     return self.head(h), (h, c)
 
   def frozen_step(self, precision: str = 'float32'):
-    """`step` with the cell's and the head's products in bfloat16 when asked (3.5x faster on a
-    CPU with AMX, docs/benchmarks.md); the gates' arithmetic, the state and the prediction stay
-    float32."""
+    """`step` with the cell's and the head's products in bfloat16 when asked (the products run
+    3.5x faster on a CPU with AMX, the dream 1.3x: docs/benchmarks.md); the gates' arithmetic,
+    the state and the prediction stay float32."""
     if precision != 'bfloat16':
       return self.step, 'float32'
     cell, dense = self.lstm.cell, self.head.dense
-    kernel, recurrent = tf.cast(cell.kernel, tf.bfloat16), tf.cast(cell.recurrent_kernel,
-                                                                   tf.bfloat16)
-    bias, head_kernel = tf.identity(cell.bias), tf.cast(dense.kernel, tf.bfloat16)
-    head_bias = tf.identity(dense.bias)
+    kernel = tf.cast(cell.kernel, tf.bfloat16)
+    recurrent = tf.cast(cell.recurrent_kernel, tf.bfloat16)
+    head_kernel = tf.cast(dense.kernel, tf.bfloat16)
+    bias, head_bias = tf.identity(cell.bias), tf.identity(dense.bias)
 
     def step(z, action, state):
       h, c = state
