@@ -113,9 +113,7 @@ def load_seq_checkpoint(run: runs.Run, step: int):
                     'those, or retrain M with a seq.save_every that saves that step')
   from wm.models import export  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  info = export.read_info(seq_export(run))
-  model = export.KINDS[info['kind']](info['name'])(**info['kwargs'])
-  model.build_for_loading()
+  model, info = export.build(seq_export(run), 'sequence_model')
   try:
     tf.train.Checkpoint(model=model).read(prefix).expect_partial().assert_existing_objects_matched()
   except (ValueError, AssertionError, tf.errors.OpError) as e:

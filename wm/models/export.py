@@ -41,13 +41,20 @@ def read_info(folder: str) -> dict[str, Any]:
                                   'run (or rerun) the stage that trains and exports it')
 
 
-def load(folder: str, kind: str | None = None) -> tf.keras.Model:
-  """Rebuilds and returns the model exported in `folder` (checking its kind if given)."""
+def build(folder: str, kind: str | None = None) -> tuple[tf.keras.Model, dict[str, Any]]:
+  """The model exported in `folder`, built with fresh weights (checking its kind if given), and
+  its model.json: what `load` fills, or a checkpoint of the same model."""
   info = read_info(folder)
   if kind is not None and info['kind'] != kind:
     raise DataError(f'{folder} holds a {info["kind"]}, expected a {kind}')
   model = KINDS[info['kind']](info['name'])(**info['kwargs'])
   model.build_for_loading()
+  return model, info
+
+
+def load(folder: str, kind: str | None = None) -> tf.keras.Model:
+  """Rebuilds and returns the model exported in `folder` (checking its kind if given)."""
+  model, info = build(folder, kind)
   try:
     model.load_weights(os.path.join(folder, 'model.weights.h5'))
   except (ValueError, OSError) as e:
