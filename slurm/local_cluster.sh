@@ -33,7 +33,7 @@ install_packages() {
   [[ $AUTH == munge ]] && want+=(munge)
   local missing=()
   for p in "${want[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+    [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == *'ok installed'* ]] || missing+=("$p")
   done
   [[ ${#missing[@]} -eq 0 ]] && return
   command -v apt-get >/dev/null || cannot "${missing[*]} missing and there is no apt-get"
@@ -58,11 +58,14 @@ start_munge() {
 # mpi_plugin: pmix when slurmd can load it, else none. srun -n N starts MPI ranks (mpi4py on
 # Debian's Open MPI) through PMIx; but SLURM's mpi_pmix.so plugin ships without the PMIx library
 # (libpmix2, which Open MPI's packages bring), and MpiDefault=pmix without that library makes every
-# job step fail ("can not load PMIx library"). With none, srun works and MPI programs it starts
-# run as separate single ranks; restart the cluster after installing MPI to get pmix.
+# job step fail ("can not load PMIx library"). With none, srun works but Open MPI programs it starts
+# cannot meet (MPI_Init aborts them; the stages' ranks leave the work to rank 0, wm/infra/mpi.py);
+# restart the cluster after installing MPI to get pmix.
+# (No `| grep -q` here: under pipefail, grep leaving early can kill ldconfig with SIGPIPE, and
+# the pipeline's failure chose none about once in 70 starts.)
 mpi_plugin() {
   if compgen -G '/usr/lib/*/slurm*/mpi_pmix.so' >/dev/null \
-    && ldconfig -p 2>/dev/null | grep -q 'libpmix\.so'; then
+    && [[ $(ldconfig -p 2>/dev/null) == *libpmix.so* ]]; then
     echo pmix
   else
     echo none
@@ -73,7 +76,7 @@ write_conf() {
   local host node auth cred
   host=$(hostname -s)
   # `slurmd -C` prints this node's line (CPUs, sockets, cores, memory) and an UpTime line.
-  node=$(slurmd -C | head -1 | sed -E "s/^NodeName=[^ ]+ //")
+  node=$(slurmd -C | sed -nE '1s/^NodeName=[^ ]+ //p')
   auth=auth/munge cred=cred/munge
   [[ $AUTH == none ]] && auth=auth/none cred=cred/none
   mpi=$(mpi_plugin)
@@ -129,7 +132,7 @@ wait_idle() {
     # A restarted slurmctld reports the node from saved state until slurmd registers again.
     local boot
     boot=$(scontrol show node "$host" 2>/dev/null | sed -nE 's/.*SlurmdStartTime=([^ ]+).*/\1/p')
-    state=$(sinfo -h -n "$host" -o %t 2>/dev/null | head -1)
+    state=$(sinfo -h -n "$host" -o %t 2>/dev/null | sed -n 1p)
     if [[ -n $boot && $boot != None ]] && (($(date -d "$boot" +%s) >= since)); then
       case $state in
         idle | mix | alloc) say "node $host is $state (state in $STATE)"; return 0 ;;

@@ -356,6 +356,63 @@ def test_srun_general_opens_a_shell_in_a_job(slurm_cluster):
   assert 'job=' in shell.stdout and 'job= ' not in shell.stdout
 
 
+_RANKS = 'from mpi4py import MPI; print(MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size())'
+
+
+@pytest.mark.slurm
+def test_srun_starts_mpi_ranks_that_meet(slurm_cluster):
+  # The controller stage on a cluster is `srun -n N python ...`: its ranks meet through the
+  # cluster's MPI plugin (PMIx), which the local cluster chooses when it starts.
+  probe = sh(sys.executable, '-c', 'from mpi4py import MPI', env=job_env())
+  if probe.returncode != 0:
+    pytest.skip(f'mpi4py cannot load MPI ({probe.stderr.strip()[-200:]}): '
+                '.ci/install_system_packages.sh, then restart the local cluster')
+  ranks = sh('srun', '-n', '2', sys.executable, '-c', _RANKS, env=job_env(), timeout=120)
+  conf = sh('scontrol', 'show', 'config').stdout
+  plugin = re.search(r'^MpiDefault\s*=\s*(\S+)', conf, re.M)
+  assert ranks.returncode == 0 and sorted(ranks.stdout.split('\n')[:2]) == ['0 2', '1 2'], (
+      f'srun -n 2 did not start 2 MPI ranks (cluster MpiDefault={plugin and plugin[1]}; restart '
+      f'it with slurm/stop_local_cluster.sh and slurm/local_cluster.sh once MPI is installed):\n'
+      f'{ranks.stdout[-2000:]}{ranks.stderr[-2000:]}')
+
+
+@pytest.mark.slurm
+def test_ranks_started_without_an_mpi_plugin_leave_the_search_to_rank_0(slurm_cluster,
+                                                                         debug_world_model,
+                                                                         tmp_path):
+  # Without PMI or PMIx Open MPI's MPI_Init would abort both ranks (exit status 1): rank 0
+  # plays every episode itself instead, and each rank says why.
+  run_dir = copy_run(debug_world_model, str(tmp_path / 'run'))
+  result = sh('srun', '--mpi=none', '-n', '2', sys.executable, 'scripts/train_controller.py',
+              f'--run_dir={run_dir}', '--config.controller.generations=1', env=job_env(),
+              timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stderr.count('by srun without an MPI plugin') == 2, result.stderr[-3000:]
+  assert 'srun --mpi=pmix' in result.stderr
+  history = fileio.read_jsonl(os.path.join(run_dir, 'controller', 'history.jsonl'))
+  assert [row['generation'] for row in history] == [1]
+
+
+# A reader that leaves early (grep -q, grep -m, head) can end its writer with SIGPIPE, and under
+# pipefail that fails the pipeline now and then: the local cluster chose MpiDefault=none so.
+_EARLY_READER = re.compile(r'\|\s*(grep\s+(-\w*[qm]\w*|--quiet|--max-count)|head)\b')
+
+
+def test_no_pipefail_script_pipes_into_a_reader_that_leaves_early():
+  scripts = subprocess.run(['git', 'ls-files', '*.sh', '.ci/run'], cwd=REPO, text=True,
+                           capture_output=True, check=True).stdout.split()
+  assert 'slurm/local_cluster.sh' in scripts
+  found = []
+  for path in scripts:
+    with open(os.path.join(REPO, path)) as f:
+      lines = f.read().splitlines()
+    if not any('pipefail' in line for line in lines):
+      continue
+    found += [f'{path}:{n}: {line.strip()}' for n, line in enumerate(lines, 1)
+              if not line.lstrip().startswith('#') and _EARLY_READER.search(line)]
+  assert not found, '\n'.join(found)
+
+
 def test_resources_are_fitted_to_the_partition(tmp_path):
   script = tmp_path / 'x.sbatch'
   script.write_text('#!/bin/bash\n#SBATCH --cpus-per-task=8\n#SBATCH --mem=64G\n'
