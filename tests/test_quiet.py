@@ -42,3 +42,20 @@ def test_boilerplate_patterns_are_exact():
   assert not quiet.is_boilerplate('E0000 00:00:1796145473.810777   23393 cuda_platform.cc:52] '
                                   'failed call to cuInit: INTERNAL', gpu_present=True)
   assert not quiet.is_boilerplate('W0000 00:00:1.0 1 port.cc:153] oneDNN ran out of memory')
+
+
+_DIE_HARD = textwrap.dedent('''
+    import os
+    from wm.infra import quiet
+    quiet.install()
+    os.write(2, b''.join(b'line %d of what a failing library said\\n' % i for i in range(2000)))
+    os._exit(3)  # as a C library's exit() or an abort: no Python exit handler runs
+''')
+
+
+def test_the_last_words_of_a_process_that_dies_without_exit_handlers_are_kept():
+  result = subprocess.run([sys.executable, '-c', _DIE_HARD], cwd=REPO, env=script_env(),
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 3
+  lines = result.stderr.splitlines()
+  assert lines == [f'line {i} of what a failing library said' for i in range(2000)], lines[-3:]

@@ -9,6 +9,12 @@ passes every other byte on, real warnings and errors included, and sets TF_CPP_M
 (unless set) for TensorFlow's later INFO lines (XLA's "service initialized" and the like). Call
 it first thing in an entry point, before TensorFlow is imported; WM_SHOW_TF_BOILERPLATE=1 turns
 it off.
+
+The filter is a forked process, not a thread: a process that dies without Python's exit handlers
+(MPI_Init failing and calling exit(), an abort, os._exit) leaves its last words in the pipe, and
+only a reader outside it can still pass them on. The filter ignores SIGINT, SIGTERM, SIGUSR1 and
+SIGHUP (a cluster signals every process of a job step) and exits once every writer has closed
+the pipe.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import signal
 import sys
-import threading
+import time
 
 BOILERPLATE = [re.compile(p) for p in (
     r'^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$',
@@ -48,14 +55,25 @@ def install() -> None:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # C++ INFO off; warnings and errors stay
   gpu_present = os.path.exists('/dev/nvidiactl')
   sys.stderr.flush()
-  real = os.dup(2)
   read_end, write_end = os.pipe()
+  pid = os.fork()
+  if pid == 0:  # the filter: fd 2 here is still the real stderr
+    try:
+      devnull = os.open(os.devnull, os.O_RDWR)
+      os.dup2(devnull, 0)  # hold nothing of the parent's but its stderr: a caller reading the
+      os.dup2(devnull, 1)  # parent's stdout sees its end when the parent ends
+      os.closerange(3, read_end)
+      os.closerange(read_end + 1, os.sysconf('SC_OPEN_MAX'))
+      for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+      _pump(read_end, 2, gpu_present)
+    finally:
+      os._exit(0)  # pylint: disable=protected-access
+  os.close(read_end)
+  real = os.dup(2)
   os.dup2(write_end, 2)
   os.close(write_end)
-  thread = threading.Thread(target=_pump, args=(read_end, real, gpu_present), daemon=True,
-                            name='stderr-filter')
-  thread.start()
-  atexit.register(_drain, real, thread)
+  atexit.register(_drain, real, pid)
 
 
 def _pump(read_end: int, real: int, gpu_present: bool) -> None:
@@ -72,8 +90,13 @@ def _pump(read_end: int, real: int, gpu_present: bool) -> None:
       os.write(real, pending)
 
 
-def _drain(real: int, thread: threading.Thread) -> None:
-  """At exit: closes the pipe's last write end here and lets the filter pass what is left."""
+def _drain(real: int, pid: int, timeout_s: float = 2.0) -> None:
+  """At exit: closes this process's write end and waits (briefly) for the filter to pass what
+  is left, so the last lines come out before the process is seen to end."""
   sys.stderr.flush()
   os.dup2(real, 2)  # children still running keep their own copy of the write end
-  thread.join(timeout=2)
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline:
+    if os.waitpid(pid, os.WNOHANG)[0]:
+      return
+    time.sleep(0.005)
