@@ -5,9 +5,11 @@ Input:  RUN/vae/export, RUN/seq/export, RUN/seq/initial_latents.npz (any trained
         --dream_steps, whatever M's done head says).
 Output: printed figures, side by side from one run, all in agent steps (one per
         env.action_repeat frames; the dream's steps are agent steps too):
-          real env steps/s of V+M+C in one process (a batch of --real_envs environments), with
-            frames drawn at the config's env.render_scale and at full size (render_scale=1); the
-            same batch with random actions; one environment alone with random actions on the
+          real env steps/s of V+M+C in one process (a batch of --real_envs environments, the
+            run's controller when it has one, else random parameters), with frames drawn at the
+            config's env.render_scale and at full size (render_scale=1); the same batch
+            replaying the agent's actions with no model (what V+M+C cost is the difference);
+            the same batch with random actions; one environment alone with random actions on the
             same episodes (what the agent's steps/s is compared with: goal >= 0.9)
           dream steps/s of the same V+M+C (--dream_batch episodes as one batch inside M), with
             M's products in float32 and in controller.dream_precision's pick for this device
@@ -31,7 +33,7 @@ quiet.install()  # before TensorFlow is imported: its start-up notices stay out 
 import numpy as np
 from absl import app, flags
 
-from wm import envs, es, evaluation, hardware, policies
+from wm import artifacts, envs, es, evaluation, hardware, policies
 from wm.infra import cli, runs
 from wm.agent import WorldModel, action_space_of
 from wm.dream import Dream
@@ -62,10 +64,14 @@ def main(argv: list[str]) -> None:
   rng = np.random.default_rng(0)
   n = model.controller.num_params
 
-  worker = evaluation.Worker(config, run.root)
+  worker = Recording(config, run.root)
   worker._world = model  # pylint: disable=protected-access  (the same V+M+C as the dream)
   seeds = es.episode_seeds(config.seed, es.TEST_STREAM, 99, _REAL_ENVS.value)
   params = rng.normal(size=(_REAL_ENVS.value, n)) * 0.1
+  trained = os.path.exists(artifacts.controller_params_path(run))
+  if trained:  # a car that drives steps dearer than one that idles: measure the run's own
+    params = np.repeat(artifacts.load_params(artifacts.controller_params_path(run),
+                                             model.controller)[None], _REAL_ENVS.value, axis=0)
   worker.evaluate(params[:1], seeds[:1])  # builds envs' first and traces the fused step
   full_worker = evaluation.Worker(envs.full_size(config), run.root)
   full_worker._world = model  # pylint: disable=protected-access
@@ -100,16 +106,34 @@ def main(argv: list[str]) -> None:
     env.close()
     return steps / (time.perf_counter() - start)
 
+  def replay_rate() -> float:
+    """The same environments and episodes stepped with the agent's last actions, no model."""
+    batch = [envs.make(config.env) for _ in seeds]
+    for env, seed in zip(batch, seeds):
+      env.reset(seed=int(seed))
+    alive, steps, start = np.ones(len(batch), bool), 0, time.perf_counter()
+    for actions in worker.actions:
+      for i in np.flatnonzero(alive):
+        _, _, terminated, truncated = batch[i].step(actions[i])
+        steps += 1
+        alive[i] = not (terminated or truncated)
+    rate = steps / (time.perf_counter() - start)
+    for env in batch:
+      env.close()
+    return rate
+
   def dream_rate(dream: Dream) -> float:
     start = time.perf_counter()
     _, steps = dream.returns(batch, z0, np.array([3, 4]))
     return steps / (time.perf_counter() - start)
 
   # Interleaved repeats, best of each: other load on the machine hits both sides alike.
-  real = real_full = random_batch = alone = 0.0
+  real = real_full = replayed = random_batch = alone = 0.0
   dreamt = dict.fromkeys(dreams, 0.0)
   for _ in range(_REPEATS.value):
-    real, real_full = max(real, real_rate(worker)), max(real_full, real_rate(full_worker))
+    real = max(real, real_rate(worker))
+    replayed = max(replayed, replay_rate())
+    real_full = max(real_full, real_rate(full_worker))
     for p, dream in dreams.items():
       dreamt[p] = max(dreamt[p], dream_rate(dream))
     random_batch = max(random_batch, real_rate(worker, None))
@@ -136,9 +160,10 @@ def main(argv: list[str]) -> None:
         f'z {model.encoder.z_size}, h {model.seq.feature_size}')
   print(f'real env, 1 process, {_REAL_ENVS.value} envs: {real:10,.0f} steps/s   '
         f'(env.render_scale={config.env.render_scale}, env.action_repeat='
-        f'{config.env.action_repeat})')
-  print(f'  the same, random actions:   {random_batch:10,.0f} steps/s   V+M+C cost '
-        f'{100 * (1 - real / random_batch):.0f}% of the agent\'s time')
+        f'{config.env.action_repeat}; {"the run" if trained else "random"}\'s controller)')
+  print(f'  its actions replayed, no model: {replayed:6,.0f} steps/s   V+M+C cost '
+        f'{100 * (1 - real / replayed):.0f}% of the agent\'s time')
+  print(f'  the same envs, random actions: {random_batch:7,.0f} steps/s')
   print(f'env alone, 1 env, random:     {alone:10,.0f} steps/s   agent / env alone: '
         f'{real / alone:.2f} (goal >= 0.9)')
   print(f'  the same, full-size frames:  {real_full:10,.0f} steps/s   drawing at '
@@ -150,6 +175,21 @@ def main(argv: list[str]) -> None:
   print(f'real-env pool, 1 worker:      {pool_rates[1]:10,.0f} steps/s')
   print(f'real-env pool, 2 workers:     {pool_rates[2]:10,.0f} steps/s   '
         f'{pool_rates[2] / pool_rates[1]:6.2f}x (goal >= 1.8x)')
+
+
+class Recording(evaluation.Worker):
+  """A worker that keeps the actions its agent took in the last batch it played."""
+
+  actions: list[np.ndarray] = []
+
+  def _world_actor(self, params: np.ndarray):
+    act, self.actions = super()._world_actor(params), []
+
+    def recorded(frames: np.ndarray) -> np.ndarray:
+      actions = act(frames)
+      self.actions.append(actions.copy())
+      return actions
+    return recorded
 
 
 if __name__ == '__main__':

@@ -1,0 +1,28 @@
+"""The benchmark scripts run on the debug preset's trained run and print every figure they name
+(speed itself is never asserted: docs/benchmarks.md keeps the measured figures)."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import run_script
+
+
+def test_benchmark_controller_prints_each_side_of_its_ratios(debug_agent):
+  result = run_script('benchmark_controller', f'--run_dir={debug_agent}', '--real_envs=2',
+                      '--real_steps=8', '--dream_batch=4', '--dream_steps=8',
+                      '--pool_episodes=2', '--repeats=1', config=None)
+  out = result.stdout
+  rate = r'\s+([\d,]+) steps/s'
+  figures = {name: float(m[1].replace(',', '')) for name, pattern in (
+      ('agent', r'real env, 1 process, 2 envs:' + rate),
+      ('replayed', r'its actions replayed, no model:' + rate),
+      ('random', r'the same envs, random actions:' + rate),
+      ('alone', r'env alone, 1 env, random:' + rate),
+      ('dream', r'dream, batch 4, M in float32\s*:' + rate),
+      ('pool2', r'real-env pool, 2 workers:' + rate)) if (m := re.search(pattern, out))}
+  assert len(figures) == 6 and all(v > 0 for v in figures.values()), out
+  assert "the run's controller" in out  # the debug agent has one: it plays it
+  cost = re.search(r'V\+M\+C cost (-?\d+)% of the agent', out)
+  printed = 100 * (1 - figures['agent'] / figures['replayed'])  # from the rounded rates
+  assert cost and abs(int(cost[1]) - printed) <= 1.5, out
