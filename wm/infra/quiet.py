@@ -97,6 +97,9 @@ def _drain(real: int, pid: int, timeout_s: float = 2.0) -> None:
   os.dup2(real, 2)  # children still running keep their own copy of the write end
   deadline = time.monotonic() + timeout_s
   while time.monotonic() < deadline:
-    if os.waitpid(pid, os.WNOHANG)[0]:
+    try:
+      if os.waitpid(pid, os.WNOHANG)[0]:
+        return
+    except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): it has ended
       return
     time.sleep(0.005)
