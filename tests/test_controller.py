@@ -320,6 +320,36 @@ def test_dream_judges_play_their_share_in_their_own_world(debug_world_model):
     earlier.episodes(params, 3, seed=5)
 
 
+def test_dream_judge_runs_are_other_runs_ms_on_this_v(debug_world_model, tmp_path):
+  # controller.dream_judge_runs: another run's final M, trained on this run's V, judges like a
+  # checkpoint. A copy of the run judges with the very same M: the dream is the unjudged one;
+  # an M of another V, or a path that is no run, is refused naming why.
+  import controller_models  # pylint: disable=import-outside-toplevel  (tests/ is on sys.path)
+  run = runs.Run(debug_world_model)
+  world = WorldModel.load(run, debug_config())
+  rng = np.random.default_rng(12)
+  batch = np.repeat(rng.normal(size=(2, world.controller.num_params)), 4, axis=0)
+  plain = Dream.load(world, run, max_steps=30, temperature=1.0)
+  z0, seed = plain.start.draw(len(batch), rng), np.array([4, 5])
+  twin = copy_run(debug_world_model, str(tmp_path / 'twin'))
+  judged = Dream.load(world, run, max_steps=30, temperature=1.0, judge_runs=[twin])
+  assert judged.worlds == 2
+  np.testing.assert_allclose(judged.returns(batch, z0, seed)[0], plain.returns(batch, z0, seed)[0],
+                             rtol=1e-5)
+  foreign = controller_models.write(str(tmp_path / 'foreign'), z_size=world.encoder.z_size,
+                                    action_size=world.seq.action_size, seed=3)
+  with pytest.raises(DataError, match='learned the latents of another V'):
+    Dream.load(world, run, max_steps=5, temperature=1.0, judge_runs=[foreign])
+  with pytest.raises(DataError, match='not a folder'):
+    Dream.load(world, run, max_steps=5, temperature=1.0, judge_runs=[str(tmp_path / 'none')])
+  config = debug_config()
+  from wm import config as config_lib  # pylint: disable=import-outside-toplevel
+  config.controller.dream_judge_runs, config.controller.dream_checkpoints = f'{twin}', '10'
+  config.controller.trials = 4
+  with pytest.raises(ConfigError, match='controller.trials=4 .*multiples of 3'):
+    config_lib.validate(config)
+
+
 def test_dream_judges_are_checked(debug_world_model):
   run = runs.Run(debug_world_model)
   world = WorldModel.load(run, debug_config())

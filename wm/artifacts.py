@@ -122,6 +122,23 @@ def load_seq_checkpoint(run: runs.Run, step: int):
   return model
 
 
+def load_judge_seq(run: runs.Run, judge_root: str):
+  """The final M of run dir `judge_root`, which must have learned the latents of `run`'s V
+  (the same V's result, e.g. linked into a copy of the run that trained M with another seed)."""
+  judge = runs.Run(judge_root)
+  if not os.path.isdir(judge_root):
+    raise DataError(f'controller.dream_judge_runs names {judge_root}, which is not a folder: '
+                    'give run dirs whose seq stage trained an M on this run\'s V')
+  models = load_models(judge)  # its V and M fit each other (or a DataError says how not)
+  mine, theirs = run.fingerprint('vae'), judge.fingerprint('vae')
+  if mine != theirs:
+    raise DataError(f'the judge M in {seq_export(judge)} learned the latents of another V than '
+                    f'this run\'s ({vae_export(judge)}: result {theirs}; {vae_export(run)}: '
+                    f'{mine}): train the judge on this run\'s V (link RUN/vae, RUN/encoded into '
+                    'its run dir), or leave it out of controller.dream_judge_runs')
+  return models.seq
+
+
 class StartLatents:
   """First latents to start dreams from: rows of `mu`/`logvar` (sampled), or of `z`."""
 

@@ -137,6 +137,7 @@ class ControllerConfig:
   dream_done_odds: float = 1.0  # dream: M's odds of an episode's end times this (> 1: a cautious dream, harder than M predicts)
   dream_precision: str = 'float32'  # dream: M's matrix products in float32 | bfloat16 (1.3x the dream's speed with AMX, not shown to train as well) | auto (bfloat16 where the device computes it natively: wm/hardware.py)
   dream_checkpoints: str = ''  # dream: steps of M's checkpoints (comma-separated, e.g. '1000') whose worlds play an equal share of each candidate's episodes beside the final M's
+  dream_judge_runs: str = ''  # dream: run dirs (comma-separated) whose own final M, trained on this run's V (e.g. with another seed), also plays an equal share of the episodes
   dream_fitness: str = 'mean'  # dream: a candidate's fitness: mean (of all its episodes) | worst (the lowest of the Ms' means)
   eval_every: int = 25  # every this many generations the best and the centroid are evaluated, in the real env and in the dream
   eval_episodes: int = 16  # ... over this many episodes
@@ -150,6 +151,14 @@ class ControllerConfig:
       raise ConfigError(f'config field controller.dream_checkpoints={self.dream_checkpoints!r} '
                         "should be training steps of M, comma-separated (e.g. '1000,1250')")
     return tuple(int(p) for p in parts)
+
+  def judge_runs(self) -> tuple[str, ...]:
+    """dream_judge_runs as run dirs."""
+    return tuple(p.strip() for p in self.dream_judge_runs.split(',') if p.strip())
+
+  def dream_worlds(self) -> int:
+    """How many Ms play a candidate's dream episodes: the final M and the judges."""
+    return 1 + len(self.judge_steps()) + len(self.judge_runs())
 
 
 @dataclasses.dataclass
@@ -460,7 +469,7 @@ def validate(config: Config) -> Config:
 
 def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
   """(field, whether its value is allowed, what is) for the fields with a rule of their own."""
-  judges = config.controller.judge_steps()
+  worlds = config.controller.dream_worlds()
   return [
       ('collect.hold_max', config.collect.hold_max >= config.collect.hold_min,
        f'must be >= collect.hold_min ({config.collect.hold_min})'),
@@ -482,11 +491,12 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
       ('vae.kl_tolerance', config.vae.kl_tolerance >= 0, 'must be >= 0'),
       ('controller.train_patience', config.controller.train_patience >= 0, 'must be >= 0'),
       ('controller.dream_generations', config.controller.dream_generations >= 0, 'must be >= 0'),
-      ('controller.trials', config.controller.trials % (1 + len(judges)) == 0
-       and config.controller.eval_episodes % (1 + len(judges)) == 0,
+      ('controller.trials', config.controller.trials % worlds == 0
+       and config.controller.eval_episodes % worlds == 0,
        f'and controller.eval_episodes ({config.controller.eval_episodes}) must be multiples of '
-       f'{1 + len(judges)}: the final M and controller.dream_checkpoints '
-       f'({config.controller.dream_checkpoints!r}) play equal shares of the dream episodes'),
+       f'{worlds}: the final M, controller.dream_checkpoints '
+       f'({config.controller.dream_checkpoints!r}) and controller.dream_judge_runs '
+       f'({config.controller.dream_judge_runs!r}) play equal shares of the dream episodes'),
       ('controller.dream_generations', config.controller.dream_generations == 0
        or config.controller.mode == 'real', 'is a warm start for controller.mode=real (with '
        'mode=dream every generation is in the dream already)'),

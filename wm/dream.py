@@ -16,11 +16,12 @@ generation's dream is the same on every rerun.
 M's matrix products run in controller.dream_precision (bfloat16 where the device computes it
 natively, with 'auto': wm/hardware.py); its state, gates and predictions stay float32.
 
-Judges (controller.dream_checkpoints): earlier checkpoints of M may play an equal share of each
-candidate's episodes, their world going on from their own predictions while the controller's
-memory h still comes from the final M run on what it saw, as in the game. A blind spot of one M
-(a move it lets live for ever) then pays in that M's share of episodes only, or not at all with
-controller.dream_fitness=worst (a candidate scores its worst M's mean).
+Judges: earlier checkpoints of M (controller.dream_checkpoints) and the final Ms of other runs
+trained on the same V (controller.dream_judge_runs: another seed, another architecture) may play
+an equal share of each candidate's episodes, their world going on from their own predictions
+while the controller's memory h still comes from the final M run on what it saw, as in the game.
+A blind spot of one M (a move it lets live for ever) then pays in that M's share of episodes
+only, or not at all with controller.dream_fitness=worst (a candidate scores its worst M's mean).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import tensorflow as tf
 
 from wm import artifacts
 from wm.agent import WorldModel
-from wm.errors import ConfigError
+from wm.errors import ConfigError, DataError
 from wm.infra import runs
 
 
@@ -50,6 +51,13 @@ class Dream:
                precision: str = 'float32'):
     self.world, self.start = world, start
     # M's steps (the final M's, then each judge's), their products in controller.dream_precision
+    for judge in judges:  # its predictions join the final M's rows: they must have one shape
+      if (judge.action_size, judge.head.num_mixtures) != (world.seq.action_size,
+                                                           world.seq.head.num_mixtures):
+        raise DataError(f'a judge M ({type(judge).__name__}) takes actions of size '
+                        f'{judge.action_size} and predicts {judge.head.num_mixtures} mixtures; '
+                        f'the final M {world.seq.action_size} and '
+                        f'{world.seq.head.num_mixtures}: judges must match both')
     self._step, self.precision = world.seq.frozen_step(precision)
     self._judge_steps = tuple(judge.frozen_step(precision)[0] for judge in judges)
     self.judges = tuple(judges)  # earlier Ms whose worlds play their share of the episodes
@@ -64,8 +72,9 @@ class Dream:
   def load(cls, world: WorldModel, run: runs.Run, max_steps: int, temperature: float,
            use_done: bool = True, done_rule: str = 'sample', done_odds: float = 1.0,
            checkpoints: Sequence[int] = (), fitness: str = 'mean',
-           precision: str = 'float32') -> 'Dream':
-    judges = [artifacts.load_seq_checkpoint(run, step) for step in checkpoints]
+           precision: str = 'float32', judge_runs: Sequence[str] = ()) -> 'Dream':
+    judges = ([artifacts.load_seq_checkpoint(run, step) for step in checkpoints] +
+              [artifacts.load_judge_seq(run, root) for root in judge_runs])
     return cls(world, artifacts.StartLatents.of_run(run, world.encoder.z_size), max_steps,
                temperature, use_done, done_rule, done_odds, judges, fitness, precision)
 
@@ -87,7 +96,7 @@ class Dream:
     blocks of trials / worlds per M (the final M's first, then each judge's)."""
     if trials % self.worlds:
       raise ConfigError(f'{trials} dream episodes a candidate do not split evenly between '
-                        f'{self.worlds} Ms (controller.dream_checkpoints and the final M): make '
+                        f'{self.worlds} Ms (the final M and its judges): make '
                         'controller.trials and controller.eval_episodes multiples of '
                         f'{self.worlds}')
     rng = np.random.default_rng(seed)

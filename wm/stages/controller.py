@@ -55,6 +55,7 @@ class Episodes:
                             self.c.dream_temperature, done_rule=self.c.dream_done,
                             done_odds=self.c.dream_done_odds,
                             checkpoints=self.c.judge_steps(),
+                            judge_runs=self.c.judge_runs(),
                             fitness=self.c.dream_fitness,
                             precision=hardware.precision(self.c.dream_precision))
     logging.info('dream: M computes in %s (controller.dream_precision=%s: %s)',
