@@ -60,7 +60,7 @@ class Dream:
                         f'{world.seq.head.num_mixtures}: judges must match both')
     self._step, self.precision = world.seq.frozen_step(precision)
     self._judge_steps = tuple(judge.frozen_step(precision)[0] for judge in judges)
-    self.judges = tuple(judges)  # earlier Ms whose worlds play their share of the episodes
+    self.judges = tuple(judges)  # other Ms whose worlds play their share of the episodes
     self.fitness = fitness  # controller.dream_fitness: mean | worst (over the Ms' means)
     self.max_steps, self.temperature = max_steps, temperature
     self.use_done = use_done  # False runs every episode max_steps (the benchmark's untrained M)

@@ -68,7 +68,7 @@ def install() -> None:
         signal.signal(sig, signal.SIG_IGN)
       _pump(read_end, 2, gpu_present)
     finally:
-      os._exit(0)  # pylint: disable=protected-access
+      os._exit(0)
   os.close(read_end)
   real = os.dup(2)
   os.dup2(write_end, 2)
