@@ -288,17 +288,24 @@ def test_expected_dream_is_the_mean_of_sampled_dreams(controller_models):
     config_lib.validate(config)
 
 
+def _unjudged_dream(run_dir: str, candidates: int, rng_seed: int):
+  """(run, world, 4 rows of each of `candidates` random controllers, the dream of the run's M
+  alone over 30 steps, start latents for the rows)."""
+  run = runs.Run(run_dir)
+  world = WorldModel.load(run, debug_config())
+  rng = np.random.default_rng(rng_seed)
+  batch = np.repeat(rng.normal(size=(candidates, world.controller.num_params)), 4, axis=0)
+  plain = Dream.load(world, run, max_steps=30, temperature=1.0)
+  return run, world, batch, plain, plain.start.draw(len(batch), rng)
+
+
 def test_dream_judges_play_their_share_in_their_own_world(debug_world_model):
   # controller.dream_checkpoints: an earlier M's world plays an equal share of every candidate's
   # episodes, the final M still giving the controller its memory. Judged by M's last checkpoint
   # (the export's own weights) the dream is the unjudged one row for row; judged by step 10's M,
   # the final M's rows are unchanged and the judge's differ.
-  run = runs.Run(debug_world_model)
-  world = WorldModel.load(run, debug_config())
-  rng = np.random.default_rng(11)
-  batch = np.repeat(rng.normal(size=(3, world.controller.num_params)), 4, axis=0)
-  plain = Dream.load(world, run, max_steps=30, temperature=1.0)
-  z0, seed = plain.start.draw(len(batch), rng), np.array([2, 3])
+  run, world, batch, plain, z0 = _unjudged_dream(debug_world_model, candidates=3, rng_seed=11)
+  seed = np.array([2, 3])
   unjudged, _ = plain.returns(batch, z0, seed)
   itself, _ = Dream.load(world, run, max_steps=30, temperature=1.0,
                          checkpoints=[20]).returns(batch, z0, seed)
@@ -325,12 +332,8 @@ def test_dream_judge_runs_are_other_runs_ms_on_this_v(debug_world_model, tmp_pat
   # checkpoint. A copy of the run judges with the very same M: the dream is the unjudged one;
   # an M of another V, or a path that is no run, is refused naming why.
   import controller_models  # pylint: disable=import-outside-toplevel  (tests/ is on sys.path)
-  run = runs.Run(debug_world_model)
-  world = WorldModel.load(run, debug_config())
-  rng = np.random.default_rng(12)
-  batch = np.repeat(rng.normal(size=(2, world.controller.num_params)), 4, axis=0)
-  plain = Dream.load(world, run, max_steps=30, temperature=1.0)
-  z0, seed = plain.start.draw(len(batch), rng), np.array([4, 5])
+  run, world, batch, plain, z0 = _unjudged_dream(debug_world_model, candidates=2, rng_seed=12)
+  seed = np.array([4, 5])
   twin = copy_run(debug_world_model, str(tmp_path / 'twin'))
   judged = Dream.load(world, run, max_steps=30, temperature=1.0, judge_runs=[twin])
   assert judged.worlds == 2
