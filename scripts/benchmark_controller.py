@@ -180,7 +180,9 @@ def main(argv: list[str]) -> None:
 class Recording(evaluation.Worker):
   """A worker that keeps the actions its agent took in the last batch it played."""
 
-  actions: list[np.ndarray] = []
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.actions: list[np.ndarray] = []  # [steps] of [envs, action]: the last batch played
 
   def _world_actor(self, params: np.ndarray):
     act, self.actions = super()._world_actor(params), []
