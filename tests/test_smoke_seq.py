@@ -110,3 +110,40 @@ def test_the_same_seed_trains_the_same_m(synthetic_encoded, tmp_path):
     weights[name] = model.get_weights()
   assert all(np.array_equal(a, b) for a, b in zip(weights['first'], weights['again']))
   assert not all(np.array_equal(a, b) for a, b in zip(weights['first'], weights['other']))
+
+
+def test_judges_train_after_m_and_judge_the_dream(debug_world_model, tmp_path):
+  # seq.judges on a finished run is a top-up: M is kept (no step trained) and one more M, with
+  # the next seed and seq.judge_hidden_size, trains into RUN/seq/judges/1; it is part of M's
+  # result (its fingerprint: a controller made without it is stale), and the dream lets it play
+  # half the episodes.
+  from wm.agent import WorldModel  # pylint: disable=import-outside-toplevel
+  from wm.dream import Dream  # pylint: disable=import-outside-toplevel
+  from wm.errors import DataError  # pylint: disable=import-outside-toplevel
+  run_dir = copy_run(debug_world_model, str(tmp_path / 'run'))
+  run = runs.Run(run_dir)
+  before, weights = run.fingerprint('seq'), export.load(
+      os.path.join(run_dir, 'seq', 'export'), kind='sequence_model').get_weights()
+  run_script('train_sequence_model', f'--run_dir={run_dir}', '--config.seq.judges=1',
+             '--config.seq.judge_hidden_size=8', '--config.controller.trials=2',
+             '--config.controller.eval_episodes=2')
+  judge_dir = os.path.join(run_dir, 'seq', 'judges', '1')
+  with open(os.path.join(judge_dir, 'DONE')) as f:
+    judged = json.load(f)
+  with open(os.path.join(run_dir, 'seq', 'DONE')) as f:
+    done = json.load(f)
+  assert judged['seed'] == 1 and judged['step'] == 20 and done['judges_valid'] == [judged['valid']]
+  main = export.load(os.path.join(run_dir, 'seq', 'export'), kind='sequence_model')
+  assert all(np.array_equal(a, b) for a, b in zip(main.get_weights(), weights))  # M kept
+  judge = export.load(os.path.join(judge_dir, 'export'), kind='sequence_model')
+  assert judge.hidden_size == 8 and main.hidden_size == 16
+  assert done['fingerprint'] == run.fingerprint('seq') != before
+  world = WorldModel.load(run, debug_config())
+  assert Dream.load(world, run, max_steps=5, temperature=1.0, seq_judges=1).worlds == 2
+  with pytest.raises(DataError, match='judge M 2 .*rerun the seq stage'):
+    Dream.load(world, run, max_steps=5, temperature=1.0, seq_judges=2)
+  with pytest.raises(ConfigError, match=r'controller.trials=3 .*seq.judges \(1\)'):
+    config = debug_config()
+    config.seq.judges, config.controller.trials = 1, 3
+    from wm import config as config_lib  # pylint: disable=import-outside-toplevel
+    config_lib.validate(config)

@@ -122,6 +122,22 @@ def load_seq_checkpoint(run: runs.Run, step: int):
   return model
 
 
+def seq_judge_run(run: runs.Run, index: int) -> runs.Run:
+  """The run as judge `index` (1, 2, ...) of seq.judges sees it: M's folder is
+  RUN/seq/judges/<index>, every other stage's is the run's own."""
+  return run.redirected('seq', os.path.join(run.stage_dir('seq'), runs.JUDGES, str(index)))
+
+
+def load_seq_judge(run: runs.Run, index: int):
+  """The final M of seq.judges' judge `index`, checked to have learned this run's latents."""
+  judge = seq_judge_run(run, index)
+  if not judge.is_done('seq'):
+    raise DataError(f'seq.judges asks for judge M {index} but {judge.stage_dir("seq")} holds no '
+                    'finished one: rerun the seq stage (it trains the judges after M), or lower '
+                    'seq.judges')
+  return load_models(judge).seq
+
+
 def load_judge_seq(run: runs.Run, judge_root: str):
   """The final M of run dir `judge_root`, which must have learned the latents of `run`'s V
   (the same V's result, e.g. linked into a copy of the run that trained M with another seed)."""

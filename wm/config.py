@@ -117,6 +117,8 @@ class SeqConfig:
   temperature: float = 1.0  # sampling temperature of the mixture
   num_layers: int = 2  # transformer: attention blocks
   num_heads: int = 4  # transformer: attention heads
+  judges: int = 0  # more Ms trained after M on the same latents (seeds seed+1, ...) whose worlds also play an equal share of the controller's dream episodes (controller.dream_fitness)
+  judge_hidden_size: int = 0  # the judges' hidden_size (0: seq.hidden_size; a smaller judge costs less)
 
 
 @dataclasses.dataclass
@@ -157,7 +159,8 @@ class ControllerConfig:
     return tuple(p.strip() for p in self.dream_judge_runs.split(',') if p.strip())
 
   def dream_worlds(self) -> int:
-    """How many Ms play a candidate's dream episodes: the final M and the judges."""
+    """How many Ms play a candidate's dream episodes: the final M and these judges (seq.judges
+    adds its own)."""
     return 1 + len(self.judge_steps()) + len(self.judge_runs())
 
 
@@ -469,7 +472,7 @@ def validate(config: Config) -> Config:
 
 def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
   """(field, whether its value is allowed, what is) for the fields with a rule of their own."""
-  worlds = config.controller.dream_worlds()
+  worlds = config.controller.dream_worlds() + max(config.seq.judges, 0)  # < 0 refused below
   return [
       ('collect.hold_max', config.collect.hold_max >= config.collect.hold_min,
        f'must be >= collect.hold_min ({config.collect.hold_min})'),
@@ -495,8 +498,12 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
        and config.controller.eval_episodes % worlds == 0,
        f'and controller.eval_episodes ({config.controller.eval_episodes}) must be multiples of '
        f'{worlds}: the final M, controller.dream_checkpoints '
-       f'({config.controller.dream_checkpoints!r}) and controller.dream_judge_runs '
-       f'({config.controller.dream_judge_runs!r}) play equal shares of the dream episodes'),
+       f'({config.controller.dream_checkpoints!r}), controller.dream_judge_runs '
+       f'({config.controller.dream_judge_runs!r}) and seq.judges ({config.seq.judges}) play '
+       'equal shares of the dream episodes'),
+      ('seq.judges', config.seq.judges >= 0, 'must be >= 0'),
+      ('seq.judge_hidden_size', config.seq.judge_hidden_size >= 0,
+       'must be >= 0 (0: seq.hidden_size)'),
       ('controller.dream_generations', config.controller.dream_generations == 0
        or config.controller.mode == 'real', 'is a warm start for controller.mode=real (with '
        'mode=dream every generation is in the dream already)'),

@@ -17,7 +17,8 @@ M's matrix products run in controller.dream_precision (bfloat16 where the device
 natively, with 'auto': wm/hardware.py); its state, gates and predictions stay float32.
 
 Judges: earlier checkpoints of M (controller.dream_checkpoints) and the final Ms of other runs
-trained on the same V (controller.dream_judge_runs: another seed, another architecture) may play
+trained on the same V (controller.dream_judge_runs: another seed, another architecture; seq.judges:
+such Ms trained by this run's seq stage) may play
 an equal share of each candidate's episodes, their world going on from their own predictions
 while the controller's memory h still comes from the final M run on what it saw, as in the game.
 A blind spot of one M (a move it lets live for ever) then pays in that M's share of episodes
@@ -72,9 +73,11 @@ class Dream:
   def load(cls, world: WorldModel, run: runs.Run, max_steps: int, temperature: float,
            use_done: bool = True, done_rule: str = 'sample', done_odds: float = 1.0,
            checkpoints: Sequence[int] = (), fitness: str = 'mean',
-           precision: str = 'float32', judge_runs: Sequence[str] = ()) -> 'Dream':
+           precision: str = 'float32', judge_runs: Sequence[str] = (),
+           seq_judges: int = 0) -> 'Dream':
     judges = ([artifacts.load_seq_checkpoint(run, step) for step in checkpoints] +
-              [artifacts.load_judge_seq(run, root) for root in judge_runs])
+              [artifacts.load_judge_seq(run, root) for root in judge_runs] +
+              [artifacts.load_seq_judge(run, i) for i in range(1, seq_judges + 1)])
     return cls(world, artifacts.StartLatents.of_run(run, world.encoder.z_size), max_steps,
                temperature, use_done, done_rule, done_odds, judges, fitness, precision)
 

@@ -5,7 +5,7 @@
     RUN/records/{train,valid}/       stage 2: raw.tfrecord-00003-of-00074 + manifest.json
     RUN/vae/                         stage 3
     RUN/encoded/{train,valid}/       stage 4: encoded.tfrecord-00007-of-00012 + manifest.json
-    RUN/seq/                         stage 5
+    RUN/seq/                         stage 5 (RUN/seq/judges/1/...: the Ms of seq.judges)
     RUN/controller/                  stage 6
     RUN/play/                        stage 7
     RUN/<stage>/snapshot/            code + config archive of the stage's last run
@@ -39,6 +39,7 @@ STAGE_DIRS = {
     'play': 'play',
 }
 SPLITS = ('train', 'valid')
+JUDGES = 'judges'  # RUN/seq/judges/<i>: the Ms of seq.judges, each a seq stage folder of its own
 # The files that identify a stage's result, relative to its folder.
 RESULT_FILES = {
     'vae': ('export/model.json', 'export/model.weights.h5'),
@@ -60,7 +61,7 @@ STAGE_CONFIG = {
     'play': ('play',),
 }
 # Fields a finished stage continues from when raised (a top-up), instead of starting over.
-TOP_UPS = {'collect.num_rollouts', 'vae.train_steps', 'seq.train_steps',
+TOP_UPS = {'collect.num_rollouts', 'vae.train_steps', 'seq.train_steps', 'seq.judges',
            'controller.generations'}
 # Fields that change only how fast or where, never a result. (vae.precision changes rounding, as
 # the device does: a V trained in bfloat16 is kept when float32 is asked for, and shared by sweeps.)
@@ -120,6 +121,10 @@ class Run:
     self.root = os.path.abspath(root)
     self._overrides = {k: os.path.abspath(v) for k, v in (overrides or {}).items() if v}
 
+  def redirected(self, stage: str, folder: str) -> 'Run':
+    """This run with `stage`'s folder moved to `folder` (e.g. a second M beside the first)."""
+    return Run(self.root, {**self._overrides, stage: folder})
+
   def stage_dir(self, stage: str) -> str:
     if stage not in STAGE_DIRS:
       raise KeyError(f'unknown stage {stage!r}; stages: {sorted(STAGE_DIRS)}')
@@ -150,13 +155,23 @@ class Run:
   def fingerprint(self, stage: str) -> str | None:
     """A hash of the stage's result files as they are now; None while any is missing."""
     digest = hashlib.sha256()
-    for name in RESULT_FILES[stage]:
+    for name in RESULT_FILES[stage] + self._judge_files(stage):
       try:
         with open(os.path.join(self.stage_dir(stage), name), 'rb') as f:
           digest.update(f.read())
       except FileNotFoundError:
         return None
     return digest.hexdigest()[:16]
+
+  def _judge_files(self, stage: str) -> tuple[str, ...]:
+    """M's judges (seq.judges: RUN/seq/judges/<i>) are part of its result: they judge the dream."""
+    folder = os.path.join(self.stage_dir(stage), JUDGES)
+    if stage != 'seq' or not os.path.isdir(folder):
+      return ()
+    found = sorted((name for name in os.listdir(folder) if name.isdigit()), key=int)
+    return tuple(os.path.join(JUDGES, name, file) for name in found
+                 for file in RESULT_FILES['seq']
+                 if os.path.exists(os.path.join(folder, name, RESULT_FILES['seq'][0])))
 
   def stale_reason(self, stage: str) -> str | None:
     """Why the finished `stage` no longer fits its inputs (one changed since), or None.

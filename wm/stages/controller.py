@@ -56,6 +56,7 @@ class Episodes:
                             done_odds=self.c.dream_done_odds,
                             checkpoints=self.c.judge_steps(),
                             judge_runs=self.c.judge_runs(),
+                            seq_judges=self.config.seq.judges,
                             fitness=self.c.dream_fitness,
                             precision=hardware.precision(self.c.dream_precision))
     logging.info('dream: M computes in %s (controller.dream_precision=%s: %s)',

@@ -8,11 +8,14 @@ and continues up to seq.train_steps (at the configured seq.learning_rate); raisi
 seq.train_steps tops a finished run up. At the end the model is exported (wm/models/export.py)
 with the distribution of first latents the dream starts from. A shard that fails to read stops
 the run with a DataError naming it (by the manifest's sha256), after saving the steps trained so
-far.
+far. With seq.judges the stage then trains that many more Ms the same way, each with another seed
+(and seq.judge_hidden_size), into RUN/seq/judges/<i>: the controller's dream lets each play its
+share of the episodes (wm/dream.py), so a move only one M lets live does not pay.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -21,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wm import distribute, sequences, training
+from wm import artifacts, distribute, sequences, training
 from wm.config import SeqConfig
 from wm.errors import DataError
 from wm.infra import cli, fileio
@@ -237,10 +240,32 @@ def train(stage: cli.Stage, dist: distribute.Distribution | None = None
   return {'step': step, 'valid': final, 'model': seq.model}
 
 
+def judge_stage(stage: cli.Stage, index: int) -> cli.Stage:
+  """The stage as judge `index` (1, 2, ...) of seq.judges trains: with seed seed+index and
+  seq.judge_hidden_size, on the same latents, into RUN/seq/judges/<index>."""
+  config, seq = stage.config, stage.config.seq
+  judge_seq = dataclasses.replace(seq, judges=0, hidden_size=seq.judge_hidden_size or seq.hidden_size)
+  return dataclasses.replace(
+      stage, config=dataclasses.replace(config, seed=config.seed + index, seq=judge_seq),
+      run=artifacts.seq_judge_run(stage.run, index))
+
+
 def run(stage: cli.Stage) -> None:
-  """The stage: train (or resume, or top up) M, export it, then DONE (the chief's)."""
+  """The stage: train (or resume, or top up) M, export it, then its judges (seq.judges) one
+  after the other, each with a DONE of its own; then M's DONE (the chief's)."""
   dist = distribute.create(stage.config.distribute)  # before any other TensorFlow op
   device = distribute.record(stage, dist, {'precision': 'float32'})
-  info = train(stage, dist)
+  info = train(stage, dist)  # clears M's DONE first: an unfinished judge leaves the stage undone
+  judges = []
+  for index in range(1, stage.config.seq.judges + 1):
+    judge = judge_stage(stage, index)
+    logging.info('seq: judge %d of %d (seed %d, hidden_size %d) in %s', index,
+                 stage.config.seq.judges, judge.config.seed, judge.config.seq.hidden_size,
+                 judge.dir)
+    judged = train(judge, dist)
+    if judged is not None:
+      judge.run.mark_done('seq', **judged, seed=judge.config.seed, device=device)
+      judges.append(judged['valid'])
   if info is not None:
-    stage.run.mark_done('seq', **info, device=device)
+    stage.run.mark_done('seq', **info, **({'judges_valid': judges} if judges else {}),
+                        device=device)
