@@ -149,6 +149,24 @@ def test_keep_dream_chooses_by_the_dream_and_never_by_the_game(tmp_path, keep):
   assert chose_best == (keep == 'dream')
 
 
+def test_keep_dream_ranks_by_the_searchs_own_dream_score(tmp_path):
+  # With judges and dream_fitness=worst the search ranks candidates by their worst M's mean; the
+  # dream's choice of best.npz must too. Row 0 lives long in one world and dies in the other
+  # (mean 5, worst 0), row 1 lives as long in both (4): the worst-world score keeps row 1.
+  state = es.State.empty(es.Settings(3, 4, 0.5, seed=0))
+  saved = []
+  dream = lambda p, g: np.array([[10.0, 10.0, 0.0, 0.0], [4.0] * 4])  # noqa: E731
+  worst = lambda returns: returns.reshape(len(returns), 2, -1).mean(axis=2).min(axis=1)  # noqa: E731
+  gens = list(es.run(str(tmp_path), state, 2, 'dream', es.Objective(
+      _quadratic, lambda p, s: saved.append((p.copy(), s)), lambda p, g: np.ones((2, 4)),
+      eval_every=2, dream_evaluate=dream, dream_score=worst, keep='dream')))
+  params, score = saved[-1]
+  assert score == 4.0 and not np.allclose(params, gens[-1].best_params)
+  assert state.columns['dream_eval_score'][1] == 0.0
+  assert state.columns['centroid_dream_eval_score'][1] == 4.0
+  assert state.columns['dream_eval_mean'][1] == 5.0  # fidelity still logs every episode's mean
+
+
 def test_keep_dream_without_a_dream_is_refused():
   with pytest.raises(ValueError, match='dream_evaluate'):
     es.Objective(_quadratic, _ignore, keep='dream')

@@ -89,9 +89,14 @@ class Dream:
   def evaluate(self, params: np.ndarray, trials: int, seed: int) -> np.ndarray:
     """Dream fitness per candidate [P]: the mean return, or with judges and fitness=worst the
     lowest of the Ms' mean returns; `seed` fixes starts and M's sampling noise."""
-    returns = self.episodes(params, trials, seed)
+    return self.score(self.episodes(params, trials, seed))
+
+  def score(self, returns: np.ndarray) -> np.ndarray:
+    """Each candidate's score [P] from its episodes [P, E] (as `episodes` orders them): their
+    mean, or with fitness=worst the lowest of the Ms' means. The search and the dream's choice
+    of best.npz (controller.keep=dream) both rank by it."""
     if self.fitness == 'worst':
-      return returns.reshape(len(params), self.worlds, -1).mean(axis=2).min(axis=1)
+      return returns.reshape(len(returns), self.worlds, -1).mean(axis=2).min(axis=1)
     return returns.mean(axis=1)
 
   def episodes(self, params: np.ndarray, trials: int, seed: int) -> np.ndarray:

@@ -40,6 +40,8 @@ BEST = artifacts.BEST  # the best parameters (RUN/controller/best.npz)
 COLUMNS = ('best', 'mean', 'worst', 'sigma', 'eval_mean', 'eval_std', 'centroid_eval_mean',
            'centroid_eval_std', 'dream_eval_mean', 'dream_eval_std', 'centroid_dream_eval_mean',
            'centroid_dream_eval_std',
+           'dream_eval_score',  # keep=dream: what the choice ranks by (dream_score: with judges
+           'centroid_dream_eval_score',  # and dream_fitness=worst, the worst M's mean)
            'fitness_s',  # wall seconds the generation's fitness took: the search's own cost
            'eval_s')  # ... and its evaluations (real and dream), a measurement, not training
 # Independent seed streams: CMA-ES sampling, training episodes, evaluations during training,
@@ -220,6 +222,8 @@ class Objective:
   stop: Callable[[], bool] = lambda: False  # checked after each generation is saved
   # the same as `evaluate` inside M's dream: logged beside the real returns (dream fidelity)
   dream_evaluate: Callable[[np.ndarray, int], np.ndarray] | None = None
+  # returns [k, E] of dream_evaluate -> scores [k] that keep='dream' ranks by (default: means)
+  dream_score: Callable[[np.ndarray], np.ndarray] = lambda returns: returns.mean(axis=1)
   keep: str = 'real'  # which evaluation chooses best.npz: real | dream (needs dream_evaluate)
 
   def __post_init__(self):
@@ -268,19 +272,20 @@ def run(folder: str, state: State, generations: int, mode: str | Callable[[int],
 def _evaluate(objective: Objective, generation: int, best: np.ndarray, centroid: np.ndarray,
               row: dict) -> tuple[np.ndarray, float]:
   """Plays the best candidate and the centroid on the same episodes; returns the better (by
-  `objective.keep`'s evaluation) and its mean there, and adds both evaluations to `row`."""
+  `objective.keep`'s evaluation) and its score there, and adds both evaluations to `row`."""
   pair = np.stack([best, centroid])
   episodes = np.asarray(objective.evaluate(pair, generation))
   row.update(eval_mean=episodes[0].mean(), eval_std=episodes[0].std(),
              centroid_eval_mean=episodes[1].mean(), centroid_eval_std=episodes[1].std())
+  scores = episodes.mean(axis=1)
   if objective.dream_evaluate is not None:  # the dream's fidelity: the same two, inside M
     dreamt = np.asarray(objective.dream_evaluate(pair, generation))
     row.update(dream_eval_mean=dreamt[0].mean(), dream_eval_std=dreamt[0].std(),
                centroid_dream_eval_mean=dreamt[1].mean(),
                centroid_dream_eval_std=dreamt[1].std())
-    if objective.keep == 'dream':
-      episodes = dreamt
-  means = episodes.mean(axis=1)
-  if means[1] > means[0]:
-    return centroid, means[1]
-  return best, means[0]
+    if objective.keep == 'dream':  # the search's own rule (with judges: the worst M's mean)
+      scores = np.asarray(objective.dream_score(dreamt), np.float64)
+      row.update(dream_eval_score=scores[0], centroid_dream_eval_score=scores[1])
+  if scores[1] > scores[0]:
+    return centroid, scores[1]
+  return best, scores[0]
