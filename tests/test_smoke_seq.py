@@ -137,6 +137,7 @@ def test_judges_train_after_m_and_judge_the_dream(debug_world_model, tmp_path):
   assert all(np.array_equal(a, b) for a, b in zip(main.get_weights(), weights))  # M kept
   judge = export.load(os.path.join(judge_dir, 'export'), kind='sequence_model')
   assert judge.hidden_size == 8 and main.hidden_size == 16
+  assert not os.path.exists(os.path.join(judge_dir, 'initial_latents.npz'))  # dreams start from M's
   assert done['fingerprint'] == run.fingerprint('seq') != before
   world = WorldModel.load(run, debug_config())
   assert Dream.load(world, run, max_steps=5, temperature=1.0, seq_judges=1).worlds == 2

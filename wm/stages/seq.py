@@ -205,10 +205,12 @@ def fit_and_validate(stage: cli.Stage, trainer: Trainer, checkpoints: training.C
   return final
 
 
-def train(stage: cli.Stage, dist: distribute.Distribution | None = None
-          ) -> dict[str, Any] | None:
+def train(stage: cli.Stage, dist: distribute.Distribution | None = None,
+          first_latents: bool = True) -> dict[str, Any] | None:
   """Trains (or resumes, or tops up) M to seq.train_steps under `dist` (by default the
-  config's) and exports it; returns DONE's info (None on a worker that is not the chief)."""
+  config's) and exports it, with the first latents dreams start from unless `first_latents` is
+  False (a judge: dreams start from the run's own); returns DONE's info (None on a worker that
+  is not the chief)."""
   seq, run = stage.config.seq, stage.run
   dist = dist or distribute.create(stage.config.distribute)
   train_paths, manifest = read_split(run, 'train')
@@ -233,7 +235,9 @@ def train(stage: cli.Stage, dist: distribute.Distribution | None = None
       return None
     export.save(model, os.path.join(stage.dir, 'export'), 'sequence_model', seq.model, kwargs,
                 step=step, valid=final)
-    count = save_initial_latents(train_paths, os.path.join(stage.dir, 'initial_latents.npz'))
+    count = 0
+    if first_latents:
+      count = save_initial_latents(train_paths, os.path.join(stage.dir, 'initial_latents.npz'))
   except tf.errors.DataLossError as e:  # a shard is corrupted: inflate() or a CRC failed
     raise training.read_error(e, checkpoints, run, 'encode') from None
   logging.info('seq: step %d, valid %s, %d initial latents', step, final, count)
@@ -262,7 +266,7 @@ def run(stage: cli.Stage) -> None:
     logging.info('seq: judge %d of %d (seed %d, hidden_size %d) in %s', index,
                  stage.config.seq.judges, judge.config.seed, judge.config.seq.hidden_size,
                  judge.dir)
-    judged = train(judge, dist)
+    judged = train(judge, dist, first_latents=False)
     if judged is not None:
       judge.run.mark_done('seq', **judged, seed=judge.config.seed, device=device)
       judges.append(judged['valid'])
