@@ -5,9 +5,15 @@ Output: RUN/seq/checkpoints/ (model, optimizer, step; a rerun resumes from the l
         RUN/seq/tb/ (TensorBoard: train/ and valid/ latent_nll, reward_nll, done_nll, loss),
         RUN/seq/export/ (model.json + model.weights.h5, loaded by wm/models/export.load),
         RUN/seq/initial_latents.npz (mu, logvar of every training rollout's first frame: where a
-        dream starts), RUN/seq/snapshot/, and RUN/seq/DONE.
+        dream starts), RUN/seq/snapshot/, and RUN/seq/DONE; with seq.judges, each judge M's
+        checkpoints, export and DONE in RUN/seq/judges/<i>/ (M's DONE comes last).
 
     python scripts/train_sequence_model.py --run_dir=RUN [--config.seq.model=transformer]
+    python scripts/train_sequence_model.py --run_dir=RUN --config.seq.judges=1 --parallelism=2
+
+--parallelism=N trains up to N of M and its judges at once, each judge in a process of its own
+(its log in RUN/logs/seq-judge<i>.log), the cores split between them; --judge=i trains judge i
+alone (e.g. as a job of its own: the stage without --judge then waits for it, then uses it).
 
 SIGTERM or SIGUSR1 (SLURM preemption) saves a checkpoint and exits 75; rerunning the same command
 continues the step counter (with the configured seq.learning_rate). Raising
@@ -24,12 +30,21 @@ from wm.infra import quiet
 
 quiet.install()  # before TensorFlow is imported: its start-up notices stay out of the log
 
+from absl import flags
+
 from wm.infra import cli
 from wm.stages import seq
 
+_PARALLELISM = flags.DEFINE_integer(
+    'parallelism', 1, 'Trainings at once: M here and up to N - 1 of its seq.judges in processes '
+    'of their own, the cores split evenly (1: one after the other, on all cores).', lower_bound=1)
+_JUDGE = flags.DEFINE_integer(
+    'judge', 0, 'Train only judge M number i of seq.judges (1, 2, ...), on the cores of one of '
+    '--parallelism trainings; 0: M, then every judge.', lower_bound=0)
+
 
 def main(stage: cli.Stage) -> None:
-  seq.run(stage)
+  seq.run(stage, _PARALLELISM.value, _JUDGE.value)
 
 
 if __name__ == '__main__':

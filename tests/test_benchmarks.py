@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 
-from conftest import run_script
+from conftest import copy_run, run_script
 
 
 def test_benchmark_controller_prints_each_side_of_its_ratios(debug_agent):
@@ -26,3 +27,15 @@ def test_benchmark_controller_prints_each_side_of_its_ratios(debug_agent):
   cost = re.search(r'V\+M\+C cost (-?\d+)% of the agent', out)
   printed = 100 * (1 - figures['agent'] / figures['replayed'])  # from the rounded rates
   assert cost and abs(int(cost[1]) - printed) <= 1.5, out
+
+
+def test_benchmark_judges_times_both_sides_and_leaves_no_scratch_run(synthetic_encoded, tmp_path):
+  run_dir = copy_run(synthetic_encoded, str(tmp_path / 'run'))
+  result = run_script('benchmark_judges', f'--run_dir={run_dir}', '--train_steps=3',
+                      '--config.controller.trials=2', '--config.controller.eval_episodes=2')
+  out = result.stdout
+  walls = [float(m) for m in re.findall(r'\(--parallelism=[12]\):\s+([\d.]+) s', out)]
+  ratio = re.search(r'side by side / one after the other: ([\d.]+)x', out)
+  assert len(walls) == 2 and all(w > 0 for w in walls) and ratio, out
+  assert abs(float(ratio[1]) - walls[0] / walls[1]) < 0.02, out
+  assert sorted(os.listdir(tmp_path)) == ['run']  # the scratch run dirs are gone

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,10 @@ from wm.models import export
 
 
 def latest_step(run_dir):
+  """The step of the latest checkpoint of RUN/seq (or of a judge's folder), None before one."""
   path = os.path.join(run_dir, 'seq', 'checkpoints', 'checkpoint')
+  if os.path.basename(os.path.dirname(run_dir)) == 'judges':
+    path = os.path.join(run_dir, 'checkpoints', 'checkpoint')
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -110,6 +114,53 @@ def test_the_same_seed_trains_the_same_m(synthetic_encoded, tmp_path):
     weights[name] = model.get_weights()
   assert all(np.array_equal(a, b) for a, b in zip(weights['first'], weights['again']))
   assert not all(np.array_equal(a, b) for a, b in zip(weights['first'], weights['other']))
+
+
+def test_judges_train_beside_m_in_their_own_processes(synthetic_encoded, tmp_path):
+  # --parallelism=2: judge 1 trains in a child process while M trains here. SIGTERM to the
+  # stage saves both and exits 75, the child gone with it; the rerun resumes both and trains
+  # judge 2 in a child once M is done. --judge outside 1..seq.judges is refused.
+  run_dir = copy_run(synthetic_encoded, str(tmp_path / 'run'))
+  flags = ['--config.seq.judges=2', '--parallelism=2', '--config.seq.save_every=5',
+           '--config.controller.trials=3', '--config.controller.eval_episodes=3']
+  argv = [sys.executable, os.path.join(REPO, 'scripts', 'train_sequence_model.py'),
+          f'--run_dir={run_dir}', f'--config={DEBUG}', '--config.seq.train_steps=100000', *flags]
+  process = subprocess.Popen(argv, env=script_env(), cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  judge_run = os.path.join(run_dir, 'seq', 'judges', '1')
+  deadline = time.time() + 180
+  while (latest_step(run_dir) is None or latest_step(judge_run) is None) and (
+      time.time() < deadline and process.poll() is None):
+    time.sleep(0.2)
+  process.send_signal(signal.SIGTERM)
+  output = process.communicate(timeout=180)[0]
+  assert process.returncode == training.EXIT_REQUEUE, output[-3000:]
+  child = int(re.search(r'judge 1 trains beside M in process (\d+)', output).group(1))
+  with pytest.raises(ProcessLookupError):
+    os.kill(child, 0)  # stopped and reaped before the stage exited
+  steps = latest_step(run_dir), latest_step(judge_run)
+  assert all(step and step >= 5 for step in steps), (steps, output[-3000:])
+  assert not os.path.exists(os.path.join(run_dir, 'seq', 'judges', '2'))
+  with open(os.path.join(run_dir, 'logs', 'seq-judge1.log')) as f:
+    assert '--judge=1' in f.read()
+
+  run_script('train_sequence_model', f'--run_dir={run_dir}',
+             f'--config.seq.train_steps={max(steps) + 3}', *flags)
+  with open(os.path.join(run_dir, 'seq', 'DONE')) as f:
+    done = json.load(f)
+  judged = []
+  for index in (1, 2):
+    with open(os.path.join(run_dir, 'seq', 'judges', str(index), 'DONE')) as f:
+      judged.append(json.load(f))
+    assert judged[-1]['seed'] == index and judged[-1]['step'] == max(steps) + 3
+  assert done['judges_valid'] == [j['valid'] for j in judged]
+  with open(os.path.join(run_dir, 'logs', 'seq-judge1.log')) as f:
+    assert f'ckpt-{steps[1]} at step {steps[1]}' in f.read()  # judge 1 resumed, in a child
+  assert os.path.exists(os.path.join(run_dir, 'logs', 'seq-judge2.log'))
+
+  result = run_script('train_sequence_model', f'--run_dir={run_dir}', '--judge=3', *flags,
+                      check=False)
+  assert result.returncode == 2 and 'the judges are 1 to 2' in result.stderr, result.stderr
 
 
 def test_judges_train_after_m_and_judge_the_dream(debug_world_model, tmp_path):

@@ -16,10 +16,8 @@ what to do where redoing would resume from the old inputs (CANNOT_REDO).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +27,7 @@ from absl import app, flags
 from wm import config as config_lib
 from wm.config import REPO_ROOT
 from wm.errors import UserError
-from wm.infra import changes, cli, fileio, runs
+from wm.infra import changes, cli, fileio, runs, workers
 
 _PARALLELISM = flags.DEFINE_integer('parallelism', os.cpu_count() or 1,
                                     'Worker processes for the parallel stages.')
@@ -65,7 +63,7 @@ STAGES = [
     StageCommand('vae', 'train_vae'),
     StageCommand('encode', 'encode_rollouts', ('--num_outer_shards=1', '--outer_shard_index=0',
                                                '--num_sub_shards=1')),
-    StageCommand('seq', 'train_sequence_model'),
+    StageCommand('seq', 'train_sequence_model', parallel=True),  # M beside its judges
     StageCommand('controller', 'train_controller', parallel=True),
     StageCommand('evaluate', 'evaluate', parallel=True),
     StageCommand('play', 'play', ('--record_file=agent.mp4', '--alg_render')),  # a short video
@@ -101,26 +99,13 @@ def log_path(run: runs.Run, stage: str) -> str:
   return os.path.join(run.root, 'logs', f'{stage}.log')
 
 
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _end_with_parent() -> None:
-  """In the stage's process, before it starts: SIGTERM when this pipeline process dies, however
-  it dies (a kill -9 included), so the stage saves and stops as on a preemption instead of
-  running on alone, unseen, into a run dir that a rerun would then share with it."""
-  try:
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-  except (OSError, AttributeError):  # not Linux: a killed pipeline leaves its stage running
-    pass
-
-
 def run_logged(argv: list[str], path: str) -> int:
   """Runs a stage, its stdout and stderr shown here and appended to `path`; its exit status."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, 'ab') as log:
     log.write(f'== {time.strftime("%F %T")} {" ".join(argv)}\n'.encode())
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=_end_with_parent)
+                            preexec_fn=workers.end_with_parent)
     try:
       for line in iter(proc.stdout.readline, b''):
         sys.stdout.buffer.write(line)

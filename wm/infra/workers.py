@@ -17,6 +17,7 @@ Ctrl-C reaches the whole process group, and the parent alone decides what happen
 from __future__ import annotations
 
 import collections
+import ctypes
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -26,6 +27,20 @@ import traceback
 from typing import Any, Callable, Iterable, Iterator
 
 from wm.errors import UserError
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def end_with_parent() -> None:
+  """The `preexec_fn` of a stage's process (or a judge's, wm/stages/seq.py): SIGTERM when the
+  process that started it dies, however it dies (a kill -9 included), so it saves and stops as
+  on a preemption instead of running on alone, unseen, into a run dir that a rerun would then
+  share with it."""
+  try:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+  except (OSError, AttributeError):  # not Linux: a killed parent leaves its child running
+    pass
 
 
 class WorkerError(UserError):

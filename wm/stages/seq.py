@@ -15,8 +15,12 @@ share of the episodes (wm/dream.py), so a move only one M lets live does not pay
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import subprocess
+import sys
+import threading
 import time
 from typing import Any
 
@@ -26,8 +30,8 @@ from absl import logging
 
 from wm import artifacts, distribute, sequences, training
 from wm.config import SeqConfig
-from wm.errors import DataError
-from wm.infra import cli, fileio
+from wm.errors import ConfigError, DataError, UserError
+from wm.infra import cli, fileio, workers
 from wm.infra.progress import Progress
 from wm.infra.runs import Run
 from wm.models import export, mdn, registry
@@ -254,22 +258,180 @@ def judge_stage(stage: cli.Stage, index: int) -> cli.Stage:
       run=artifacts.seq_judge_run(stage.run, index))
 
 
-def run(stage: cli.Stage) -> None:
-  """The stage: train (or resume, or top up) M, export it, then its judges (seq.judges) one
-  after the other, each with a DONE of its own; then M's DONE (the chief's)."""
+def run(stage: cli.Stage, parallelism: int = 1, judge: int = 0) -> None:
+  """The stage: train (or resume, or top up) M, export it, then its judges (seq.judges), each
+  with a DONE of its own; then M's DONE (the chief's). With `parallelism` > 1 up to that many
+  of them train at once, M here and each judge in a child process running this stage with
+  --judge (JudgeProcesses), the cores split evenly between them. `judge` > 0 trains that judge
+  alone (the child's work, or a job of its own), on the cores of one of `parallelism`."""
+  seq = stage.config.seq
+  if judge and not 1 <= judge <= seq.judges:
+    raise UserError(f'--judge={judge} but seq.judges={seq.judges}: the judges are 1 to '
+                    f'{seq.judges} (raise --config.seq.judges to train more)')
+  at_once = 1 if judge else min(max(parallelism, 1), 1 + seq.judges)
+  share_cores(parallelism if judge else at_once)
   dist = distribute.create(stage.config.distribute)  # before any other TensorFlow op
+  if dist.workers > 1 and (judge or at_once > 1):
+    raise ConfigError(f'{dist.workers} workers train M together: judges then train after M in '
+                      'the same workers, so drop --judge and --parallelism (or run the judges as '
+                      'jobs of one worker each with --judge=<i>)')
   device = distribute.record(stage, dist, {'precision': 'float32'})
-  info = train(stage, dist)  # clears M's DONE first: an unfinished judge leaves the stage undone
-  judges = []
-  for index in range(1, stage.config.seq.judges + 1):
-    judge = judge_stage(stage, index)
-    logging.info('seq: judge %d of %d (seed %d, hidden_size %d) in %s', index,
-                 stage.config.seq.judges, judge.config.seed, judge.config.seq.hidden_size,
-                 judge.dir)
-    judged = train(judge, dist, first_latents=False)
-    if judged is not None:
-      judge.run.mark_done('seq', **judged, seed=judge.config.seed, device=device)
-      judges.append(judged['valid'])
+  if judge:
+    folder = judge_stage(stage, judge).dir
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    with fileio.claim(folder) as held:
+      if not held:
+        raise UserError(f'judge {judge} is being trained by another process (host and pid: '
+                        f'{fileio.claim_holder(folder)}): wait for it')
+      train_judge(stage, judge, dist, device)
+    return
+  indices = range(1, seq.judges + 1)
+  with JudgeProcesses(stage, indices if at_once > 1 else (), at_once) as children:
+    info = train(stage, dist)  # clears M's DONE first: an unfinished judge leaves it undone
+    children.finish()
+    for index in indices if at_once == 1 else ():
+      train_judge(stage, index, dist, device, wait=dist.workers == 1)
   if info is not None:
+    judges = [fileio.read_json(judge_stage(stage, i).run.done_path('seq'))['valid']
+              for i in indices]
     stage.run.mark_done('seq', **info, **({'judges_valid': judges} if judges else {}),
                         device=device)
+
+
+def share_cores(processes: int) -> None:
+  """Gives this process's TensorFlow 1/`processes` of the cores it may run on (at least one),
+  so that that many trainings side by side do not fight over them: two Ms on one core each
+  train 1.5x as fast together as one after the other on both (docs/benchmarks.md)."""
+  if processes > 1:
+    threads = max(1, len(os.sched_getaffinity(0)) // processes)
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    logging.info('seq: %d trainings side by side, %d thread(s) each', processes, threads)
+
+
+def train_judge(stage: cli.Stage, index: int, dist: distribute.Distribution,
+                device: dict[str, Any], wait: bool = False) -> None:
+  """Trains (or resumes) judge `index` and marks its DONE. Another process training it (its
+  claim on the folder held) is refused, or with `wait` waited for, then resumed here: the
+  claim is a lease, so a holder that died frees it (wm/infra/fileio.py)."""
+  judge = judge_stage(stage, index)
+  logging.info('seq: judge %d of %d (seed %d, hidden_size %d) in %s', index,
+               stage.config.seq.judges, judge.config.seed, judge.config.seq.hidden_size,
+               judge.dir)
+  os.makedirs(os.path.dirname(judge.dir), exist_ok=True)
+  while True:
+    with fileio.claim(judge.dir) if wait else contextlib.nullcontext(True) as held:
+      if held:
+        judged = train(judge, dist, first_latents=False)
+        if judged is not None:
+          judge.run.mark_done('seq', **judged, seed=judge.config.seed, device=device)
+        return
+    logging.info('seq: judge %d is being trained by %s; waiting for it', index,
+                 fileio.claim_holder(judge.dir))
+    time.sleep(JUDGE_POLL_S)
+
+
+JUDGE_POLL_S = 10.0  # how often a stage waiting for a judge trained elsewhere looks again
+STOP_GRACE_S = 120.0  # a judge's child process told to stop saves within this, or is killed
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__)))), 'scripts', 'train_sequence_model.py')
+
+
+class JudgeProcesses:
+  """Judges trained side by side with M: each by a child process running this stage's script
+  with --judge=<index> and the same --config and overrides, its output appended to
+  RUN/logs/seq-judge<index>.log. `at_once` - 1 of them start with M; once M is trained,
+  `finish` lets `at_once` run until all are done. A child dies with this process (SIGTERM from
+  the kernel, whatever killed this one); leaving the `with` block early tells the children to
+  save and stop, and kills any still running STOP_GRACE_S later.
+  """
+
+  def __init__(self, stage: cli.Stage, indices, at_once: int):
+    self.stage, self.at_once = stage, at_once
+    self.pending = list(indices)
+    self.running: dict[int, subprocess.Popen] = {}
+    self.codes: dict[int, int] = {}
+    self._stopped = threading.Event()
+
+  def __enter__(self) -> 'JudgeProcesses':
+    self._start(self.at_once - 1)
+    if self.running:
+      threading.Thread(target=self._watch, daemon=True).start()
+    return self
+
+  def _watch(self) -> None:
+    """While M trains: says at once when a judge's process fails (the stage fails after M)."""
+    told = set()
+    while not self._stopped.wait(2.0):
+      for index, child in list(self.running.items()):
+        code = child.poll()
+        if code not in (None, 0, training.EXIT_REQUEUE) and index not in told:
+          told.add(index)
+          logging.error('seq: judge %d failed (exit status %d; its log: %s); M trains on, and '
+                        'the stage fails once M is done', index, code, self.log_path(index))
+
+  def __exit__(self, *exc) -> None:
+    self._stopped.set()
+    for child in self.running.values():
+      child.terminate()  # SIGTERM: its training saves and exits 75
+    deadline = time.monotonic() + STOP_GRACE_S
+    for child in self.running.values():
+      try:
+        child.wait(max(0.0, deadline - time.monotonic()))
+      except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+  def argv(self, index: int) -> list[str]:
+    """The child's command: this stage's flags, as judge `index` of `at_once` trainings."""
+    argv = [sys.executable, SCRIPT, f'--run_dir={self.stage.run.root}', f'--judge={index}',
+            f'--parallelism={self.at_once}', '--nostore_snapshot']
+    if cli.FLAGS['config'].present:
+      argv.append(f'--config={cli.FLAGS.config}')
+    return argv + [f'--config.{k}={v}' for k, v in self.stage.overrides.items()]
+
+  def log_path(self, index: int) -> str:
+    return os.path.join(self.stage.run.root, 'logs', f'seq-judge{index}.log')
+
+  def _start(self, slots: int) -> None:
+    while self.pending and len(self.running) < slots:
+      index = self.pending.pop(0)
+      path = self.log_path(index)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(path, 'ab') as log:
+        log.write(f'== {time.strftime("%F %T")} {" ".join(self.argv(index))}\n'.encode())
+        log.flush()
+        self.running[index] = subprocess.Popen(self.argv(index), stdout=log,
+                                               stderr=subprocess.STDOUT,
+                                               preexec_fn=workers.end_with_parent)
+      logging.info('seq: judge %d trains beside M in process %d (its log: %s)', index,
+                   self.running[index].pid, path)
+
+  def finish(self) -> None:
+    """Waits for every judge, `at_once` training at a time; a child stopped for preemption
+    stops this process the same way, one that failed is an error quoting its log."""
+    self._stopped.set()  # the watcher's work is this loop's now
+    with training.Preemption() as preemption:
+      while self.pending or self.running:
+        for index, child in list(self.running.items()):
+          if child.poll() is not None:
+            self.codes[index] = self.running.pop(index).returncode
+        if preemption.requested:
+          self.__exit__()
+          self.running.clear()
+          training.exit_for_requeue('M; the judges saved their own checkpoints')
+        self._start(self.at_once)
+        time.sleep(0.5)
+    stopped = sorted(i for i, code in self.codes.items() if code == training.EXIT_REQUEUE)
+    if stopped:
+      training.exit_for_requeue(f'M; judge(s) {stopped} were stopped and saved')
+    for index, code in sorted(self.codes.items()):
+      if code:
+        raise UserError(f'judge {index} failed (exit status {code}) in its own process; the '
+                        f'end of its log {self.log_path(index)}:\n{_tail(self.log_path(index))}'
+                        '\nM is trained and kept: fix that, then rerun the same command')
+
+
+def _tail(path: str, lines: int = 8) -> str:
+  with open(path, 'rb') as f:
+    return b''.join(f.readlines()[-lines:]).decode(errors='replace').rstrip()
