@@ -35,6 +35,8 @@ def get_config(preset: str = 'small') -> Config:
     c.seq.sequence_length = 500  # whole episodes (median 292 steps): hits add up off screen
     c.seq.batch_size = 16  # 16 x 500 steps a batch
     c.seq.train_steps = 1500
+    c.seq.judges = 1  # a second M, trained beside M (--parallelism=2), judges the dream ...
+    c.controller.dream_fitness = 'worst'  # ... a candidate scores its worse world's mean
     c.controller.population_size = 32
     c.controller.trials = 8
     c.controller.generations = 100
