@@ -158,6 +158,14 @@ def test_judges_train_beside_m_in_their_own_processes(synthetic_encoded, tmp_pat
     assert f'ckpt-{steps[1]} at step {steps[1]}' in f.read()  # judge 1 resumed, in a child
   assert os.path.exists(os.path.join(run_dir, 'logs', 'seq-judge2.log'))
 
+  # A finished judge asked for again (a job of its own, --judge) is left as it is.
+  export_file = os.path.join(run_dir, 'seq', 'judges', '1', 'export', 'model.weights.h5')
+  written = os.stat(export_file).st_mtime_ns
+  result = run_script('train_sequence_model', f'--run_dir={run_dir}', '--judge=1',
+                      f'--config.seq.train_steps={max(steps) + 3}', *flags)
+  assert 'judge 1 is trained already' in result.stderr, result.stderr[-3000:]
+  assert os.stat(export_file).st_mtime_ns == written
+
   result = run_script('train_sequence_model', f'--run_dir={run_dir}', '--judge=3', *flags,
                       check=False)
   assert result.returncode == 2 and 'the judges are 1 to 2' in result.stderr, result.stderr

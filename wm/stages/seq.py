@@ -321,6 +321,9 @@ def train_judge(stage: cli.Stage, index: int, dist: distribute.Distribution,
   os.makedirs(os.path.dirname(judge.dir), exist_ok=True)
   while True:
     with fileio.claim(judge.dir) if wait else contextlib.nullcontext(True) as held:
+      if held and judge_finished(judge):
+        logging.info('seq: judge %d is trained already (%s)', index, judge.run.done_path('seq'))
+        return
       if held:
         judged = train(judge, dist, first_latents=False)
         if judged is not None:
@@ -329,6 +332,22 @@ def train_judge(stage: cli.Stage, index: int, dist: distribute.Distribution,
     logging.info('seq: judge %d is being trained by %s; waiting for it', index,
                  fileio.claim_holder(judge.dir))
     time.sleep(JUDGE_POLL_S)
+
+
+def judge_finished(judge: cli.Stage) -> bool:
+  """Whether the judge's DONE and export are this config's model trained to seq.train_steps: a
+  judge trained by another process (--judge) is then used as it is, not exported again (which
+  would change M's fingerprint under a controller searched with it)."""
+  if not judge.run.is_done('seq'):
+    return False
+  try:
+    info = fileio.read_json(os.path.join(judge.dir, 'export', 'model.json'))
+  except (OSError, ValueError):
+    return False
+  manifest = read_split(judge.run, 'train')[1]
+  kwargs = model_kwargs(judge.config.seq, int(manifest['z_size']), int(manifest['action_size']))
+  return (info.get('name'), info.get('kwargs'), info.get('step')) == (
+      judge.config.seq.model, kwargs, judge.config.seq.train_steps)
 
 
 JUDGE_POLL_S = 10.0  # how often a stage waiting for a judge trained elsewhere looks again
