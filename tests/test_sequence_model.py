@@ -154,6 +154,23 @@ def test_trainer_gradients_equal_autodiff_of_the_loss(kind):
                                err_msg=variable.path)
 
 
+def test_dropout_acts_on_training_steps_only():
+  """seq.dropout: the head reads a fresh random share of the features on every training step;
+  evaluation (and every step outside training) reads them all."""
+  model, _ = make('mdnrnn')
+  plain, dropping = Trainer(model, learning_rate=1e-3), Trainer(model, 1e-3, dropout=0.5)
+  rng = np.random.default_rng(2)
+  batch = {'z': rng.normal(size=(2, 6, Z)), 'actions': rng.uniform(-1, 1, (2, 6, A)),
+           'z_next': rng.normal(size=(2, 6, Z)), 'reward': rng.normal(size=(2, 6)),
+           'done': np.eye(6)[[5, 2]], 'mask': np.ones((2, 6))}
+  batch = {key: tf.constant(value, tf.float32) for key, value in batch.items()}
+  first, second = (dropping.gradients(batch)[0]['loss'].numpy() for _ in range(2))
+  whole = plain.gradients(batch)[0]['loss'].numpy()
+  assert len({float(first), float(second), float(whole)}) == 3, (first, second, whole)
+  for key, value in plain._terms(batch).items():
+    np.testing.assert_allclose(dropping._terms(batch)[key].numpy(), value.numpy(), rtol=1e-6)
+
+
 @pytest.mark.parametrize('kind', KINDS)
 def test_tiny_model_learns_the_toy_dynamics(kind, synthetic_encoded):
   tf.keras.utils.set_random_seed(0)

@@ -113,6 +113,7 @@ class SeqConfig:
   grad_clip: float = 1.0  # clip gradients to this global norm (0: no clipping)
   window_start: str = 'random'  # training windows start at a random offset each pass | episode: at t = 0, L, 2L, ... (as dreams start)
   done_weight: float = 1.0  # weight of terminated steps in the done loss (rare ends; the paper's Doom M: 10); the done probability stays calibrated
+  dropout: float = 0.0  # while training, drop this share of the features (h) the head reads: the done head memorizes rare ends without it (0: off)
   shuffle_buffer: int = 1000  # training windows in the shuffle buffer
   temperature: float = 1.0  # sampling temperature of the mixture
   num_layers: int = 2  # transformer: attention blocks
@@ -502,6 +503,7 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
        f'({config.controller.dream_judge_runs!r}) and seq.judges ({config.seq.judges}) play '
        'equal shares of the dream episodes'),
       ('seq.judges', config.seq.judges >= 0, 'must be >= 0'),
+      ('seq.dropout', 0.0 <= config.seq.dropout < 1.0, 'must be in [0, 1)'),
       ('seq.judge_hidden_size', config.seq.judge_hidden_size >= 0,
        'must be >= 0 (0: seq.hidden_size)'),
       ('controller.dream_generations', config.controller.dream_generations == 0

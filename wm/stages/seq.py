@@ -67,10 +67,12 @@ class Trainer:
   """
 
   def __init__(self, model, learning_rate: float, grad_clip: float = 0.0,
-               dist: distribute.Distribution | None = None, done_weight: float = 1.0):
-    """Under `dist` (default: one device), make the model and this in dist.scope()."""
+               dist: distribute.Distribution | None = None, done_weight: float = 1.0,
+               dropout: float = 0.0):
+    """Under `dist` (default: one device), make the model and this in dist.scope().
+    `dropout` (seq.dropout) drops that share of the features the head reads, while training."""
     self.model = model
-    self.grad_clip, self.done_weight = grad_clip, done_weight
+    self.grad_clip, self.done_weight, self.dropout = grad_clip, done_weight, dropout
     self.dist = dist or distribute.one_device()
     self.optimizer = tf.keras.optimizers.Adam(learning_rate)
     model.build_for_loading()
@@ -98,6 +100,8 @@ class Trainer:
     replica's part of the global batch's mask-weighted mean."""
     with tf.GradientTape() as tape:
       features = self.model.sequence_features(batch['z'], batch['actions'], training=True)
+      if self.dropout:
+        features = tf.nn.dropout(features, self.dropout)
       outputs = self.model.head.dense(features)
     targets = {key: batch[key] for key in ('z_next', 'reward', 'done', 'mask')}
     terms, d_outputs = self.loss_step(outputs, targets)
@@ -226,7 +230,7 @@ def train(stage: cli.Stage, dist: distribute.Distribution | None = None,
   tf.keras.utils.set_random_seed(stage.config.seed)  # M's initial weights: the same every run
   with dist.scope():
     model = registry.sequence_model_class(seq.model)(**kwargs)
-    trainer = Trainer(model, seq.learning_rate, seq.grad_clip, dist, seq.done_weight)
+    trainer = Trainer(model, seq.learning_rate, seq.grad_clip, dist, seq.done_weight, seq.dropout)
   checkpoints = training.Checkpoints(stage.dir, model, trainer.optimizer, seq.model, kwargs,
                                      'seq', dist)
   checkpoints.restore(seq.learning_rate)
