@@ -63,7 +63,8 @@ def test_bad_overrides_name_the_field(key, value, message):
                                        ('collect.hold_max', '0'),
                                        ('controller.dream_generations', '-1'),
                                        ('controller.dream_generations', '5'),  # debug: dream mode
-                                       ('seq.dropout', '1.0')])
+                                       ('seq.dropout', '1.0'),
+                                       ('controller.dream_dropout', 'true')])  # seq.dropout 0
 def test_impossible_values_are_refused(key, value):
   c = debug_config()
   config_lib.override(c, key, value)

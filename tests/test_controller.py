@@ -327,6 +327,26 @@ def test_dream_judges_play_their_share_in_their_own_world(debug_world_model):
     earlier.episodes(params, 3, seed=5)
 
 
+def test_dream_dropout_gives_every_episode_its_own_mask(debug_world_model):
+  # controller.dream_dropout: every row draws one mask at its start (the fraction kept near 1 -
+  # rate, scaled by 1 / keep as in training), the same for the same seed; the judges draw their
+  # own. The episodes then differ from the unmasked dream's, reproducibly.
+  run, world, batch, plain, z0 = _unjudged_dream(debug_world_model, candidates=4, rng_seed=3)
+  masked = Dream.load(world, run, max_steps=30, temperature=1.0, checkpoints=[10], dropout=0.5)
+  seed = tf.constant([4, 5], tf.int64)
+  mask, (judge_mask,) = masked._feature_masks(16, 8, seed)
+  values = mask.numpy()
+  assert values.shape == (16, world.seq.feature_size) and judge_mask.shape[0] == 8
+  assert set(np.unique(values)) == {0.0, 2.0} and 0.3 < (values > 0).mean() < 0.7
+  assert len({row.tobytes() for row in values}) == 16  # every episode another M
+  np.testing.assert_array_equal(values, masked._feature_masks(16, 8, seed)[0].numpy())
+  assert plain._feature_masks(16, 8, seed) == (None, ())
+  unmasked, _ = plain.returns(batch, z0, np.array([2, 3]))
+  first, _ = masked.returns(batch, z0, np.array([2, 3]))
+  np.testing.assert_array_equal(first, masked.returns(batch, z0, np.array([2, 3]))[0])
+  assert not np.allclose(first[:8], unmasked[:8])
+
+
 def test_dream_judge_runs_are_other_runs_ms_on_this_v(debug_world_model, tmp_path):
   # controller.dream_judge_runs: another run's final M, trained on this run's V, judges like a
   # checkpoint. A copy of the run judges with the very same M: the dream is the unjudged one;

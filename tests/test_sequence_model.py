@@ -154,6 +154,27 @@ def test_trainer_gradients_equal_autodiff_of_the_loss(kind):
                                err_msg=variable.path)
 
 
+@pytest.mark.parametrize('kind', KINDS)
+def test_a_feature_mask_changes_only_what_the_head_reads(kind):
+  """step(..., feature_mask): the head reads the features times the mask (the dream's dropout
+  mask); ones change nothing, and the state is the unmasked step's."""
+  model, _ = make(kind)
+  z, action = tf.random.stateless_normal([3, Z], (1, 2)), tf.random.stateless_normal([3, A], (3, 4))
+  mask = tf.cast(tf.random.stateless_uniform([3, model.feature_size], (5, 6)) < 0.5, tf.float32) * 2
+  steps = [model.step] + ([model.frozen_step('bfloat16')[0]] if kind == 'mdnrnn' else [])
+  for step in steps:
+    plain, state = step(z, action, model.initial_state(3))
+    ones, _ = step(z, action, model.initial_state(3), tf.ones_like(mask))
+    masked, masked_state = step(z, action, model.initial_state(3), mask)
+    np.testing.assert_allclose(ones.means.numpy(), plain.means.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(model.features(masked_state).numpy(),
+                               model.features(state).numpy(), rtol=1e-6)
+    expected = model.head(model.features(state) * mask)
+    np.testing.assert_allclose(masked.done_logit.numpy(), expected.done_logit.numpy(),
+                               rtol=2e-2, atol=2e-2)  # bfloat16's products
+    assert not np.allclose(masked.done_logit.numpy(), plain.done_logit.numpy())
+
+
 def test_dropout_acts_on_training_steps_only():
   """seq.dropout: the head reads a fresh random share of the features on every training step;
   evaluation (and every step outside training) reads them all."""

@@ -141,6 +141,7 @@ class ControllerConfig:
   dream_precision: str = 'float32'  # dream: M's matrix products in float32 | bfloat16 (1.3x the dream's speed with AMX, not shown to train as well) | auto (bfloat16 where the device computes it natively: wm/hardware.py)
   dream_checkpoints: str = ''  # dream: steps of M's checkpoints (comma-separated, e.g. '1000') whose worlds play an equal share of each candidate's episodes beside the final M's
   dream_judge_runs: str = ''  # dream: run dirs (comma-separated) whose own final M, trained on this run's V (e.g. with another seed), also plays an equal share of the episodes
+  dream_dropout: bool = False  # dream: each episode reads M's features through one dropout mask of seq.dropout, drawn at its start and kept (every episode another M; needs seq.dropout > 0)
   dream_fitness: str = 'mean'  # dream: a candidate's fitness: mean (of all its episodes) | worst (the lowest of the Ms' means)
   eval_every: int = 25  # every this many generations the best and the centroid are evaluated, in the real env and in the dream
   eval_episodes: int = 16  # ... over this many episodes
@@ -504,6 +505,8 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
        'equal shares of the dream episodes'),
       ('seq.judges', config.seq.judges >= 0, 'must be >= 0'),
       ('seq.dropout', 0.0 <= config.seq.dropout < 1.0, 'must be in [0, 1)'),
+      ('controller.dream_dropout', not config.controller.dream_dropout or config.seq.dropout > 0,
+       'needs an M trained with dropout: set seq.dropout > 0 (its rate is the masks\' rate)'),
       ('seq.judge_hidden_size', config.seq.judge_hidden_size >= 0,
        'must be >= 0 (0: seq.hidden_size)'),
       ('controller.dream_generations', config.controller.dream_generations == 0

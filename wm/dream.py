@@ -49,7 +49,7 @@ class Dream:
   def __init__(self, world: WorldModel, start: artifacts.StartLatents, max_steps: int,
                temperature: float, use_done: bool = True, done_rule: str = 'sample',
                done_odds: float = 1.0, judges: Sequence[Any] = (), fitness: str = 'mean',
-               precision: str = 'float32'):
+               precision: str = 'float32', dropout: float = 0.0):
     self.world, self.start = world, start
     # M's steps (the final M's, then each judge's), their products in controller.dream_precision
     for judge in judges:  # its predictions join the final M's rows: they must have one shape
@@ -67,6 +67,9 @@ class Dream:
     self.use_done = use_done  # False runs every episode max_steps (the benchmark's untrained M)
     self.done_rule = done_rule  # controller.dream_done: sample | threshold | expected
     self.done_shift = math.log(done_odds)  # controller.dream_done_odds, added to the logit
+    # controller.dream_dropout: each episode reads M's features through one dropout mask of
+    # this rate (seq.dropout's), drawn at its start and kept: every episode another M
+    self.dropout = dropout
     self._run = tf.function(self._episodes, reduce_retracing=True)
 
   @classmethod
@@ -74,12 +77,12 @@ class Dream:
            use_done: bool = True, done_rule: str = 'sample', done_odds: float = 1.0,
            checkpoints: Sequence[int] = (), fitness: str = 'mean',
            precision: str = 'float32', judge_runs: Sequence[str] = (),
-           seq_judges: int = 0) -> 'Dream':
+           seq_judges: int = 0, dropout: float = 0.0) -> 'Dream':
     judges = ([artifacts.load_seq_checkpoint(run, step) for step in checkpoints] +
               [artifacts.load_judge_seq(run, root) for root in judge_runs] +
               [artifacts.load_seq_judge(run, i) for i in range(1, seq_judges + 1)])
     return cls(world, artifacts.StartLatents.of_run(run, world.encoder.z_size), max_steps,
-               temperature, use_done, done_rule, done_odds, judges, fitness, precision)
+               temperature, use_done, done_rule, done_odds, judges, fitness, precision, dropout)
 
   @property
   def worlds(self) -> int:
@@ -131,15 +134,17 @@ class Dream:
     state = seq.initial_state(batch)
     share = batch // self.worlds
     judge_states = tuple(judge.initial_state(share) for judge in self.judges)
+    mask, judge_masks = self._feature_masks(batch, share, noise_seed)
     total = tf.zeros([batch])
     alive = tf.ones([batch])
     steps = tf.constant(0.0)
     z = z0
     for t in tf.range(self.max_steps):
       action = controller(params, z, controller.memory(seq, state))
-      prediction, state = self._step(z, action, state)
+      prediction, state = self._step(z, action, state, mask)
       if self.judges:
-        prediction, judge_states = self._judged(prediction, z, action, judge_states, share)
+        prediction, judge_states = self._judged(prediction, z, action, judge_states, share,
+                                                judge_masks)
       total += alive * tf.cast(tf.reshape(prediction.reward, [batch]), tf.float32)
       steps += tf.reduce_sum(tf.cast(alive > 0.0, tf.float32))
       seed = tf.random.experimental.stateless_fold_in(noise_seed, tf.cast(t, tf.int64))
@@ -152,13 +157,27 @@ class Dream:
         break
     return total, steps
 
-  def _judged(self, prediction, z, action, judge_states, share):
+  def _feature_masks(self, batch, share, noise_seed):
+    """(M's mask [batch, its feature_size], each judge's [share, its own]) for the episodes'
+    whole length, scaled by 1 / keep as in training; Nones without controller.dream_dropout."""
+    if not self.dropout:
+      return None, (None,) * len(self.judges)
+    keep = 1.0 - self.dropout
+
+    def draw(rows, size, k):  # fold-in data past any step index: the steps' draws stay theirs
+      seed = tf.random.experimental.stateless_fold_in(noise_seed, tf.constant(2**40 + k, tf.int64))
+      return tf.cast(tf.random.stateless_uniform([rows, size], seed) < keep, tf.float32) / keep
+
+    return (draw(batch, self.world.seq.feature_size, 0),
+            tuple(draw(share, judge.feature_size, i + 1) for i, judge in enumerate(self.judges)))
+
+  def _judged(self, prediction, z, action, judge_states, share, judge_masks):
     """The prediction [batch] with each judge's rows (block i + 1 of `share`) from that judge
-    stepping on them, and the judges' next states."""
+    stepping on them (through its feature mask, if any), and the judges' next states."""
     parts, states = [_rows(prediction, 0, share)], []
     for i, (step, judge_state) in enumerate(zip(self._judge_steps, judge_states)):
       rows = slice((i + 1) * share, (i + 2) * share)
-      judged, judge_state = step(z[rows], action[rows], judge_state)
+      judged, judge_state = step(z[rows], action[rows], judge_state, judge_masks[i])
       parts.append(judged)
       states.append(judge_state)
     joined = {f.name: tf.concat([tf.cast(getattr(p, f.name), getattr(prediction, f.name).dtype)

@@ -98,8 +98,11 @@ class SequenceModel(tf.keras.Model, abc.ABC):
     """The state before the first step (a nest of tensors with leading dimension batch_size)."""
 
   @abc.abstractmethod
-  def step(self, z: tf.Tensor, action: tf.Tensor, state: Any) -> tuple[Prediction, Any]:
-    """One step: z [B, Z], action [B, A] -> (prediction for the next step, new state)."""
+  def step(self, z: tf.Tensor, action: tf.Tensor, state: Any,
+           feature_mask: tf.Tensor | None = None) -> tuple[Prediction, Any]:
+    """One step: z [B, Z], action [B, A] -> (prediction for the next step, new state).
+    `feature_mask` [B, feature_size], if given, multiplies the features the head reads (a
+    dropout mask a dream episode keeps: controller.dream_dropout); the state is unchanged by it."""
 
   def frozen_step(self, precision: str = 'float32') -> tuple[Callable[..., Any], str]:
     """(`step` for weights that no longer change, e.g. the dream's, with its matrix products in

@@ -169,8 +169,8 @@ class Transformer(SequenceModel):
             'length': tf.zeros([batch_size], tf.int32),
             'h': tf.zeros([batch_size, self.hidden_size])}
 
-  def step(self, z: tf.Tensor, action: tf.Tensor,
-           state: dict[str, Any]) -> tuple[Prediction, dict[str, Any]]:
+  def step(self, z: tf.Tensor, action: tf.Tensor, state: dict[str, Any],
+           feature_mask: tf.Tensor | None = None) -> tuple[Prediction, dict[str, Any]]:
     """The new token at its row's next position, attending to the cache (module docstring).
     Consumes `state`: its buffers are written in place and become the returned state's."""
     state = tf.cond(tf.reduce_any(state['length'] >= self.max_context),
@@ -184,7 +184,8 @@ class Transformer(SequenceModel):
       keys.append(k)
       values.append(v)
     h = self.norm(x)[:, 0]
-    return self.head(h), {'tokens': write(state['tokens'], length, token),
+    read = h if feature_mask is None else h * feature_mask
+    return self.head(read), {'tokens': write(state['tokens'], length, token),
                           'keys': tuple(keys), 'values': tuple(values), 'length': length + 1,
                           'h': h}
 

@@ -58,7 +58,8 @@ class Episodes:
                             judge_runs=self.c.judge_runs(),
                             seq_judges=self.config.seq.judges,
                             fitness=self.c.dream_fitness,
-                            precision=hardware.precision(self.c.dream_precision))
+                            precision=hardware.precision(self.c.dream_precision),
+                            dropout=self.config.seq.dropout if self.c.dream_dropout else 0.0)
     logging.info('dream: M computes in %s (controller.dream_precision=%s: %s)',
                  self.dream.precision, self.c.dream_precision, hardware.native_bfloat16()[1])
 
