@@ -174,10 +174,10 @@ def fit(trainer: Trainer, checkpoints: training.Checkpoints, batches, seq: SeqCo
     if clocks['log'](step) or step == seq.train_steps:
       rate = sequence_steps / (time.perf_counter() - start)
       write_scalars(metrics, 'train', {**terms, 'sequence_steps_per_s': rate}, step)
+    if clocks['save'](step):  # before validating: a failure there keeps the steps trained
+      checkpoints.save()
     if clocks['valid'](step):
       evaluate()
-    if clocks['save'](step):
-      checkpoints.save()
     if stop:
       checkpoints.save_and_exit(metrics.flush)
     progress.update(step, sequence_steps=sequence_steps)
