@@ -113,7 +113,7 @@ class SeqConfig:
   grad_clip: float = 1.0  # clip gradients to this global norm (0: no clipping)
   window_start: str = 'random'  # training windows start at a random offset each pass | episode: at t = 0, L, 2L, ... (as dreams start)
   done_weight: float = 1.0  # weight of terminated steps in the done loss (rare ends; the paper's Doom M: 10); the done probability stays calibrated
-  dropout: float = 0.0  # while training, drop this share of the features (h) the head reads: the done head memorizes rare ends without it (0: off)
+  dropout: float = 0.0  # while training, drop this share of the features (h) the head reads (0: off; 0.2 did not curb the Doom done head's overfitting: docs/results.md)
   shuffle_buffer: int = 1000  # training windows in the shuffle buffer
   temperature: float = 1.0  # sampling temperature of the mixture
   num_layers: int = 2  # transformer: attention blocks
