@@ -186,8 +186,8 @@ class Transformer(SequenceModel):
     h = self.norm(x)[:, 0]
     read = h if feature_mask is None else h * feature_mask
     return self.head(read), {'tokens': write(state['tokens'], length, token),
-                          'keys': tuple(keys), 'values': tuple(values), 'length': length + 1,
-                          'h': h}
+                             'keys': tuple(keys), 'values': tuple(values), 'length': length + 1,
+                             'h': h}
 
   def _restart(self, state: dict[str, Any]) -> dict[str, Any]:
     """Rows whose window is full keep its newest max_context//2 tokens at positions 0 .. k-1,
