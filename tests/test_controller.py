@@ -163,6 +163,17 @@ def test_dream_with_the_transformer(tmp_path):
   params = np.random.default_rng(5).normal(size=(3, world.controller.num_params))
   returns = dream.evaluate(params, trials=2, seed=1)
   assert returns.shape == (3,) and np.isfinite(returns).all()
+  # Its key/value caches leave the batch with their ended episodes as the LSTM's state does
+  # (ends at a tenth of the odds M gives: lives of several stretches).
+  dream = Dream.load(world, run, max_steps=15, temperature=1.0, done_odds=0.1)
+  batch = np.repeat(params, 4, axis=0)
+  z0, seed = dream.start.draw(len(batch), np.random.default_rng(6)), np.array([8, 9])
+  whole = dream.returns(batch, z0, seed)
+  dream.compact_every = 3
+  sizes = _stretch_sizes(dream)
+  dropping = dream.returns(batch, z0, seed)
+  np.testing.assert_allclose(dropping[0], whole[0], rtol=1e-5, atol=1e-5)
+  assert dropping[1] == whole[1] and sizes[-1] < len(batch), sizes
 
 
 def test_evaluate_random_baseline(controller_models, tmp_path):
@@ -245,22 +256,22 @@ def test_dream_episodes_end_with_m_s_done_probability():
   # gave 200 in TakeCover).
   from wm.dream import Dream
   logit = tf.fill([20000], float(np.log(0.05 / 0.95)))
-  seed = tf.constant([3, 4], tf.int64)
+  seed, rows = tf.constant([3, 4], tf.int64), tf.range(20000)  # the batch's rows: all
   sample = Dream.__new__(Dream)
   sample.done_rule, sample.done_shift = 'sample', 0.0
-  ended = sample._ends(logit, 20000, seed).numpy().mean()
+  ended = sample._ends(logit, rows, 20000, seed).numpy().mean()
   assert 0.04 < ended < 0.06, ended
   threshold = Dream.__new__(Dream)
   threshold.done_rule, threshold.done_shift = 'threshold', 0.0
-  assert threshold._ends(logit, 20000, seed).numpy().sum() == 0
-  assert threshold._ends(-logit, 20000, seed).numpy().all()
+  assert threshold._ends(logit, rows, 20000, seed).numpy().sum() == 0
+  assert threshold._ends(-logit, rows, 20000, seed).numpy().all()
   expected = Dream.__new__(Dream)  # no draw: every episode ends by that probability, 5%
   expected.done_rule, expected.done_shift = 'expected', 0.0
-  np.testing.assert_allclose(expected._ends(logit, 20000, seed).numpy(), 0.05, rtol=1e-5)
+  np.testing.assert_allclose(expected._ends(logit, rows, 20000, seed).numpy(), 0.05, rtol=1e-5)
   # controller.dream_done_odds=19 turns odds 1:19 into 1:1: half the steps end.
   cautious = Dream.__new__(Dream)
   cautious.done_rule, cautious.done_shift = 'sample', float(np.log(19.0))
-  ended = cautious._ends(logit, 20000, seed).numpy().mean()
+  ended = cautious._ends(logit, rows, 20000, seed).numpy().mean()
   assert 0.48 < ended < 0.52, ended
 
 
@@ -325,6 +336,41 @@ def test_dream_judges_play_their_share_in_their_own_world(debug_world_model):
   np.testing.assert_allclose(earlier.evaluate(params, 4, seed=5), episodes.mean(axis=1))
   with pytest.raises(ConfigError, match='multiples of 2'):
     earlier.episodes(params, 3, seed=5)
+
+
+def _stretch_sizes(dream: Dream) -> list[int]:
+  """Records the batch size of every compiled stretch of steps that `dream` runs."""
+  sizes, run = [], dream._stretch
+
+  def recorded(*args):
+    sizes.append(int(args[6].shape[0]))  # params [rows, n]
+    return run(*args)
+
+  dream._stretch = recorded
+  return sizes
+
+
+def test_ended_dream_episodes_leave_the_batch_and_no_return_changes(debug_world_model):
+  # Between stretches of compact_every steps the episodes that ended leave the batch (with
+  # long-tailed lives, one episode at the cap kept every row stepping); each row still draws
+  # what it would in the whole batch, so the returns are one long stretch's, with a judge's
+  # block of rows and dropout masks leaving too.
+  run, world, batch, _, z0 = _unjudged_dream(debug_world_model, candidates=6, rng_seed=13)
+
+  def dream(every: int) -> Dream:
+    made = Dream.load(world, run, max_steps=30, temperature=1.0, checkpoints=[10], dropout=0.3)
+    made.compact_every = every
+    return made
+
+  whole, dropping = dream(30), dream(3)
+  sizes = _stretch_sizes(dropping)
+  seed = np.array([6, 7])
+  expected, expected_steps = whole.returns(batch, z0, seed)
+  got, steps = dropping.returns(batch, z0, seed)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  assert steps == expected_steps
+  assert sizes[0] == len(batch) and sizes[-1] < len(batch), sizes
+  assert len(np.unique(expected.round(4))) > 4  # the episodes ended at different steps
 
 
 def test_dream_dropout_gives_every_episode_its_own_mask(debug_world_model):

@@ -9,9 +9,10 @@ drawn each step; with threshold, once that probability passes 0.5; with expected
 draw: each step's reward counts times the probability of being alive then, the product of
 (1 - end probability) so far, which is the mean of what `sample` draws without its noise, and
 the episode stops once that is below ALIVE_FLOOR; each rule after the odds of an end are
-multiplied by controller.dream_done_odds, which makes a cautious dream above 1). The loop is one compiled
-`tf.function` (a `tf.while_loop` over the steps); the noise comes from stateless seeds, so a
-generation's dream is the same on every rerun.
+multiplied by controller.dream_done_odds, which makes a cautious dream above 1). The steps run
+in compiled stretches (a `tf.while_loop` each), between which the episodes that ended leave the
+batch; the noise comes from stateless seeds, each episode drawing what it would in the whole
+batch, so a generation's dream is the same on every rerun, and with or without the leaving.
 
 M's matrix products run in controller.dream_precision (bfloat16 where the device computes it
 natively, with 'auto': wm/hardware.py); its state, gates and predictions stay float32.
@@ -41,6 +42,8 @@ from wm.infra import runs
 
 
 ALIVE_FLOOR = 1e-3  # dream_done=expected: an episode this unlikely to be alive has ended
+COMPACT_EVERY = 50  # steps between two looks for ended episodes to drop from the batch (returns)
+COMPACT_BELOW = 0.9  # ... dropped once fewer than this share of the batch's rows are alive
 
 
 class Dream:
@@ -70,7 +73,8 @@ class Dream:
     # controller.dream_dropout: each episode reads M's features through one dropout mask of
     # this rate (seq.dropout's), drawn at its start and kept: every episode another M
     self.dropout = dropout
-    self._run = tf.function(self._episodes, reduce_retracing=True)
+    self.compact_every = COMPACT_EVERY
+    self._stretch = tf.function(self._steps, reduce_retracing=True)
 
   @classmethod
   def load(cls, world: WorldModel, run: runs.Run, max_steps: int, temperature: float,
@@ -123,39 +127,76 @@ class Dream:
   def returns(self, params: np.ndarray, z0: np.ndarray,
               noise_seed: np.ndarray) -> tuple[np.ndarray, int]:
     """Returns [B] of one dream episode per row (params [B, n], start latents [B, Z]), and
-    the number of steps the episodes took together."""
-    total, steps = self._run(tf.constant(params, tf.float32), tf.constant(z0, tf.float32),
-                             tf.constant(noise_seed, tf.int64))
-    return total.numpy(), int(steps)
+    the number of steps the episodes took together.
 
-  def _episodes(self, params, z0, noise_seed):
+    The steps run in compiled stretches of `compact_every`; between two, the ended episodes
+    leave the batch once they are over a tenth of it: a batch costs its rows, ended or not, and
+    a dream's lives are long-tailed (one episode at the cap kept every row stepping to the end).
+    Each row draws the noise it would draw in the whole batch, so leaving changes no return
+    beyond the float rounding of a smaller batch."""
+    size, worlds = len(params), self.worlds
+    share, seed = size // worlds, tf.constant(noise_seed, tf.int64)
+    rows = np.arange(size)  # the batch's rows, world-major: which episode each one is
+    sizes = np.full(worlds, share)  # rows of each world: the final M's, then each judge's
+    params = tf.constant(params, tf.float32)
+    z = tf.constant(z0, tf.float32)
+    state = self.world.seq.initial_state(size)
+    judge_states = [judge.initial_state(share) for judge in self.judges]
+    mask, judge_masks = self._feature_masks(size, share, seed)
+    judge_masks = list(judge_masks)
+    total, alive = tf.zeros([size]), tf.ones([size])
+    returns, steps, t = np.zeros(size, np.float32), 0.0, 0
+    while t < self.max_steps:
+      stretch = min(self.compact_every, self.max_steps - t)
+      z, state, judge_states, total, alive, taken = self._stretch(
+          tf.constant(t), tf.constant(stretch), seed, tf.constant(size), tf.constant(rows, tf.int32),
+          tf.constant(sizes, tf.int32), params, z, state, tuple(judge_states), mask, tuple(judge_masks),
+          total, alive)
+      judge_states, steps, t = list(judge_states), steps + float(taken), t + stretch
+      live = alive.numpy() > 0
+      if not live.any():
+        break
+      if live.mean() >= COMPACT_BELOW:
+        continue
+      returns[rows[~live]] = total.numpy()[~live]  # the ended episodes leave the batch
+      keep = np.flatnonzero(live)
+      starts = np.concatenate([[0], np.cumsum(sizes)])
+      world_of = np.repeat(np.arange(worlds), sizes)
+      take = _gather(keep)
+      params, z, total, alive, state = map(take, (params, z, total, alive, state))
+      mask = take(mask)
+      for i in range(len(self.judges)):
+        own = keep[world_of[keep] == i + 1] - starts[i + 1]  # the judge's rows, in its block
+        judge_states[i], judge_masks[i] = map(_gather(own), (judge_states[i], judge_masks[i]))
+      rows, sizes = rows[keep], np.bincount(world_of[keep], minlength=worlds)
+    returns[rows] = total.numpy()
+    return returns, int(steps)
+
+  def _steps(self, t0, stretch, seed, size, rows, sizes, params, z, state, judge_states, mask,
+             judge_masks, total, alive):
+    """Steps t0 .. t0 + stretch - 1 (fewer once every episode ended) of the batch's rows:
+    (z, state, judge states, total, alive, the alive rows' steps)."""
     seq, controller = self.world.seq, self.world.controller
-    batch = tf.shape(params)[0]  # not static once traced for fitness and evaluation sizes
-    state = seq.initial_state(batch)
-    share = batch // self.worlds
-    judge_states = tuple(judge.initial_state(share) for judge in self.judges)
-    mask, judge_masks = self._feature_masks(batch, share, noise_seed)
-    total = tf.zeros([batch])
-    alive = tf.ones([batch])
+    batch, z_shape = tf.shape(params)[0], z.shape
     steps = tf.constant(0.0)
-    z = z0
-    for t in tf.range(self.max_steps):
+    for t in tf.range(t0, t0 + stretch):
       action = controller(params, z, controller.memory(seq, state))
       prediction, state = self._step(z, action, state, mask)
       if self.judges:
-        prediction, judge_states = self._judged(prediction, z, action, judge_states, share,
+        prediction, judge_states = self._judged(prediction, z, action, judge_states, sizes,
                                                 judge_masks)
       total += alive * tf.cast(tf.reshape(prediction.reward, [batch]), tf.float32)
       steps += tf.reduce_sum(tf.cast(alive > 0.0, tf.float32))
-      seed = tf.random.experimental.stateless_fold_in(noise_seed, tf.cast(t, tf.int64))
+      step_seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(t, tf.int64))
       if self.use_done:
-        alive *= 1.0 - self._ends(prediction.done_logit, batch, seed)
+        alive *= 1.0 - self._ends(prediction.done_logit, rows, size, step_seed)
         alive = tf.where(alive < ALIVE_FLOOR, tf.zeros_like(alive), alive)
-      z = tf.ensure_shape(tf.cast(seq.sample(prediction, self.temperature, seed=seed),
-                                  tf.float32), z0.shape)  # judged rows lose the static batch
+      z = tf.ensure_shape(tf.cast(seq.sample(prediction, self.temperature, seed=step_seed,
+                                             rows=rows, size=size), tf.float32),
+                          z_shape)  # judged rows lose the static batch
       if tf.reduce_max(alive) == 0.0:
         break
-    return total, steps
+    return z, state, judge_states, total, alive, steps
 
   def _feature_masks(self, batch, share, noise_seed):
     """(M's mask [batch, its feature_size], each judge's [share, its own]) for the episodes'
@@ -171,31 +212,40 @@ class Dream:
     return (draw(batch, self.world.seq.feature_size, 0),
             tuple(draw(share, judge.feature_size, i + 1) for i, judge in enumerate(self.judges)))
 
-  def _judged(self, prediction, z, action, judge_states, share, judge_masks):
-    """The prediction [batch] with each judge's rows (block i + 1 of `share`) from that judge
-    stepping on them (through its feature mask, if any), and the judges' next states."""
-    parts, states = [_rows(prediction, 0, share)], []
+  def _judged(self, prediction, z, action, judge_states, sizes, judge_masks):
+    """The prediction [batch] with each judge's rows (world-major blocks of `sizes` rows: the
+    final M's, then each judge's) from that judge stepping on them (through its feature mask,
+    if any), and the judges' next states."""
+    parts, states, start = [_rows(prediction, 0, sizes[0])], [], sizes[0]
     for i, (step, judge_state) in enumerate(zip(self._judge_steps, judge_states)):
-      rows = slice((i + 1) * share, (i + 2) * share)
-      judged, judge_state = step(z[rows], action[rows], judge_state, judge_masks[i])
+      end = start + sizes[i + 1]
+      judged, judge_state = step(z[start:end], action[start:end], judge_state, judge_masks[i])
       parts.append(judged)
       states.append(judge_state)
+      start = end
     joined = {f.name: tf.concat([tf.cast(getattr(p, f.name), getattr(prediction, f.name).dtype)
                                  for p in parts], 0) for f in dataclasses.fields(prediction)}
     return type(prediction)(**joined), tuple(states)
 
-  def _ends(self, done_logit: tf.Tensor, batch, seed: tf.Tensor) -> tf.Tensor:
-    """How much each episode ends after this step, float32 [batch]: 1 or 0 drawn with M's done
+  def _ends(self, done_logit: tf.Tensor, rows: tf.Tensor, size, seed: tf.Tensor) -> tf.Tensor:
+    """How much each episode ends after this step, float32 [B] for the batch's rows `rows` [B]
+    of the `size` episodes (each draws as in the whole batch): 1 or 0 drawn with M's done
     probability ('sample': a rare death the data shows at 5% a step ends 5% of dream steps too),
     or where it is over 0.5 ('threshold': a rare event may then never end a dream); or that
     probability itself ('expected')."""
-    logit = tf.cast(tf.reshape(done_logit, [batch]), tf.float32) + self.done_shift
+    logit = tf.cast(tf.reshape(done_logit, [-1]), tf.float32) + self.done_shift
     if self.done_rule == 'threshold':
       return tf.cast(logit > 0, tf.float32)
     if self.done_rule == 'expected':
       return tf.sigmoid(logit)
-    draw = tf.random.stateless_uniform([batch], tf.random.experimental.stateless_fold_in(seed, 1))
-    return tf.cast(draw < tf.sigmoid(logit), tf.float32)
+    draw = tf.random.stateless_uniform([size], tf.random.experimental.stateless_fold_in(seed, 1))
+    return tf.cast(tf.gather(draw, rows) < tf.sigmoid(logit), tf.float32)
+
+
+def _gather(keep: np.ndarray):
+  """A function taking rows `keep` of a nest of batch-major tensors (None stays None)."""
+  return lambda nest: None if nest is None else tf.nest.map_structure(
+      lambda x: tf.gather(x, keep), nest)
 
 
 def _rows(prediction, start: int, size):

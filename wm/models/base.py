@@ -121,6 +121,7 @@ class SequenceModel(tf.keras.Model, abc.ABC):
     raise NotImplementedError(f'{type(self).__name__} has no cell state')
 
   @abc.abstractmethod
-  def sample(self, prediction: Prediction, temperature: float = 1.0,
-             seed: Any = None) -> tf.Tensor:
-    """Draws the next latent [B, Z] from a prediction at `temperature`."""
+  def sample(self, prediction: Prediction, temperature: float = 1.0, seed: Any = None,
+             rows: tf.Tensor | None = None, size: Any = None) -> tf.Tensor:
+    """Draws the next latent [B, Z] from a prediction at `temperature`; with a seed, `rows` [B]
+    and `size`, each row draws what row rows[i] of a batch of `size` would (wm/models/mdn.py)."""

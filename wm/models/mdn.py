@@ -59,11 +59,15 @@ def log_prob(logits: tf.Tensor, means: tf.Tensor, log_stds: tf.Tensor, x: tf.Ten
   return tf.reduce_logsumexp(tf.nn.log_softmax(logits, axis=-1) + normal, axis=-1)
 
 
-def sample(prediction: Prediction, temperature: float = 1.0, seed: Any = None) -> tf.Tensor:
+def sample(prediction: Prediction, temperature: float = 1.0, seed: Any = None,
+           rows: tf.Tensor | None = None, size: Any = None) -> tf.Tensor:
   """Draws x [..., Z]: a component from softmax(logits / T), then N(mean, std * sqrt(T)).
 
   `seed` None uses TensorFlow's global random state; a pair of ints (or an int32 [2] tensor)
-  makes the draw a pure function of the seed (stateless ops, usable inside tf.function).
+  makes the draw a pure function of the seed (stateless ops, usable inside tf.function). With a
+  seed, `rows` [B] and `size` say that the prediction's B rows are those rows of a batch of
+  `size`: each row draws what it would in that batch (a dream that drops its ended episodes
+  from the batch draws what it would have drawn without dropping them).
   """
   logits = prediction.logits / temperature
   if seed is None:
@@ -74,8 +78,13 @@ def sample(prediction: Prediction, temperature: float = 1.0, seed: Any = None) -
     if seed.shape.rank == 0:
       seed = tf.stack([seed, 0])
     seeds = tf.random.experimental.stateless_split(seed, 2)
-    uniform = tf.random.stateless_uniform(tf.shape(logits), seeds[0], 1e-20, 1.0)
-    noise = tf.random.stateless_normal(tf.shape(prediction.means)[:-1], seeds[1])
+    shape, normal_shape = tf.shape(logits), tf.shape(prediction.means)[:-1]
+    if rows is not None:
+      shape, normal_shape = (tf.concat([[size], s[1:]], 0) for s in (shape, normal_shape))
+    uniform = tf.random.stateless_uniform(shape, seeds[0], 1e-20, 1.0)
+    noise = tf.random.stateless_normal(normal_shape, seeds[1])
+    if rows is not None:
+      uniform, noise = tf.gather(uniform, rows), tf.gather(noise, rows)
   # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits).
   component = tf.argmax(logits - tf.math.log(-tf.math.log(uniform)), axis=-1)
   pick = tf.one_hot(component, tf.shape(logits)[-1], dtype=prediction.means.dtype)

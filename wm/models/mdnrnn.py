@@ -98,6 +98,6 @@ class MDNRNN(SequenceModel):
   def cell(self, state: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
     return state[1]
 
-  def sample(self, prediction: Prediction, temperature: float = 1.0,
-             seed: Any = None) -> tf.Tensor:
-    return mdn.sample(prediction, temperature, seed)
+  def sample(self, prediction: Prediction, temperature: float = 1.0, seed: Any = None,
+             rows: tf.Tensor | None = None, size: Any = None) -> tf.Tensor:
+    return mdn.sample(prediction, temperature, seed, rows, size)

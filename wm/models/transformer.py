@@ -223,6 +223,6 @@ class Transformer(SequenceModel):
   def features(self, state: dict[str, Any]) -> tf.Tensor:
     return state['h']
 
-  def sample(self, prediction: Prediction, temperature: float = 1.0,
-             seed: Any = None) -> tf.Tensor:
-    return mdn.sample(prediction, temperature, seed)
+  def sample(self, prediction: Prediction, temperature: float = 1.0, seed: Any = None,
+             rows: tf.Tensor | None = None, size: Any = None) -> tf.Tensor:
+    return mdn.sample(prediction, temperature, seed, rows, size)
