@@ -109,6 +109,15 @@ class Dream:
   def episodes(self, params: np.ndarray, trials: int, seed: int) -> np.ndarray:
     """Dream returns [P, trials]: `trials` episodes of each candidate of params [P, n], in
     blocks of trials / worlds per M (the final M's first, then each judge's)."""
+    returns, _ = self.returns(*self.rows(params, trials, seed))
+    share = trials // self.worlds
+    return returns.reshape(self.worlds, len(params), share).transpose(1, 0, 2).reshape(
+        len(params), trials)
+
+  def rows(self, params: np.ndarray, trials: int, seed: int
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`returns`' arguments for `episodes`: a row per episode, world-major (the final M's
+    episodes of every candidate, then each judge's), start latents and the noise's seed."""
     if trials % self.worlds:
       raise ConfigError(f'{trials} dream episodes a candidate do not split evenly between '
                         f'{self.worlds} Ms (the final M and its judges): make '
@@ -116,13 +125,9 @@ class Dream:
                         f'{self.worlds}')
     rng = np.random.default_rng(seed)
     share = trials // self.worlds
-    # World-major rows: the final M's episodes of every candidate, then each judge's.
     batch = np.tile(np.repeat(np.asarray(params, np.float32), share, axis=0), (self.worlds, 1))
     z0 = self.start.draw(len(batch), rng)
-    noise_seed = rng.integers(0, 2**31 - 1, size=2)
-    returns, _ = self.returns(batch, z0, noise_seed)
-    return returns.reshape(self.worlds, len(params), share).transpose(1, 0, 2).reshape(
-        len(params), trials)
+    return batch, z0, rng.integers(0, 2**31 - 1, size=2)
 
   def returns(self, params: np.ndarray, z0: np.ndarray,
               noise_seed: np.ndarray) -> tuple[np.ndarray, int]:

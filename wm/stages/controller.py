@@ -18,9 +18,10 @@ from absl import logging
 from wm import artifacts, es, evaluation, hardware, training
 from wm.agent import WorldModel, action_space_of
 from wm.artifacts import save_params
+from wm.config import Config
 from wm.dream import Dream
 from wm.errors import UserError
-from wm.infra import cli, mpi
+from wm.infra import cli, mpi, runs
 from wm.infra.progress import Progress
 
 
@@ -42,6 +43,17 @@ def run(stage: cli.Stage, parallelism: int = 1) -> None:
       evaluator.close()
 
 
+def dream_of(run: runs.Run, config: Config, model: WorldModel) -> Dream:
+  """The run's dream as its search plays it: controller.dream_* settings, judges, dropout."""
+  c = config.controller
+  return Dream.load(model, run, config.env.agent_steps(), c.dream_temperature,
+                    done_rule=c.dream_done, done_odds=c.dream_done_odds,
+                    checkpoints=c.judge_steps(), judge_runs=c.judge_runs(),
+                    seq_judges=config.seq.judges, fitness=c.dream_fitness,
+                    precision=hardware.precision(c.dream_precision),
+                    dropout=config.seq.dropout if c.dream_dropout else 0.0)
+
+
 class Episodes:
   """Where the search's candidates play: M's dream (controller.mode=dream) for fitness, and the
   real environment (local workers, or the MPI ranks) for real-mode fitness and evaluations."""
@@ -51,15 +63,7 @@ class Episodes:
     self.mpi_evaluator, self.parallelism = mpi_evaluator, parallelism
     self.local = None  # made on first use: a dream-only search never starts the workers
     # The dream: fitness in dream mode, and in both modes the dream half of every evaluation.
-    self.dream = Dream.load(model, stage.run, self.config.env.agent_steps(),
-                            self.c.dream_temperature, done_rule=self.c.dream_done,
-                            done_odds=self.c.dream_done_odds,
-                            checkpoints=self.c.judge_steps(),
-                            judge_runs=self.c.judge_runs(),
-                            seq_judges=self.config.seq.judges,
-                            fitness=self.c.dream_fitness,
-                            precision=hardware.precision(self.c.dream_precision),
-                            dropout=self.config.seq.dropout if self.c.dream_dropout else 0.0)
+    self.dream = dream_of(stage.run, self.config, model)
     logging.info('dream: M computes in %s (controller.dream_precision=%s: %s)',
                  self.dream.precision, self.c.dream_precision, hardware.native_bfloat16()[1])
 

@@ -1,0 +1,96 @@
+"""Benchmark of the dream's generations: ended episodes leaving the batch against all kept.
+
+Input:  RUN with V and M exports, RUN/seq/initial_latents.npz, the judges its config names
+        (seq.judges, controller.dream_checkpoints, controller.dream_judge_runs), and its CMA-ES
+        state (RUN/controller) when it has one: trained models, since what is measured depends
+        on how long M's dreams live.
+Output: printed figures from one run, the two sides interleaved on the same generations: the
+        wall time of one generation's dream fitness (controller.population_size x
+        controller.trials episodes, with the run's own dream: temperature, end rule, judges,
+        fitness, precision, dropout), (a) with ended episodes leaving the batch every
+        --compact_every steps (wm.dream.COMPACT_EVERY), (b) with every row stepped until the batch's last
+        episode ends (the dream before); the episodes' own steps per second; and the largest
+        difference between the two sides' returns (float rounding only). The population is
+        the one the run's search asks next (its CMA-ES state replayed), or, for a run without
+        one, random parameters at controller.init_sigma.
+
+    python scripts/benchmark_dream.py --run_dir=runs/doom_small --config=configs/doom.py:small
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from wm.infra import quiet
+
+quiet.install()  # before TensorFlow is imported: its start-up notices stay out of the log
+
+import numpy as np
+from absl import app, flags
+
+from wm import dream as dream_lib, es
+from wm.agent import WorldModel, action_space_of
+from wm.errors import UserError
+from wm.infra import cli, runs
+from wm.stages import controller as controller_stage
+
+_GENERATIONS = flags.DEFINE_integer('generations', 3, 'Generations measured on each side (each '
+                                    'its own dream seed, the same on both sides).')
+_COMPACT_EVERY = flags.DEFINE_integer('compact_every', dream_lib.COMPACT_EVERY, 'Steps between '
+                                      'two looks for ended episodes on the leaving side.',
+                                      lower_bound=1)
+
+
+@cli.exits_on_user_error
+def main(argv: list[str]) -> None:
+  del argv  # cli.parse_flags refused positional arguments
+  if not flags.FLAGS.run_dir:
+    raise UserError('--run_dir is required (a run dir with trained V and M exports)')
+  # Reads the run's config without writing anything into the run dir.
+  config = cli.resolve_config(flags.FLAGS.run_dir, cli.overrides())
+  run, c = runs.Run(flags.FLAGS.run_dir), config.controller
+  model = WorldModel.load(run, config, action_space_of(config))
+  settings = es.Settings(model.controller.num_params, c.population_size, c.init_sigma,
+                         config.seed, c.rest, c.covariance)
+  state = es.load(run.stage_dir('controller'), settings)
+  if state.generation:
+    population, source = es.replay(state).ask(), f'generation {state.generation + 1} of its search'
+  else:
+    rng = np.random.default_rng(0)
+    population = rng.normal(size=(c.population_size, settings.num_params)) * c.init_sigma
+    source = 'random parameters (the run has no search)'
+  dream = controller_stage.dream_of(run, config, model)
+  sides = {'leaving': _COMPACT_EVERY.value, 'kept': dream.max_steps}
+  dream.compact_every = _COMPACT_EVERY.value
+  dream.returns(*dream.rows(population, c.trials, 0))  # traces both stretch lengths' shapes
+  times, steps, returns = ({s: [] for s in sides} for _ in range(3))
+  for generation in range(1, _GENERATIONS.value + 1):
+    rows = dream.rows(population, c.trials, es.derive_seed(config.seed, es.TRAIN_STREAM,
+                                                           generation))
+    for side, every in sides.items():
+      dream.compact_every = every
+      start = time.perf_counter()
+      result, taken = dream.returns(*rows)
+      times[side].append(time.perf_counter() - start)
+      steps[side].append(taken)
+      returns[side].append(result)
+
+  lives = np.array(steps['kept'], float) / len(rows[0])
+  print(f'dream of {run.root}: {len(rows[0])} episodes a generation ({c.population_size} x '
+        f'{c.trials}, {dream.worlds} M{"s" if dream.worlds > 1 else ""}), cap '
+        f'{dream.max_steps} steps, M in {dream.precision}; population: {source}')
+  print(f'episode length, mean over the generations: {lives.mean():.0f} steps')
+  for side in sides:
+    total = sum(times[side])
+    print(f'{side:8} {1000 * total / len(times[side]):9.1f} ms a generation, '
+          f'{sum(steps[side]) / total:9,.0f} episode steps/s')
+  print(f'ended episodes leaving / kept: {sum(times["kept"]) / sum(times["leaving"]):.2f}x '
+        'faster')
+  difference = max(np.abs(a - b).max() for a, b in zip(returns['leaving'], returns['kept']))
+  print(f'largest difference in an episode\'s return: {difference:.3g}')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)
