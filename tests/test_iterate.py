@@ -14,6 +14,7 @@ from conftest import REPO, copy_run, script_env
 
 from wm import config as config_lib, es, rollouts
 from wm.infra import fileio, iterate, runs
+from wm.stages import shard
 
 ROUND = ['--config.iterate.iterations=1', '--config.iterate.rollouts=2',
          '--config.iterate.vae_steps=10', '--config.iterate.seq_steps=10',
@@ -39,6 +40,19 @@ def test_a_round_collects_with_the_controller_and_trains_on(debug_agent, tmp_pat
   assert [os.path.islink(os.path.join(folder, n)) for n in names] == [True] * 6 + [False] * 2
   assert fileio.read_json(round1.done_path('shard'))['train'] + fileio.read_json(
       round1.done_path('shard'))['valid'] == 8
+  # Round 0's full shards hold the same rollouts in round 1: hard links, not written again.
+  linked = 0
+  for split in ('train', 'valid'):
+    before = {tuple(i['rollouts']): i['file']
+              for i in shard.read_manifest(base.split_dir('shard', split))['shards']}
+    for info in shard.read_manifest(round1.split_dir('shard', split))['shards']:
+      same = before.get(tuple(info['rollouts']))
+      if same:
+        assert os.path.samefile(os.path.join(round1.split_dir('shard', split), info['file']),
+                                os.path.join(base.split_dir('shard', split), same))
+        linked += 1
+      assert any(i >= 6 for i in info['rollouts']) or same, info  # only new ones are new
+  assert linked >= 2
   new = [np.load(os.path.join(folder, n)) for n in names[6:]]
   old = [np.load(os.path.join(folder, n)) for n in names[:6]]
   assert not {int(r['seed']) for r in new} & {int(r['seed']) for r in old}

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import copy_run, debug_config, run_script
 from wm import config as config_lib, datasets, records, rollouts
+from wm.errors import ConfigError
 from wm.stages import shard
 
 
@@ -125,3 +126,20 @@ def test_snapshot_records_code_config_and_command(debug_data, tmp_path):
   run_script('collect_rollouts', f'--run_dir={run_dir}', '--nostore_snapshot',
              '--config.collect.num_rollouts=1', '--config.env.max_steps=5')
   assert not os.path.exists(os.path.join(run_dir, 'rollouts', 'snapshot'))
+
+
+def test_full_shards_keep_their_rollouts_when_rollouts_are_added():
+  sizes = {i: 40 + 7 * (i % 3) for i in range(30)}
+  before = shard._cut(list(range(20)), sizes, target=100)
+  after = shard._cut(list(range(30)), sizes, target=100)
+  assert [len(g) for g in before[:-1]] == [3] * (len(before) - 1)  # each about 100 bytes
+  assert after[:len(before) - 1] == before[:-1]  # the full shards, unchanged
+  assert sum(after, []) == list(range(30))
+
+
+def test_a_missing_run_to_reuse_shards_from_is_named(debug_data, tmp_path):
+  config = debug_config()
+  config.records.reuse_from = str(tmp_path / 'no_such_run')
+  with pytest.raises(ConfigError, match='records.reuse_from=.*no_such_run.* is not a folder'):
+    shard.shard(config, os.path.join(debug_data, 'rollouts'), str(tmp_path / 'records'))
+  assert not os.path.exists(tmp_path / 'records')  # nothing written

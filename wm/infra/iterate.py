@@ -9,7 +9,8 @@ models and scores stay apart, and every stage in it resumes by rerun like any ot
     rollouts/    round k-1's rollouts (relative links) and iterate.rollouts new ones, played by
                  round k-1's controller exploring with collect.action_noise
                  (collect.policy=controller, collect.controller_run=<round k-1>)
-    records/, encoded/   all of them, sharded, and encoded by the new V
+    records/, encoded/   all of them, sharded (round k-1's full shards hard-linked:
+                 records.reuse_from), and encoded by the new V
     vae/, seq/   round k-1's checkpoints, trained iterate.vae_steps / iterate.seq_steps further
                  on all the data (the stages' top-up: vae.train_steps, seq.train_steps raised)
     controller/  round k-1's CMA-ES state, continued for iterate.generations more generations
@@ -73,6 +74,7 @@ def round_config(previous: Config, previous_run: runs.Run, settings: config_lib.
   config.collect.policy = 'controller'
   config.collect.controller_run = os.path.abspath(previous_run.root)
   config.collect.num_rollouts = done['collect']['rollouts'] + settings.rollouts
+  config.records.reuse_from = os.path.abspath(previous_run.root)  # its shards, linked
   config.vae.train_steps = done['vae']['step'] + settings.vae_steps
   config.seq.train_steps = done['seq']['step'] + settings.seq_steps
   config.controller.generations = settings.generations + (

@@ -2,19 +2,22 @@
 
 The plan is a pure function of the rollouts on disk and the config: each rollout goes to the
 validation split when a hash of (seed, index) falls under records.valid_fraction (so a rollout
-never changes split when the folder is topped up), and each split is cut into consecutive shards
-of about records.shard_size_mb. Every shard is written atomically, then a small metadata file
-`.meta/<shard>.json` (rollouts, frames, bytes, sha256) records it as complete; a rerun skips
-complete shards. Once every shard of a split is complete, `manifest.json` is written and shards
-of an older plan are removed.
+never changes split when the folder is topped up), and each split is cut, in index order, into
+consecutive shards, a new one starting once the last holds records.shard_size_mb (so rollouts
+added with higher indices leave every full shard's rollouts as they were). Every shard is written
+atomically, then a small metadata file `.meta/<shard>.json` (rollouts, frames, bytes, sha256)
+records it as complete; a rerun skips complete shards. A shard whose rollouts a complete shard of
+records.reuse_from's run holds (`python -m wm iterate`: the round before) is a hard link to that
+one, not written again. Once every shard of a split is complete, `manifest.json` is written and
+shards of an older plan are removed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import re
+import shutil
 from typing import Iterable
 
 import numpy as np
@@ -23,7 +26,7 @@ from absl import logging
 from wm import rollouts
 from wm.config import Config
 from wm.infra import cli, fileio, runs, workers
-from wm.errors import DataError
+from wm.errors import ConfigError, DataError
 
 PREFIX = 'raw'
 MANIFEST = 'manifest.json'
@@ -58,10 +61,16 @@ def plan(config: Config, folder: str) -> dict[str, list[list[int]]]:
 
 
 def _cut(members: list[int], sizes: dict[int, int], target: float) -> list[list[int]]:
-  """Consecutive groups of about `target` bytes each (at least one rollout per shard)."""
-  num_shards = min(len(members), max(1, math.ceil(sum(sizes[i] for i in members) / target)))
-  bounds = np.linspace(0, len(members), num_shards + 1).round().astype(int)
-  return [members[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+  """Consecutive groups in order, a new one started once the last holds `target` bytes: what
+  comes after a full group never changes it."""
+  groups, held = [[]], 0
+  for index in members:
+    if held >= target:
+      groups.append([])
+      held = 0
+    groups[-1].append(index)
+    held += sizes[index]
+  return groups
 
 
 def _meta_path(out_dir: str, name: str) -> str:
@@ -115,22 +124,67 @@ def write_shard(job: tuple[str, str, list[int], str]) -> dict:
   return info
 
 
+def complete_shards(split_dir: str) -> dict[tuple[int, ...], dict]:
+  """{rollouts: metadata} of the complete raw shards in `split_dir` (none if it is absent)."""
+  found = {}
+  meta_dir = os.path.join(split_dir, META)
+  for entry in sorted(os.listdir(meta_dir)) if os.path.isdir(meta_dir) else []:
+    name = entry.removesuffix('.json')
+    if not (_SHARD.match(name) and name.startswith(PREFIX + '.')):
+      continue
+    try:
+      members = fileio.read_json(os.path.join(meta_dir, entry)).get('rollouts')
+    except (OSError, ValueError):
+      continue  # unreadable: not a shard to reuse
+    if isinstance(members, list) and shard_complete(split_dir, name, members):
+      found[tuple(members)] = fileio.read_json(os.path.join(meta_dir, entry))
+  return found
+
+
+def link_shard(source_dir: str, info: dict, out_dir: str, name: str) -> dict:
+  """Shard `name` in out_dir as a hard link to the complete shard `info` of source_dir (a copy
+  where they are on different filesystems), and its metadata; returns the metadata."""
+  with fileio.atomic_path(os.path.join(out_dir, name)) as tmp:
+    try:
+      os.link(os.path.join(source_dir, info['file']), tmp)
+    except OSError:
+      shutil.copyfile(os.path.join(source_dir, info['file']), tmp)
+  info = dict(info, file=name)
+  write_meta(out_dir, name, info)
+  return info
+
+
 def shard(config: Config, in_dir: str, out_root: str, parallelism: int = 1, task_index: int = 0,
           num_tasks: int = 1, log=print) -> dict[str, dict]:
-  """Writes this task's missing shards; writes manifests for splits that are complete."""
+  """Writes (or links from records.reuse_from) this task's missing shards; writes manifests for
+  splits that are complete."""
   the_plan = plan(config, in_dir)
-  jobs, position = [], 0
+  donor_root = None
+  if config.records.reuse_from:
+    if not os.path.isdir(config.records.reuse_from):
+      raise ConfigError(f'records.reuse_from={config.records.reuse_from!r} is not a folder: '
+                        'give the run dir whose shards to link, or leave it empty')
+    donor_root = runs.Run(config.records.reuse_from).stage_dir('shard')
+  jobs, position, linked = [], 0, 0
   for split, groups in the_plan.items():
     out_dir = os.path.join(out_root, split)
     os.makedirs(os.path.join(out_dir, META), exist_ok=True)
     fileio.remove_stale_tmp_files(out_dir)
+    donor_dir = os.path.join(donor_root, split) if donor_root else None
+    donors = complete_shards(donor_dir) if donor_dir else {}
     for k, members in enumerate(groups):
       name = rollouts_shard_name(k, len(groups))
       mine = position % num_tasks == task_index
       position += 1
-      if mine and not shard_complete(out_dir, name, members):
+      if not mine or shard_complete(out_dir, name, members):
+        continue
+      if tuple(members) in donors:
+        link_shard(donor_dir, donors[tuple(members)], out_dir, name)
+        linked += 1
+      else:
         jobs.append((in_dir, out_dir, members, name))
-  log(f'{sum(map(len, the_plan.values()))} shards planned, {len(jobs)} to write here')
+  reused = f', {linked} linked from {donor_root}' if linked else ''
+  log(f'{sum(map(len, the_plan.values()))} shards planned, {len(jobs)} to write here{reused}')
   if parallelism > 1 and len(jobs) > 1:
     # A shard of ~200 MB takes about a minute; an hour means a hung filesystem.
     with workers.WorkerPool(min(parallelism, len(jobs)), write_shard, name='shard',
