@@ -11,12 +11,13 @@ Output: printed figures from one run, the two sides interleaved on the same gene
         --compact_every steps (wm.dream.COMPACT_EVERY), (b) with every row stepped until the batch's last
         episode ends (the dream before); the episodes' own steps per second; and the largest
         difference between the two sides' returns (float rounding only). The population is
-        the one the run's search asks next (its CMA-ES state replayed), or, for a run without
-        one, random parameters at controller.init_sigma.
+        the one the run's search asks next (its CMA-ES state replayed, to --after_generation),
+        or, for a run without one, random parameters at controller.init_sigma.
 
     python scripts/benchmark_dream.py --run_dir=runs/doom_small --config=configs/doom.py:small
 """
 
+import dataclasses
 import os
 import sys
 import time
@@ -38,6 +39,10 @@ from wm.stages import controller as controller_stage
 
 _GENERATIONS = flags.DEFINE_integer('generations', 3, 'Generations measured on each side (each '
                                     'its own dream seed, the same on both sides).')
+_AFTER = flags.DEFINE_integer('after_generation', None, 'Measure the population the search asked '
+                              'after this many of its generations (default: all of them): '
+                              'how long dreams live, so what leaving saves, grows as a search '
+                              'finds M\'s long lives.', lower_bound=0)
 _COMPACT_EVERY = flags.DEFINE_integer('compact_every', dream_lib.COMPACT_EVERY, 'Steps between '
                                       'two looks for ended episodes on the leaving side.',
                                       lower_bound=1)
@@ -55,7 +60,14 @@ def main(argv: list[str]) -> None:
   settings = es.Settings(model.controller.num_params, c.population_size, c.init_sigma,
                          config.seed, c.rest, c.covariance)
   state = es.load(run.stage_dir('controller'), settings)
-  if state.generation:
+  searched = state.generation > 0
+  if _AFTER.value is not None:
+    if _AFTER.value > state.generation:
+      raise UserError(f'--after_generation={_AFTER.value}: the run\'s search has '
+                      f'{state.generation} generations')
+    state = dataclasses.replace(state, returns=state.returns[:_AFTER.value],
+                                digests=state.digests[:_AFTER.value])
+  if searched:
     population, source = es.replay(state).ask(), f'generation {state.generation + 1} of its search'
   else:
     rng = np.random.default_rng(0)
