@@ -8,11 +8,12 @@ Output: printed figures from one run, the two sides interleaved on the same gene
         wall time of one generation's dream fitness (controller.population_size x
         controller.trials episodes, with the run's own dream: temperature, end rule, judges,
         fitness, precision, dropout), (a) with ended episodes leaving the batch every
-        --compact_every steps (wm.dream.COMPACT_EVERY), (b) with every row stepped until the batch's last
-        episode ends (the dream before); the episodes' own steps per second; and the largest
-        difference between the two sides' returns (float rounding only). The population is
-        the one the run's search asks next (its CMA-ES state replayed, to --after_generation),
-        or, for a run without one, random parameters at controller.init_sigma.
+        --compact_every steps (wm.dream.COMPACT_EVERY), (b) with every row stepped until the
+        batch's last episode ends (the dream before); the episodes' own steps per second; and
+        the largest difference between the two sides' returns (float rounding only). The
+        population is the one the run's search asks next (its CMA-ES state replayed, to
+        --after_generation), or, for a run without one, random parameters at
+        controller.init_sigma.
 
     python scripts/benchmark_dream.py --run_dir=runs/doom_small --config=configs/doom.py:small
 """

@@ -154,9 +154,9 @@ class Dream:
     while t < self.max_steps:
       stretch = min(self.compact_every, self.max_steps - t)
       z, state, judge_states, total, alive, taken = self._stretch(
-          tf.constant(t), tf.constant(stretch), seed, tf.constant(size), tf.constant(rows, tf.int32),
-          tf.constant(sizes, tf.int32), params, z, state, tuple(judge_states), mask, tuple(judge_masks),
-          total, alive)
+          tf.constant(t), tf.constant(stretch), seed, tf.constant(size),
+          tf.constant(rows, tf.int32), tf.constant(sizes, tf.int32), params, z, state,
+          tuple(judge_states), mask, tuple(judge_masks), total, alive)
       judge_states, steps, t = list(judge_states), steps + float(taken), t + stretch
       live = alive.numpy() > 0
       if not live.any():

@@ -190,7 +190,8 @@ def shard(config: Config, in_dir: str, out_root: str, parallelism: int = 1, task
     with workers.WorkerPool(min(parallelism, len(jobs)), write_shard, name='shard',
                             task_timeout=3600, describe=lambda job: f'shard {job[3]}') as pool:
       for info in pool.imap_unordered(jobs):
-        log(f'wrote {info["file"]}: {info["num_rollouts"]} rollouts, {info["bytes"] / 2**20:.1f} MB')
+        log(f'wrote {info["file"]}: {info["num_rollouts"]} rollouts, '
+            f'{info["bytes"] / 2**20:.1f} MB')
   else:
     for job in jobs:
       info = write_shard(job)
