@@ -34,10 +34,9 @@ import numpy as np
 from absl import app, flags
 
 from wm import artifacts, envs, es, evaluation, hardware, policies
-from wm.infra import cli, runs
+from wm.infra import cli
 from wm.agent import WorldModel, action_space_of
 from wm.dream import Dream
-from wm.errors import UserError
 
 _REAL_ENVS = flags.DEFINE_integer('real_envs', 16, 'Environments stepped together in one process '
                                   '(the small preset: 16 episodes a worker a generation).')
@@ -54,11 +53,7 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Interleaved measurements of each 
 @cli.exits_on_user_error
 def main(argv: list[str]) -> None:
   del argv  # cli.parse_flags refused positional arguments
-  if not flags.FLAGS.run_dir:
-    raise UserError('--run_dir is required (a run dir with V and M exports)')
-  # Reads the run's config without writing anything into the run dir.
-  config = cli.resolve_config(flags.FLAGS.run_dir, cli.overrides())
-  run = runs.Run(flags.FLAGS.run_dir)
+  run, config = cli.run_to_read('a run dir with V and M exports')
   config.env.max_steps = _REAL_STEPS.value
   model = WorldModel.load(run, config, action_space_of(config))
   rng = np.random.default_rng(0)

@@ -35,7 +35,7 @@ from absl import app, flags
 from wm import dream as dream_lib, es
 from wm.agent import WorldModel, action_space_of
 from wm.errors import UserError
-from wm.infra import cli, runs
+from wm.infra import cli
 from wm.stages import controller as controller_stage
 
 _GENERATIONS = flags.DEFINE_integer('generations', 3, 'Generations measured on each side (each '
@@ -52,11 +52,8 @@ _COMPACT_EVERY = flags.DEFINE_integer('compact_every', dream_lib.COMPACT_EVERY, 
 @cli.exits_on_user_error
 def main(argv: list[str]) -> None:
   del argv  # cli.parse_flags refused positional arguments
-  if not flags.FLAGS.run_dir:
-    raise UserError('--run_dir is required (a run dir with trained V and M exports)')
-  # Reads the run's config without writing anything into the run dir.
-  config = cli.resolve_config(flags.FLAGS.run_dir, cli.overrides())
-  run, c = runs.Run(flags.FLAGS.run_dir), config.controller
+  run, config = cli.run_to_read('a run dir with trained V and M exports')
+  c = config.controller
   model = WorldModel.load(run, config, action_space_of(config))
   settings = es.Settings(model.controller.num_params, c.population_size, c.init_sigma,
                          config.seed, c.rest, c.covariance)

@@ -155,6 +155,15 @@ def resolve_config(run_dir: str | None, overrides: dict[str, str],
   return config_lib.validate(config)
 
 
+def run_to_read(needs: str) -> tuple[runs.Run, config_lib.Config]:
+  """(--run_dir's run, its config with the --config.* overrides) for a script that only reads
+  it (the benchmarks): nothing is written into the run dir. `needs` says what the run must
+  hold, in the error for a missing --run_dir."""
+  if not FLAGS.run_dir:
+    raise UserError(f'--run_dir is required ({needs})')
+  return runs.Run(FLAGS.run_dir), resolve_config(FLAGS.run_dir, overrides())
+
+
 def _not_a_run_message(run_dir: str, stage: str) -> str:
   state = 'does not exist' if not os.path.lexists(run_dir) else 'has no config.json'
   return (f'run dir {run_dir} {state}: stage {stage!r} reads what earlier stages wrote into a '
