@@ -55,8 +55,7 @@ def main(argv: list[str]) -> None:
   run, config = cli.run_to_read('a run dir with trained V and M exports')
   c = config.controller
   model = WorldModel.load(run, config, action_space_of(config))
-  settings = es.Settings(model.controller.num_params, c.population_size, c.init_sigma,
-                         config.seed, c.rest, c.covariance)
+  settings = controller_stage.search_settings(config, model)
   state = es.load(run.stage_dir('controller'), settings)
   searched = state.generation > 0
   if _AFTER.value is not None:

@@ -43,6 +43,13 @@ def run(stage: cli.Stage, parallelism: int = 1) -> None:
       evaluator.close()
 
 
+def search_settings(config: Config, model: WorldModel) -> es.Settings:
+  """The CMA-ES search's settings: what a saved search state must match."""
+  c = config.controller
+  return es.Settings(model.controller.num_params, c.population_size, c.init_sigma, config.seed,
+                     c.rest, c.covariance)
+
+
 def dream_of(run: runs.Run, config: Config, model: WorldModel) -> Dream:
   """The run's dream as its search plays it: controller.dream_* settings, judges, dropout."""
   c = config.controller
@@ -111,8 +118,7 @@ def train(stage: cli.Stage, mpi_evaluator, parallelism: int = 1) -> None:
   """Continues the search up to controller.generations; DONE when there, exit 75 when stopped."""
   config, c = stage.config, stage.config.controller
   model = WorldModel.load(stage.run, config, action_space_of(config))
-  settings = es.Settings(model.controller.num_params, c.population_size, c.init_sigma, config.seed,
-                         c.rest, c.covariance)
+  settings = search_settings(config, model)
   state = es.load(stage.dir, settings)
   if state.generation >= c.generations:
     logging.info('%d of %d generations done already', state.generation, c.generations)

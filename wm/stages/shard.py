@@ -133,11 +133,12 @@ def complete_shards(split_dir: str) -> dict[tuple[int, ...], dict]:
     if not (_SHARD.match(name) and name.startswith(PREFIX + '.')):
       continue
     try:
-      members = fileio.read_json(os.path.join(meta_dir, entry)).get('rollouts')
+      info = fileio.read_json(os.path.join(meta_dir, entry))
     except (OSError, ValueError):
       continue  # unreadable: not a shard to reuse
+    members = info.get('rollouts') if isinstance(info, dict) else None
     if isinstance(members, list) and shard_complete(split_dir, name, members):
-      found[tuple(members)] = fileio.read_json(os.path.join(meta_dir, entry))
+      found[tuple(members)] = info
   return found
 
 
