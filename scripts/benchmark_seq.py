@@ -38,9 +38,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wm.infra import quiet
+from wm.infra import cpu_kernels, quiet
 
 quiet.install()  # before TensorFlow is imported: its start-up notices stay out of the log
+cpu_kernels.use_onednn()  # the kernels of the seq stage, for both sides
 
 from absl import app, flags
 

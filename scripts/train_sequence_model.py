@@ -26,9 +26,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wm.infra import quiet
+from wm.infra import cpu_kernels, quiet
 
 quiet.install()  # before TensorFlow is imported: its start-up notices stay out of the log
+cpu_kernels.use_onednn()  # Doom's M trains 1.16x faster on oneDNN's kernels (wm/infra/cpu_kernels.py)
 
 from absl import flags
 

@@ -30,6 +30,11 @@ def script_env() -> dict[str, str]:
   return env
 
 
+def expected_cpu_kernels() -> str:
+  """What a training stage runs on: oneDNN, which it asks for, unless this environment says 0."""
+  return 'Eigen' if os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '0' else 'oneDNN'
+
+
 def run_script(name: str, *args: str, check: bool = True, timeout: float = 300,
                config: str | None = DEBUG) -> subprocess.CompletedProcess:
   """Runs scripts/<name>.py with `args` (and --config=debug unless config=None)."""

@@ -54,3 +54,19 @@ def test_benchmark_dream_times_both_sides_on_the_same_generations(debug_agent):
   assert 'population: generation 2 of its search' in out  # replayed to its first generation
   difference = re.search(r"largest difference in an episode's return: (\S+)", out)
   assert difference and float(difference[1]) < 1e-3, out
+
+
+def test_benchmark_cpu_kernels_measures_each_work_with_both_libraries(debug_agent):
+  """Each figure comes from child processes that TensorFlow ran with the kernels they were
+  named for (the script refuses a child that ran others)."""
+  result = run_script('benchmark_cpu_kernels', f'--run_dir={debug_agent}', '--rounds=1',
+                      '--seconds=0.2', '--dream_steps=4', '--work=encode,dream', config=None)
+  rows = {m[1]: (float(m[2].replace(',', '')), float(m[3].replace(',', '')), float(m[4]))
+          for m in re.finditer(r'^\s+(\w+)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)x', result.stdout,
+                               re.MULTILINE)}
+  assert sorted(rows) == ['dream', 'encode'], result.stdout
+  for eigen, onednn, ratio in rows.values():
+    assert eigen > 0 and onednn > 0 and abs(ratio - onednn / eigen) < 0.01 * ratio + 0.01, rows
+  refused = run_script('benchmark_cpu_kernels', f'--run_dir={debug_agent}', '--work=seq,train',
+                       check=False, config=None)
+  assert refused.returncode != 0 and '--work=train: not one of' in refused.stderr, refused.stderr

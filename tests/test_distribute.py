@@ -23,7 +23,7 @@ from conftest import REPO, copy_run, run_script, script_env
 
 from wm import config as config_lib, datasets, distribute, hardware
 from wm.errors import ConfigError, DataError
-from wm.infra import changes, runs
+from wm.infra import changes, cpu_kernels, runs
 from wm.stages import shard
 
 
@@ -248,6 +248,19 @@ def test_auto_precision_follows_the_cpu(monkeypatch):
   assert hardware.precision('auto') == 'bfloat16'
   assert hardware.describe('auto')['device'] == 'CPU with avx512_bf16'
   assert hardware.precision('float32') == 'float32'
+
+
+def test_a_users_cpu_kernel_choice_wins_and_asking_late_is_refused():
+  """The training stages ask for oneDNN (tests/test_vae.py reads what V ran on); an explicit
+  TF_ENABLE_ONEDNN_OPTS=0 keeps Eigen's kernels, and asking once TensorFlow is loaded (as it is
+  in this process) would not take effect, so it is refused."""
+  probe = ('from wm.infra import cpu_kernels; cpu_kernels.use_onednn(); import tensorflow; '
+           'print(cpu_kernels.in_use())')
+  result = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, env={**script_env(), 'TF_ENABLE_ONEDNN_OPTS': '0'})
+  assert result.returncode == 0 and result.stdout.split()[-1] == 'Eigen', result
+  with pytest.raises(RuntimeError, match='after TensorFlow was imported'):
+    cpu_kernels.use_onednn()
 
 
 def test_a_v_finished_with_the_old_precision_field_is_kept(tmp_path):

@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DEBUG, REPO, copy_run, debug_config, run_script, script_env
+from conftest import (DEBUG, REPO, copy_run, debug_config, expected_cpu_kernels, run_script,
+                      script_env)
 from wm import training
 from wm.infra import cli, runs
 from wm.stages import seq, shard
@@ -80,6 +81,7 @@ def test_trains_on_real_encoded_debug_data(debug_encoded, tmp_path):
   with open(os.path.join(run_dir, 'seq', 'DONE')) as f:
     done = json.load(f)
   assert done['model'] == 'transformer' and done['step'] == 20
+  assert done['device']['cpu_kernels'] == expected_cpu_kernels(), done  # the stage asks for oneDNN
   assert all(np.isfinite(v) for v in done['valid'].values()), done
   train = shard.read_manifest(os.path.join(run_dir, 'encoded', 'train'))
   model = export.load(os.path.join(run_dir, 'seq', 'export'), kind='sequence_model')

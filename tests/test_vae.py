@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import DEBUG, REPO, copy_run, run_script, script_env
+from conftest import DEBUG, REPO, copy_run, expected_cpu_kernels, run_script, script_env
 from wm import datasets, training
 from wm.infra import cli, runs
 from wm.stages import shard, vae
@@ -39,6 +39,8 @@ def test_debug_training_resumes_and_tops_up(debug_encoded, tmp_path):
   result = run_script('train_vae', f'--run_dir={run_dir}', '--config.vae.train_steps=30')
   assert 'at step 20' in result.stderr  # resumed, not restarted
   assert latest_step(run_dir) == 30
+  device = fileio.read_json(os.path.join(run_dir, 'vae', 'snapshot', 'device.json'))
+  assert device['cpu_kernels'] == expected_cpu_kernels(), device  # the stage asks for oneDNN
   assert export.read_info(os.path.join(run_dir, 'vae', 'export'))['step'] == 30
 
   weights = os.path.join(run_dir, 'vae', 'export', 'model.weights.h5')

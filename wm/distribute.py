@@ -39,7 +39,7 @@ from absl import logging
 
 from wm.config import DistributeConfig
 from wm.errors import ConfigError, DataError, UserError
-from wm.infra import fileio
+from wm.infra import cpu_kernels, fileio
 
 KINDS = ('auto', 'one_device', 'mirrored', 'multi_worker')
 SUM = tf.distribute.ReduceOp.SUM
@@ -221,9 +221,9 @@ def replica_first_row(local_size: tf.Tensor) -> tf.Tensor:
 
 
 def record(stage, dist: Distribution, precision: dict[str, Any]) -> dict[str, Any]:
-  """Writes what the stage computes on (strategy, devices, precision) into its snapshot as
-  device.json (the chief's) and returns it for DONE."""
-  device = {**dist.describe(), 'precision': precision}
+  """Writes what the stage computes on (strategy, devices, precision, CPU kernels) into its
+  snapshot as device.json (the chief's) and returns it for DONE."""
+  device = {**dist.describe(), 'precision': precision, 'cpu_kernels': cpu_kernels.in_use()}
   folder = os.path.join(stage.dir, 'snapshot')
   if dist.chief and os.path.isdir(folder):
     fileio.write_json(os.path.join(folder, 'device.json'), device)
