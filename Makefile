@@ -4,8 +4,9 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-RUN_DIR ?= runs/small
 PRESET ?= small
+# each preset its own run dir: a debug run never meets a small one
+RUN_DIR ?= runs/$(PRESET)
 ARGS ?=
 
 .PHONY: venv run test bench clean-venv
