@@ -39,13 +39,11 @@ from absl import app, flags
 
 from wm.infra import cli
 
-WORK = ('vae', 'encode', 'seq', 'dream', 'agent')
 KERNELS = {'Eigen': '0', 'oneDNN': '1'}  # TF_ENABLE_ONEDNN_OPTS for each
 
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Rounds; each measures every figure with both.')
 _SECONDS = flags.DEFINE_float('seconds', 8.0, 'Timed seconds of each figure in a round.')
 _DREAM_STEPS = flags.DEFINE_integer('dream_steps', 200, 'Steps per dream episode.')
-_WORK = flags.DEFINE_list('work', list(WORK), f'What to measure, of {", ".join(WORK)}.')
 _CHILD = flags.DEFINE_string('child', None, 'Internal: measure this work in this process.')
 
 
@@ -94,17 +92,16 @@ def seq_work(run, config, dream_steps):
   del dream_steps
   import numpy as np
   import tensorflow as tf
-  from wm.agent import WorldModel, action_space_of
+  from wm import artifacts
   from wm.stages import seq as seq_stage
-  world = WorldModel.load(run, config, action_space_of(config))
-  b, t, z, a = (config.seq.batch_size, config.seq.sequence_length, world.seq.z_size,
-                world.seq.action_size)
+  m = artifacts.load_models(run).seq  # its sizes only: V and the environment are not needed
+  b, t, z, a = config.seq.batch_size, config.seq.sequence_length, m.z_size, m.action_size
   rng = np.random.default_rng(0)
   arrays = {'z': rng.normal(size=(b, t, z)), 'actions': rng.uniform(-1, 1, (b, t, a)),
             'z_next': rng.normal(size=(b, t, z)), 'reward': rng.normal(size=(b, t)),
             'done': rng.uniform(size=(b, t)) < 0.01, 'mask': np.ones((b, t))}
   data = {k: tf.constant(v, tf.float32) for k, v in arrays.items()}
-  fresh = type(world.seq)(**world.seq.get_config())
+  fresh = type(m)(**m.get_config())
   trainer = seq_stage.Trainer(fresh, config.seq.learning_rate, grad_clip=config.seq.grad_clip,
                               done_weight=config.seq.done_weight)
 
@@ -148,7 +145,8 @@ WORKLOADS = {
     'dream': lambda run, config, steps: agent_work(run, config, steps, dream=True),
     'agent': agent_work,
 }
-assert tuple(WORKLOADS) == WORK
+WORK = tuple(WORKLOADS)
+_WORK = flags.DEFINE_list('work', list(WORK), f'What to measure, of {", ".join(WORK)}.')
 
 
 def child(work: str, kernels: str) -> tuple[float, str]:
