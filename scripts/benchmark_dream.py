@@ -1,4 +1,5 @@
-"""Benchmark of the dream's generations: ended episodes leaving the batch against all kept.
+"""Benchmark of the dream's generations: ended episodes leaving the batch against all kept, and
+with judges, M's head on its own rows against on every row.
 
 Input:  RUN with V and M exports, RUN/seq/initial_latents.npz, the judges its config names
         (seq.judges, controller.dream_checkpoints, controller.dream_judge_runs), and its CMA-ES
@@ -10,7 +11,10 @@ Output: printed figures from one run, the two sides interleaved on the same gene
         fitness, precision, dropout), (a) with ended episodes leaving the batch every
         --compact_every steps (wm.dream.COMPACT_EVERY), (b) with every row stepped until the
         batch's last episode ends (the dream before); the episodes' own steps per second; and
-        the largest difference between the two sides' returns (float rounding only). The
+        the largest difference between the two sides' returns (float rounding only). A dream
+        with judges adds a third side, (c) leaving as (a) but with M's head predicting every
+        row and the judged rows' predictions dropped (the dream before `head_rows`: M
+        predicts only its own rows). The
         population is the one the run's search asks next (its CMA-ES state replayed, to
         --after_generation), or, for a run without one, random parameters at
         controller.init_sigma.
@@ -71,17 +75,21 @@ def main(argv: list[str]) -> None:
     population = rng.normal(size=(c.population_size, settings.num_params)) * c.init_sigma
     source = 'random parameters (the run has no search)'
   dream = controller_stage.dream_of(run, config, model)
-  sides = {'leaving': _COMPACT_EVERY.value, 'kept': dream.max_steps}
-  dream.compact_every = _COMPACT_EVERY.value
-  dream.returns(*dream.rows(population, c.trials, 0))  # traces both stretch lengths' shapes
+  sides = {'leaving': (dream, _COMPACT_EVERY.value), 'kept': (dream, dream.max_steps)}
+  if dream.judges:
+    sides['head on every row'] = (head_on_every_row(controller_stage.dream_of(run, config, model)),
+                                  _COMPACT_EVERY.value)
+  for played, every in sides.values():
+    played.compact_every = every
+    played.returns(*played.rows(population, c.trials, 0))  # traces both stretch lengths' shapes
   times, steps, returns = ({s: [] for s in sides} for _ in range(3))
   for generation in range(1, _GENERATIONS.value + 1):
     rows = dream.rows(population, c.trials, es.derive_seed(config.seed, es.TRAIN_STREAM,
                                                            generation))
-    for side, every in sides.items():
-      dream.compact_every = every
+    for side, (played, every) in sides.items():
+      played.compact_every = every
       start = time.perf_counter()
-      result, taken = dream.returns(*rows)
+      result, taken = played.returns(*rows)
       times[side].append(time.perf_counter() - start)
       steps[side].append(taken)
       returns[side].append(result)
@@ -93,12 +101,28 @@ def main(argv: list[str]) -> None:
   print(f'episode length, mean over the generations: {lives.mean():.0f} steps')
   for side in sides:
     total = sum(times[side])
-    print(f'{side:8} {1000 * total / len(times[side]):9.1f} ms a generation, '
+    print(f'{side:17} {1000 * total / len(times[side]):9.1f} ms a generation, '
           f'{sum(steps[side]) / total:9,.0f} episode steps/s')
-  print(f'ended episodes leaving / kept: {sum(times["kept"]) / sum(times["leaving"]):.2f}x '
-        'faster')
-  difference = max(np.abs(a - b).max() for a, b in zip(returns['leaving'], returns['kept']))
-  print(f'largest difference in an episode\'s return: {difference:.3g}')
+  for side in list(sides)[1:]:
+    print(f'leaving / {side}: {sum(times[side]) / sum(times["leaving"]):.2f}x faster; largest '
+          'difference in an episode\'s return: '
+          f'{max(np.abs(a - b).max() for a, b in zip(returns["leaving"], returns[side])):.3g}')
+
+
+def head_on_every_row(dream: dream_lib.Dream) -> dream_lib.Dream:
+  """The dream with M's head predicting every row and the judged rows' predictions dropped
+  after (before `head_rows`), for the third side; to be called before its first episode."""
+  step = dream._step
+
+  def whole(z, action, state, mask, head_rows=None):
+    prediction, state = step(z, action, state, mask)
+    if head_rows is None:
+      return prediction, state
+    return type(prediction)(**{f.name: getattr(prediction, f.name)[:head_rows]
+                               for f in dataclasses.fields(prediction)}), state
+
+  dream._step = whole
+  return dream
 
 
 if __name__ == '__main__':

@@ -41,19 +41,27 @@ def test_benchmark_judges_times_both_sides_and_leaves_no_scratch_run(synthetic_e
   assert sorted(os.listdir(tmp_path)) == ['run']  # the scratch run dirs are gone
 
 
-def test_benchmark_dream_times_both_sides_on_the_same_generations(debug_agent):
-  # Episodes ending at a fiftieth of the odds M gives live several stretches of 2 steps.
+def test_benchmark_dream_times_every_side_on_the_same_generations(debug_agent):
+  # Episodes ending at a fiftieth of the odds M gives live several stretches of 2 steps; M's
+  # step-10 checkpoint judges half of them, which adds the side with M's head on every row.
   result = run_script('benchmark_dream', f'--run_dir={debug_agent}', '--generations=2',
                       '--compact_every=2', '--after_generation=1',
-                      '--config.controller.dream_done_odds=0.02', config=None)
+                      '--config.controller.dream_done_odds=0.02',
+                      '--config.controller.dream_checkpoints=10', '--config.controller.trials=2',
+                      '--config.controller.eval_episodes=2', config=None)
   out = result.stdout
-  seconds = {side: float(m[1]) for side in ('leaving', 'kept')
+  sides = ('leaving', 'kept', 'head on every row')
+  seconds = {side: float(m[1]) for side in sides
              if (m := re.search(side + r'\s+([\d.]+) ms a generation', out))}
-  ratio = re.search(r'leaving / kept: ([\d.]+)x', out)
-  assert len(seconds) == 2 and all(s > 0 for s in seconds.values()) and ratio, out
+  assert len(seconds) == 3 and all(s > 0 for s in seconds.values()), out
   assert 'population: generation 2 of its search' in out  # replayed to its first generation
-  difference = re.search(r"largest difference in an episode's return: (\S+)", out)
-  assert difference and float(difference[1]) < 1e-3, out
+  assert '(4 x 2, 2 Ms)' in out, out
+  for side in sides[1:]:
+    ratio = re.search(f'leaving / {side}: ' + r"([\d.]+)x faster; largest difference in an "
+                      r"episode's return: (\S+)", out)
+    assert ratio and abs(float(ratio[1]) - seconds[side] / seconds['leaving']) < 0.01 + 0.01 * (
+        float(ratio[1])), out
+    assert float(ratio[2]) < 1e-3, out  # the same episodes, to float rounding
 
 
 def test_benchmark_cpu_kernels_measures_each_work_with_both_libraries(debug_agent):

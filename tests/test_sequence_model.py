@@ -175,6 +175,27 @@ def test_a_feature_mask_changes_only_what_the_head_reads(kind):
     assert not np.allclose(masked.done_logit.numpy(), plain.done_logit.numpy())
 
 
+@pytest.mark.parametrize('kind', KINDS)
+def test_head_rows_predicts_the_first_rows_and_steps_every_state(kind):
+  """step(..., head_rows=n): the prediction of the first n rows only (a dream's judged rows skip
+  M's head), as the whole step's, masked or not; every row's state steps as in the whole step."""
+  model, _ = make(kind)
+  z, action = tf.random.stateless_normal([5, Z], (1, 2)), tf.random.stateless_normal([5, A], (3, 4))
+  mask = tf.cast(tf.random.stateless_uniform([5, model.feature_size], (5, 6)) < 0.5, tf.float32) * 2
+  steps = [model.step] + ([model.frozen_step('bfloat16')[0]] if kind == 'mdnrnn' else [])
+  for step in steps:
+    for feature_mask in (None, mask):
+      whole, state = step(z, action, model.initial_state(5), feature_mask)
+      first, first_state = step(z, action, model.initial_state(5), feature_mask,
+                                tf.constant(2))
+      for field in ('logits', 'means', 'log_stds', 'reward', 'done_logit'):
+        got, want = getattr(first, field).numpy(), getattr(whole, field).numpy()
+        assert got.shape[0] == 2, (field, got.shape)
+        np.testing.assert_allclose(got, want[:2], rtol=1e-5, atol=1e-6, err_msg=field)
+      np.testing.assert_allclose(model.features(first_state).numpy(),
+                                 model.features(state).numpy(), rtol=1e-6)
+      assert model.features(first_state).shape[0] == 5
+
 def test_dropout_acts_on_training_steps_only():
   """seq.dropout: the head reads a fresh random share of the features on every training step;
   evaluation (and every step outside training) reads them all."""

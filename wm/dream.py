@@ -24,6 +24,8 @@ an equal share of each candidate's episodes, their world going on from their own
 while the controller's memory h still comes from the final M run on what it saw, as in the game.
 A blind spot of one M (a move it lets live for ever) then pays in that M's share of episodes
 only, or not at all with controller.dream_fitness=worst (a candidate scores its worst M's mean).
+The final M's head predicts its own rows only (SequenceModel.step's head_rows): on the judges'
+rows only its state steps.
 """
 
 from __future__ import annotations
@@ -186,7 +188,9 @@ class Dream:
     steps = tf.constant(0.0)
     for t in tf.range(t0, t0 + stretch):
       action = controller(params, z, controller.memory(seq, state))
-      prediction, state = self._step(z, action, state, mask)
+      # with judges, M predicts its own rows only (the first sizes[0]); its state steps on all
+      prediction, state = self._step(z, action, state, mask,
+                                     sizes[0] if self.judges else None)
       if self.judges:
         prediction, judge_states = self._judged(prediction, z, action, judge_states, sizes,
                                                 judge_masks)
@@ -218,10 +222,10 @@ class Dream:
             tuple(draw(share, judge.feature_size, i + 1) for i, judge in enumerate(self.judges)))
 
   def _judged(self, prediction, z, action, judge_states, sizes, judge_masks):
-    """The prediction [batch] with each judge's rows (world-major blocks of `sizes` rows: the
-    final M's, then each judge's) from that judge stepping on them (through its feature mask,
-    if any), and the judges' next states."""
-    parts, states, start = [_rows(prediction, 0, sizes[0])], [], sizes[0]
+    """The prediction [batch] from M's for its rows [sizes[0]] and each judge's rows
+    (world-major blocks of `sizes` rows: the final M's, then each judge's) from that judge
+    stepping on them (through its feature mask, if any), and the judges' next states."""
+    parts, states, start = [prediction], [], sizes[0]
     for i, (step, judge_state) in enumerate(zip(self._judge_steps, judge_states)):
       end = start + sizes[i + 1]
       judged, judge_state = step(z[start:end], action[start:end], judge_state, judge_masks[i])
@@ -251,9 +255,3 @@ def _gather(keep: np.ndarray):
   """A function taking rows `keep` of a nest of batch-major tensors (None stays None)."""
   return lambda nest: None if nest is None else tf.nest.map_structure(
       lambda x: tf.gather(x, keep), nest)
-
-
-def _rows(prediction, start: int, size):
-  """Rows start..start+size of every field of a batched prediction."""
-  return type(prediction)(**{f.name: getattr(prediction, f.name)[start:start + size]
-                             for f in dataclasses.fields(prediction)})

@@ -99,10 +99,13 @@ class SequenceModel(tf.keras.Model, abc.ABC):
 
   @abc.abstractmethod
   def step(self, z: tf.Tensor, action: tf.Tensor, state: Any,
-           feature_mask: tf.Tensor | None = None) -> tuple[Prediction, Any]:
+           feature_mask: tf.Tensor | None = None,
+           head_rows: tf.Tensor | int | None = None) -> tuple[Prediction, Any]:
     """One step: z [B, Z], action [B, A] -> (prediction for the next step, new state).
     `feature_mask` [B, feature_size], if given, multiplies the features the head reads (a
-    dropout mask a dream episode keeps: controller.dream_dropout); the state is unchanged by it."""
+    dropout mask a dream episode keeps: controller.dream_dropout); the state is unchanged by it.
+    `head_rows` n, if given, predicts for the first n rows only, every row's state still
+    stepping: a dream whose other rows a judge M predicts skips the head there (wm/dream.py)."""
 
   def frozen_step(self, precision: str = 'float32') -> tuple[Callable[..., Any], str]:
     """(`step` for weights that no longer change, e.g. the dream's, with its matrix products in
@@ -125,3 +128,13 @@ class SequenceModel(tf.keras.Model, abc.ABC):
              rows: tf.Tensor | None = None, size: Any = None) -> tf.Tensor:
     """Draws the next latent [B, Z] from a prediction at `temperature`; with a seed, `rows` [B]
     and `size`, each row draws what row rows[i] of a batch of `size` would (wm/models/mdn.py)."""
+
+
+def head_input(features: tf.Tensor, feature_mask: tf.Tensor | None = None,
+               head_rows: tf.Tensor | int | None = None) -> tf.Tensor:
+  """What a step's head reads (SequenceModel.step's last two arguments): the features [B, F],
+  their first `head_rows` rows if given, times the feature mask's same rows if there is one."""
+  if head_rows is not None:
+    features = features[:head_rows]
+    feature_mask = None if feature_mask is None else feature_mask[:head_rows]
+  return features if feature_mask is None else features * feature_mask

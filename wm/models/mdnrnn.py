@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import tensorflow as tf
 
 from wm.models import fused_lstm, mdn
-from wm.models.base import Prediction, SequenceModel
+from wm.models.base import Prediction, SequenceModel, head_input
 
 if TYPE_CHECKING:
   from wm.config import SeqConfig
@@ -61,10 +61,10 @@ class MDNRNN(SequenceModel):
     return (zeros, zeros)
 
   def step(self, z: tf.Tensor, action: tf.Tensor, state: tuple[tf.Tensor, tf.Tensor],
-           feature_mask: tf.Tensor | None = None
+           feature_mask: tf.Tensor | None = None, head_rows: tf.Tensor | int | None = None
            ) -> tuple[Prediction, tuple[tf.Tensor, tf.Tensor]]:
     h, (h, c) = self.lstm.cell(tf.concat([z, action], -1), list(state))
-    return self.head(h if feature_mask is None else h * feature_mask), (h, c)
+    return self.head(head_input(h, feature_mask, head_rows)), (h, c)
 
   def frozen_step(self, precision: str = 'float32'):
     """`step` with the cell's and the head's products in bfloat16 when asked (the products run
@@ -78,7 +78,7 @@ class MDNRNN(SequenceModel):
     head_kernel = tf.cast(dense.kernel, tf.bfloat16)
     bias, head_bias = tf.identity(cell.bias), tf.identity(dense.bias)
 
-    def step(z, action, state, feature_mask=None):
+    def step(z, action, state, feature_mask=None, head_rows=None):
       h, c = state
       x = tf.cast(tf.concat([z, action], -1), tf.bfloat16)
       gates = tf.cast(tf.matmul(x, kernel) + tf.matmul(tf.cast(h, tf.bfloat16), recurrent),
@@ -86,7 +86,7 @@ class MDNRNN(SequenceModel):
       i, f, g, o = tf.split(gates, 4, axis=-1)  # Keras' order
       c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
       h = tf.sigmoid(o) * tf.tanh(c)
-      read = h if feature_mask is None else h * feature_mask
+      read = head_input(h, feature_mask, head_rows)
       outputs = tf.cast(tf.matmul(tf.cast(read, tf.bfloat16), head_kernel), tf.float32) + head_bias
       return self.head.unpack(outputs), (h, c)
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import tensorflow as tf
 
 from wm.models import mdn
-from wm.models.base import Prediction, SequenceModel
+from wm.models.base import Prediction, SequenceModel, head_input
 
 if TYPE_CHECKING:
   from wm.config import SeqConfig
@@ -170,7 +170,8 @@ class Transformer(SequenceModel):
             'h': tf.zeros([batch_size, self.hidden_size])}
 
   def step(self, z: tf.Tensor, action: tf.Tensor, state: dict[str, Any],
-           feature_mask: tf.Tensor | None = None) -> tuple[Prediction, dict[str, Any]]:
+           feature_mask: tf.Tensor | None = None, head_rows: tf.Tensor | int | None = None
+           ) -> tuple[Prediction, dict[str, Any]]:
     """The new token at its row's next position, attending to the cache (module docstring).
     Consumes `state`: its buffers are written in place and become the returned state's."""
     state = tf.cond(tf.reduce_any(state['length'] >= self.max_context),
@@ -184,10 +185,9 @@ class Transformer(SequenceModel):
       keys.append(k)
       values.append(v)
     h = self.norm(x)[:, 0]
-    read = h if feature_mask is None else h * feature_mask
-    return self.head(read), {'tokens': write(state['tokens'], length, token),
-                             'keys': tuple(keys), 'values': tuple(values), 'length': length + 1,
-                             'h': h}
+    return self.head(head_input(h, feature_mask, head_rows)), {
+        'tokens': write(state['tokens'], length, token), 'keys': tuple(keys),
+        'values': tuple(values), 'length': length + 1, 'h': h}
 
   def _restart(self, state: dict[str, Any]) -> dict[str, Any]:
     """Rows whose window is full keep its newest max_context//2 tokens at positions 0 .. k-1,
