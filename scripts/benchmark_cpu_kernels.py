@@ -90,17 +90,11 @@ def v_work(run, config, dream_steps, encode_only=False):
 def seq_work(run, config, dream_steps):
   """M's train step on seq.batch_size x seq.sequence_length steps (M's sizes, fresh weights)."""
   del dream_steps
-  import numpy as np
-  import tensorflow as tf
-  from wm import artifacts
+  from wm import artifacts, sequences
   from wm.stages import seq as seq_stage
   m = artifacts.load_models(run).seq  # its sizes only: V and the environment are not needed
   b, t, z, a = config.seq.batch_size, config.seq.sequence_length, m.z_size, m.action_size
-  rng = np.random.default_rng(0)
-  arrays = {'z': rng.normal(size=(b, t, z)), 'actions': rng.uniform(-1, 1, (b, t, a)),
-            'z_next': rng.normal(size=(b, t, z)), 'reward': rng.normal(size=(b, t)),
-            'done': rng.uniform(size=(b, t)) < 0.01, 'mask': np.ones((b, t))}
-  data = {k: tf.constant(v, tf.float32) for k, v in arrays.items()}
+  data = sequences.random_batch(b, t, z, a)
   fresh = type(m)(**m.get_config())
   trainer = seq_stage.Trainer(fresh, config.seq.learning_rate, grad_clip=config.seq.grad_clip,
                               done_weight=config.seq.done_weight)

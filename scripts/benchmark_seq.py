@@ -287,18 +287,14 @@ def main(argv):
     step_table()
     return
   import numpy as np
-  import tensorflow as tf
 
+  from wm import sequences
   from wm.models import fused_lstm
   from wm.models.mdnrnn import MDNRNN
   from wm.stages.seq import Trainer
 
   b, t, z, a = FLAGS.batch_size, FLAGS.sequence_length, FLAGS.z_size, FLAGS.action_size
-  rng = np.random.default_rng(0)
-  batch = {'z': rng.normal(size=(b, t, z)), 'actions': rng.uniform(-1, 1, (b, t, a)),
-           'z_next': rng.normal(size=(b, t, z)), 'reward': rng.normal(size=(b, t)),
-           'done': (rng.uniform(size=(b, t)) < 0.01), 'mask': np.ones((b, t))}
-  batch = {k: tf.constant(v, tf.float32) for k, v in batch.items()}
+  batch = sequences.random_batch(b, t, z, a)
   ours = MDNRNN(z, a, FLAGS.hidden_size, FLAGS.num_mixtures)
   layer = keras_layer_mdnrnn()(z, a, FLAGS.hidden_size, FLAGS.num_mixtures)
   steps = {'ours': Trainer(ours, 1e-3, grad_clip=1.0).train_step,

@@ -110,3 +110,16 @@ def first_latents(paths: list[str]) -> dict[str, np.ndarray]:
       lambda r: {'mu': r['mu'][0], 'logvar': r['logvar'][0], 'index': r['index']})
   rows = list(data.as_numpy_iterator())
   return {key: np.stack([row[key] for row in rows]) for key in ('mu', 'logvar', 'index')}
+
+
+def random_batch(batch_size: int, length: int, z_size: int, action_size: int,
+                 seed: int = 0) -> dict[str, tf.Tensor]:
+  """A training batch of random numbers with train_batches' fields M trains on (a done at 1% of
+  the steps, no padding): what the benchmarks time M's training step on."""
+  rng = np.random.default_rng(seed)
+  b, t = batch_size, length
+  arrays = {'z': rng.normal(size=(b, t, z_size)),
+            'actions': rng.uniform(-1, 1, (b, t, action_size)),
+            'z_next': rng.normal(size=(b, t, z_size)), 'reward': rng.normal(size=(b, t)),
+            'done': rng.uniform(size=(b, t)) < 0.01, 'mask': np.ones((b, t))}
+  return {key: tf.constant(value, tf.float32) for key, value in arrays.items()}
