@@ -5,7 +5,7 @@ Input:  RUN with V and M exports, RUN/seq/initial_latents.npz, the judges its co
         (seq.judges, controller.dream_checkpoints, controller.dream_judge_runs), and its CMA-ES
         state (RUN/controller) when it has one: trained models, since what is measured depends
         on how long M's dreams live.
-Output: printed figures from one run, the two sides interleaved on the same generations: the
+Output: printed figures from one run, the sides interleaved on the same generations: the
         wall time of one generation's dream fitness (controller.population_size x
         controller.trials episodes, with the run's own dream: temperature, end rule, judges,
         fitness, precision, dropout), (a) with ended episodes leaving the batch every
@@ -14,10 +14,9 @@ Output: printed figures from one run, the two sides interleaved on the same gene
         the largest difference between the two sides' returns (float rounding only). A dream
         with judges adds a third side, (c) leaving as (a) but with M's head predicting every
         row and the judged rows' predictions dropped (the dream before `head_rows`: M
-        predicts only its own rows). The
-        population is the one the run's search asks next (its CMA-ES state replayed, to
-        --after_generation), or, for a run without one, random parameters at
-        controller.init_sigma.
+        predicts only its own rows). The population is the one the run's search asks next
+        (its CMA-ES state replayed, to --after_generation), or, for a run without one, random
+        parameters at controller.init_sigma.
 
     python scripts/benchmark_dream.py --run_dir=runs/doom_small --config=configs/doom.py:small
 """

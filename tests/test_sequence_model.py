@@ -196,6 +196,7 @@ def test_head_rows_predicts_the_first_rows_and_steps_every_state(kind):
                                  model.features(state).numpy(), rtol=1e-6)
       assert model.features(first_state).shape[0] == 5
 
+
 def test_dropout_acts_on_training_steps_only():
   """seq.dropout: the head reads a fresh random share of the features on every training step;
   evaluation (and every step outside training) reads them all."""
