@@ -83,6 +83,31 @@ def test_checkpoints_without_model_json_resume_and_another_shape_is_refused(debu
   assert latest_step(run_dir) == 21 and os.path.exists(os.path.join(run_dir, 'vae', 'DONE'))
 
 
+
+def test_a_narrower_v_trains_exports_and_its_checkpoints_refuse_the_full_width(debug_data,
+                                                                               tmp_path):
+  """vae.width=0.5 halves every channel count (a quarter of most convolutions' work); the export
+  rebuilds it at that width, and its checkpoints refuse a config of the paper's width."""
+  run_dir = copy_run(debug_data, str(tmp_path / 'run'))
+  config = config_lib.load(DEBUG)
+  config.vae.width, config.vae.train_steps = 0.5, 4
+  vae.train(cli.Stage('vae', config, runs.Run(run_dir), {}))
+  model = export.load(os.path.join(run_dir, 'vae', 'export'), kind='encoder')
+  assert [conv.filters for conv in model.encoder_convs] == [16, 32, 64, 128]
+  assert [deconv.filters for deconv in model.decoder_deconvs] == [32, 16, 3]
+  full = ConvVAE(z_size=8)
+  full.build_for_loading()
+  assert model.count_params() < 0.35 * full.count_params(), (model.count_params(),
+                                                             full.count_params())
+  frames = tiny_frames(run_dir, 4)
+  assert model.encode(frames)[0].shape == (4, 8)
+  assert model(frames)['reconstruction'].shape == (4, 64, 64, 3)
+
+  config.vae.width, config.vae.train_steps = 1.0, 6
+  with pytest.raises(ConfigError, match=r"are of .*'width': 0\.5.* use the vae\.\* config"):
+    vae.train(cli.Stage('vae', config, runs.Run(run_dir), {}))
+  assert latest_step(run_dir) == 4
+
 def test_preemption_signal_saves_and_asks_for_requeue(debug_data, tmp_path):
   run_dir = copy_run(debug_data, str(tmp_path / 'run'))
   argv = [sys.executable, os.path.join(REPO, 'scripts', 'train_vae.py'), f'--run_dir={run_dir}',

@@ -81,6 +81,7 @@ class VaeConfig:
   log_every: int = 100  # write scalars every this many steps
   valid_batches: int = 10  # validation batches per evaluation
   precision: str = 'auto'  # float32 | bfloat16 (convolutions) | auto: bfloat16 where the device has it natively (wm/hardware.py)
+  width: float = 1.0  # every layer's channels x this (0.5: a quarter of V's multiply-adds, a cheaper V to act with)
 
 
 @dataclasses.dataclass
@@ -432,8 +433,8 @@ _POSITIVE = (
     'env.max_steps', 'env.action_repeat', 'env.frame_size', 'collect.num_rollouts',
     'collect.hold_min',
     'records.shard_size_mb', 'data.obs_sampled_per_rollout', 'data.shuffle_buffer',
-    'data.batch_size', 'vae.z_size', 'vae.learning_rate', 'vae.train_steps', 'vae.save_every',
-    'vae.log_every', 'vae.valid_batches', 'encode.batch_size', 'seq.hidden_size',
+    'data.batch_size', 'vae.z_size', 'vae.width', 'vae.learning_rate', 'vae.train_steps',
+    'vae.save_every', 'vae.log_every', 'vae.valid_batches', 'encode.batch_size', 'seq.hidden_size',
     'seq.num_mixtures', 'seq.sequence_length', 'seq.batch_size', 'seq.learning_rate',
     'seq.train_steps', 'seq.save_every', 'seq.log_every', 'seq.valid_every', 'seq.valid_batches',
     'seq.shuffle_buffer', 'seq.temperature', 'seq.num_layers', 'seq.done_weight',

@@ -4,6 +4,9 @@
       -> dense mu, logvar [z_size]
     z -> dense 5x5x128 (relu) -> deconv 64 k5, 32 k6 (stride 2, relu) -> deconv 3 k6 sigmoid
 
+`width` scales every channel count above but the frame's 3 (vae.width: 0.5 halves them, a
+quarter of most convolutions' multiply-adds, for a cheaper V in the controller's loop).
+
 The paper's decoder starts with Dense(1024), a 1x1x1024 map and a 1x1 -> 5x5 deconvolution; that
 composition is a linear map z -> 5x5x128 followed by relu, so one Dense(5*5*128) computes the same
 function class at a fraction of the cost on a CPU. Frames of another size are resized to 64x64 in
@@ -38,14 +41,18 @@ class ConvVAE(ObservationEncoder):
   @classmethod
   def kwargs_from_config(cls, config: Config) -> dict[str, Any]:
     """The constructor arguments the config asks for (plain JSON values: the export keeps them)."""
-    return {'z_size': config.vae.z_size, 'frame_size': config.env.frame_size,
-            'kl_tolerance': config.vae.kl_tolerance,
-            'mixed_precision': hardware.precision(config.vae.precision) == 'bfloat16'}
+    kwargs = {'z_size': config.vae.z_size, 'frame_size': config.env.frame_size,
+              'kl_tolerance': config.vae.kl_tolerance,
+              'mixed_precision': hardware.precision(config.vae.precision) == 'bfloat16'}
+    if config.vae.width != 1:  # named only when set: the paper's V keeps the identity it had
+      kwargs['width'] = config.vae.width
+    return kwargs
 
   def __init__(self, z_size: int = 32, frame_size: int = 64, kl_tolerance: float = 0.5,
-               mixed_precision: bool = False, **kwargs: Any):
+               mixed_precision: bool = False, width: float = 1.0, **kwargs: Any):
     super().__init__(**kwargs)
     self.z_size = int(z_size)
+    self.width = float(width)
     self.frame_size = int(frame_size)
     self.frame_shape = (self.frame_size, self.frame_size, 3)
     self.kl_tolerance = float(kl_tolerance)
@@ -54,18 +61,23 @@ class ConvVAE(ObservationEncoder):
     # One attribute per layer (not lists): tf.train.Checkpoint tracks attributes of Keras 3
     # layers but not the lists Keras wraps, so layers in a list would be left out of checkpoints.
     for i, filters in enumerate((32, 64, 128, 256)):
-      setattr(self, f'enc_conv{i}', LAYERS.Conv2D(filters, 4, strides=2, activation='relu',
-                                                   dtype=compute, name=f'enc_conv{i}'))
+      setattr(self, f'enc_conv{i}', LAYERS.Conv2D(self.channels(filters), 4, strides=2,
+                                                   activation='relu', dtype=compute,
+                                                   name=f'enc_conv{i}'))
     self.flatten = LAYERS.Flatten(dtype=compute)
     self.mu_head = LAYERS.Dense(self.z_size, dtype='float32', name='enc_mu')
     self.logvar_head = LAYERS.Dense(self.z_size, dtype='float32', name='enc_logvar')
-    self.decoder_dense = LAYERS.Dense(5 * 5 * 128, activation='relu', dtype=compute,
-                                      name='dec_dense')
-    self.dec_deconv1 = LAYERS.Conv2DTranspose(64, 5, strides=2, activation='relu', dtype=compute,
-                                              name='dec_deconv1')
-    self.dec_deconv2 = LAYERS.Conv2DTranspose(32, 6, strides=2, activation='relu', dtype=compute,
-                                              name='dec_deconv2')
+    self.decoder_dense = LAYERS.Dense(5 * 5 * self.channels(128), activation='relu',
+                                      dtype=compute, name='dec_dense')
+    self.dec_deconv1 = LAYERS.Conv2DTranspose(self.channels(64), 5, strides=2, activation='relu',
+                                              dtype=compute, name='dec_deconv1')
+    self.dec_deconv2 = LAYERS.Conv2DTranspose(self.channels(32), 6, strides=2, activation='relu',
+                                              dtype=compute, name='dec_deconv2')
     self.dec_deconv3 = LAYERS.Conv2DTranspose(3, 6, strides=2, dtype=compute, name='dec_deconv3')
+
+  def channels(self, paper: int) -> int:
+    """A layer's channel count: the paper's times `width`, at least 1."""
+    return max(1, round(paper * self.width))
 
   @property
   def encoder_convs(self) -> list:
@@ -77,7 +89,8 @@ class ConvVAE(ObservationEncoder):
 
   def get_config(self) -> dict[str, Any]:
     return {'z_size': self.z_size, 'frame_size': self.frame_size,
-            'kl_tolerance': self.kl_tolerance, 'mixed_precision': self.mixed_precision}
+            'kl_tolerance': self.kl_tolerance, 'mixed_precision': self.mixed_precision,
+            'width': self.width}
 
   def build_for_loading(self) -> None:
     zeros = tf.zeros([1, *self.frame_shape], tf.uint8)
@@ -105,7 +118,7 @@ class ConvVAE(ObservationEncoder):
     return tf.sigmoid(self.decode_logits(z))
 
   def decode_logits(self, z: tf.Tensor) -> tf.Tensor:
-    x = tf.reshape(self.decoder_dense(z), [-1, 5, 5, 128])
+    x = tf.reshape(self.decoder_dense(z), [-1, 5, 5, self.channels(128)])
     for deconv in self.decoder_deconvs:
       x = deconv(x)
     x = tf.cast(x, tf.float32)
