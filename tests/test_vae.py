@@ -83,7 +83,6 @@ def test_checkpoints_without_model_json_resume_and_another_shape_is_refused(debu
   assert latest_step(run_dir) == 21 and os.path.exists(os.path.join(run_dir, 'vae', 'DONE'))
 
 
-
 def test_a_narrower_v_trains_exports_and_its_checkpoints_refuse_the_full_width(debug_data,
                                                                                tmp_path):
   """vae.width=0.5 halves every channel count (a quarter of most convolutions' work); the export
@@ -107,6 +106,7 @@ def test_a_narrower_v_trains_exports_and_its_checkpoints_refuse_the_full_width(d
   with pytest.raises(ConfigError, match=r"are of .*'width': 0\.5.* use the vae\.\* config"):
     vae.train(cli.Stage('vae', config, runs.Run(run_dir), {}))
   assert latest_step(run_dir) == 4
+
 
 def test_preemption_signal_saves_and_asks_for_requeue(debug_data, tmp_path):
   run_dir = copy_run(debug_data, str(tmp_path / 'run'))
