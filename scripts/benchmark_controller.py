@@ -31,6 +31,7 @@ from wm.infra import quiet
 quiet.install()  # before TensorFlow is imported: its start-up notices stay out of the log
 
 import numpy as np
+import tensorflow as tf
 from absl import app, flags
 
 from wm import artifacts, envs, es, evaluation, hardware, policies
@@ -46,6 +47,9 @@ _DREAM_BATCH = flags.DEFINE_integer('dream_batch', 256, 'Dream episodes in one b
                                     '(population x trials).')
 _DREAM_STEPS = flags.DEFINE_integer('dream_steps', 1000, 'Steps per dream episode.')
 _POOL_EPISODES = flags.DEFINE_integer('pool_episodes', 8, 'Episodes per pool measurement.')
+_PARALLELISM = flags.DEFINE_integer('parallelism', 2, 'Workers the controller stage runs '
+                                    '(--parallelism): the one process measured gets the '
+                                    'TensorFlow threads each of them has.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Interleaved measurements of each figure; the best '
                                 'counts.')
 
@@ -55,6 +59,9 @@ def main(argv: list[str]) -> None:
   del argv  # cli.parse_flags refused positional arguments
   run, config = cli.run_to_read('a run dir with V and M exports')
   config.env.max_steps = _REAL_STEPS.value
+  threads = evaluation.worker_threads(_PARALLELISM.value)
+  tf.config.threading.set_intra_op_parallelism_threads(threads)
+  tf.config.threading.set_inter_op_parallelism_threads(threads)
   model = WorldModel.load(run, config, action_space_of(config))
   rng = np.random.default_rng(0)
   n = model.controller.num_params
@@ -152,7 +159,8 @@ def main(argv: list[str]) -> None:
         pool_rates[workers] = max(pool_rates[workers], rate)
 
   print(f'controller: {n} parameters (controller.inputs={config.controller.inputs}), '
-        f'z {model.encoder.z_size}, h {model.seq.feature_size}')
+        f'z {model.encoder.z_size}, h {model.seq.feature_size}; TensorFlow threads {threads} '
+        f'(a worker of {_PARALLELISM.value})')
   print(f'real env, 1 process, {_REAL_ENVS.value} envs: {real:10,.0f} steps/s   '
         f'(env.render_scale={config.env.render_scale}, env.action_repeat='
         f'{config.env.action_repeat}; {"the run" if trained else "random"}\'s controller)')
@@ -182,9 +190,11 @@ class Recording(evaluation.Worker):
   def _world_actor(self, params: np.ndarray):
     act, self.actions = super()._world_actor(params), []
 
-    def recorded(frames: np.ndarray) -> np.ndarray:
-      actions = act(frames)
-      self.actions.append(actions.copy())
+    def recorded(frames: np.ndarray, live: np.ndarray) -> np.ndarray:
+      actions = act(frames, live)
+      every = np.zeros((len(params),) + actions.shape[1:], actions.dtype)
+      every[live] = actions
+      self.actions.append(every)
       return actions
     return recorded
 

@@ -225,6 +225,38 @@ def test_training_patience_ends_episodes_without_reward(controller_models):
   assert back.ended.tolist() == [True, False]
 
 
+def test_ended_real_episodes_leave_the_batch_and_no_return_changes(controller_models):
+  # An episode that ended leaves the batch V+M+C steps, its M state and parameters with it; the
+  # others play on as they would alone.
+  from wm import evaluation
+  config = debug_config()
+  config.env.max_steps = 240
+  seeds = np.array([3, 4, 5, 6])
+  worker = evaluation.Worker(config, controller_models)
+  controller, rng = worker.world.controller, np.random.default_rng(1)
+  params = []
+  for gas in (4.0, -4.0, 2.0, -4.0):  # cars that drive on collect tiles longer than idle ones
+    weights = controller.unflatten(rng.normal(size=controller.num_params) * 0.1)
+    weights['b0'] = np.array([0.0, gas, -4.0])  # steering, gas, brake
+    params.append(controller.flatten(weights))
+  params = np.array(params)
+  sizes, act = [], worker.world.act
+
+  def counted(frames, state, rows):
+    sizes.append(int(frames.shape[0]))
+    return act(frames, state, rows)
+  worker.world.act = counted
+  together = worker.play(params, seeds, patience=12)
+  assert sizes[0] == len(seeds) and sizes[-1] < len(seeds), sizes
+  assert sum(sizes) == together.steps.sum()  # no step of an ended episode was computed
+  assert len(set(together.steps.tolist())) > 1, together.steps  # they ended apart
+  for j in range(len(seeds)):
+    alone = evaluation.Worker(config, controller_models).play(params[j:j + 1], seeds[j:j + 1],
+                                                               patience=12)
+    assert alone.steps[0] == together.steps[j]
+    np.testing.assert_allclose(alone.returns[0], together.returns[j], rtol=1e-5, atol=1e-4)
+
+
 def test_rest_low_leaves_one_sided_actions_off():
   # Steering [-1, 1] is tanh either way; gas and brake [0, 1] rest at 0 instead of 0.5.
   z = np.array([[0.0, 0.0], [3.0, -3.0]], np.float32)

@@ -10,8 +10,8 @@ earns nothing more in CarRacing but costs a whole episode of steps. Evaluations 
 whole episodes.
 
 The jobs are cut into contiguous chunks, one per worker; a `Worker` owns V, M and a batch of
-environments and plays its chunk with one fused V+M+C step per time step for the whole batch
-(wm/agent.py). The backends differ only in who runs the chunks:
+environments and plays its chunk with one fused V+M+C step per time step for the episodes of the
+batch still playing (wm/agent.py). The backends differ only in who runs the chunks:
 
     InProcess   the calling process (parallelism 1)
     Pool        `parallelism` spawned processes on this machine
@@ -99,9 +99,9 @@ class Worker:
     idle = np.zeros(count, int)  # agent steps since the last positive reward
     act = self._random_actor(batch, seeds) if params is None else self._world_actor(params)
     for _ in range(self.config.env.agent_steps()):
-      actions = act(frames)
-      for i in np.flatnonzero(alive):
-        frames[i], reward, terminated, truncated = batch[i].step(actions[i])
+      live = np.flatnonzero(alive)
+      for i, action in zip(live, act(frames, live)):
+        frames[i], reward, terminated, truncated = batch[i].step(action)
         returns[i] += reward
         steps[i] += 1
         ended[i] = terminated
@@ -113,12 +113,19 @@ class Worker:
     return Outcomes(returns, steps, ended)
 
   def _world_actor(self, params: np.ndarray):
+    """act(frames [count, ...], live [L] rows) -> the live rows' actions [L]. An ended episode's
+    row leaves the batch (its state and parameters with it): V+M+C steps only what still plays."""
     world = self.world
-    params_t = tf.constant(params, tf.float32)
-    state = [world.seq.initial_state(len(params))]
+    held = {'rows': np.arange(len(params)), 'params': tf.constant(params, tf.float32),
+            'state': world.seq.initial_state(len(params))}
 
-    def act(frames: np.ndarray) -> np.ndarray:
-      action, state[0] = world.act(tf.constant(frames), state[0], params_t)
+    def act(frames: np.ndarray, live: np.ndarray) -> np.ndarray:
+      if len(live) < len(held['rows']):
+        keep = np.searchsorted(held['rows'], live)
+        held['params'] = tf.gather(held['params'], keep)
+        held['state'] = tf.nest.map_structure(lambda x: tf.gather(x, keep), held['state'])
+        held['rows'] = live
+      action, held['state'] = world.act(tf.constant(frames[live]), held['state'], held['params'])
       return action.numpy()
     return act
 
@@ -126,7 +133,7 @@ class Worker:
     agents = [policies.UniformPolicy(env.action_space) for env in batch]
     for agent, seed in zip(agents, seeds):
       agent.reset(int(seed))
-    return lambda frames: [agent.act(frame).action for agent, frame in zip(agents, frames)]
+    return lambda frames, live: [agents[i].act(frames[i]).action for i in live]
 
 
 class Evaluator(abc.ABC):
@@ -163,6 +170,11 @@ class InProcess(Evaluator):
 _WORKER: Worker | None = None
 
 
+def worker_threads(parallelism: int) -> int:
+  """TensorFlow threads for each of `parallelism` workers sharing this machine's cores."""
+  return max(1, (os.cpu_count() or 1) // parallelism)
+
+
 def _init_pool_worker(config: Config, run_root: str, threads: int, preload: bool) -> None:
   global _WORKER
   # The parent handles preemption signals (SLURM signals the whole process group).
@@ -183,7 +195,7 @@ def _pool_chunk(job: tuple[np.ndarray | None, np.ndarray, int]) -> np.ndarray:
 class Pool(Evaluator):
   def __init__(self, config: Config, run_root: str, parallelism: int, preload: bool = True):
     self.workers = parallelism
-    threads = max(1, (os.cpu_count() or 1) // parallelism)
+    threads = worker_threads(parallelism)
     self.max_frames = config.env.max_steps
     self.pool = workers.WorkerPool(parallelism, _pool_chunk, _init_pool_worker,
                                    (config, run_root, threads, preload), name='evaluation',
