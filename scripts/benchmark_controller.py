@@ -6,7 +6,8 @@ Input:  RUN/vae/export, RUN/seq/export, RUN/seq/initial_latents.npz (any trained
 Output: printed figures, side by side from one run, all in agent steps (one per
         env.action_repeat frames; the dream's steps are agent steps too):
           real env steps/s of V+M+C in one process (a batch of --real_envs environments, the
-            run's controller when it has one, else random parameters), with frames drawn at the
+            run's controller when it has one, else random parameters; TensorFlow given the
+            threads of one of the stage's --parallelism workers), with frames drawn at the
             config's env.render_scale and at full size (render_scale=1); the same batch
             replaying the agent's actions with no model (what V+M+C cost is the difference);
             the same batch with random actions; one environment alone with random actions on the

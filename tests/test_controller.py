@@ -464,3 +464,9 @@ def test_dream_judges_are_checked(debug_world_model):
   config.controller.dream_checkpoints, config.controller.trials = '10', 3
   with pytest.raises(ConfigError, match='controller.trials=3 .*multiples of 2'):
     config_lib.validate(config)
+  config.controller.trials, config.controller.dream_eval_episodes = 2, 5  # two worlds
+  with pytest.raises(ConfigError, match=r"dream's evaluation episodes \(5: .*multiples of 2"):
+    config_lib.validate(config)
+  config.controller.dream_eval_episodes = -1
+  with pytest.raises(ConfigError, match='controller.dream_eval_episodes=-1 must be >= 0'):
+    config_lib.validate(config)

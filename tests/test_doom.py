@@ -92,6 +92,7 @@ def test_debug_doom_pipeline_runs_every_stage(tmp_path):
   result = subprocess.run([sys.executable, '-m', 'wm', f'--run_dir={run_dir}', f'--config={DOOM}',
                            '--parallelism=2', '--config.seq.judges=1',
                            '--config.controller.eval_episodes=2',
+                           '--config.controller.dream_eval_episodes=4',
                            '--config.controller.dream_fitness=worst'],
                           cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-4000:]
@@ -115,3 +116,5 @@ def test_debug_doom_pipeline_runs_every_stage(tmp_path):
   dreamt = {r[k] for r in rows for k in ('dream_eval_score', 'centroid_dream_eval_score')
             if r.get(k) is not None}
   assert kept in dreamt, (kept, rows)
+  # controller.dream_eval_episodes: the dream's evaluations play 4 episodes, the game's 2
+  assert {r['dream_eval_episodes'] for r in rows if 'eval_mean' in r} == {4}, rows

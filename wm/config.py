@@ -147,6 +147,7 @@ class ControllerConfig:
   dream_fitness: str = 'mean'  # dream: a candidate's fitness: mean (of all its episodes) | worst (the lowest of the Ms' means)
   eval_every: int = 25  # every this many generations the best and the centroid are evaluated, in the real env and in the dream
   eval_episodes: int = 16  # ... over this many episodes
+  dream_eval_episodes: int = 0  # ... and over this many in the dream (0: eval_episodes); more make keep=dream's choice less a draw (dream episodes cost ~1/100 of real ones)
   keep: str = 'real'  # which evaluated controller best.npz keeps: real (the best real evaluation) | dream (the best dream evaluation: the real game is watched, never used to choose)
   test_episodes: int = 20  # scripts/evaluate.py: episodes (the paper's table used 100)
 
@@ -161,6 +162,10 @@ class ControllerConfig:
   def judge_runs(self) -> tuple[str, ...]:
     """dream_judge_runs as run dirs."""
     return tuple(p.strip() for p in self.dream_judge_runs.split(',') if p.strip())
+
+  def dream_eval_count(self) -> int:
+    """Dream episodes in each evaluation: dream_eval_episodes, or eval_episodes when 0."""
+    return self.dream_eval_episodes or self.eval_episodes
 
   def dream_worlds(self) -> int:
     """How many Ms play a candidate's dream episodes: the final M and these judges (seq.judges
@@ -498,9 +503,12 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
       ('vae.kl_tolerance', config.vae.kl_tolerance >= 0, 'must be >= 0'),
       ('controller.train_patience', config.controller.train_patience >= 0, 'must be >= 0'),
       ('controller.dream_generations', config.controller.dream_generations >= 0, 'must be >= 0'),
+      ('controller.dream_eval_episodes', config.controller.dream_eval_episodes >= 0,
+       'must be >= 0 (0: controller.eval_episodes)'),
       ('controller.trials', config.controller.trials % worlds == 0
-       and config.controller.eval_episodes % worlds == 0,
-       f'and controller.eval_episodes ({config.controller.eval_episodes}) must be multiples of '
+       and config.controller.dream_eval_count() % worlds == 0,
+       f'and the dream\'s evaluation episodes ({config.controller.dream_eval_count()}: '
+       'controller.dream_eval_episodes, or controller.eval_episodes when 0) must be multiples of '
        f'{worlds}: the final M, controller.dream_checkpoints '
        f'({config.controller.dream_checkpoints!r}), controller.dream_judge_runs '
        f'({config.controller.dream_judge_runs!r}) and seq.judges ({config.seq.judges}) play '

@@ -40,6 +40,7 @@ BEST = artifacts.BEST  # the best parameters (RUN/controller/best.npz)
 COLUMNS = ('best', 'mean', 'worst', 'sigma', 'eval_mean', 'eval_std', 'centroid_eval_mean',
            'centroid_eval_std', 'dream_eval_mean', 'dream_eval_std', 'centroid_dream_eval_mean',
            'centroid_dream_eval_std',
+           'dream_eval_episodes',  # dream episodes in each of those (controller.dream_eval_episodes)
            'dream_eval_score',  # keep=dream: what the choice ranks by (dream_score: with judges
            'centroid_dream_eval_score',  # and dream_fitness=worst, the worst M's mean)
            'fitness_s',  # wall seconds the generation's fitness took: the search's own cost
@@ -282,7 +283,7 @@ def _evaluate(objective: Objective, generation: int, best: np.ndarray, centroid:
     dreamt = np.asarray(objective.dream_evaluate(pair, generation))
     row.update(dream_eval_mean=dreamt[0].mean(), dream_eval_std=dreamt[0].std(),
                centroid_dream_eval_mean=dreamt[1].mean(),
-               centroid_dream_eval_std=dreamt[1].std())
+               centroid_dream_eval_std=dreamt[1].std(), dream_eval_episodes=dreamt.shape[1])
     if objective.keep == 'dream':  # the search's own rule (with judges: the worst M's mean)
       scores = np.asarray(objective.dream_score(dreamt), np.float64)
       row.update(dream_eval_score=scores[0], centroid_dream_eval_score=scores[1])

@@ -105,8 +105,9 @@ class Episodes:
                                               self.c.eval_episodes))
 
   def dream_evaluate(self, params: np.ndarray, generation: int) -> np.ndarray:
-    """The evaluation's twin inside M: as many dream episodes [P, E], their own seeds."""
-    return self.dream.episodes(params, self.c.eval_episodes,
+    """The evaluation's twin inside M: dream episodes [P, E] (controller.dream_eval_episodes,
+    by default as many as the real ones), their own seeds."""
+    return self.dream.episodes(params, self.c.dream_eval_count(),
                                es.derive_seed(self.config.seed, es.EVAL_STREAM, generation))
 
   def close(self) -> None:
