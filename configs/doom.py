@@ -28,7 +28,7 @@ def get_config(preset: str = 'small') -> Config:
   c.seq.window_start = 'episode'  # M learns episodes from their first step, as dreams run
   c.seq.done_weight = 10.0  # deaths are rare (one step in ~300); the paper's Doom M: 10x
   if preset == 'small':
-    c.collect.num_rollouts = 500  # ~163k frames of held random actions, about two minutes
+    c.collect.num_rollouts = 2000  # ~715k frames of held random actions: with 500 M learned the deaths by heart
     c.collect.hold_max = 50  # held up to 50 frames: the player crosses the room (docs/results.md)
     c.vae.train_steps = 5000  # ~3 epochs at batch 100: at 2000 V drew no monsters or far fireballs
     c.vae.learning_rate = 6e-4  # 6x the paper's rate: this budget has ~20x fewer steps
