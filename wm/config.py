@@ -147,7 +147,7 @@ class ControllerConfig:
   dream_fitness: str = 'mean'  # dream: a candidate's fitness: mean (of all its episodes) | worst (the lowest of the Ms' means)
   eval_every: int = 25  # every this many generations the best and the centroid are evaluated, in the real env and in the dream
   eval_episodes: int = 16  # ... over this many episodes
-  dream_eval_episodes: int = 0  # ... and over this many in the dream (0: eval_episodes); more make keep=dream's choice less a draw (dream episodes cost ~1/100 of real ones)
+  dream_eval_episodes: int = 0  # ... and over this many in the dream (0: eval_episodes); dream episodes cost ~1/100 of real ones, and more give the fidelity and keep=dream's score less noise
   keep: str = 'real'  # which evaluated controller best.npz keeps: real (the best real evaluation) | dream (the best dream evaluation: the real game is watched, never used to choose)
   test_episodes: int = 20  # scripts/evaluate.py: episodes (the paper's table used 100)
 
