@@ -149,6 +149,23 @@ def test_keep_dream_chooses_by_the_dream_and_never_by_the_game(tmp_path, keep):
   assert chose_best == (keep == 'dream')
 
 
+def test_keep_final_keeps_the_newest_centroid_whatever_either_world_scored(tmp_path):
+  # Both worlds score the centroid worse at generation 4 than at 2, and the best candidate
+  # higher still: keep=final saves the newest centroid anyway, scored by its dream evaluation.
+  state = es.State.empty(es.Settings(3, 4, 0.5, seed=0))
+  saved, centroids = [], []
+  real = lambda p, g: np.array([[9.0] * 4, [5.0 - g] * 4])  # noqa: E731
+  dream = lambda p, g: (centroids.append(p[1].copy()),  # noqa: E731
+                        np.array([[9.0] * 4, [5.0 - g] * 4]))[1]
+  list(es.run(str(tmp_path), state, 4, 'dream', es.Objective(
+      _quadratic, lambda p, s: saved.append((p.copy(), s)), real, eval_every=2,
+      dream_evaluate=dream, keep='final')))
+  params, score = saved[-1]
+  assert len(centroids) == 2 and not np.allclose(centroids[0], centroids[1])
+  np.testing.assert_array_equal(params, centroids[1])
+  assert score == 1.0 and state.best_score == 1.0 and state.best_evaluated
+
+
 def test_keep_dream_ranks_by_the_searchs_own_dream_score(tmp_path):
   # With judges and dream_fitness=worst the search ranks candidates by their worst M's mean; the
   # dream's choice of best.npz must too. Row 0 lives long in one world and dies in the other

@@ -148,7 +148,7 @@ class ControllerConfig:
   eval_every: int = 25  # every this many generations the best and the centroid are evaluated, in the real env and in the dream
   eval_episodes: int = 16  # ... over this many episodes
   dream_eval_episodes: int = 0  # ... and over this many in the dream (0: eval_episodes); dream episodes cost ~1/100 of real ones, and more give the fidelity and keep=dream's score less noise
-  keep: str = 'real'  # which evaluated controller best.npz keeps: real (the best real evaluation) | dream (the best dream evaluation: the real game is watched, never used to choose)
+  keep: str = 'real'  # which evaluated controller best.npz keeps: real (the best real evaluation) | dream (the best dream evaluation: the real game is watched, never used to choose) | final (the newest evaluation's centroid: no world chooses, so no world's noise or blind spots pick it)
   test_episodes: int = 20  # scripts/evaluate.py: episodes (the paper's table used 100)
 
   def judge_steps(self) -> tuple[int, ...]:
@@ -425,7 +425,7 @@ _CHOICES = {
     'controller.rest': ('middle', 'low'),
     'controller.covariance': ('full', 'diagonal'),
     'controller.mode': ('real', 'dream'),
-    'controller.keep': ('real', 'dream'),
+    'controller.keep': ('real', 'dream', 'final'),
     'controller.dream_done': ('sample', 'threshold', 'expected'),
     'controller.dream_fitness': ('mean', 'worst'),
     'controller.dream_precision': ('auto', 'float32', 'bfloat16'),

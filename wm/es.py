@@ -225,9 +225,13 @@ class Objective:
   dream_evaluate: Callable[[np.ndarray, int], np.ndarray] | None = None
   # returns [k, E] of dream_evaluate -> scores [k] that keep='dream' ranks by (default: means)
   dream_score: Callable[[np.ndarray], np.ndarray] = lambda returns: returns.mean(axis=1)
-  keep: str = 'real'  # which evaluation chooses best.npz: real | dream (needs dream_evaluate)
+  # which evaluation chooses best.npz: real | dream (needs dream_evaluate) | final (none: the
+  # centroid of the newest evaluation, whatever either world scored)
+  keep: str = 'real'
 
   def __post_init__(self):
+    if self.keep not in ('real', 'dream', 'final'):
+      raise ValueError(f'keep must be real, dream or final, not {self.keep!r}')
     if self.keep == 'dream' and self.dream_evaluate is None:
       raise ValueError("keep='dream' chooses by the dream's evaluations: give dream_evaluate")
 
@@ -240,8 +244,9 @@ def run(folder: str, state: State, generations: int, mode: str | Callable[[int],
   Every `objective.eval_every` generations the generation's best candidate and the search's
   centroid are evaluated (in the real environment, and with `dream_evaluate` in the dream too),
   and best.npz keeps whichever evaluated best so far, in the real environment or, with
-  objective.keep == 'dream', in the dream. Stops early (after saving) when objective.stop() is
-  true.
+  objective.keep == 'dream', in the dream; with objective.keep == 'final' it keeps the newest
+  evaluation's centroid, chosen by neither world. Stops early (after saving) when
+  objective.stop() is true.
   """
   search = replay(state)
   while state.generation < generations:
@@ -259,7 +264,7 @@ def run(folder: str, state: State, generations: int, mode: str | Callable[[int],
       best, score = _evaluate(objective, g, best, search.centroid, row)
       row['eval_s'] = time.perf_counter() - start
       evaluated = True
-    if (evaluated and not state.best_evaluated) or (
+    if (evaluated and (objective.keep == 'final' or not state.best_evaluated)) or (
         evaluated == state.best_evaluated and score > state.best_score):
       objective.save_best(best, float(score))
       state.best_score, state.best_evaluated = float(score), evaluated
@@ -273,7 +278,8 @@ def run(folder: str, state: State, generations: int, mode: str | Callable[[int],
 def _evaluate(objective: Objective, generation: int, best: np.ndarray, centroid: np.ndarray,
               row: dict) -> tuple[np.ndarray, float]:
   """Plays the best candidate and the centroid on the same episodes; returns the better (by
-  `objective.keep`'s evaluation) and its score there, and adds both evaluations to `row`."""
+  `objective.keep`'s evaluation; keep=final: the centroid, scored as keep=dream would with a
+  dream, else by the game) and its score there, and adds both evaluations to `row`."""
   pair = np.stack([best, centroid])
   episodes = np.asarray(objective.evaluate(pair, generation))
   row.update(eval_mean=episodes[0].mean(), eval_std=episodes[0].std(),
@@ -284,9 +290,9 @@ def _evaluate(objective: Objective, generation: int, best: np.ndarray, centroid:
     row.update(dream_eval_mean=dreamt[0].mean(), dream_eval_std=dreamt[0].std(),
                centroid_dream_eval_mean=dreamt[1].mean(),
                centroid_dream_eval_std=dreamt[1].std(), dream_eval_episodes=dreamt.shape[1])
-    if objective.keep == 'dream':  # the search's own rule (with judges: the worst M's mean)
+    if objective.keep in ('dream', 'final'):  # the search's own rule (judges: the worst M's mean)
       scores = np.asarray(objective.dream_score(dreamt), np.float64)
       row.update(dream_eval_score=scores[0], centroid_dream_eval_score=scores[1])
-  if scores[1] > scores[0]:
+  if scores[1] > scores[0] or objective.keep == 'final':
     return centroid, scores[1]
   return best, scores[0]
