@@ -405,6 +405,36 @@ def test_ended_dream_episodes_leave_the_batch_and_no_return_changes(debug_world_
   assert len(np.unique(expected.round(4))) > 4  # the episodes ended at different steps
 
 
+def test_common_dream_episodes_are_the_same_for_every_candidate(debug_world_model):
+  # controller.dream_common: a world's k-th episode of every candidate starts from the same latent
+  # and draws the same noise, end and dropout mask, so two copies of one controller score alike
+  # episode for episode (and unlike without it), whatever leaves the batch; another controller
+  # plays those episodes its own way.
+  run, world, _, _, _ = _unjudged_dream(debug_world_model, candidates=1, rng_seed=14)
+  params = np.random.default_rng(15).normal(size=(3, world.controller.num_params))
+  params[1] = params[0]
+
+  def dream(common: bool, every: int) -> Dream:
+    made = Dream.load(world, run, max_steps=30, temperature=1.0, checkpoints=[10], dropout=0.3,
+                      common=common)
+    made.compact_every = every
+    return made
+
+  common = dream(True, 30).episodes(params, trials=8, seed=21)  # [3 candidates, 2 worlds x 4]
+  np.testing.assert_allclose(common[1], common[0], rtol=1e-5, atol=1e-5)
+  assert len(np.unique(common[0].round(4))) > 2  # its episodes still differ from each other
+  assert not np.allclose(common[2], common[0])  # another controller, other returns
+  np.testing.assert_allclose(dream(True, 3).episodes(params, trials=8, seed=21), common,
+                             rtol=1e-5, atol=1e-5)
+  own = dream(False, 30).episodes(params, trials=8, seed=21)
+  assert not np.allclose(own[1], own[0])
+  batch, z0, _, draws = dream(True, 30).rows(params, trials=8, seed=21)
+  np.testing.assert_array_equal(draws, np.tile(np.arange(4), 3).tolist() +
+                                np.tile(np.arange(4, 8), 3).tolist())
+  np.testing.assert_array_equal(z0[4:8], z0[:4])
+  assert batch.shape == (24, world.controller.num_params)
+
+
 def test_dream_dropout_gives_every_episode_its_own_mask(debug_world_model):
   # controller.dream_dropout: every row draws one mask at its start (the fraction kept near 1 -
   # rate, scaled by 1 / keep as in training), the same for the same seed; the judges draw their

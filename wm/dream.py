@@ -54,7 +54,7 @@ class Dream:
   def __init__(self, world: WorldModel, start: artifacts.StartLatents, max_steps: int,
                temperature: float, use_done: bool = True, done_rule: str = 'sample',
                done_odds: float = 1.0, judges: Sequence[Any] = (), fitness: str = 'mean',
-               precision: str = 'float32', dropout: float = 0.0):
+               precision: str = 'float32', dropout: float = 0.0, common: bool = False):
     self.world, self.start = world, start
     # M's steps (the final M's, then each judge's), their products in controller.dream_precision
     for judge in judges:  # its predictions join the final M's rows: they must have one shape
@@ -75,6 +75,8 @@ class Dream:
     # controller.dream_dropout: each episode reads M's features through one dropout mask of
     # this rate (seq.dropout's), drawn at its start and kept: every episode another M
     self.dropout = dropout
+    # controller.dream_common: every candidate plays the same episodes (common random numbers)
+    self.common = common
     self.compact_every = COMPACT_EVERY
     self._stretch = tf.function(self._steps, reduce_retracing=True)
 
@@ -83,12 +85,13 @@ class Dream:
            use_done: bool = True, done_rule: str = 'sample', done_odds: float = 1.0,
            checkpoints: Sequence[int] = (), fitness: str = 'mean',
            precision: str = 'float32', judge_runs: Sequence[str] = (),
-           seq_judges: int = 0, dropout: float = 0.0) -> 'Dream':
+           seq_judges: int = 0, dropout: float = 0.0, common: bool = False) -> 'Dream':
     judges = ([artifacts.load_seq_checkpoint(run, step) for step in checkpoints] +
               [artifacts.load_judge_seq(run, root) for root in judge_runs] +
               [artifacts.load_seq_judge(run, i) for i in range(1, seq_judges + 1)])
     return cls(world, artifacts.StartLatents.of_run(run, world.encoder.z_size), max_steps,
-               temperature, use_done, done_rule, done_odds, judges, fitness, precision, dropout)
+               temperature, use_done, done_rule, done_odds, judges, fitness, precision, dropout,
+               common)
 
   @property
   def worlds(self) -> int:
@@ -117,9 +120,11 @@ class Dream:
         len(params), trials)
 
   def rows(self, params: np.ndarray, trials: int, seed: int
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """`returns`' arguments for `episodes`: a row per episode, world-major (the final M's
-    episodes of every candidate, then each judge's), start latents and the noise's seed."""
+    episodes of every candidate, then each judge's), start latents, the noise's seed and each
+    row's draws. With `common`, a world's k-th episode of every candidate starts from the same
+    latent and draws the same noise: candidates differ by their moves, not their luck."""
     if trials % self.worlds:
       raise ConfigError(f'{trials} dream episodes a candidate do not split evenly between '
                         f'{self.worlds} Ms (the final M and its judges): make '
@@ -128,13 +133,19 @@ class Dream:
     rng = np.random.default_rng(seed)
     share = trials // self.worlds
     batch = np.tile(np.repeat(np.asarray(params, np.float32), share, axis=0), (self.worlds, 1))
-    z0 = self.start.draw(len(batch), rng)
-    return batch, z0, rng.integers(0, 2**31 - 1, size=2)
+    draws = np.arange(len(batch))
+    if self.common:  # row (world w, candidate p, episode k) draws as row w * share + k
+      world, within = np.divmod(draws, len(params) * share)
+      draws = world * share + within % share
+    z0 = self.start.draw(len(batch), rng)[draws]
+    return batch, z0, rng.integers(0, 2**31 - 1, size=2), draws
 
-  def returns(self, params: np.ndarray, z0: np.ndarray,
-              noise_seed: np.ndarray) -> tuple[np.ndarray, int]:
+  def returns(self, params: np.ndarray, z0: np.ndarray, noise_seed: np.ndarray,
+              draws: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Returns [B] of one dream episode per row (params [B, n], start latents [B, Z]), and
-    the number of steps the episodes took together.
+    the number of steps the episodes took together. Row i draws M's noise, its end and its
+    dropout mask as row draws[i] of the batch (`rows`: shared by the candidates with `common`;
+    by default its own).
 
     The steps run in compiled stretches of `compact_every`; between two, the ended episodes
     leave the batch once they are over a tenth of it: a batch costs its rows, ended or not, and
@@ -144,20 +155,23 @@ class Dream:
     size, worlds = len(params), self.worlds
     share, seed = size // worlds, tf.constant(noise_seed, tf.int64)
     rows = np.arange(size)  # the batch's rows, world-major: which episode each one is
+    draws = rows if draws is None else np.asarray(draws)  # ... and whose noise it draws
     sizes = np.full(worlds, share)  # rows of each world: the final M's, then each judge's
     params = tf.constant(params, tf.float32)
     z = tf.constant(z0, tf.float32)
     state = self.world.seq.initial_state(size)
     judge_states = [judge.initial_state(share) for judge in self.judges]
     mask, judge_masks = self._feature_masks(size, share, seed)
-    judge_masks = list(judge_masks)
+    mask = _gather(draws)(mask)
+    judge_masks = [_gather(block - block[0])(m)  # a judge's masks count from its block's first
+                   for block, m in zip(np.split(draws, worlds)[1:], judge_masks)]
     total, alive = tf.zeros([size]), tf.ones([size])
     returns, steps, t = np.zeros(size, np.float32), 0.0, 0
     while t < self.max_steps:
       stretch = min(self.compact_every, self.max_steps - t)
       z, state, judge_states, total, alive, taken = self._stretch(
           tf.constant(t), tf.constant(stretch), seed, tf.constant(size),
-          tf.constant(rows, tf.int32), tf.constant(sizes, tf.int32), params, z, state,
+          tf.constant(draws, tf.int32), tf.constant(sizes, tf.int32), params, z, state,
           tuple(judge_states), mask, tuple(judge_masks), total, alive)
       judge_states, steps, t = list(judge_states), steps + float(taken), t + stretch
       live = alive.numpy() > 0
@@ -175,14 +189,16 @@ class Dream:
       for i in range(len(self.judges)):
         own = keep[world_of[keep] == i + 1] - starts[i + 1]  # the judge's rows, in its block
         judge_states[i], judge_masks[i] = map(_gather(own), (judge_states[i], judge_masks[i]))
-      rows, sizes = rows[keep], np.bincount(world_of[keep], minlength=worlds)
+      rows, draws = rows[keep], draws[keep]
+      sizes = np.bincount(world_of[keep], minlength=worlds)
     returns[rows] = total.numpy()
     return returns, int(steps)
 
-  def _steps(self, t0, stretch, seed, size, rows, sizes, params, z, state, judge_states, mask,
+  def _steps(self, t0, stretch, seed, size, draws, sizes, params, z, state, judge_states, mask,
              judge_masks, total, alive):
     """Steps t0 .. t0 + stretch - 1 (fewer once every episode ended) of the batch's rows:
-    (z, state, judge states, total, alive, the alive rows' steps)."""
+    (z, state, judge states, total, alive, the alive rows' steps); row i draws as row draws[i]
+    of a batch of `size`."""
     seq, controller = self.world.seq, self.world.controller
     batch, z_shape = tf.shape(params)[0], z.shape
     steps = tf.constant(0.0)
@@ -198,10 +214,10 @@ class Dream:
       steps += tf.reduce_sum(tf.cast(alive > 0.0, tf.float32))
       step_seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(t, tf.int64))
       if self.use_done:
-        alive *= 1.0 - self._ends(prediction.done_logit, rows, size, step_seed)
+        alive *= 1.0 - self._ends(prediction.done_logit, draws, size, step_seed)
         alive = tf.where(alive < ALIVE_FLOOR, tf.zeros_like(alive), alive)
       z = tf.ensure_shape(tf.cast(seq.sample(prediction, self.temperature, seed=step_seed,
-                                             rows=rows, size=size), tf.float32),
+                                             rows=draws, size=size), tf.float32),
                           z_shape)  # judged rows lose the static batch
       if tf.reduce_max(alive) == 0.0:
         break

@@ -58,7 +58,8 @@ def dream_of(run: runs.Run, config: Config, model: WorldModel) -> Dream:
                     checkpoints=c.judge_steps(), judge_runs=c.judge_runs(),
                     seq_judges=config.seq.judges, fitness=c.dream_fitness,
                     precision=hardware.precision(c.dream_precision),
-                    dropout=config.seq.dropout if c.dream_dropout else 0.0)
+                    dropout=config.seq.dropout if c.dream_dropout else 0.0,
+                    common=c.dream_common)
 
 
 class Episodes:
