@@ -84,6 +84,19 @@ def test_a_killed_process_takes_its_vizdoom_engine_with_it():
       os.kill(engine, signal.SIGKILL)
 
 
+def test_the_engines_directory_exists_before_any_engine_looks(tmp_path):
+  """VizDoom's engine checks for ./_vizdoom and then creates it: two started at once (a stage's
+  workers in a fresh directory) raced there, and the loser crashed its worker with SIGSEGV. The
+  wrapper creates it first; here the 'engine' is a shell that only reports what it finds."""
+  probe = tmp_path / 'engine'
+  probe.write_text('#!/bin/sh\ntest -d _vizdoom && echo found "$@"\n')
+  probe.chmod(0o755)
+  result = subprocess.run([envs.ENGINE_WRAPPER, '-config', 'x.cfg'], cwd=tmp_path,
+                          env={**os.environ, 'WM_VIZDOOM_ENGINE': str(probe)},
+                          capture_output=True, text=True, timeout=30)
+  assert result.returncode == 0 and result.stdout == 'found -config x.cfg\n', result
+
+
 @pytest.mark.slow
 def test_debug_doom_pipeline_runs_every_stage(tmp_path):
   # With the run's own judge M (seq.judges=1) and the worst world's score, as docs/results.md's
