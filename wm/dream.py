@@ -144,8 +144,8 @@ class Dream:
               draws: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Returns [B] of one dream episode per row (params [B, n], start latents [B, Z]), and
     the number of steps the episodes took together. Row i draws M's noise, its end and its
-    dropout mask as row draws[i] of the batch (`rows`: shared by the candidates with `common`;
-    by default its own).
+    dropout mask as row draws[i] of the batch would: as `rows` gives them, shared by the
+    candidates with `common`; by default each row its own.
 
     The steps run in compiled stretches of `compact_every`; between two, the ended episodes
     leave the batch once they are over a tenth of it: a batch costs its rows, ended or not, and
