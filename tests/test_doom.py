@@ -84,17 +84,17 @@ def test_a_killed_process_takes_its_vizdoom_engine_with_it():
       os.kill(engine, signal.SIGKILL)
 
 
-def test_the_engines_directory_exists_before_any_engine_looks(tmp_path):
+def test_the_engines_directory_exists_before_any_engine_looks(tmp_path, monkeypatch):
   """VizDoom's engine checks for ./_vizdoom and then creates it: two started at once (a stage's
-  workers in a fresh directory) raced there, and the loser crashed its worker with SIGSEGV. The
-  wrapper creates it first; here the 'engine' is a shell that only reports what it finds."""
-  probe = tmp_path / 'engine'
-  probe.write_text('#!/bin/sh\ntest -d _vizdoom && echo found "$@"\n')
-  probe.chmod(0o755)
-  result = subprocess.run([envs.ENGINE_WRAPPER, '-config', 'x.cfg'], cwd=tmp_path,
-                          env={**os.environ, 'WM_VIZDOOM_ENGINE': str(probe)},
-                          capture_output=True, text=True, timeout=30)
-  assert result.returncode == 0 and result.stdout == 'found -config x.cfg\n', result
+  workers in a fresh directory) raced there, and the loser crashed its worker with SIGSEGV. Making
+  the env creates it first, before the engine starts (at the first reset), whichever engine it is."""
+  monkeypatch.chdir(tmp_path)
+  env = envs.make(config_lib.load(DOOM).env)
+  try:
+    assert (tmp_path / envs.ENGINE_FILES).is_dir()
+    assert not env.env.unwrapped.game.is_running()  # no engine yet: the directory came first
+  finally:
+    env.close()
 
 
 @pytest.mark.slow

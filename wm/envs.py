@@ -192,16 +192,22 @@ class PixelEnv:
     self.env.close()
 
 
+ENGINE_FILES = '_vizdoom'  # where a VizDoom engine keeps its files, relative to the cwd
 ENGINE_WRAPPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vizdoom_engine.sh')
 
 
 def tie_engine_to_owner(env: gym.Env) -> None:
   """A VizDoom env's engine process (started at its first reset) gets killed when this process
   dies, however it dies: wm/vizdoom_engine.sh starts the package's engine under a parent-death
-  signal. Other envs, and a VizDoom without its bundled engine, are left as they are."""
+  signal. Other envs, and a VizDoom without its bundled engine, are left as they are.
+
+  Every engine keeps its files in ./_vizdoom, which it checks for and then creates: two engines
+  started at once (a stage's workers) raced there, the loser failing with "File exists" and
+  crashing its worker. So the directory exists before any engine, bundled or not, looks."""
   game = getattr(env.unwrapped, 'game', None)
   if game is None or not hasattr(game, 'set_vizdoom_path') or game.is_running():
     return
+  os.makedirs(ENGINE_FILES, exist_ok=True)
   import vizdoom  # pylint: disable=import-outside-toplevel  (imported already: it made `env`)
   engine = os.path.join(os.path.dirname(vizdoom.__file__), 'vizdoom')
   if os.path.isfile(engine) and os.access(ENGINE_WRAPPER, os.X_OK):

@@ -3,10 +3,7 @@
 # wm/envs.py, so that it dies with the Python process that started it: VizDoom runs each game in
 # an engine process of its own, which a SIGKILLed owner (a stage or a pool worker) would leave
 # running, idle, forever. Without util-linux's setpriv it is the engine alone, as before.
-# The engine keeps its files in ./_vizdoom, which it checks for and then creates: two engines
-# started at once (a stage's workers) raced there, the loser failing with "File exists" and
-# crashing its worker. The directory exists before any engine looks.
-mkdir -p _vizdoom
+# Its ./_vizdoom exists before it starts (wm/envs.py: tie_engine_to_owner).
 if command -v setpriv >/dev/null 2>&1; then
   exec setpriv --pdeathsig KILL -- "$WM_VIZDOOM_ENGINE" "$@"
 fi
