@@ -199,7 +199,7 @@ ENGINE_WRAPPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vizdo
 def tie_engine_to_owner(env: gym.Env) -> None:
   """A VizDoom env's engine process (started at its first reset) gets killed when this process
   dies, however it dies: wm/vizdoom_engine.sh starts the package's engine under a parent-death
-  signal. Other envs, and a VizDoom without its bundled engine, are left as they are.
+  signal. Other envs are left as they are; a VizDoom without its bundled engine keeps its own.
 
   Every engine keeps its files in ./_vizdoom, which it checks for and then creates: two engines
   started at once (a stage's workers) raced there, the loser failing with "File exists" and
