@@ -145,7 +145,7 @@ class PixelEnv:
     _ensure_headless_sdl()
     self.env = gym.make(gym_id, render_mode=render_mode, max_episode_steps=config.max_steps,
                         **kwargs)
-    tie_engine_to_owner(self.env)
+    prepare_vizdoom(self.env)
     self.action_space = self.env.action_space
     self.action_size = action_size(self.action_space)
     self._discrete = isinstance(self.action_space, gym.spaces.Discrete)
@@ -196,19 +196,30 @@ ENGINE_FILES = '_vizdoom'  # where a VizDoom engine keeps its files, relative to
 ENGINE_WRAPPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vizdoom_engine.sh')
 
 
-def tie_engine_to_owner(env: gym.Env) -> None:
-  """A VizDoom env's engine process (started at its first reset) gets killed when this process
-  dies, however it dies: wm/vizdoom_engine.sh starts the package's engine under a parent-death
-  signal. Other envs are left as they are; a VizDoom without its bundled engine keeps its own.
-
-  Every engine keeps its files in ./_vizdoom, which it checks for and then creates: two engines
-  started at once (a stage's workers) raced there, the loser failing with "File exists" and
-  crashing its worker. So the directory exists before any engine, bundled or not, looks."""
+def prepare_vizdoom(env: gym.Env) -> None:
+  """Readies a VizDoom env's engine before it starts (at the env's first reset): its files'
+  directory made, its process tied to this one. Other envs, and a running engine, are left as
+  they are."""
   game = getattr(env.unwrapped, 'game', None)
   if game is None or not hasattr(game, 'set_vizdoom_path') or game.is_running():
     return
+  make_engine_files_dir()
+  tie_engine_to_owner(game)
+
+
+def make_engine_files_dir() -> None:
+  """Every VizDoom engine keeps its files in ./_vizdoom, which it checks for and then creates:
+  two engines started at once (a stage's workers) raced there, the loser failing with "File
+  exists" and crashing its worker. So the directory exists before any engine, bundled or not,
+  looks."""
   os.makedirs(ENGINE_FILES, exist_ok=True)
-  import vizdoom  # pylint: disable=import-outside-toplevel  (imported already: it made `env`)
+
+
+def tie_engine_to_owner(game: Any) -> None:
+  """The engine process of VizDoom's `game` gets killed when this process dies, however it dies:
+  wm/vizdoom_engine.sh starts the package's engine under a parent-death signal. A VizDoom without
+  its bundled engine keeps its own."""
+  import vizdoom  # pylint: disable=import-outside-toplevel  (imported already: it made the game)
   engine = os.path.join(os.path.dirname(vizdoom.__file__), 'vizdoom')
   if os.path.isfile(engine) and os.access(ENGINE_WRAPPER, os.X_OK):
     os.environ['WM_VIZDOOM_ENGINE'] = engine
