@@ -119,9 +119,10 @@ def test_the_same_seed_trains_the_same_m(synthetic_encoded, tmp_path):
 
 
 def test_judges_train_beside_m_in_their_own_processes(synthetic_encoded, tmp_path):
-  # --parallelism=2: judge 1 trains in a child process while M trains here. SIGTERM to the
-  # stage saves both and exits 75, the child gone with it; the rerun resumes both and trains
-  # judge 2 in a child once M is done. --judge outside 1..seq.judges is refused.
+  # --parallelism=2: both judges train in child processes while M trains here, all three at once
+  # (waves of two would leave a core idle in the last). SIGTERM to the stage saves all three and
+  # exits 75, the children gone with it; the rerun resumes them. --judge outside 1..seq.judges is
+  # refused.
   run_dir = copy_run(synthetic_encoded, str(tmp_path / 'run'))
   flags = ['--config.seq.judges=2', '--parallelism=2', '--config.seq.save_every=5',
            '--config.controller.trials=3', '--config.controller.eval_episodes=3']
@@ -129,22 +130,22 @@ def test_judges_train_beside_m_in_their_own_processes(synthetic_encoded, tmp_pat
           f'--run_dir={run_dir}', f'--config={DEBUG}', '--config.seq.train_steps=100000', *flags]
   process = subprocess.Popen(argv, env=script_env(), cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
-  judge_run = os.path.join(run_dir, 'seq', 'judges', '1')
+  judge_runs = [os.path.join(run_dir, 'seq', 'judges', str(index)) for index in (1, 2)]
   deadline = time.time() + 180
-  while (latest_step(run_dir) is None or latest_step(judge_run) is None) and (
+  while any(latest_step(r) is None for r in [run_dir, *judge_runs]) and (
       time.time() < deadline and process.poll() is None):
     time.sleep(0.2)
   process.send_signal(signal.SIGTERM)
   output = process.communicate(timeout=180)[0]
   assert process.returncode == training.EXIT_REQUEUE, output[-3000:]
-  child = int(re.search(r'judge 1 trains beside M in process (\d+)', output).group(1))
-  with pytest.raises(ProcessLookupError):
-    os.kill(child, 0)  # stopped and reaped before the stage exited
-  steps = latest_step(run_dir), latest_step(judge_run)
+  for index in (1, 2):
+    child = int(re.search(rf'judge {index} trains beside M in process (\d+)', output).group(1))
+    with pytest.raises(ProcessLookupError):
+      os.kill(child, 0)  # stopped and reaped before the stage exited
+    with open(os.path.join(run_dir, 'logs', f'seq-judge{index}.log')) as f:
+      assert f'--judge={index} --parallelism=3' in f.read()  # a third of the cores each
+  steps = latest_step(run_dir), *map(latest_step, judge_runs)
   assert all(step and step >= 5 for step in steps), (steps, output[-3000:])
-  assert not os.path.exists(os.path.join(run_dir, 'seq', 'judges', '2'))
-  with open(os.path.join(run_dir, 'logs', 'seq-judge1.log')) as f:
-    assert '--judge=1' in f.read()
 
   run_script('train_sequence_model', f'--run_dir={run_dir}',
              f'--config.seq.train_steps={max(steps) + 3}', *flags)
@@ -156,9 +157,9 @@ def test_judges_train_beside_m_in_their_own_processes(synthetic_encoded, tmp_pat
       judged.append(json.load(f))
     assert judged[-1]['seed'] == index and judged[-1]['step'] == max(steps) + 3
   assert done['judges_valid'] == [j['valid'] for j in judged]
-  with open(os.path.join(run_dir, 'logs', 'seq-judge1.log')) as f:
-    assert f'ckpt-{steps[1]} at step {steps[1]}' in f.read()  # judge 1 resumed, in a child
-  assert os.path.exists(os.path.join(run_dir, 'logs', 'seq-judge2.log'))
+  for index in (1, 2):
+    with open(os.path.join(run_dir, 'logs', f'seq-judge{index}.log')) as f:
+      assert f'ckpt-{steps[index]} at step {steps[index]}' in f.read()  # resumed, in a child
 
   # A finished judge asked for again (a job of its own, --judge) is left as it is.
   export_file = os.path.join(run_dir, 'seq', 'judges', '1', 'export', 'model.weights.h5')

@@ -264,15 +264,16 @@ def judge_stage(stage: cli.Stage, index: int) -> cli.Stage:
 
 def run(stage: cli.Stage, parallelism: int = 1, judge: int = 0) -> None:
   """The stage: train (or resume, or top up) M, export it, then its judges (seq.judges), each
-  with a DONE of its own; then M's DONE (the chief's). With `parallelism` > 1 up to that many
-  of them train at once, M here and each judge in a child process running this stage with
-  --judge (JudgeProcesses), the cores split evenly between them. `judge` > 0 trains that judge
-  alone (the child's work, or a job of its own), on the cores of one of `parallelism`."""
+  with a DONE of its own; then M's DONE (the chief's). With `parallelism` > 1 M and all its
+  judges train at once, M here and each judge in a child process running this stage with
+  --judge (JudgeProcesses), the cores split evenly between them (one thread each at least: three
+  on 2 cores share them, where waves of two left a core idle in the last). `judge` > 0 trains
+  that judge alone (the child's work, or a job of its own), on 1/`parallelism` of the cores."""
   seq = stage.config.seq
   if judge and not 1 <= judge <= seq.judges:
     raise UserError(f'--judge={judge} but seq.judges={seq.judges}: the judges are 1 to '
                     f'{seq.judges} (raise --config.seq.judges to train more)')
-  at_once = 1 if judge else min(max(parallelism, 1), 1 + seq.judges)
+  at_once = 1 if judge or parallelism <= 1 else 1 + seq.judges
   share_cores(parallelism if judge else at_once)
   dist = distribute.create(stage.config.distribute)  # before any other TensorFlow op
   if dist.workers > 1 and (judge or at_once > 1):
@@ -363,21 +364,21 @@ SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.ab
 class JudgeProcesses:
   """Judges trained side by side with M: each by a child process running this stage's script
   with --judge=<index> and the same --config and overrides, its output appended to
-  RUN/logs/seq-judge<index>.log. `at_once` - 1 of them start with M; once M is trained,
-  `finish` lets `at_once` run until all are done. A child dies with this process (SIGTERM from
-  the kernel, whatever killed this one); leaving the `with` block early tells the children to
-  save and stop, and kills any still running STOP_GRACE_S later.
+  RUN/logs/seq-judge<index>.log, all started with M, each on 1/`at_once` of the cores; once M is
+  trained, `finish` waits for them. A child dies with this process (SIGTERM from the kernel,
+  whatever killed this one); leaving the `with` block early tells the children to save and stop,
+  and kills any still running STOP_GRACE_S later.
   """
 
   def __init__(self, stage: cli.Stage, indices, at_once: int):
     self.stage, self.at_once = stage, at_once
-    self.pending = list(indices)
+    self.indices = list(indices)
     self.running: dict[int, subprocess.Popen] = {}
     self.codes: dict[int, int] = {}
     self._stopped = threading.Event()
 
   def __enter__(self) -> 'JudgeProcesses':
-    self._start(self.at_once - 1)
+    self._start()
     if self.running:
       threading.Thread(target=self._watch, daemon=True).start()
     return self
@@ -416,9 +417,8 @@ class JudgeProcesses:
   def log_path(self, index: int) -> str:
     return os.path.join(self.stage.run.root, 'logs', f'seq-judge{index}.log')
 
-  def _start(self, slots: int) -> None:
-    while self.pending and len(self.running) < slots:
-      index = self.pending.pop(0)
+  def _start(self) -> None:
+    for index in self.indices:
       path = self.log_path(index)
       os.makedirs(os.path.dirname(path), exist_ok=True)
       with open(path, 'ab') as log:
@@ -431,11 +431,11 @@ class JudgeProcesses:
                    self.running[index].pid, path)
 
   def finish(self) -> None:
-    """Waits for every judge, `at_once` training at a time; a child stopped for preemption
-    stops this process the same way, one that failed is an error quoting its log."""
+    """Waits for every judge; a child stopped for preemption stops this process the same way,
+    one that failed is an error quoting its log."""
     self._stopped.set()  # the watcher's work is this loop's now
     with training.Preemption() as preemption:
-      while self.pending or self.running:
+      while self.running:
         for index, child in list(self.running.items()):
           if child.poll() is not None:
             self.codes[index] = self.running.pop(index).returncode
@@ -443,7 +443,6 @@ class JudgeProcesses:
           self.__exit__()
           self.running.clear()
           training.exit_for_requeue('M; the judges saved their own checkpoints')
-        self._start(self.at_once)
         time.sleep(0.5)
     stopped = sorted(i for i, code in self.codes.items() if code == training.EXIT_REQUEUE)
     if stopped:
