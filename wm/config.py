@@ -120,7 +120,7 @@ class SeqConfig:
   temperature: float = 1.0  # sampling temperature of the mixture
   num_layers: int = 2  # transformer: attention blocks
   num_heads: int = 4  # transformer: attention heads
-  judges: int = 0  # more Ms trained after M on the same latents (seeds seed+1, ...) whose worlds also play an equal share of the controller's dream episodes (controller.dream_fitness)
+  judges: int = 0  # more Ms trained on the same latents (seeds seed+1, ...; beside M with --parallelism > 1, else after it) whose worlds also play an equal share of the controller's dream episodes (controller.dream_fitness)
   judge_hidden_size: int = 0  # the judges' hidden_size (0: seq.hidden_size; smaller costs less but judged worse on Doom)
 
 
