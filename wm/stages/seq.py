@@ -291,7 +291,7 @@ def run(stage: cli.Stage, parallelism: int = 1, judge: int = 0) -> None:
       train_judge(stage, judge, dist, device)
     return
   indices = range(1, seq.judges + 1)
-  with JudgeProcesses(stage, indices if at_once > 1 else (), at_once) as children:
+  with JudgeProcesses(stage, indices if at_once > 1 else ()) as children:
     info = train(stage, dist)  # clears M's DONE first: an unfinished judge leaves it undone
     children.finish()
     for index in indices if at_once == 1 else ():
@@ -364,14 +364,14 @@ SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.ab
 class JudgeProcesses:
   """Judges trained side by side with M: each by a child process running this stage's script
   with --judge=<index> and the same --config and overrides, its output appended to
-  RUN/logs/seq-judge<index>.log, all started with M, each on 1/`at_once` of the cores; once M is
-  trained, `finish` waits for them. A child dies with this process (SIGTERM from the kernel,
+  RUN/logs/seq-judge<index>.log, all started with M, each on an equal share of the cores; once M
+  is trained, `finish` waits for them. A child dies with this process (SIGTERM from the kernel,
   whatever killed this one); leaving the `with` block early tells the children to save and stop,
   and kills any still running STOP_GRACE_S later.
   """
 
-  def __init__(self, stage: cli.Stage, indices, at_once: int):
-    self.stage, self.at_once = stage, at_once
+  def __init__(self, stage: cli.Stage, indices):
+    self.stage = stage
     self.indices = list(indices)
     self.running: dict[int, subprocess.Popen] = {}
     self.codes: dict[int, int] = {}
@@ -407,9 +407,10 @@ class JudgeProcesses:
         child.wait()
 
   def argv(self, index: int) -> list[str]:
-    """The child's command: this stage's flags, as judge `index` of `at_once` trainings."""
+    """The child's command: this stage's flags, as judge `index` of M and its judges, all at
+    once."""
     argv = [sys.executable, SCRIPT, f'--run_dir={self.stage.run.root}', f'--judge={index}',
-            f'--parallelism={self.at_once}', '--nostore_snapshot']
+            f'--parallelism={1 + len(self.indices)}', '--nostore_snapshot']
     if cli.FLAGS['config'].present:
       argv.append(f'--config={cli.FLAGS.config}')
     return argv + [f'--config.{k}={v}' for k, v in self.stage.overrides.items()]
