@@ -297,6 +297,62 @@ def test_a_real_search_warm_started_in_the_dream(controller_models, tmp_path):
   assert list(state['modes']) == ['dream', 'dream', 'real', 'real']
 
 
+def test_a_search_starts_from_a_given_mean_and_resumes_from_it(tmp_path):
+  """controller.start_from's core: the first mean is `start`, saved with the state, so a resume
+  replays the same search; another start is refused, not silently replayed."""
+  start = np.linspace(-1, 1, 6)
+  settings = es.Settings(6, 8, 0.01, seed=2, start=es.start_digest(start))
+  assert settings.start and es.start_digest(None) == ''
+  np.testing.assert_array_equal(es.Search(settings, start).centroid, start)
+  folder = str(tmp_path)
+  whole = es.State.empty(settings, start)
+  first = next(es.run(folder, whole, 3, 'real', es.Objective(_quadratic, _ignore)))
+  assert np.abs(first.best_params - start).max() < 0.1  # sampled around start, not zeros
+  resumed = es.load(folder, settings)
+  np.testing.assert_array_equal(resumed.start, start)
+  list(es.run(folder, resumed, 3, 'real', es.Objective(_quadratic, _ignore)))
+  other = es.State.empty(settings, start)
+  list(es.run(str(tmp_path / 'b'), other, 3, 'real', es.Objective(_quadratic, _ignore)))
+  np.testing.assert_array_equal(resumed.returns, other.returns)
+  with pytest.raises(ConfigError, match='start'):
+    es.load(folder, es.Settings(6, 8, 0.01, seed=2))  # the config now asks for zeros
+  with pytest.raises(ValueError, match='first mean'):
+    es.Search(settings)
+
+
+def test_a_real_search_started_from_a_dream_searched_controller(controller_models, tmp_path):
+  """controller.start_from: a search in the real env starts from another run's controller (here
+  evolved in the dream) that shares this run's V and M; a run with another V, or a path that is
+  not a run dir, is refused before anything is written."""
+  dream_dir = copy_run(controller_models, str(tmp_path / 'dream'))
+  run_script('train_controller', f'--run_dir={dream_dir}', '--config.controller.generations=2',
+             '--config.controller.init_sigma=1')
+  with np.load(os.path.join(dream_dir, 'controller', es.BEST)) as data:
+    dreamt = data['params']
+  real_dir = copy_run(controller_models, str(tmp_path / 'real'))
+  args = (f'--run_dir={real_dir}', '--config.controller.mode=real',
+          '--config.controller.generations=1', '--config.controller.init_sigma=0.01',
+          '--config.env.max_steps=20')
+  run_script('train_controller', *args, f'--config.controller.start_from={dream_dir}')
+  state = np.load(os.path.join(real_dir, 'controller', es.STATE))
+  np.testing.assert_array_equal(state['start'], dreamt)
+  assert json.loads(str(state['settings']))['start'] == es.start_digest(dreamt)
+
+  fresh = copy_run(controller_models, str(tmp_path / 'fresh'))
+  missing = run_script('train_controller', *args[1:], f'--run_dir={fresh}',
+                       f'--config.controller.start_from={tmp_path / "nowhere"}', check=False)
+  assert missing.returncode != 0 and 'Traceback' not in missing.stderr
+  assert 'controller.start_from' in missing.stderr and 'is not a folder' in missing.stderr
+  other_v = copy_run(dream_dir, str(tmp_path / 'other_v'))
+  with open(os.path.join(other_v, 'vae', 'export', 'model.json'), 'a') as f:
+    f.write(' ')  # the same V's numbers, another result: its fingerprint differs
+  refused = run_script('train_controller', *args[1:], f'--run_dir={fresh}',
+                       f'--config.controller.start_from={other_v}', check=False)
+  assert refused.returncode != 0 and 'Traceback' not in refused.stderr
+  assert 'another vae result' in refused.stderr, refused.stderr[-2000:]
+  assert not os.path.exists(os.path.join(fresh, 'controller', es.STATE))
+
+
 @pytest.mark.mpi
 def test_mpi_ranks_match_the_local_pool(controller_models, mpi_as_root, tmp_path):
   mpiexec = shutil.which('mpiexec')

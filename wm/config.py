@@ -133,6 +133,7 @@ class ControllerConfig:
   trials: int = 4  # episodes per candidate; fitness is their mean return
   generations: int = 100  # generations in total (a rerun continues up to this)
   init_sigma: float = 0.1  # CMA-ES initial step size
+  start_from: str = ''  # a run dir whose controller (RUN/controller/best.npz) is the search's first mean instead of zeros: e.g. one evolved in this run's dream, fine-tuned here in the real env (a warm start); it must share this run's V and M
   covariance: str = 'full'  # CMA-ES covariance: full (the paper's) | diagonal (sep-CMA-ES: learns each parameter's scale ~n/3 times faster)
   train_patience: int = 0  # real-env training: stop after this many steps without reward (0: off)
   mode: str = 'dream'  # where candidates are evaluated: dream (inside M) | real (the env)

@@ -6,7 +6,8 @@ every generation: its normal samples come from a numpy Generator seeded from the
 
     RUN/controller/es_state.npz   returns [G, P] of every generation so far, a digest of CMA's
                                   mean and sigma after each, the history columns, the search's
-                                  settings, and the best parameters' evaluation
+                                  settings, the best parameters' evaluation, and the first mean
+                                  when it is not zeros (controller.start_from)
     RUN/controller/history.jsonl  one line per generation: generation, mode, best, mean, worst,
                                   sigma, the evaluations' means and stds (real and dream), and
                                   the seconds its fitness and evaluations took (COLUMNS;
@@ -66,10 +67,19 @@ class Settings:
   seed: int  # experiment seed
   rest: str = 'middle'  # controller.rest: under another, the same vector means other actions
   covariance: str = 'full'  # controller.covariance: full | diagonal (sep-CMA-ES)
+  start: str = ''  # digest of the search's first mean (start_digest); '' for zeros
+
+
+def start_digest(start: np.ndarray | None) -> str:
+  """What Settings.start records of a first mean: '' for zeros (None), else a hash."""
+  if start is None:
+    return ''
+  return hashlib.sha256(np.asarray(start, np.float64).tobytes()).hexdigest()[:16]
 
 
 class Search:
-  """cma.CMAEvolutionStrategy from zeros, sampling from its own seeded Generator.
+  """cma.CMAEvolutionStrategy from zeros (or `start`: controller.start_from), sampling from its own
+  seeded Generator.
 
   With covariance=diagonal it is sep-CMA-ES (Ros & Hansen 2008, cma's CMA_diagonal): only the
   covariance's diagonal is learned, at a rate about n/3 times the full matrix's. At the paper's
@@ -78,14 +88,17 @@ class Search:
   some weights matter more than others.
   """
 
-  def __init__(self, settings: Settings):
+  def __init__(self, settings: Settings, start: np.ndarray | None = None):
+    if start_digest(start) != settings.start:
+      raise ValueError(f'the first mean {start_digest(start)!r} is not the one the settings '
+                       f'record ({settings.start!r})')
     self.settings = settings
     rng = np.random.default_rng(np.random.SeedSequence([settings.seed, ES_STREAM]))
     options = {'popsize': settings.population_size, 'seed': np.nan, 'verbose': -9,
                'verb_disp': 0, 'verb_log': 0, 'randn': lambda *shape: rng.standard_normal(shape),
                'CMA_diagonal': settings.covariance == 'diagonal'}
-    self.es = cma.CMAEvolutionStrategy(np.zeros(settings.num_params), settings.init_sigma,
-                                       options)
+    first = np.zeros(settings.num_params) if start is None else np.asarray(start, np.float64)
+    self.es = cma.CMAEvolutionStrategy(first, settings.init_sigma, options)
 
   def ask(self) -> np.ndarray:
     return np.asarray(self.es.ask(), np.float64)
@@ -117,15 +130,16 @@ class State:
   modes: list[str]  # where generation g was evaluated: real | dream
   best_score: float = -np.inf  # score of best.npz: its eval mean (once any), else its fitness
   best_evaluated: bool = False  # best.npz was chosen by a real evaluation (fitness no longer counts)
+  start: np.ndarray | None = None  # the search's first mean (None: zeros)
 
   @property
   def generation(self) -> int:
     return len(self.returns)
 
   @classmethod
-  def empty(cls, settings: Settings) -> 'State':
+  def empty(cls, settings: Settings, start: np.ndarray | None = None) -> 'State':
     return cls(settings, np.zeros((0, settings.population_size)), np.zeros((0, 8), np.uint8),
-               {c: np.zeros(0) for c in COLUMNS}, [])
+               {c: np.zeros(0) for c in COLUMNS}, [], start=start)
 
   def append(self, returns: np.ndarray, digest: np.ndarray, mode: str, **row: float) -> None:
     self.returns = np.concatenate([self.returns, np.asarray(returns)[None]])
@@ -157,7 +171,8 @@ def save(folder: str, state: State) -> None:
              best_score=np.float64(state.best_score),
              best_evaluated=np.bool_(state.best_evaluated),
              settings=np.array(json.dumps(dataclasses.asdict(state.settings))),
-             **{f'column_{c}': v for c, v in state.columns.items()})
+             **{f'column_{c}': v for c, v in state.columns.items()},
+             **({} if state.start is None else {'start': state.start}))
 
 
 def copy_without_best(source: str, target: str) -> None:
@@ -172,21 +187,25 @@ def copy_without_best(source: str, target: str) -> None:
     np.savez(f, **arrays)
 
 
-def load(folder: str, settings: Settings) -> State:
-  """The saved state (or an empty one), checked against `settings`."""
+def load(folder: str, settings: Settings, start: np.ndarray | None = None) -> State:
+  """The saved state (or an empty one from `start`), checked against `settings`."""
   path = os.path.join(folder, STATE)
   if not os.path.exists(path):
-    return State.empty(settings)
+    return State.empty(settings, start)
   try:
     with np.load(path, allow_pickle=False) as data:
       saved = Settings(**json.loads(str(data['settings'])))
       state = State(saved, data['returns'], data['digests'],
                     {c: _column(data, c, len(data['returns'])) for c in COLUMNS},
                     [str(m) for m in data['modes']], float(data['best_score']),
-                    bool(data['best_evaluated']))
+                    bool(data['best_evaluated']),
+                    data['start'] if 'start' in data.files else None)
   except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, TypeError) as e:
     raise DataError(f'{path} is truncated or corrupted ({type(e).__name__}: {e}); move it away '
                     'to start the search again') from None
+  if start_digest(state.start) != saved.start:
+    raise DataError(f'{path}: its first mean does not match the digest its settings record '
+                    f'({saved.start!r}); move it away to start the search again')
   if saved != settings:
     raise ConfigError(f'{path} holds a search with {saved}, the config asks for {settings}: '
                       'restore the config (controller.*, seed) or use another run dir')
@@ -195,7 +214,7 @@ def load(folder: str, settings: Settings) -> State:
 
 def replay(state: State) -> Search:
   """Rebuilds CMA-ES after state.generation generations, checking every digest."""
-  search = Search(state.settings)
+  search = Search(state.settings, state.start)
   for g in range(state.generation):
     search.tell(search.ask(), state.returns[g])
     if not np.array_equal(search.digest(), state.digests[g]):

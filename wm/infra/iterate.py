@@ -79,6 +79,7 @@ def round_config(previous: Config, previous_run: runs.Run, settings: config_lib.
   config.seq.train_steps = done['seq']['step'] + settings.seq_steps
   config.controller.generations = settings.generations + (
       done['controller']['generations'] if settings.search == 'continue' else 0)
+  config.controller.start_from = ''  # a controller searched through round k-1's V and M
   config.iterate = copy.deepcopy(settings)
   return config_lib.validate(config)
 

@@ -3,8 +3,10 @@
 `run` starts on every MPI rank: rank 0 owns the search (wm/es.py) and the others serve its real
 episodes; without MPI, local worker processes do (wm/evaluation.py). Fitness comes from the dream
 (controller.mode=dream, wm/dream.py) or from real training episodes (mode=real; its first
-controller.dream_generations generations in the dream, a warm start); every evaluation plays the
-best candidate and the centroid in both, logging the dream's fidelity beside the real returns.
+controller.dream_generations generations in the dream, a warm start). The search starts from
+zeros, or from another run's controller on the same V and M (controller.start_from: e.g. one
+evolved in the dream with its own population, fine-tuned here). Every evaluation plays the best
+candidate and the centroid in both, logging the dream's fidelity beside the real returns.
 Inputs, outputs and flags: scripts/train_controller.py.
 """
 
@@ -20,7 +22,7 @@ from wm.agent import WorldModel, action_space_of
 from wm.artifacts import save_params
 from wm.config import Config
 from wm.dream import Dream
-from wm.errors import UserError
+from wm.errors import ConfigError, DataError, UserError
 from wm.infra import cli, mpi, runs
 from wm.infra.progress import Progress
 
@@ -43,11 +45,37 @@ def run(stage: cli.Stage, parallelism: int = 1) -> None:
       evaluator.close()
 
 
-def search_settings(config: Config, model: WorldModel) -> es.Settings:
+def search_settings(config: Config, model: WorldModel,
+                    start: np.ndarray | None = None) -> es.Settings:
   """The CMA-ES search's settings: what a saved search state must match."""
   c = config.controller
   return es.Settings(model.controller.num_params, c.population_size, c.init_sigma, config.seed,
-                     c.rest, c.covariance)
+                     c.rest, c.covariance, es.start_digest(start))
+
+
+def start_params(run: runs.Run, config: Config, model: WorldModel) -> np.ndarray | None:
+  """The search's first mean: controller.start_from's controller (None: zeros). Its run must
+  share this run's V and M (the same results, e.g. linked): through others its parameters
+  would mean something else."""
+  source = config.controller.start_from
+  if not source:
+    return None
+  if not os.path.isdir(source):
+    raise ConfigError(f'controller.start_from={source!r} is not a folder: give a run dir whose '
+                      'controller stage finished on this run\'s V and M')
+  other = runs.Run(source)
+  for stage in ('vae', 'seq'):
+    mine, theirs = run.fingerprint(stage), other.fingerprint(stage)
+    if mine != theirs:
+      raise DataError(f'controller.start_from={source!r} searched through another {stage} '
+                      f'result than this run\'s ({other.stage_dir(stage)}: {theirs}; '
+                      f'{run.stage_dir(stage)}: {mine}): start from a run that shares this '
+                      f'run\'s V and M (link RUN/vae and RUN/seq into it), or leave '
+                      'controller.start_from empty')
+  params = artifacts.load_params(artifacts.controller_params_path(other), model.controller)
+  logging.info('search starts from %s (controller.start_from)',
+               artifacts.controller_params_path(other))
+  return params.astype(np.float64)
 
 
 def dream_of(run: runs.Run, config: Config, model: WorldModel) -> Dream:
@@ -120,8 +148,9 @@ def train(stage: cli.Stage, mpi_evaluator, parallelism: int = 1) -> None:
   """Continues the search up to controller.generations; DONE when there, exit 75 when stopped."""
   config, c = stage.config, stage.config.controller
   model = WorldModel.load(stage.run, config, action_space_of(config))
-  settings = search_settings(config, model)
-  state = es.load(stage.dir, settings)
+  start = start_params(stage.run, config, model)
+  settings = search_settings(config, model, start)
+  state = es.load(stage.dir, settings, start)
   if state.generation >= c.generations:
     logging.info('%d of %d generations done already', state.generation, c.generations)
     stage.run.mark_done('controller', generations=state.generation)
@@ -129,9 +158,9 @@ def train(stage: cli.Stage, mpi_evaluator, parallelism: int = 1) -> None:
   stage.run.clear_done('controller')
   episodes = Episodes(stage, model, mpi_evaluator, parallelism)
   warm = (f' after {c.dream_generations} generations in the dream' if c.dream_generations
-          else '')
+          else '') + (f', starting at {c.start_from}\'s controller' if c.start_from else '')
   logging.info('CMA-ES over %d parameters (controller.inputs=%s), population %d, %d trials, '
-               '%s mode%s, from generation %d', settings.num_params, c.inputs, c.population_size,
+               '%s mode%s; generation %d next', settings.num_params, c.inputs, c.population_size,
                c.trials, c.mode, warm, state.generation + 1)
   try:
     search(stage, model, state, episodes)
