@@ -1,5 +1,6 @@
 """Config: presets load, overrides are typed, bad fields are refused before any work."""
 
+import copy
 import dataclasses
 import inspect
 import os
@@ -63,6 +64,9 @@ def test_bad_overrides_name_the_field(key, value, message):
                                        ('collect.hold_max', '0'),
                                        ('controller.dream_generations', '-1'),
                                        ('controller.dream_generations', '5'),  # debug: dream mode
+                                       ('controller.warm_generations', '5'),  # the same
+                                       ('controller.warm_keep', 'luck'),
+                                       ('iterate.warm_generations', '5'),  # search=continue
                                        ('seq.dropout', '1.0'),
                                        ('controller.dream_dropout', 'true')])  # seq.dropout 0
 def test_impossible_values_are_refused(key, value):
@@ -70,6 +74,17 @@ def test_impossible_values_are_refused(key, value):
   config_lib.override(c, key, value)
   with pytest.raises(ConfigError, match=re.escape(key)):
     config_lib.validate(c)
+
+
+def test_one_warm_start_at_a_time():
+  c = debug_config()
+  config_lib.apply_overrides(c, {'controller.mode': 'real', 'controller.warm_generations': '5'})
+  config_lib.validate(c)
+  for key, value in (('controller.start_from', 'runs/other'), ('controller.dream_generations', '2')):
+    both = copy.deepcopy(c)
+    config_lib.override(both, key, value)
+    with pytest.raises(ConfigError, match=re.escape(key)):
+      config_lib.validate(both)
 
 
 def test_json_round_trip_refuses_unknown_fields():

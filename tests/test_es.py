@@ -353,6 +353,41 @@ def test_a_real_search_started_from_a_dream_searched_controller(controller_model
   assert not os.path.exists(os.path.join(fresh, 'controller', es.STATE))
 
 
+def test_a_real_search_starts_from_its_own_dream_search(controller_models, tmp_path):
+  """controller.warm_generations: a dream search of its own (its population, trials and keep)
+  in RUN/controller/warm, then the real search from its best with start_sigma; a rerun redoes
+  neither, and a top-up continues only the real search."""
+  run_dir = copy_run(controller_models, str(tmp_path / 'run'))
+  args = (f'--run_dir={run_dir}', f'--config={DEBUG}', '--config.controller.mode=real',
+          '--config.controller.warm_generations=2', '--config.controller.warm_population=6',
+          '--config.controller.warm_trials=2', '--config.controller.eval_every=1',
+          '--config.controller.init_sigma=1', '--config.controller.start_sigma=0.02',
+          '--config.env.max_steps=20')
+  run_script('train_controller', *args, '--config.controller.generations=1')
+  warm = os.path.join(run_dir, 'controller', 'warm')
+  with open(os.path.join(warm, es.HISTORY)) as f:
+    rows = [json.loads(line) for line in f]
+  assert [r['mode'] for r in rows] == ['dream', 'dream']
+  assert all(r['eval_mean'] is not None for r in rows)  # keep=real: the game chose its best
+  warm_state = np.load(os.path.join(warm, es.STATE))
+  assert warm_state['returns'].shape == (2, 6)  # its own population
+  assert json.loads(str(warm_state['settings']))['init_sigma'] == 1
+  with np.load(os.path.join(warm, es.BEST)) as data:
+    warm_best = data['params']
+  assert np.abs(warm_best).max() > 0  # evolved, not zeros
+  state = np.load(os.path.join(run_dir, 'controller', es.STATE))
+  np.testing.assert_array_equal(state['start'], warm_best)
+  settings = json.loads(str(state['settings']))
+  assert (settings['init_sigma'], settings['start']) == (0.02, es.start_digest(warm_best))
+  assert list(state['modes']) == ['real']
+  assert os.path.exists(os.path.join(run_dir, 'controller', 'DONE'))
+
+  before = os.path.getmtime(os.path.join(warm, es.STATE))
+  run_script('train_controller', *args, '--config.controller.generations=2')  # a top-up
+  assert os.path.getmtime(os.path.join(warm, es.STATE)) == before
+  assert list(np.load(os.path.join(run_dir, 'controller', es.STATE))['modes']) == ['real'] * 2
+
+
 @pytest.mark.mpi
 def test_mpi_ranks_match_the_local_pool(controller_models, mpi_as_root, tmp_path):
   mpiexec = shutil.which('mpiexec')

@@ -77,13 +77,19 @@ def test_a_round_collects_with_the_controller_and_trains_on(debug_agent, tmp_pat
   assert again.returncode == 0 and 'started' not in again.stdout, again.stdout[-2000:]
 
 
-@pytest.mark.parametrize('search', ['continue', 'restart'])
-def test_a_round_continues_or_restarts_the_search(debug_agent, tmp_path, search):
+@pytest.mark.parametrize('search,warm', [('continue', 0), ('restart', 0), ('restart', 4)])
+def test_a_round_continues_or_restarts_the_search(debug_agent, tmp_path, search, warm):
   """iterate.search: round 1's controller starts from round 0's CMA-ES state and generation
-  count, or from scratch; V and M continue either way."""
+  count, or from scratch, or (iterate.warm_generations) from a dream search in its own M; V and
+  M continue either way."""
   root = copy_run(debug_agent, str(tmp_path / 'run'))
   runs.Run(root).mark_done('evaluate')  # what a round starts after (its score is not read here)
-  settings = config_lib.IterateConfig(iterations=1, generations=3, search=search)
+  settings = config_lib.IterateConfig(iterations=1, generations=3, search=search,
+                                      warm_generations=warm)
+  base = config_lib.load_json(runs.Run(root).config_path)
+  if warm:  # the debug preset searches in the dream: the rounds' warm start is for real searches
+    base.controller.mode = 'real'
+    fileio.write_text(runs.Run(root).config_path, config_lib.to_json(base) + '\n')
   round1 = iterate.prepare(root, 1, settings)
   before = fileio.read_json(runs.Run(root).done_path('controller'))['generations']
   config = config_lib.load_json(round1.config_path)
@@ -92,6 +98,7 @@ def test_a_round_continues_or_restarts_the_search(debug_agent, tmp_path, search)
     assert (config.controller.generations, carried) == (before + 3, True)
   else:
     assert (config.controller.generations, carried) == (3, False)
+  assert config.controller.warm_generations == warm
   assert os.path.isdir(os.path.join(round1.stage_dir('vae'), 'checkpoints'))
   assert os.path.isdir(os.path.join(round1.stage_dir('seq'), 'checkpoints'))
   iterate.prepare(root, 1, settings)  # idempotent: nothing changes on a rerun

@@ -132,12 +132,17 @@ class ControllerConfig:
   population_size: int = 16  # CMA-ES candidates per generation
   trials: int = 4  # episodes per candidate; fitness is their mean return
   generations: int = 100  # generations in total (a rerun continues up to this)
-  init_sigma: float = 0.1  # CMA-ES initial step size
+  init_sigma: float = 0.1  # CMA-ES initial step size of a search from zeros
+  start_sigma: float = 0.05  # ... of a search from a controller (start_from, warm_generations): it starts near a good one
   start_from: str = ''  # a run dir whose controller (RUN/controller/best.npz) is the search's first mean instead of zeros: e.g. one evolved in this run's dream, fine-tuned here in the real env (a warm start); it must share this run's V and M
+  warm_generations: int = 0  # mode=real: first a search of its own in M's dream, this many generations (RUN/controller/warm), and the real search starts from its best (0: off)
+  warm_population: int = 64  # ... its candidates per generation (dream episodes are cheap: a large population ranks them in a noisy world)
+  warm_trials: int = 16  # ... its dream episodes per candidate
+  warm_keep: str = 'real'  # ... which of its evaluated controllers the real search starts from (as keep: real lets the game stop a search that exploits the dream)
   covariance: str = 'full'  # CMA-ES covariance: full (the paper's) | diagonal (sep-CMA-ES: learns each parameter's scale ~n/3 times faster)
   train_patience: int = 0  # real-env training: stop after this many steps without reward (0: off)
   mode: str = 'dream'  # where candidates are evaluated: dream (inside M) | real (the env)
-  dream_generations: int = 0  # mode=real: the first this many generations evolve in M's dream instead (a warm start), the rest in the real env
+  dream_generations: int = 0  # mode=real: the first this many generations of the same search evolve in M's dream (a warm start weaker than warm_generations on CarRacing), the rest in the real env
   dream_temperature: float = 1.15  # dream: sampling temperature of M
   dream_done: str = 'sample'  # dream: an episode ends with M's done probability | threshold (> 0.5) | expected (rewards weighted by the probability of being alive: no draw's noise)
   dream_done_odds: float = 1.0  # dream: M's odds of an episode's end times this (> 1: a cautious dream, harder than M predicts)
@@ -183,6 +188,7 @@ class IterateConfig:
   seq_steps: int = 1000  # M's training steps each round adds, continuing its checkpoint
   generations: int = 25  # controller generations each round runs (added to round k-1's with search=continue)
   search: str = 'continue'  # each round's CMA-ES: continue (round k-1's state, through the new V and M) | restart (from scratch through them)
+  warm_generations: int = 0  # search=restart: each round's real search starts from a dream search of this many generations in the round's own M (controller.warm_*; 0: from zeros)
 
 
 @dataclasses.dataclass
@@ -428,6 +434,7 @@ _CHOICES = {
     'controller.covariance': ('full', 'diagonal'),
     'controller.mode': ('real', 'dream'),
     'controller.keep': ('real', 'dream', 'final'),
+    'controller.warm_keep': ('real', 'dream', 'final'),
     'controller.dream_done': ('sample', 'threshold', 'expected'),
     'controller.dream_fitness': ('mean', 'worst'),
     'controller.dream_precision': ('auto', 'float32', 'bfloat16'),
@@ -448,6 +455,7 @@ _POSITIVE = (
     'seq.num_heads', 'controller.dream_done_odds', 'controller.hidden_units',
     'controller.population_size',
     'controller.trials', 'controller.generations', 'controller.init_sigma',
+    'controller.start_sigma', 'controller.warm_population', 'controller.warm_trials',
     'controller.dream_temperature', 'controller.eval_every', 'controller.eval_episodes',
     'controller.test_episodes',
     'play.num_episodes', 'play.fps',
@@ -498,6 +506,10 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
       ('iterate.vae_steps', config.iterate.vae_steps >= 0, 'must be >= 0'),
       ('iterate.seq_steps', config.iterate.seq_steps >= 0, 'must be >= 0'),
       ('iterate.generations', config.iterate.generations >= 1, 'must be >= 1'),
+      ('iterate.warm_generations', config.iterate.warm_generations >= 0, 'must be >= 0'),
+      ('iterate.warm_generations', config.iterate.warm_generations == 0
+       or config.iterate.search == 'restart', 'needs iterate.search=restart: a warm start '
+       'begins a new search, it does not continue round k-1\'s'),
       ('records.valid_fraction', 0 <= config.records.valid_fraction < 1, 'must be in [0, 1)'),
       ('env.render_scale', 0 < config.env.render_scale <= 1, 'must be in (0, 1]'),
       ('env.render_scale', config.env.render_scale == 1 or config.env.fast_render,
@@ -524,6 +536,17 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
       ('controller.dream_generations', config.controller.dream_generations == 0
        or config.controller.mode == 'real', 'is a warm start for controller.mode=real (with '
        'mode=dream every generation is in the dream already)'),
+      ('controller.warm_generations', config.controller.warm_generations >= 0, 'must be >= 0'),
+      ('controller.warm_generations', config.controller.warm_generations == 0
+       or config.controller.mode == 'real', 'is a warm start for controller.mode=real (with '
+       'mode=dream the search is in the dream already)'),
+      ('controller.warm_generations', config.controller.warm_generations == 0 or not (
+          config.controller.start_from or config.controller.dream_generations),
+       'cannot be combined with controller.start_from or controller.dream_generations: each is '
+       'a warm start of its own, choose one'),
+      ('controller.warm_trials', config.controller.warm_trials % worlds == 0,
+       f'must be a multiple of {worlds}, as controller.trials: every M of the dream plays an '
+       'equal share of a candidate\'s episodes'),
       ('vae.model', config.vae.model in registry.ENCODERS,
        f'is not a registered encoder {sorted(registry.ENCODERS)} (wm/models/registry.py)'),
       ('seq.model', config.seq.model in registry.SEQUENCE_MODELS,

@@ -15,7 +15,9 @@ models and scores stay apart, and every stage in it resumes by rerun like any ot
                  on all the data (the stages' top-up: vae.train_steps, seq.train_steps raised)
     controller/  round k-1's CMA-ES state, continued for iterate.generations more generations
                  through the new V and M (controller.generations raised); with
-                 iterate.search=restart a new search of iterate.generations from scratch
+                 iterate.search=restart a new search of iterate.generations from scratch,
+                 or (iterate.warm_generations) from a dream search in the round's own M
+                 (controller.warm_generations: RUN/iterations/<k>/controller/warm)
     evaluate/    the round's controller on the same controller.test_episodes real episodes
     config.json  the round's config: round k-1's with the changes above
 
@@ -80,6 +82,9 @@ def round_config(previous: Config, previous_run: runs.Run, settings: config_lib.
   config.controller.generations = settings.generations + (
       done['controller']['generations'] if settings.search == 'continue' else 0)
   config.controller.start_from = ''  # a controller searched through round k-1's V and M
+  config.controller.warm_generations = settings.warm_generations  # through round k's
+  if settings.warm_generations:
+    config.controller.dream_generations = 0  # one warm start at a time
   config.iterate = copy.deepcopy(settings)
   return config_lib.validate(config)
 

@@ -2,16 +2,18 @@
 
 `run` starts on every MPI rank: rank 0 owns the search (wm/es.py) and the others serve its real
 episodes; without MPI, local worker processes do (wm/evaluation.py). Fitness comes from the dream
-(controller.mode=dream, wm/dream.py) or from real training episodes (mode=real; its first
-controller.dream_generations generations in the dream, a warm start). The search starts from
-zeros, or from another run's controller on the same V and M (controller.start_from: e.g. one
-evolved in the dream with its own population, fine-tuned here). Every evaluation plays the best
-candidate and the centroid in both, logging the dream's fidelity beside the real returns.
+(controller.mode=dream, wm/dream.py) or from real training episodes (mode=real). A real search
+starts from zeros, or warm from a controller evolved in the dream on the same V and M:
+controller.warm_generations runs a dream search of its own first (its own population and trials,
+RUN/controller/warm), controller.start_from takes another run's, and controller.dream_generations
+plays the search's own first generations in the dream. Every evaluation plays the best candidate
+and the centroid in both, logging the dream's fidelity beside the real returns.
 Inputs, outputs and flags: scripts/train_controller.py.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -25,6 +27,8 @@ from wm.dream import Dream
 from wm.errors import ConfigError, DataError, UserError
 from wm.infra import cli, mpi, runs
 from wm.infra.progress import Progress
+
+WARM = 'warm'  # RUN/controller/warm: the dream search a real search starts from (warm_generations)
 
 
 def run(stage: cli.Stage, parallelism: int = 1) -> None:
@@ -49,14 +53,41 @@ def search_settings(config: Config, model: WorldModel,
                     start: np.ndarray | None = None) -> es.Settings:
   """The CMA-ES search's settings: what a saved search state must match."""
   c = config.controller
-  return es.Settings(model.controller.num_params, c.population_size, c.init_sigma, config.seed,
+  sigma = c.init_sigma if start is None else c.start_sigma
+  return es.Settings(model.controller.num_params, c.population_size, sigma, config.seed,
                      c.rest, c.covariance, es.start_digest(start))
 
 
-def start_params(run: runs.Run, config: Config, model: WorldModel) -> np.ndarray | None:
-  """The search's first mean: controller.start_from's controller (None: zeros). Its run must
-  share this run's V and M (the same results, e.g. linked): through others its parameters
-  would mean something else."""
+def warm_config(config: Config) -> Config:
+  """The warm start's search (controller.warm_*): in the dream, with its own population, trials
+  and choice of what to keep, from zeros."""
+  warm = copy.deepcopy(config)
+  c = warm.controller
+  c.mode, c.population_size, c.trials = 'dream', c.warm_population, c.warm_trials
+  c.generations, c.keep = c.warm_generations, c.warm_keep
+  c.warm_generations, c.dream_generations, c.start_from = 0, 0, ''
+  return warm
+
+
+def warm_start(stage: cli.Stage, mpi_evaluator, parallelism: int) -> runs.Run:
+  """Runs (or, on a rerun, finishes or skips) the dream search a warm real search starts
+  from, in RUN/controller/warm; returns the run whose best.npz it kept."""
+  run = stage.run.redirected('controller', os.path.join(stage.dir, WARM))
+  logging.info('warm start: %d generations in the dream first (controller.warm_generations), '
+               'in %s', stage.config.controller.warm_generations, run.stage_dir('controller'))
+  train(cli.Stage(stage.name, warm_config(stage.config), run, stage.overrides), mpi_evaluator,
+        parallelism)
+  return run
+
+
+def start_params(run: runs.Run, config: Config, model: WorldModel,
+                 warm: runs.Run | None = None) -> np.ndarray | None:
+  """The search's first mean: the warm search's controller, or controller.start_from's (None:
+  zeros). start_from's run must share this run's V and M (the same results, e.g. linked):
+  through others its parameters would mean something else."""
+  if warm is not None:
+    return artifacts.load_params(artifacts.controller_params_path(warm),
+                                 model.controller).astype(np.float64)
   source = config.controller.start_from
   if not source:
     return None
@@ -148,7 +179,8 @@ def train(stage: cli.Stage, mpi_evaluator, parallelism: int = 1) -> None:
   """Continues the search up to controller.generations; DONE when there, exit 75 when stopped."""
   config, c = stage.config, stage.config.controller
   model = WorldModel.load(stage.run, config, action_space_of(config))
-  start = start_params(stage.run, config, model)
+  warm = warm_start(stage, mpi_evaluator, parallelism) if c.warm_generations else None
+  start = start_params(stage.run, config, model, warm)
   settings = search_settings(config, model, start)
   state = es.load(stage.dir, settings, start)
   if state.generation >= c.generations:
@@ -157,11 +189,12 @@ def train(stage: cli.Stage, mpi_evaluator, parallelism: int = 1) -> None:
     return
   stage.run.clear_done('controller')
   episodes = Episodes(stage, model, mpi_evaluator, parallelism)
-  warm = (f' after {c.dream_generations} generations in the dream' if c.dream_generations
-          else '') + (f', starting at {c.start_from}\'s controller' if c.start_from else '')
+  origin = warm.stage_dir('controller') if warm else c.start_from
+  how = (f' after {c.dream_generations} generations in the dream' if c.dream_generations
+         else '') + (f', starting at {origin}\'s controller' if origin else '')
   logging.info('CMA-ES over %d parameters (controller.inputs=%s), population %d, %d trials, '
                '%s mode%s; generation %d next', settings.num_params, c.inputs, c.population_size,
-               c.trials, c.mode, warm, state.generation + 1)
+               c.trials, c.mode, how, state.generation + 1)
   try:
     search(stage, model, state, episodes)
   finally:
