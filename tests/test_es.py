@@ -166,6 +166,33 @@ def test_keep_final_keeps_the_newest_centroid_whatever_either_world_scored(tmp_p
   assert score == 1.0 and state.best_score == 1.0 and state.best_evaluated
 
 
+def test_keep_average_keeps_the_mean_of_the_newest_centroids_across_a_resume(tmp_path):
+  """keep=average: after every generation best.npz is the mean of the newest `average`
+  generations' centroids, scored by the generation's population mean; a search stopped and
+  resumed (the window rebuilt by replay) saves the same as one run without a break."""
+  settings = es.Settings(5, 6, 0.3, seed=4)
+  objective = lambda saved: es.Objective(  # noqa: E731
+      _quadratic, lambda p, s: saved.append((p.copy(), s)), keep='average', average=3)
+  whole, saved = es.State.empty(settings), []
+  list(es.run(str(tmp_path / 'whole'), whole, 6, 'real', objective(saved)))
+  search, centroids = es.Search(settings), []
+  for g in range(6):  # the same search by hand: its centroid after each generation
+    search.tell(search.ask(), whole.returns[g])
+    centroids.append(search.centroid)
+  np.testing.assert_allclose(saved[-1][0], np.mean(centroids[3:], axis=0))
+  np.testing.assert_allclose(saved[1][0], np.mean(centroids[:2], axis=0))  # fewer at first
+  assert saved[-1][1] == pytest.approx(whole.returns[5].mean()) == whole.best_score
+  assert not np.allclose(saved[-1][0], centroids[-1])  # not the newest centroid alone
+
+  folder, first = str(tmp_path / 'split'), []
+  list(es.run(folder, es.State.empty(settings), 4, 'real', objective(first)))
+  resumed = []
+  list(es.run(folder, es.load(folder, settings), 6, 'real', objective(resumed)))
+  np.testing.assert_array_equal(resumed[-1][0], saved[-1][0])
+  with pytest.raises(ValueError, match='average'):
+    es.Objective(_quadratic, _ignore, keep='average', average=0)
+
+
 def test_keep_dream_ranks_by_the_searchs_own_dream_score(tmp_path):
   # With judges and dream_fitness=worst the search ranks candidates by their worst M's mean; the
   # dream's choice of best.npz must too. Row 0 lives long in one world and dies in the other

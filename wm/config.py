@@ -155,7 +155,8 @@ class ControllerConfig:
   eval_every: int = 25  # every this many generations the best and the centroid are evaluated, in the real env and in the dream
   eval_episodes: int = 16  # ... over this many episodes
   dream_eval_episodes: int = 0  # ... and over this many in the dream (0: eval_episodes); dream episodes cost ~1/100 of real ones, and more give the fidelity and keep=dream's score less noise
-  keep: str = 'real'  # which evaluated controller best.npz keeps: real (the best real evaluation) | dream (the best dream evaluation: the real game is watched, never used to choose) | final (the newest evaluation's centroid: no world chooses, so no world's noise or blind spots pick it)
+  keep: str = 'real'  # which controller best.npz keeps: real (the best real evaluation) | dream (the best dream evaluation: the real game is watched, never used to choose) | final (the newest evaluation's centroid: no world chooses, so no world's noise or blind spots pick it) | average (the mean of the last keep_average generations' centroids: no evaluation chooses)
+  keep_average: int = 40  # keep=average (and warm_keep=average): how many of the newest generations' centroids are averaged
   test_episodes: int = 20  # scripts/evaluate.py: episodes (the paper's table used 100)
 
   def judge_steps(self) -> tuple[int, ...]:
@@ -433,8 +434,8 @@ _CHOICES = {
     'controller.rest': ('middle', 'low'),
     'controller.covariance': ('full', 'diagonal'),
     'controller.mode': ('real', 'dream'),
-    'controller.keep': ('real', 'dream', 'final'),
-    'controller.warm_keep': ('real', 'dream', 'final'),
+    'controller.keep': ('real', 'dream', 'final', 'average'),
+    'controller.warm_keep': ('real', 'dream', 'final', 'average'),
     'controller.dream_done': ('sample', 'threshold', 'expected'),
     'controller.dream_fitness': ('mean', 'worst'),
     'controller.dream_precision': ('auto', 'float32', 'bfloat16'),
@@ -456,6 +457,7 @@ _POSITIVE = (
     'controller.population_size',
     'controller.trials', 'controller.generations', 'controller.init_sigma',
     'controller.start_sigma', 'controller.warm_population', 'controller.warm_trials',
+    'controller.keep_average',
     'controller.dream_temperature', 'controller.eval_every', 'controller.eval_episodes',
     'controller.test_episodes',
     'play.num_episodes', 'play.fps',

@@ -21,6 +21,7 @@ All three files are replaced atomically; es_state.npz is written last and is the
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -38,6 +39,7 @@ from wm.infra import fileio
 
 STATE, HISTORY = 'es_state.npz', 'history.jsonl'
 BEST = artifacts.BEST  # the best parameters (RUN/controller/best.npz)
+KEEP = ('real', 'dream', 'final', 'average')  # what best.npz can keep (Objective.keep)
 COLUMNS = ('best', 'mean', 'worst', 'sigma', 'eval_mean', 'eval_std', 'centroid_eval_mean',
            'centroid_eval_std', 'dream_eval_mean', 'dream_eval_std', 'centroid_dream_eval_mean',
            'centroid_dream_eval_std',
@@ -212,11 +214,14 @@ def load(folder: str, settings: Settings, start: np.ndarray | None = None) -> St
   return state
 
 
-def replay(state: State) -> Search:
-  """Rebuilds CMA-ES after state.generation generations, checking every digest."""
+def replay(state: State, centroids: collections.deque | None = None) -> Search:
+  """Rebuilds CMA-ES after state.generation generations, checking every digest; appends each
+  generation's centroid to `centroids` when given."""
   search = Search(state.settings, state.start)
   for g in range(state.generation):
     search.tell(search.ask(), state.returns[g])
+    if centroids is not None:
+      centroids.append(search.centroid)
     if not np.array_equal(search.digest(), state.digests[g]):
       raise DataError(f'replaying the saved CMA-ES state diverged at generation {g + 1}: the '
                       '`cma` version or its options differ from the run that wrote it')
@@ -245,12 +250,16 @@ class Objective:
   # returns [k, E] of dream_evaluate -> scores [k] that keep='dream' ranks by (default: means)
   dream_score: Callable[[np.ndarray], np.ndarray] = lambda returns: returns.mean(axis=1)
   # which evaluation chooses best.npz: real | dream (needs dream_evaluate) | final (none: the
-  # centroid of the newest evaluation, whatever either world scored)
+  # centroid of the newest evaluation, whatever either world scored) | average (none: the mean of
+  # the centroids of the last `average` generations, saved after every generation)
   keep: str = 'real'
+  average: int = 1  # keep=average: how many of the newest generations' centroids
 
   def __post_init__(self):
-    if self.keep not in ('real', 'dream', 'final'):
-      raise ValueError(f'keep must be real, dream or final, not {self.keep!r}')
+    if self.keep not in KEEP:
+      raise ValueError(f'keep must be one of {KEEP}, not {self.keep!r}')
+    if self.average < 1:
+      raise ValueError(f'average must be >= 1, not {self.average}')
     if self.keep == 'dream' and self.dream_evaluate is None:
       raise ValueError("keep='dream' chooses by the dream's evaluations: give dream_evaluate")
 
@@ -264,16 +273,20 @@ def run(folder: str, state: State, generations: int, mode: str | Callable[[int],
   centroid are evaluated (in the real environment, and with `dream_evaluate` in the dream too),
   and best.npz keeps whichever evaluated best so far, in the real environment or, with
   objective.keep == 'dream', in the dream; with objective.keep == 'final' it keeps the newest
-  evaluation's centroid, chosen by neither world. Stops early (after saving) when
-  objective.stop() is true.
+  evaluation's centroid, chosen by neither world; with objective.keep == 'average', after
+  every generation, the mean of the newest objective.average generations' centroids: once the
+  search has converged its mean wanders with the noise of its fitness, and the average of its
+  last steps sits nearer their middle. Stops early (after saving) when objective.stop() is true.
   """
-  search = replay(state)
+  centroids = collections.deque(maxlen=objective.average)
+  search = replay(state, centroids)
   while state.generation < generations:
     g = state.generation + 1
     solutions = search.ask()
     start = time.perf_counter()
     returns = np.asarray(objective.fitness(solutions, g), np.float64)
     search.tell(solutions, returns)
+    centroids.append(search.centroid)
     top = int(np.argmax(returns))
     row = {'best': returns[top], 'mean': returns.mean(), 'worst': returns.min(),
            'sigma': search.sigma, 'fitness_s': time.perf_counter() - start}
@@ -283,7 +296,10 @@ def run(folder: str, state: State, generations: int, mode: str | Callable[[int],
       best, score = _evaluate(objective, g, best, search.centroid, row)
       row['eval_s'] = time.perf_counter() - start
       evaluated = True
-    if (evaluated and (objective.keep == 'final' or not state.best_evaluated)) or (
+    if objective.keep == 'average':  # scored by its population's mean fitness, no evaluation
+      objective.save_best(np.mean(centroids, axis=0), float(returns.mean()))
+      state.best_score, state.best_evaluated = float(returns.mean()), evaluated
+    elif (evaluated and (objective.keep == 'final' or not state.best_evaluated)) or (
         evaluated == state.best_evaluated and score > state.best_score):
       objective.save_best(best, float(score))
       state.best_score, state.best_evaluated = float(score), evaluated

@@ -220,7 +220,8 @@ def search(stage: cli.Stage, model: WorldModel, state: es.State, episodes: Episo
     objective = es.Objective(episodes.fitness, save_best, episodes.evaluate, c.eval_every,
                              stop=lambda: preemption.requested,
                              dream_evaluate=episodes.dream_evaluate,
-                             dream_score=episodes.dream.score, keep=c.keep)
+                             dream_score=episodes.dream.score, keep=c.keep,
+                             average=c.keep_average)
     for gen in es.run(stage.dir, state, c.generations, episodes.mode, objective):
       log(writer, gen)
       progress.update(gen.generation)
