@@ -80,6 +80,13 @@ def test_one_warm_start_at_a_time():
   c = debug_config()
   config_lib.apply_overrides(c, {'controller.mode': 'real', 'controller.warm_generations': '5'})
   config_lib.validate(c)
+  unused = copy.deepcopy(c)  # warm_trials counts only with a warm start: 3 worlds, 16 trials
+  config_lib.apply_overrides(unused, {'controller.warm_generations': '0', 'seq.judges': '2',
+                                      'controller.trials': '3', 'controller.eval_episodes': '3'})
+  config_lib.validate(unused)
+  config_lib.override(unused, 'controller.warm_generations', '5')
+  with pytest.raises(ConfigError, match='controller.warm_trials'):
+    config_lib.validate(unused)
   for key, value in (('controller.start_from', 'runs/other'), ('controller.dream_generations', '2')):
     both = copy.deepcopy(c)
     config_lib.override(both, key, value)

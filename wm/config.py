@@ -546,7 +546,8 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
           config.controller.start_from or config.controller.dream_generations),
        'cannot be combined with controller.start_from or controller.dream_generations: each is '
        'a warm start of its own, choose one'),
-      ('controller.warm_trials', config.controller.warm_trials % worlds == 0,
+      ('controller.warm_trials', config.controller.warm_generations == 0
+       or config.controller.warm_trials % worlds == 0,
        f'must be a multiple of {worlds}, as controller.trials: every M of the dream plays an '
        'equal share of a candidate\'s episodes'),
       ('vae.model', config.vae.model in registry.ENCODERS,
