@@ -69,14 +69,15 @@ def warm_config(config: Config) -> Config:
   return warm
 
 
-def warm_start(stage: cli.Stage, mpi_evaluator, parallelism: int) -> runs.Run:
+def warm_start(stage: cli.Stage, model: WorldModel, mpi_evaluator, parallelism: int) -> runs.Run:
   """Runs (or, on a rerun, finishes or skips) the dream search a warm real search starts
-  from, in RUN/controller/warm; returns the run whose best.npz it kept."""
+  from, in RUN/controller/warm, through the same V and M; returns the run whose best.npz it
+  kept."""
   run = stage.run.redirected('controller', os.path.join(stage.dir, WARM))
   logging.info('warm start: %d generations in the dream first (controller.warm_generations), '
                'in %s', stage.config.controller.warm_generations, run.stage_dir('controller'))
   train(cli.Stage(stage.name, warm_config(stage.config), run, stage.overrides), mpi_evaluator,
-        parallelism)
+        parallelism, model)
   return run
 
 
@@ -175,11 +176,13 @@ class Episodes:
       self.local.close()
 
 
-def train(stage: cli.Stage, mpi_evaluator, parallelism: int = 1) -> None:
-  """Continues the search up to controller.generations; DONE when there, exit 75 when stopped."""
+def train(stage: cli.Stage, mpi_evaluator, parallelism: int = 1,
+          model: WorldModel | None = None) -> None:
+  """Continues the search up to controller.generations; DONE when there, exit 75 when stopped.
+  `model`: the run's V, M and C when loaded already (the warm start's search shares them)."""
   config, c = stage.config, stage.config.controller
-  model = WorldModel.load(stage.run, config, action_space_of(config))
-  warm = warm_start(stage, mpi_evaluator, parallelism) if c.warm_generations else None
+  model = model or WorldModel.load(stage.run, config, action_space_of(config))
+  warm = warm_start(stage, model, mpi_evaluator, parallelism) if c.warm_generations else None
   start = start_params(stage.run, config, model, warm)
   settings = search_settings(config, model, start)
   state = es.load(stage.dir, settings, start)
