@@ -143,6 +143,31 @@ def test_training_stage_running_then_killed_then_failed(debug_agent, tmp_path):
   assert 'failed' in text and 'slurmstepd: error' in text and 'logs/vae.log' in text, text
 
 
+def test_controller_in_its_warm_start_shows_the_warm_search_progress(debug_agent, tmp_path):
+  """A real search's warm start (controller.warm_generations) reports in RUN/controller/warm:
+  status shows that until the real search writes its own progress. The progress files are
+  written by Progress itself, from this (live) process, as the stage's searches write them."""
+  run_dir = copy_run(debug_agent, str(tmp_path / 'run'))
+  folder = os.path.join(run_dir, 'controller')
+  os.remove(os.path.join(folder, 'DONE'))
+  real = progress.Progress('controller generations', 60, folder=folder, write_every_s=0)
+  real.update(0)  # a rerun's real search, before its warm start took over the process
+  time.sleep(0.05)
+  warm = progress.Progress('controller generations', 10, folder=os.path.join(
+      folder, runs.WARM), write_every_s=0)
+  warm.update(3)
+  [run] = status_json(run_dir)
+  controller = stages(run)['controller']
+  assert controller['state'] == 'running', controller
+  assert controller['detail'].startswith('warm start in the dream: 30% (3/10)'), controller
+  header, row = status(run_dir, str(tmp_path / 'run')).stdout.splitlines()[:2]
+  assert row.split()[6:8] == ['warm', '30%'], (header, row)  # the comparison's controller cell
+  time.sleep(0.05)
+  real.update(5)  # the real search reports: its own progress shows again
+  controller = stages(status_json(run_dir)[0])['controller']
+  assert controller['detail'].startswith('8% (5/60)'), controller
+
+
 def test_missing_run_dir_is_one_message(tmp_path):
   result = status(str(tmp_path / 'nothing'), check=False)
   assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr

@@ -40,6 +40,7 @@ STAGE_DIRS = {
 }
 SPLITS = ('train', 'valid')
 JUDGES = 'judges'  # RUN/seq/judges/<i>: the Ms of seq.judges, each a seq stage folder of its own
+WARM = 'warm'  # RUN/controller/warm: the dream search a real search starts from, a folder of its own
 # The files that identify a stage's result, relative to its folder.
 RESULT_FILES = {
     'vae': ('export/model.json', 'export/model.weights.h5'),

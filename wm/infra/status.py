@@ -22,7 +22,9 @@ Job states come from `scontrol show job` (pending, running, ended within MinJobA
 `sacct`, then from the job completion file when the cluster keeps one as text; without SLURM they
 are unknown and said so. Limits: stages that report no progress (shard, evaluate, play) show as
 running only through their pid on this host or their SLURM job; array tasks sharing a stage
-share its progress.json (the last writer shows). It never writes, starts or cancels anything.
+share its progress.json (the last writer shows). A controller stage that runs its warm start (the
+dream search of controller.warm_generations, in RUN/controller/warm) shows that search's progress
+until the real search reports its own. It never writes, starts or cancels anything.
 """
 
 from __future__ import annotations
@@ -286,9 +288,11 @@ def describe_result(stage: str, result: dict) -> str:
 
 
 def describe_progress(p: dict, now: float, live: bool = True) -> str:
-  """'35% (700/2000), ~3m left, 9.5/s, updated 2s ago' (no estimate once not `live`)."""
+  """'35% (700/2000), ~3m left, 9.5/s, updated 2s ago' (no estimate once not `live`), after the
+  phase where there is one ('warm start in the dream: 35% ...')."""
   age = max(now - p.get('updated_at', now), 0.0)
   text = f'{p.get("percent", 0):.0f}% ({p.get("done")}/{p.get("total")})'
+  text = f'{p["phase"]}: {text}' if p.get('phase') else text
   if live and p.get('eta_s') is not None and p.get('done', 0) < p.get('total', 0):
     text += f', ~{progress.format_duration(max(p["eta_s"] - age, 0.0))} left'
   if live and p.get('rate'):
@@ -296,12 +300,23 @@ def describe_progress(p: dict, now: float, live: bool = True) -> str:
   return f'{text}, updated {progress.format_duration(age)} ago'
 
 
+def stage_progress(folder: str, stage: str) -> dict | None:
+  """The stage's progress.json; for the controller, its warm start's (RUN/controller/warm, the
+  dream search a real search runs first) where that was written last, marked with a 'phase'."""
+  found = []
+  for sub, phase in ([(runs.WARM, 'warm start in the dream')] if stage == 'controller' else []):
+    p = read_json(os.path.join(folder, sub, progress.FILE))
+    found += [{**p, 'phase': phase}] if isinstance(p, dict) else []
+  p = read_json(os.path.join(folder, progress.FILE))
+  found += [p] if isinstance(p, dict) else []
+  return max(found, key=lambda p: p.get('updated_at', 0.0), default=None)
+
+
 def activity(run: runs.Run, stage: str, now: float) -> tuple[bool, dict | None, str]:
   """(whether a process of the unfinished stage runs, its progress.json, which process): the
   writer of progress.json, else the process that wrote snapshot/host.json as it started."""
   folder = run.stage_dir(stage)
-  p = read_json(os.path.join(folder, progress.FILE))
-  p = p if isinstance(p, dict) else None
+  p = stage_progress(folder, stage)
   if p and is_live(p.get('host'), p.get('pid'), p.get('updated_at', 0.0), now):
     return True, p, f'pid {p["pid"]} on {p["host"]}'
   path = os.path.join(folder, 'snapshot', 'host.json')
@@ -413,11 +428,16 @@ def render_run(status: dict) -> str:
 SHORT_STATES = {'failed': 'FAILED', 'not started': '-'}
 
 
+def running_cell(p: dict) -> str:
+  """'35%', or 'warm 35%' while a controller stage runs its warm start."""
+  return f'{"warm " if p.get("phase") else ""}{p.get("percent", 0):.0f}%'
+
+
 def render_comparison(statuses: list[dict]) -> str:
   """Several runs: a row each with every stage's state and the key results; then the failures."""
   rows = [['run', *runs.STAGE_DIRS, 'V loss', 'M loss', 'C gen', 'C best', 'score']]
   for status in statuses:
-    states = [f'{s["progress"]["percent"]:.0f}%' if s['state'] == 'running' and s['progress']
+    states = [running_cell(s['progress']) if s['state'] == 'running' and s['progress']
               else SHORT_STATES.get(s['state'], s['state']) for s in status['stages']]
     r = status['results']
     gen = (f'{r["controller_generation"]}/{r["controller_generations"] or "?"}'

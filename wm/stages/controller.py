@@ -28,8 +28,6 @@ from wm.errors import ConfigError, DataError, UserError
 from wm.infra import cli, mpi, runs
 from wm.infra.progress import Progress
 
-WARM = 'warm'  # RUN/controller/warm: the dream search a real search starts from (warm_generations)
-
 
 def run(stage: cli.Stage, parallelism: int = 1) -> None:
   """The stage, on every MPI rank: rank 0 runs the search, the others serve its episodes."""
@@ -73,7 +71,7 @@ def warm_start(stage: cli.Stage, model: WorldModel, mpi_evaluator, parallelism: 
   """Runs (or, on a rerun, finishes or skips) the dream search a warm real search starts
   from, in RUN/controller/warm, through the same V and M; returns the run whose best.npz it
   kept."""
-  run = stage.run.redirected('controller', os.path.join(stage.dir, WARM))
+  run = stage.run.redirected('controller', os.path.join(stage.dir, runs.WARM))
   logging.info('warm start: %d generations in the dream first (controller.warm_generations), '
                'in %s', stage.config.controller.warm_generations, run.stage_dir('controller'))
   train(cli.Stage(stage.name, warm_config(stage.config), run, stage.overrides), mpi_evaluator,
