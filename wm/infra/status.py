@@ -46,6 +46,7 @@ _CURVES = flags.DEFINE_bool('curves', False, 'Print each run\'s learning curve i
                             'evaluation of its controller search (real and dream, best candidate '
                             'and centroid) against the search time spent before it.')
 
+WARM_PHASE = 'warm start in the dream'  # a controller stage's progress from RUN/controller/warm
 RUNNING_WITHIN_S = 600  # progress.json written on another host this recently: running
 TAIL_BYTES = 16384  # how much of a log's end is searched for an error
 # Lines that say why a process failed, most telling first: a stage's one-line error, a Python
@@ -303,13 +304,12 @@ def describe_progress(p: dict, now: float, live: bool = True) -> str:
 def stage_progress(folder: str, stage: str) -> dict | None:
   """The stage's progress.json; for the controller, its warm start's (RUN/controller/warm, the
   dream search a real search runs first) where that was written last, marked with a 'phase'."""
-  found = []
-  for sub, phase in ([(runs.WARM, 'warm start in the dream')] if stage == 'controller' else []):
-    p = read_json(os.path.join(folder, sub, progress.FILE))
-    found += [{**p, 'phase': phase}] if isinstance(p, dict) else []
-  p = read_json(os.path.join(folder, progress.FILE))
-  found += [p] if isinstance(p, dict) else []
-  return max(found, key=lambda p: p.get('updated_at', 0.0), default=None)
+  found = [read_json(os.path.join(folder, progress.FILE))]
+  if stage == 'controller':
+    warm = read_json(os.path.join(folder, runs.WARM, progress.FILE))
+    found.append({**warm, 'phase': WARM_PHASE} if isinstance(warm, dict) else None)
+  return max((p for p in found if isinstance(p, dict)),
+             key=lambda p: p.get('updated_at', 0.0), default=None)
 
 
 def activity(run: runs.Run, stage: str, now: float) -> tuple[bool, dict | None, str]:
@@ -430,7 +430,7 @@ SHORT_STATES = {'failed': 'FAILED', 'not started': '-'}
 
 def running_cell(p: dict) -> str:
   """'35%', or 'warm 35%' while a controller stage runs its warm start."""
-  return f'{"warm " if p.get("phase") else ""}{p.get("percent", 0):.0f}%'
+  return f'{"warm " if p.get("phase") == WARM_PHASE else ""}{p.get("percent", 0):.0f}%'
 
 
 def render_comparison(statuses: list[dict]) -> str:
