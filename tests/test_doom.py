@@ -85,16 +85,33 @@ def test_a_killed_process_takes_its_vizdoom_engine_with_it():
 
 
 def test_the_engines_directory_exists_before_any_engine_looks(tmp_path, monkeypatch):
-  """VizDoom's engine checks for ./_vizdoom and then creates it: two started at once (a stage's
-  workers in a fresh directory) raced there, and the loser crashed its worker with SIGSEGV. Making
-  the env creates it first, before the engine starts (at the first reset), whichever engine it is."""
-  monkeypatch.chdir(tmp_path)
+  """VizDoom's engine checks for _vizdoom in its cwd and then creates it: two started at once (a
+  stage's workers in a fresh directory) raced there, and the loser crashed its worker with
+  SIGSEGV. Making the env creates it first, before the engine starts (at the first reset)."""
+  monkeypatch.setattr(envs, 'ENGINE_HOME', str(tmp_path / 'home'))
   env = envs.make(config_lib.load(DOOM).env)
   try:
-    assert (tmp_path / envs.ENGINE_FILES).is_dir()
+    assert (tmp_path / 'home' / envs.ENGINE_FILES).is_dir()
     assert not env.env.unwrapped.game.is_running()  # no engine yet: the directory came first
   finally:
     env.close()
+
+
+def test_the_engine_keeps_its_files_out_of_the_callers_directory(tmp_path, monkeypatch):
+  """A Doom stage started from a checkout used to leave the engine's _vizdoom.ini and _vizdoom/
+  there; the engine now runs in envs.ENGINE_HOME (wm/vizdoom_engine.sh)."""
+  workdir, home = tmp_path / 'work', tmp_path / 'home'
+  workdir.mkdir()
+  monkeypatch.chdir(workdir)
+  monkeypatch.setattr(envs, 'ENGINE_HOME', str(home))
+  env = envs.make(config_lib.load(DOOM).env)
+  try:
+    env.reset(seed=0)
+    env.step(np.eye(3, dtype=np.float32)[0])
+  finally:
+    env.close()
+  assert not list(workdir.iterdir()), f'the engine wrote {sorted(os.listdir(workdir))} into the cwd'
+  assert (home / '_vizdoom.ini').is_file(), f'no _vizdoom.ini in {home}: {os.listdir(home)}'
 
 
 @pytest.mark.slow

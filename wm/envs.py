@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import importlib
 import os
+import tempfile
 from typing import Any
 
 import gymnasium as gym
@@ -192,38 +193,44 @@ class PixelEnv:
     self.env.close()
 
 
-ENGINE_FILES = '_vizdoom'  # where a VizDoom engine keeps its files, relative to the cwd
+ENGINE_FILES = '_vizdoom'  # where a VizDoom engine keeps its files, relative to its cwd
 ENGINE_WRAPPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vizdoom_engine.sh')
+# The working directory of the engines wm/vizdoom_engine.sh starts: their _vizdoom.ini and
+# _vizdoom/ go there, not into the directory a stage was started from. Under $TMPDIR, so node-local
+# on a cluster (SLURM jobs often get a TMPDIR of their own).
+ENGINE_HOME = os.path.join(tempfile.gettempdir(), f'wm-vizdoom-{os.getuid()}')
 
 
 def prepare_vizdoom(env: gym.Env) -> None:
-  """Readies a VizDoom env's engine before it starts (at the env's first reset): its files'
-  directory made, its process tied to this one. Other envs, and a running engine, are left as
-  they are."""
+  """Readies a VizDoom env's engine before it starts (at the env's first reset): its process tied
+  to this one, its files' directory made. Other envs, and a running engine, are left as they
+  are."""
   game = getattr(env.unwrapped, 'game', None)
   if game is None or not hasattr(game, 'set_vizdoom_path') or game.is_running():
     return
-  make_engine_files_dir()
-  tie_engine_to_owner(game)
+  make_engine_files_dir(ENGINE_HOME if tie_engine_to_owner(game) else os.curdir)
 
 
-def make_engine_files_dir() -> None:
-  """Every VizDoom engine keeps its files in ./_vizdoom, which it checks for and then creates:
-  two engines started at once (a stage's workers) raced there, the loser failing with "File
-  exists" and crashing its worker. So the directory exists before any engine, bundled or not,
-  looks."""
-  os.makedirs(ENGINE_FILES, exist_ok=True)
+def make_engine_files_dir(engine_cwd: str) -> None:
+  """Every VizDoom engine keeps its files in _vizdoom under its cwd, which it checks for and then
+  creates: two engines started at once (a stage's workers) raced there, the loser failing with
+  "File exists" and crashing its worker. So the directory exists before any engine looks."""
+  os.makedirs(os.path.join(engine_cwd, ENGINE_FILES), exist_ok=True)
 
 
-def tie_engine_to_owner(game: Any) -> None:
-  """The engine process of VizDoom's `game` gets killed when this process dies, however it dies:
-  wm/vizdoom_engine.sh starts the package's engine under a parent-death signal. A VizDoom without
-  its bundled engine keeps its own."""
+def tie_engine_to_owner(game: Any) -> bool:
+  """The engine process of VizDoom's `game` gets killed when this process dies, however it dies,
+  and runs in ENGINE_HOME: wm/vizdoom_engine.sh starts the package's engine there, under a
+  parent-death signal. False for a VizDoom without its bundled engine: that one keeps its own, in
+  this process's cwd."""
   import vizdoom  # pylint: disable=import-outside-toplevel  (imported already: it made the game)
   engine = os.path.join(os.path.dirname(vizdoom.__file__), 'vizdoom')
-  if os.path.isfile(engine) and os.access(ENGINE_WRAPPER, os.X_OK):
-    os.environ['WM_VIZDOOM_ENGINE'] = engine
-    game.set_vizdoom_path(ENGINE_WRAPPER)
+  if not (os.path.isfile(engine) and os.access(ENGINE_WRAPPER, os.X_OK)):
+    return False
+  os.environ['WM_VIZDOOM_ENGINE'] = engine
+  os.environ['WM_VIZDOOM_HOME'] = ENGINE_HOME
+  game.set_vizdoom_path(ENGINE_WRAPPER)
+  return True
 
 
 def preprocess(frame: np.ndarray, size: int, crop_bottom: int = 0) -> np.ndarray:
