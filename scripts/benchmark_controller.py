@@ -112,9 +112,10 @@ def main(argv: list[str]) -> None:
   def replay_rate() -> float:
     """The same environments and episodes stepped with the agent's last actions, no model."""
     batch = [envs.make(config.env) for _ in seeds]
+    start = time.perf_counter()  # the resets count, as in the worker's and the lone env's figures
     for env, seed in zip(batch, seeds):
       env.reset(seed=int(seed))
-    alive, steps, start = np.ones(len(batch), bool), 0, time.perf_counter()
+    alive, steps = np.ones(len(batch), bool), 0
     for actions in worker.actions:
       for i in np.flatnonzero(alive):
         _, _, terminated, truncated = batch[i].step(actions[i])
