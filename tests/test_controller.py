@@ -18,7 +18,7 @@ from wm.agent import Agent, WorldModel
 from wm.artifacts import load_params, save_params
 from wm.dream import Dream
 from wm.errors import ConfigError, DataError
-from wm.models.controller import Controller
+from wm.models.controller import Controller, parse_line_order
 
 CAR_ACTIONS = gym.spaces.Box(np.array([-1, 0, 0], np.float32), np.array([1, 1, 1], np.float32))
 
@@ -29,6 +29,8 @@ def test_paper_controller_sizes():
   assert Controller('zh_hidden', 32, 256, CAR_ACTIONS, 40).num_params == 288 * 40 + 40 + 40 * 3 + 3
   doom = gym.spaces.Discrete(3)  # the paper's Doom C: [z, c, h] of z 64 and an LSTM of 512
   assert Controller('zch', 64, 512 + 512, doom).num_params == (64 + 1024) * 3 + 3
+  # ... and with its one output cut into the 3 actions: the paper's 1,088 weights and a bias
+  assert Controller('zch', 64, 512 + 512, doom, discrete='line').num_params == 1088 + 1
 
 
 @pytest.mark.parametrize('inputs', ['z', 'zh', 'zh_hidden'])
@@ -67,6 +69,31 @@ def test_discrete_actions_are_one_hot():
               np.ones((5, 3)), None).numpy()
   np.testing.assert_array_equal(actions.sum(axis=1), 1)
   assert set(np.unique(actions)) <= {0.0, 1.0}
+
+
+def test_a_line_controller_cuts_its_one_output_into_the_actions_in_their_order():
+  # TakeCover's Discrete(3) is still, right, left: from -1 to 1 the line reads left, still, right
+  c = Controller('z', 1, 0, gym.spaces.Discrete(3), discrete='line', line_order=(2, 0, 1))
+  assert c.num_params == 2  # w [1, 1] and b [1]
+  raw = np.arctanh([-0.99, -0.34, -0.32, 0.0, 0.32, 0.34, 0.99])  # tanh: bins at -1/3 and 1/3
+  actions = c(np.tile([1.0, 0.0], (len(raw), 1)), raw[:, None], None).numpy()
+  np.testing.assert_array_equal(actions.argmax(axis=1), [2, 2, 0, 0, 0, 1, 1])
+  np.testing.assert_array_equal(actions.sum(axis=1), 1)
+  default = Controller('z', 1, 0, gym.spaces.Discrete(4), discrete='line')
+  four = default(np.tile([1.0, 0.0], (4, 1)), np.arctanh([[-0.9], [-0.1], [0.1], [0.9]]), None)
+  np.testing.assert_array_equal(four.numpy().argmax(axis=1), [0, 1, 2, 3])  # the actions' order
+
+
+def test_a_line_controller_refuses_box_actions_and_a_wrong_order():
+  with pytest.raises(ConfigError, match='discrete=argmax'):
+    Controller('z', 3, 0, CAR_ACTIONS, discrete='line')
+  with pytest.raises(ConfigError, match='line_order=2,0,0 is not an order of the 3 actions'):
+    Controller('z', 3, 0, gym.spaces.Discrete(3), discrete='line', line_order=(2, 0, 0))
+  with pytest.raises(ConfigError, match='controller.discrete=.nearest. is not one of'):
+    Controller('z', 3, 0, gym.spaces.Discrete(3), discrete='nearest')
+  with pytest.raises(ConfigError, match='not a comma-separated list'):
+    parse_line_order('2;0;1')
+  assert parse_line_order('2, 0,1') == (2, 0, 1) and parse_line_order('') == ()
 
 
 def _debug_config():
@@ -280,6 +307,22 @@ def test_parameter_files_remember_rest(tmp_path):
   np.testing.assert_array_equal(load_params(path, low), np.zeros(low.num_params))
   with pytest.raises(DataError, match='controller.rest'):
     load_params(path, Controller('z', 2, 0, CAR_ACTIONS, rest='middle'))
+
+
+def test_parameter_files_remember_how_discrete_actions_are_read(tmp_path):
+  doom = gym.spaces.Discrete(3)
+  line = Controller('z', 2, 0, doom, discrete='line', line_order=(2, 0, 1))
+  path = str(tmp_path / 'best.npz')
+  save_params(path, np.ones(line.num_params), line, score=0.0)
+  np.testing.assert_array_equal(load_params(path, line), np.ones(line.num_params))
+  with pytest.raises(DataError, match='discrete=line line_order=2,0,1, the config as '
+                     'discrete=line line_order=0,1,2'):
+    load_params(path, Controller('z', 2, 0, doom, discrete='line'))
+  # an argmax controller of the same parameter count (one action): the reading differs
+  one = gym.spaces.Discrete(1)
+  save_params(path, np.ones(3), Controller('z', 2, 0, one), score=0.0)
+  with pytest.raises(DataError, match='as discrete=argmax, the config as discrete=line'):
+    load_params(path, Controller('z', 2, 0, one, discrete='line'))
 
 
 def test_dream_episodes_end_with_m_s_done_probability():

@@ -190,13 +190,20 @@ class StartLatents:
 
 
 def save_params(path: str, params: np.ndarray, controller, **extra: float) -> None:
-  """Writes a controller's parameters and its variant (`inputs`, `rest`) atomically."""
+  """Writes a controller's parameters and its variant (`inputs`, `rest`, how Discrete actions are
+  read) atomically."""
   with fileio.atomic_path(path) as tmp:
     with open(tmp, 'wb') as f:
       np.savez(f, params=np.asarray(params, np.float64), inputs=np.str_(controller.inputs),
-               rest=np.str_(controller.rest),
+               rest=np.str_(controller.rest), discrete=np.str_(controller.discrete_output),
+               line_order=np.asarray(controller.line_order, np.int64),
                num_params=np.int64(controller.num_params),
                **{k: np.float64(v) for k, v in extra.items()})
+
+
+def describe_discrete(discrete: str, line_order: tuple[int, ...]) -> str:
+  return f'discrete={discrete}' + (f' line_order={",".join(map(str, line_order))}'
+                                   if line_order else '')
 
 
 def load_params(path: str, controller) -> np.ndarray:
@@ -208,6 +215,8 @@ def load_params(path: str, controller) -> np.ndarray:
     with np.load(path, allow_pickle=False) as data:
       params, inputs = data['params'], str(data['inputs'])
       rest = str(data['rest']) if 'rest' in data.files else 'middle'
+      discrete = str(data['discrete']) if 'discrete' in data.files else 'argmax'
+      line_order = tuple(int(i) for i in data['line_order']) if 'line_order' in data.files else ()
   except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
     raise DataError(f'{path} is not a controller parameter file ({type(e).__name__}: {e})') from None
   if inputs != controller.inputs or params.shape != (controller.num_params,):
@@ -217,4 +226,9 @@ def load_params(path: str, controller) -> np.ndarray:
   if rest != controller.rest:
     raise DataError(f'{path} was trained with controller.rest={rest!r}, the config says '
                     f'{controller.rest!r}: its actions would differ; fix --config.controller.rest')
+  wanted = (controller.discrete_output, controller.line_order)
+  if controller.discrete and (discrete, line_order) != wanted:
+    raise DataError(f'{path} reads Discrete actions as {describe_discrete(discrete, line_order)}, '
+                    f'the config as {describe_discrete(*wanted)}: its actions would differ; fix '
+                    '--config.controller.discrete / line_order')
   return params

@@ -129,6 +129,8 @@ class ControllerConfig:
   inputs: str = 'zh'  # controller input: z | zh (the paper's) | zh_hidden (one hidden layer) | zch (the LSTM's cell c too: the paper's Doom C)
   hidden_units: int = 40  # zh_hidden: width of the hidden layer
   rest: str = 'middle'  # a zero output puts one-sided actions (gas, brake) at: middle | low (off)
+  discrete: str = 'argmax'  # Discrete actions: argmax (an output each, the largest acts) | line (one output, tanh cut into equal bins: the paper's Doom C)
+  line_order: str = ''  # discrete=line: the actions from -1 to 1, e.g. 2,0,1 (TakeCover: left, still, right); empty: 0..n-1
   population_size: int = 16  # CMA-ES candidates per generation
   trials: int = 4  # episodes per candidate; fitness is their mean return
   generations: int = 100  # generations in total (a rerun continues up to this)
@@ -432,6 +434,7 @@ _CHOICES = {
     'collect.policy': ('uniform', 'brownian', 'held', 'controller'),
     'controller.inputs': ('z', 'zh', 'zh_hidden', 'zch'),
     'controller.rest': ('middle', 'low'),
+    'controller.discrete': ('argmax', 'line'),
     'controller.covariance': ('full', 'diagonal'),
     'controller.mode': ('real', 'dream'),
     'controller.keep': ('real', 'dream', 'final', 'average'),

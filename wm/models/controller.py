@@ -15,7 +15,11 @@ the controller takes of M's state (h, or c and h) is `memory(seq, state)`; `h_si
 
 `squash` maps raw outputs into the action space: tanh onto each bounded Box dimension's
 [low, high] (steering in [-1, 1]; (tanh + 1) / 2 for gas and brake in [0, 1]), the raw value
-on unbounded dimensions, and a one-hot of the argmax for Discrete spaces. With `rest='low'`
+on unbounded dimensions, and for a Discrete(n) space a one-hot of the argmax of n outputs
+(`discrete='argmax'`), or with `discrete='line'` of one output: tanh cut into n equal bins that
+name the actions in `line_order` from -1 to 1. The paper's Doom controller is the line: one
+output, left below -1/3, right above 1/3, still between (TakeCover's actions 2, 0, 1); a third of
+the argmax's parameters for a search to move through. With `rest='low'`
 a one-sided dimension (a range not centred on 0, such as gas and brake in [0, 1]) maps to
 low + max(tanh, 0) * (high - low) instead: a zero output leaves it at its low end, off, as the
 paper's code did for the brake. A zero controller then neither brakes nor accelerates, where
@@ -32,23 +36,40 @@ from wm.errors import ConfigError
 
 INPUTS = ('z', 'zh', 'zh_hidden', 'zch')
 RESTS = ('middle', 'low')
+DISCRETE = ('argmax', 'line')
 
 
 class Controller:
   """Shapes, parameter layout and the batched forward pass of one controller variant."""
 
   def __init__(self, inputs: str, z_size: int, h_size: int, action_space: gym.Space,
-               hidden_units: int = 40, rest: str = 'middle'):
+               hidden_units: int = 40, rest: str = 'middle', discrete: str = 'argmax',
+               line_order: tuple[int, ...] = ()):
     if inputs not in INPUTS:
       raise ConfigError(f'controller.inputs={inputs!r} is not one of {INPUTS}')
     if rest not in RESTS:
       raise ConfigError(f'controller.rest={rest!r} is not one of {RESTS}')
+    if discrete not in DISCRETE:
+      raise ConfigError(f'controller.discrete={discrete!r} is not one of {DISCRETE}')
     self.inputs, self.z_size, self.h_size, self.rest = inputs, z_size, h_size, rest
     self.input_size = z_size + (0 if inputs == 'z' else h_size)
     self.discrete = isinstance(action_space, gym.spaces.Discrete)
+    self.discrete_output, self.line = discrete, discrete == 'line'
+    self.line_order: tuple[int, ...] = ()  # discrete=line: the actions from -1 to 1
+    if self.line and not self.discrete:
+      raise ConfigError(f'controller.discrete=line cuts one output into a Discrete space\'s '
+                        f'actions, and this environment\'s actions are {action_space}: use '
+                        'controller.discrete=argmax (Box actions ignore it)')
     if self.discrete:
       self.action_size = int(action_space.n)
       low = high = np.full(self.action_size, np.nan)
+      order = tuple(line_order) or tuple(range(self.action_size))
+      if sorted(order) != list(range(self.action_size)):
+        raise ConfigError(f'controller.line_order={",".join(map(str, order))} is not an order of '
+                          f'the {self.action_size} actions 0..{self.action_size - 1}: name each '
+                          'once, from the output\'s -1 to its 1')
+      self.line_order = order if self.line else ()
+      self._line_order = tf.constant(order, tf.int32)
     else:
       self.action_size = int(np.prod(action_space.shape))
       low = np.asarray(action_space.low, np.float64).ravel()
@@ -60,7 +81,7 @@ class Controller:
     self._high = tf.constant(np.where(bounded, high, 0.0), tf.float32)
     self._rest_low = tf.constant(bounded & (low != -high) & (rest == 'low'))
     sizes = [self.input_size] + ([hidden_units] if inputs == 'zh_hidden' else [])
-    sizes.append(self.action_size)
+    sizes.append(1 if self.line else self.action_size)
     self.shapes = []  # [(name, shape)] in the order of the flat vector
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
       self.shapes += [(f'w{i}', (n_in, n_out)), (f'b{i}', (n_out,))]
@@ -76,7 +97,8 @@ class Controller:
         raise ConfigError(f'controller.inputs=zch reads M\'s cell state, and {type(seq).__name__} '
                           'has none: use controller.inputs=zh, or an LSTM M (seq.model=mdnrnn)')
       h_size += seq.cell_size
-    return cls(config.inputs, z_size, h_size, action_space, config.hidden_units, config.rest)
+    return cls(config.inputs, z_size, h_size, action_space, config.hidden_units, config.rest,
+               config.discrete, parse_line_order(config.line_order))
 
   def memory(self, seq, state) -> tf.Tensor | None:
     """What this controller takes of M's state, float32 [B, h_size]: M's features h, or
@@ -134,6 +156,10 @@ class Controller:
     return x
 
   def squash(self, raw: tf.Tensor) -> tf.Tensor:
+    if self.line:
+      unit = (tf.tanh(raw[:, 0]) + 1.0) * 0.5  # in [0, 1]: bin i of n is [i / n, (i + 1) / n)
+      bins = tf.minimum(tf.cast(unit * self.action_size, tf.int32), self.action_size - 1)
+      return tf.one_hot(tf.gather(self._line_order, bins), self.action_size, dtype=tf.float32)
     if self.discrete:
       return tf.one_hot(tf.argmax(raw, axis=1), self.action_size, dtype=tf.float32)
     t = tf.tanh(raw)
@@ -144,3 +170,12 @@ class Controller:
   def __call__(self, params: tf.Tensor, z: tf.Tensor, h: tf.Tensor | None) -> tf.Tensor:
     """Actions [B, A] (float32, inside the action space) for a batch of candidates."""
     return self.squash(self.raw(params, z, h))
+
+
+def parse_line_order(text: str) -> tuple[int, ...]:
+  """controller.line_order ('2,0,1') as action indices; '' is the actions' own order."""
+  try:
+    return tuple(int(part) for part in text.split(',')) if text.strip() else ()
+  except ValueError:
+    raise ConfigError(f'controller.line_order={text!r} is not a comma-separated list of action '
+                      'indices, e.g. 2,0,1') from None
