@@ -17,9 +17,10 @@ the controller takes of M's state (h, or c and h) is `memory(seq, state)`; `h_si
 [low, high] (steering in [-1, 1]; (tanh + 1) / 2 for gas and brake in [0, 1]), the raw value
 on unbounded dimensions, and for a Discrete(n) space a one-hot of the argmax of n outputs
 (`discrete='argmax'`), or with `discrete='line'` of one output: tanh cut into n equal bins that
-name the actions in `line_order` from -1 to 1. The paper's Doom controller is the line: one
-output, left below -1/3, right above 1/3, still between (TakeCover's actions 2, 0, 1); a third of
-the argmax's parameters for a search to move through. With `rest='low'`
+name the actions in `line_order` from -1 to 1. The paper's Doom controller had one output (its
+1,088 parameters are one per input of [z, c, h]); cut in three it reads left below -1/3, right
+above 1/3, still between (TakeCover's actions 2, 0, 1), with a third of the argmax's parameters
+for a search to move through. With `rest='low'`
 a one-sided dimension (a range not centred on 0, such as gas and brake in [0, 1]) maps to
 low + max(tanh, 0) * (high - low) instead: a zero output leaves it at its low end, off, as the
 paper's code did for the brake. A zero controller then neither brakes nor accelerates, where
