@@ -20,11 +20,13 @@ on unbounded dimensions, and for a Discrete(n) space a one-hot of the argmax of 
 name the actions in `line_order` from -1 to 1. The paper's Doom controller had one output (its
 1,088 parameters are one per input of [z, c, h]); cut in three it reads left below -1/3, right
 above 1/3, still between (TakeCover's actions 2, 0, 1), with a third of the argmax's parameters
-for a search to move through. With `rest='low'`
-a one-sided dimension (a range not centred on 0, such as gas and brake in [0, 1]) maps to
-low + max(tanh, 0) * (high - low) instead: a zero output leaves it at its low end, off, as the
-paper's code did for the brake. A zero controller then neither brakes nor accelerates, where
-with `rest='middle'` it half brakes, and the search first spends generations learning to let go.
+for a search to move through.
+
+With `rest='low'` a one-sided dimension (a range not centred on 0, such as gas and brake in
+[0, 1]) maps to low + max(tanh, 0) * (high - low) instead: a zero output leaves it at its low
+end, off, as the paper's code did for the brake. A zero controller then neither brakes nor
+accelerates, where with `rest='middle'` it half brakes, and the search first spends generations
+learning to let go.
 """
 
 from __future__ import annotations
