@@ -89,6 +89,8 @@ def test_a_line_controller_refuses_box_actions_and_a_wrong_order():
     Controller('z', 3, 0, CAR_ACTIONS, discrete='line')
   with pytest.raises(ConfigError, match='line_order=2,0,0 is not an order of the 3 actions'):
     Controller('z', 3, 0, gym.spaces.Discrete(3), discrete='line', line_order=(2, 0, 0))
+  # the argmax reads no order: one given (a preset's, say) is left unused, not refused
+  assert Controller('z', 3, 0, gym.spaces.Discrete(3), line_order=(2, 0, 0)).line_order == ()
   with pytest.raises(ConfigError, match='controller.discrete=.nearest. is not one of'):
     Controller('z', 3, 0, gym.spaces.Discrete(3), discrete='nearest')
   with pytest.raises(ConfigError, match='not a comma-separated list'):

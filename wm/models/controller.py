@@ -58,7 +58,7 @@ class Controller:
     self.input_size = z_size + (0 if inputs == 'z' else h_size)
     self.discrete = isinstance(action_space, gym.spaces.Discrete)
     self.discrete_output, self.line = discrete, discrete == 'line'
-    self.line_order: tuple[int, ...] = ()  # discrete=line: the actions from -1 to 1
+    self.line_order: tuple[int, ...] = ()  # discrete=line: the actions from -1 to 1 (else unused)
     if self.line and not self.discrete:
       raise ConfigError(f'controller.discrete=line cuts one output into a Discrete space\'s '
                         f'actions, and this environment\'s actions are {action_space}: use '
@@ -66,17 +66,18 @@ class Controller:
     if self.discrete:
       self.action_size = int(action_space.n)
       low = high = np.full(self.action_size, np.nan)
+    else:
+      self.action_size = int(np.prod(action_space.shape))
+      low = np.asarray(action_space.low, np.float64).ravel()
+      high = np.asarray(action_space.high, np.float64).ravel()
+    if self.line:
       order = tuple(line_order) or tuple(range(self.action_size))
       if sorted(order) != list(range(self.action_size)):
         raise ConfigError(f'controller.line_order={",".join(map(str, order))} is not an order of '
                           f'the {self.action_size} actions 0..{self.action_size - 1}: name each '
                           'once, from the output\'s -1 to its 1')
-      self.line_order = order if self.line else ()
+      self.line_order = order
       self._line_order = tf.constant(order, tf.int32)
-    else:
-      self.action_size = int(np.prod(action_space.shape))
-      low = np.asarray(action_space.low, np.float64).ravel()
-      high = np.asarray(action_space.high, np.float64).ravel()
     bounded = np.isfinite(low) & np.isfinite(high)
     self._low_high = (np.where(bounded, low, -np.inf), np.where(bounded, high, np.inf))
     self._bounded = tf.constant(bounded)
