@@ -88,7 +88,7 @@ def test_the_engines_directory_exists_before_any_engine_looks(tmp_path, monkeypa
   """VizDoom's engine checks for _vizdoom in its cwd and then creates it: two started at once (a
   stage's workers in a fresh directory) raced there, and the loser crashed its worker with
   SIGSEGV. Making the env creates it first, before the engine starts (at the first reset)."""
-  monkeypatch.setattr(envs, 'ENGINE_HOME', str(tmp_path / 'home'))
+  monkeypatch.setattr(envs, 'engine_home', lambda: str(tmp_path / 'home'))
   env = envs.make(config_lib.load(DOOM).env)
   try:
     assert (tmp_path / 'home' / envs.ENGINE_FILES).is_dir()
@@ -99,11 +99,11 @@ def test_the_engines_directory_exists_before_any_engine_looks(tmp_path, monkeypa
 
 def test_the_engine_keeps_its_files_out_of_the_callers_directory(tmp_path, monkeypatch):
   """A Doom stage started from a checkout used to leave the engine's _vizdoom.ini and _vizdoom/
-  there; the engine now runs in envs.ENGINE_HOME (wm/vizdoom_engine.sh)."""
+  there; the engine now runs in envs.engine_home() (wm/vizdoom_engine.sh)."""
   workdir, home = tmp_path / 'work', tmp_path / 'home'
   workdir.mkdir()
   monkeypatch.chdir(workdir)
-  monkeypatch.setattr(envs, 'ENGINE_HOME', str(home))
+  monkeypatch.setattr(envs, 'engine_home', lambda: str(home))
   env = envs.make(config_lib.load(DOOM).env)
   try:
     env.reset(seed=0)

@@ -195,10 +195,14 @@ class PixelEnv:
 
 ENGINE_FILES = '_vizdoom'  # where a VizDoom engine keeps its files, relative to its cwd
 ENGINE_WRAPPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vizdoom_engine.sh')
-# The working directory of the engines wm/vizdoom_engine.sh starts: their _vizdoom.ini and
-# _vizdoom/ go there, not into the directory a stage was started from. Under $TMPDIR, so node-local
-# on a cluster (SLURM jobs often get a TMPDIR of their own).
-ENGINE_HOME = os.path.join(tempfile.gettempdir(), f'wm-vizdoom-{os.getuid()}')
+
+
+def engine_home() -> str:
+  """The working directory of the engines wm/vizdoom_engine.sh starts: their _vizdoom.ini and
+  _vizdoom/ go there, not into the directory a stage was started from. Under $TMPDIR, so
+  node-local on a cluster (SLURM jobs often get a TMPDIR of their own). Asked for when a game is
+  made, not at import: finding the temporary directory writes a probe file."""
+  return os.path.join(tempfile.gettempdir(), f'wm-vizdoom-{os.getuid()}')
 
 
 def prepare_vizdoom(env: gym.Env) -> None:
@@ -208,7 +212,8 @@ def prepare_vizdoom(env: gym.Env) -> None:
   game = getattr(env.unwrapped, 'game', None)
   if game is None or not hasattr(game, 'set_vizdoom_path') or game.is_running():
     return
-  make_engine_files_dir(ENGINE_HOME if tie_engine_to_owner(game) else os.curdir)
+  home = engine_home()
+  make_engine_files_dir(home if tie_engine_to_owner(game, home) else os.curdir)
 
 
 def make_engine_files_dir(engine_cwd: str) -> None:
@@ -218,9 +223,9 @@ def make_engine_files_dir(engine_cwd: str) -> None:
   os.makedirs(os.path.join(engine_cwd, ENGINE_FILES), exist_ok=True)
 
 
-def tie_engine_to_owner(game: Any) -> bool:
+def tie_engine_to_owner(game: Any, home: str) -> bool:
   """The engine process of VizDoom's `game` gets killed when this process dies, however it dies,
-  and runs in ENGINE_HOME: wm/vizdoom_engine.sh starts the package's engine there, under a
+  and runs in `home`: wm/vizdoom_engine.sh starts the package's engine there, under a
   parent-death signal. False for a VizDoom without its bundled engine: that one keeps its own, in
   this process's cwd."""
   import vizdoom  # pylint: disable=import-outside-toplevel  (imported already: it made the game)
@@ -228,7 +233,7 @@ def tie_engine_to_owner(game: Any) -> bool:
   if not (os.path.isfile(engine) and os.access(ENGINE_WRAPPER, os.X_OK)):
     return False
   os.environ['WM_VIZDOOM_ENGINE'] = engine
-  os.environ['WM_VIZDOOM_HOME'] = ENGINE_HOME
+  os.environ['WM_VIZDOOM_HOME'] = home
   game.set_vizdoom_path(ENGINE_WRAPPER)
   return True
 

@@ -57,7 +57,7 @@ class Controller:
     self.inputs, self.z_size, self.h_size, self.rest = inputs, z_size, h_size, rest
     self.input_size = z_size + (0 if inputs == 'z' else h_size)
     self.discrete = isinstance(action_space, gym.spaces.Discrete)
-    self.discrete_output, self.line = discrete, discrete == 'line'
+    self.discrete_output = discrete
     self.line_order: tuple[int, ...] = ()  # discrete=line: the actions from -1 to 1 (else unused)
     if self.line and not self.discrete:
       raise ConfigError(f'controller.discrete=line cuts one output into a Discrete space\'s '
@@ -90,6 +90,11 @@ class Controller:
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
       self.shapes += [(f'w{i}', (n_in, n_out)), (f'b{i}', (n_out,))]
     self.num_params = int(sum(np.prod(shape) for _, shape in self.shapes))
+
+  @property
+  def line(self) -> bool:
+    """Discrete actions read from one output cut into bins (discrete='line')."""
+    return self.discrete_output == 'line'
 
   @classmethod
   def from_config(cls, config, z_size: int, seq, action_space: gym.Space) -> 'Controller':
