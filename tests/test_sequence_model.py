@@ -214,14 +214,16 @@ def test_dropout_acts_on_training_steps_only():
     np.testing.assert_allclose(dropping._terms(batch)[key].numpy(), value.numpy(), rtol=1e-6)
 
 
-@pytest.mark.parametrize('kind', KINDS)
-def test_tiny_model_learns_the_toy_dynamics(kind, synthetic_encoded):
+@pytest.mark.parametrize('kind,bucket_steps', [*((kind, 0) for kind in KINDS), ('mdnrnn', 4)])
+def test_tiny_model_learns_the_toy_dynamics(kind, bucket_steps, synthetic_encoded):
+  # bucket_steps: batches of 4, 8 and 10 steps (seq.bucket_steps) train the same model.
   tf.keras.utils.set_random_seed(0)
   model, _ = make(kind, hidden_size=32, sequence_length=10)
   trainer = Trainer(model, learning_rate=3e-3, grad_clip=1.0)
   def split(s):
     return shard.shard_paths(os.path.join(synthetic_encoded, 'encoded', s))
-  train = sequences.train_batches(split('train'), 10, 8, shuffle_buffer=32, seed=0)
+  train = sequences.train_batches(split('train'), 10, 8, shuffle_buffer=32, seed=0,
+                                  bucket_steps=bucket_steps)
   valid = sequences.valid_batches(split('valid'), 10, 8)
   before = trainer.evaluate(valid, 10)
   for batch in train.take(200):

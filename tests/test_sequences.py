@@ -73,6 +73,29 @@ def test_windows_from_the_episode_start_begin_at_multiples_of_the_length(synthet
   assert 0 in starts and len(starts) > 1
 
 
+def test_bucketed_batches_are_cut_to_their_windows_bucket(synthetic_encoded):
+  # seq.bucket_steps: whole episodes as one 40-step window each (lengths 6 to 40), in 10-step
+  # buckets: a batch's windows all end in its last 10 steps, and no real step is cut off.
+  truth = rollouts_by_index()
+  length, bucket = 40, 10
+  data = sequences.train_batches(paths(synthetic_encoded, 'train'), length, batch_size=2,
+                                 shuffle_buffer=16, seed=1, from_start=True, bucket_steps=bucket)
+  widths = set()
+  for batch in data.take(40).as_numpy_iterator():
+    width = batch['mask'].shape[1]
+    assert width % bucket == 0 and width <= length, width
+    for key in sequences.TIMED:
+      assert batch[key].shape[:2] == (2, width), (key, batch[key].shape)
+    for i in range(2):
+      rollout = truth[int(batch['index'][i])]
+      real = int(batch['mask'][i].sum())
+      assert real == len(rollout['actions']), (real, len(rollout['actions']))
+      assert width - bucket < real <= width, (real, width)
+      np.testing.assert_allclose(batch['actions'][i][:real], rollout['actions'][:real])
+    widths.add(width)
+  assert widths == {10, 20, 30, 40}, widths
+
+
 def test_validation_windows_are_fixed_and_cover_every_step(synthetic_encoded):
   truth = rollouts_by_index()
   data = sequences.valid_batches(paths(synthetic_encoded, 'valid'), 10, batch_size=3, seed=5)

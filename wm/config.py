@@ -113,6 +113,7 @@ class SeqConfig:
   valid_every: int = 500  # evaluate on the validation split every this many steps (and at the end)
   valid_batches: int = 10  # validation batches per evaluation at most
   grad_clip: float = 1.0  # clip gradients to this global norm (0: no clipping)
+  bucket_steps: int = 0  # 0: every training batch is batch_size x sequence_length steps, padding included | N: windows are batched with others whose length falls in the same N-step bucket, and each batch cut to that bucket's end: padding not computed (long windows over short episodes; the Doom preset)
   window_start: str = 'random'  # training windows start at a random offset each pass | episode: at t = 0, L, 2L, ... (as dreams start)
   done_weight: float = 1.0  # weight of terminated steps in the done loss (rare ends; the paper's Doom M: 10); the done probability stays calibrated
   dropout: float = 0.0  # while training, drop this share of the features (h) the head reads (0: off; 0.2 did not curb the Doom done head's overfitting: docs/results.md)
@@ -533,6 +534,8 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
        f'({config.controller.dream_judge_runs!r}) and seq.judges ({config.seq.judges}) play '
        'equal shares of the dream episodes'),
       ('seq.judges', config.seq.judges >= 0, 'must be >= 0'),
+      ('seq.bucket_steps', 0 <= config.seq.bucket_steps <= config.seq.sequence_length,
+       f'must be in 0..seq.sequence_length ({config.seq.sequence_length}); 0: no buckets'),
       ('seq.dropout', 0.0 <= config.seq.dropout < 1.0, 'must be in [0, 1)'),
       ('controller.dream_dropout', not config.controller.dream_dropout or config.seq.dropout > 0,
        'needs an M trained with dropout: set seq.dropout > 0 (its rate is the masks\' rate)'),

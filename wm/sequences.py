@@ -65,13 +65,20 @@ def windows(rollout: dict[str, tf.Tensor], length: int, offset: tf.Tensor,
 
 def train_batches(paths: list[str], length: int, batch_size: int, shuffle_buffer: int = 1000,
                   seed: int = 0, shard: InputShard | None = None,
-                  from_start: bool = False, start_step: int = 0) -> tf.data.Dataset:
+                  from_start: bool = False, start_step: int = 0,
+                  bucket_steps: int = 0) -> tf.data.Dataset:
   """Endless shuffled batches of windows with random offsets (or, `from_start`, windows at
   t = 0, L, 2L, ...: every window chain starts where an episode does) and fresh latent samples,
   from all the rollouts or from `shard`'s part of them. The stream is a function of (seed,
   start_step): the rollouts' order is seeded and each one's offset and latent sample are drawn
   from its position in the stream, so a training run is the same on every rerun, and one
-  resumed at `start_step` draws windows of its own rather than repeat the first ones."""
+  resumed at `start_step` draws windows of its own rather than repeat the first ones.
+
+  With `bucket_steps` (seq.bucket_steps) a batch holds windows whose real steps end in the same
+  bucket_steps-long span of the window ((n - 1) // bucket_steps for n real steps), cut to that
+  span's end: [batch_size, k * bucket_steps] with k <= length / bucket_steps, every real step
+  kept and most of the padding gone. A batch then has as many windows as ever and fewer steps,
+  so its loss, a mask-weighted mean, weighs a short window's steps more than without buckets."""
   stream = datasets.stream_seed(seed, start_step)
 
   def cut(position, rollout):
@@ -89,7 +96,32 @@ def train_batches(paths: list[str], length: int, batch_size: int, shuffle_buffer
   data = data.repeat().enumerate()
   data = data.map(cut, num_parallel_calls=AUTOTUNE).unbatch()
   data = data.shuffle(shuffle_buffer, seed=stream, reshuffle_each_iteration=True)
+  if bucket_steps:
+    return bucketed(data, length, batch_size, bucket_steps).prefetch(AUTOTUNE)
   return data.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def bucketed(windows_data: tf.data.Dataset, length: int, batch_size: int,
+             bucket_steps: int) -> tf.data.Dataset:
+  """Batches of windows whose real steps end in the same bucket, cut to its end (see
+  train_batches). The order is the stream's: a bucket's batch is emitted once it is full."""
+
+  def bucket(window):
+    steps = tf.reduce_sum(tf.cast(window['mask'] > 0, tf.int64))
+    return tf.maximum(steps - 1, 0) // bucket_steps
+
+  def cut(key, batch):
+    end = tf.minimum((key + 1) * bucket_steps, length)
+    return {name: value[:, :end] if name in TIMED else value for name, value in batch.items()}
+
+  batches = windows_data.group_by_window(
+      key_func=bucket, window_size=batch_size,
+      reduce_func=lambda key, group: group.batch(batch_size, drop_remainder=True).map(
+          lambda batch: cut(key, batch)))
+  return batches
+
+
+TIMED = ('z', 'actions', 'z_next', 'reward', 'done', 'mask')  # the window fields with a time axis
 
 
 def valid_batches(paths: list[str], length: int, batch_size: int, seed: int = 0) -> tf.data.Dataset:

@@ -153,6 +153,13 @@ def save_initial_latents(paths: list[str], path: str) -> int:
   return len(first['mu'])
 
 
+def batch_steps(batch: dict[str, Any], batch_size: int) -> int:
+  """The steps a training batch computes, padding included: batch_size x its length (shorter
+  than seq.sequence_length with seq.bucket_steps; under a strategy, this worker's longest)."""
+  mask = batch['mask']
+  return batch_size * max(int(part.shape[1]) for part in getattr(mask, 'values', (mask,)))
+
+
 def fit(trainer: Trainer, checkpoints: training.Checkpoints, batches, seq: SeqConfig, evaluate,
         preemption: training.Preemption, metrics: training.Metrics) -> None:
   """Steps from checkpoints.step up to seq.train_steps, paced by seq's clocks, writing scalars
@@ -160,17 +167,19 @@ def fit(trainer: Trainer, checkpoints: training.Checkpoints, batches, seq: SeqCo
   """
   clocks = {name: training.Every(getattr(seq, name + '_every'))
             for name in ('log', 'valid', 'save')}
-  step = first = int(checkpoints.step)
+  step = int(checkpoints.step)
   progress = Progress('seq', seq.train_steps,
                       folder=os.path.dirname(checkpoints.directory) if checkpoints.chief else None)
   start = time.perf_counter()
+  sequence_steps = 0
   while step < seq.train_steps:
-    terms = trainer.train_step(next(batches), tf.constant(float(preemption.requested)))
+    batch = next(batches)
+    terms = trainer.train_step(batch, tf.constant(float(preemption.requested)))
     checkpoints.step.assign_add(1)
     step = int(checkpoints.step)
     stop = float(terms.pop('stop')) > 0  # every worker stops after this same step
     training.check_finite('train/loss', float(terms['loss']), step, checkpoints.directory)
-    sequence_steps = (step - first) * seq.batch_size * seq.sequence_length
+    sequence_steps += batch_steps(batch, seq.batch_size)
     if clocks['log'](step) or step == seq.train_steps:
       rate = sequence_steps / (time.perf_counter() - start)
       write_scalars(metrics, 'train', {**terms, 'sequence_steps_per_s': rate}, step)
@@ -193,7 +202,7 @@ def fit_and_validate(stage: cli.Stage, trainer: Trainer, checkpoints: training.C
       lambda part: sequences.train_batches(
           train_paths, seq.sequence_length, part.batch_size, seq.shuffle_buffer, seed=seed,
           shard=part, from_start=seq.window_start == 'episode',
-          start_step=int(checkpoints.step)),
+          start_step=int(checkpoints.step), bucket_steps=seq.bucket_steps),
       seq.batch_size, 'seq.batch_size')
   valid_paths = valid_paths if dist.chief else []  # validation is the chief's, computed once
   valid_data = valid_paths and sequences.valid_batches(valid_paths, seq.sequence_length,
