@@ -30,6 +30,16 @@ with the cache updated out of place (tf.tensor_scatter_nd_update, which copies t
 each step: the cache before it was written in place); `recompute` is the step before the cache,
 which reran every block over the last max_context tokens each step (`steps` steps a round).
 Rounds alternate between the three; medians over rounds, of wall time and of CPU time.
+
+    python scripts/benchmark_seq.py --bucket_steps=100 --lengths_from=RUN --batch_size=16 \
+        --sequence_length=500 --z_size=64 --hidden_size=512 [--steps=10 --rounds=3]
+
+times M's training on windows of RUN's own episode lengths (RUN/rollouts) instead, padded and
+bucketed (seq.bucket_steps): the same windows (cut from episodes at t = 0, L, 2L, ... as
+seq.window_start=episode cuts them) batched both ways, `padded` as seq.bucket_steps=0 batches
+them ([batch_size, sequence_length], in the order drawn) and `bucketed` as wm/sequences.py's
+bucketed() does (grouped by where their real steps end, each batch cut there). Rates are real
+(unmasked) steps per second, so the ratio is what a seq stage of as many real steps saves.
 """
 
 import os
@@ -57,6 +67,10 @@ flags.DEFINE_integer('rounds', 5, 'Alternating rounds per model.')
 flags.DEFINE_list('step_contexts', [], 'If set, time the transformer\'s step at these '
                   'max_context values (e.g. 25,50,100,200) instead of training.')
 flags.DEFINE_integer('step_batch_size', 64, 'Rows per step in the --step_contexts mode.')
+flags.DEFINE_integer('bucket_steps', 0, 'If set, time M\'s training on RUN\'s episode lengths '
+                     '(--lengths_from), padded and in buckets of this many steps, instead.')
+flags.DEFINE_string('lengths_from', None, 'A run dir whose rollouts/ give the episode lengths '
+                    'of the --bucket_steps mode.')
 
 
 def tfp_loss(z_size, num_mixtures):
@@ -281,10 +295,95 @@ def step_table() -> None:
           f'{t["recompute", "cpu"] / t["cached", "cpu"]:.1f}x |', flush=True)
 
 
+def episode_lengths(run_dir: str):
+  """Steps of every rollout in RUN/rollouts (the arrays' length; frames are not read)."""
+  import numpy as np
+
+  from wm import rollouts
+  folder = os.path.join(run_dir, 'rollouts')
+  indices = rollouts.list_indices(folder) if os.path.isdir(folder) else []
+  if not indices:
+    raise app.UsageError(f'--lengths_from={run_dir}: no rollouts in {folder}; give a run dir '
+                         'whose collect stage has run')
+  lengths = []
+  for index in indices:
+    with np.load(rollouts.path_for(folder, index)) as rollout:
+      lengths.append(len(rollout['actions']))
+  return np.array(lengths)
+
+
+def bucket_batches(lengths, rng):
+  """(padded, bucketed): lists of (width, real steps of each row) over the same windows, drawn
+  from the episodes' windows at random, batch_size rows a batch."""
+  import numpy as np
+  size, length, bucket = FLAGS.batch_size, FLAGS.sequence_length, FLAGS.bucket_steps
+  pool = np.array([min(length, n - start) for n in lengths for start in range(0, n, length)])
+  drawn = rng.choice(pool, FLAGS.steps * size)
+  padded = [(length, drawn[i:i + size]) for i in range(0, len(drawn), size)]
+  bucketed = []
+  for key in np.unique((drawn - 1) // bucket):
+    rows = drawn[(drawn - 1) // bucket == key]
+    width = min((key + 1) * bucket, length)
+    bucketed += [(width, rows[i:i + size]) for i in range(0, len(rows) - size + 1, size)]
+  return padded, bucketed
+
+
+def bucket_table() -> None:
+  """Prints the --bucket_steps comparison: real steps/s of M's training, padded and bucketed."""
+  import numpy as np
+  import tensorflow as tf
+
+  from wm import sequences
+  from wm.models.mdnrnn import MDNRNN
+  from wm.stages.seq import Trainer
+
+  lengths = episode_lengths(FLAGS.lengths_from)
+  padded, bucketed = bucket_batches(lengths, np.random.default_rng(0))
+  size, z, a = FLAGS.batch_size, FLAGS.z_size, FLAGS.action_size
+  full = sequences.random_batch(size, FLAGS.sequence_length, z, a)
+
+  def batch(width, rows):
+    mask = (np.arange(width)[None] < rows[:, None]).astype(np.float32)
+    return {**{key: value[:, :width] for key, value in full.items()}, 'mask': tf.constant(mask)}
+
+  sides = {'padded': [batch(*b) for b in padded], 'bucketed': [batch(*b) for b in bucketed]}
+  real = {name: float(sum(rows.sum() for _, rows in batches))
+          for name, batches in (('padded', padded), ('bucketed', bucketed))}
+  computed = {name: float(sum(width * size for width, _ in batches))
+              for name, batches in (('padded', padded), ('bucketed', bucketed))}
+  step = Trainer(MDNRNN(z, a, FLAGS.hidden_size, FLAGS.num_mixtures), 1e-3,
+                 grad_clip=1.0).train_step
+  for one in {b['mask'].shape[1]: b for b in sides['bucketed'] + sides['padded']}.values():
+    float(step(one)['loss'])  # trace and compile every width before timing
+  rates = {name: [] for name in sides}
+  for _ in range(FLAGS.rounds):
+    for name, batches in sides.items():
+      start = time.perf_counter()
+      for one in batches:
+        loss = step(one)['loss']
+      float(loss)
+      rates[name].append(real[name] / (time.perf_counter() - start))
+  ratio = float(np.median(np.divide(rates['bucketed'], rates['padded'])))
+  print(f'M training on {FLAGS.lengths_from}\'s {len(lengths)} episodes (median '
+        f'{np.median(lengths):.0f} steps, {np.mean(lengths > FLAGS.sequence_length):.0%} longer '
+        f'than a window), windows of {FLAGS.sequence_length} from t = 0, batch {size}, z {z}, '
+        f'LSTM {FLAGS.hidden_size}; real steps/s, median of {FLAGS.rounds} rounds')
+  for name in sides:
+    widths = sorted({b['mask'].shape[1] for b in sides[name]})
+    print(f'  {name:<9s} {len(sides[name]):>3d} batches, widths {widths}: '
+          f'{real[name] / computed[name]:.0%} of the computed steps real, '
+          f'{np.median(rates[name]):>8,.0f} real steps/s  '
+          f'({", ".join(f"{r:,.0f}" for r in rates[name])})')
+  print(f'  bucketed / padded: {ratio:.2f}x')
+
+
 def main(argv):
   del argv
   if FLAGS.step_contexts:
     step_table()
+    return
+  if FLAGS.bucket_steps:
+    bucket_table()
     return
   import numpy as np
 

@@ -78,3 +78,26 @@ def test_benchmark_cpu_kernels_measures_each_work_with_both_libraries(debug_agen
   refused = run_script('benchmark_cpu_kernels', f'--run_dir={debug_agent}', '--work=seq,train',
                        check=False, config=None)
   assert refused.returncode != 0 and '--work=train: not one of' in refused.stderr, refused.stderr
+
+
+def test_benchmark_seq_buckets_time_the_same_windows_both_ways(debug_data, tmp_path):
+  result = run_script('benchmark_seq', '--bucket_steps=4', f'--lengths_from={debug_data}',
+                      '--batch_size=2', '--sequence_length=12', '--z_size=4', '--hidden_size=8',
+                      '--num_mixtures=2', '--steps=8', '--rounds=1', config=None)
+  out = result.stdout
+  sides = {name: m for name in ('padded', 'bucketed') if (m := re.search(
+      name + r'\s+(\d+) batches, widths \[([\d, ]+)\]: (\d+)% of the computed steps real,\s+'
+      r'([\d,]+) real steps/s', out))}
+  assert len(sides) == 2, out
+  assert sides['padded'][2] == '12' and sides['padded'][1] == '8', out  # 8 full-length batches
+  widths = [int(w) for w in sides['bucketed'][2].split(',')]
+  assert all(w % 4 == 0 and w <= 12 for w in widths), out
+  assert int(sides['bucketed'][3]) >= int(sides['padded'][3]), out  # less padding computed
+  rates = {name: float(m[4].replace(',', '')) for name, m in sides.items()}
+  ratio = re.search(r'bucketed / padded: ([\d.]+)x', out)
+  assert ratio and abs(float(ratio[1]) - rates['bucketed'] / rates['padded']) < 0.01 + 0.01 * (
+      float(ratio[1])), out
+  missing = run_script('benchmark_seq', '--bucket_steps=4', f'--lengths_from={tmp_path}',
+                       config=None, check=False)
+  assert missing.returncode != 0 and 'no rollouts in' in missing.stderr, missing.stderr[-2000:]
+  assert 'Traceback' not in missing.stderr, missing.stderr[-2000:]
