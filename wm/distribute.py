@@ -148,14 +148,15 @@ class Distribution:
 
   def step(self, replica_fn: Callable[..., dict[str, tf.Tensor]]):
     """A tf.function running `replica_fn` on every replica and summing each output over them
-    (replica_fn returns its shares: summed, they are the global values)."""
+    (replica_fn returns its shares: summed, they are the global values). Traced for batches of
+    any length (seq.bucket_steps varies it): what is compiled by shape is compiled inside."""
     if self.kind == 'one_device':
-      return tf.function(replica_fn)
+      return tf.function(replica_fn, reduce_retracing=True)
 
     def replica(*args):  # identity: an input handed back is a per-replica value too
       return {k: tf.identity(v) for k, v in replica_fn(*args).items()}
 
-    @tf.function
+    @tf.function(reduce_retracing=True)
     def step(*args):
       outputs = self.strategy.run(replica, args=args)
       return {k: self.strategy.reduce(SUM, v, axis=None) for k, v in outputs.items()}
