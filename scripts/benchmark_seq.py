@@ -1,7 +1,9 @@
 """Benchmark M's training step: this pipeline's MDN-RNN vs a straightforward tfp Keras model.
 
-Input:  nothing (random in-memory batches of the configured shape).
-Output: sequence-steps/s (batch x sequence length per second) of both, side by side, and the ratio.
+Input:  nothing (random in-memory batches of the configured shape); with --bucket_steps, the
+        episode lengths of RUN/rollouts (--lengths_from).
+Output: sequence-steps/s (batch x sequence length per second) of both, side by side, and the ratio
+        (printed; nothing is written).
 
     python scripts/benchmark_seq.py [--batch_size=100 --sequence_length=100 --z_size=32
                                      --hidden_size=256 --num_mixtures=5 --steps=15 --rounds=5]
