@@ -68,6 +68,8 @@ def test_bad_overrides_name_the_field(key, value, message):
                                        ('controller.warm_keep', 'luck'),
                                        ('iterate.warm_generations', '5'),  # search=continue
                                        ('seq.dropout', '1.0'),
+                                       ('seq.bucket_steps', '11'),  # debug: sequence_length 10
+                                       ('seq.bucket_steps', '-1'),
                                        ('controller.dream_dropout', 'true')])  # seq.dropout 0
 def test_impossible_values_are_refused(key, value):
   c = debug_config()
