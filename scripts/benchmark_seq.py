@@ -316,16 +316,19 @@ def episode_lengths(run_dir: str):
 
 def bucket_batches(lengths, rng):
   """(padded, bucketed): lists of (width, real steps of each row) over the same windows, drawn
-  from the episodes' windows at random, batch_size rows a batch."""
+  from the episodes' windows at random, batch_size rows a batch; buckets as wm/sequences.py's."""
   import numpy as np
+
+  from wm import sequences
   size, length, bucket = FLAGS.batch_size, FLAGS.sequence_length, FLAGS.bucket_steps
   pool = np.array([min(length, n - start) for n in lengths for start in range(0, n, length)])
   drawn = rng.choice(pool, FLAGS.steps * size)
   padded = [(length, drawn[i:i + size]) for i in range(0, len(drawn), size)]
+  keys = sequences.bucket_of(drawn, bucket)
   bucketed = []
-  for key in np.unique((drawn - 1) // bucket):
-    rows = drawn[(drawn - 1) // bucket == key]
-    width = min((key + 1) * bucket, length)
+  for key in np.unique(keys):
+    rows = drawn[keys == key]
+    width = int(sequences.bucket_end(key, bucket, length))
     bucketed += [(width, rows[i:i + size]) for i in range(0, len(rows) - size + 1, size)]
   return padded, bucketed
 
@@ -349,10 +352,9 @@ def bucket_table() -> None:
     return {**{key: value[:, :width] for key, value in full.items()}, 'mask': tf.constant(mask)}
 
   sides = {'padded': [batch(*b) for b in padded], 'bucketed': [batch(*b) for b in bucketed]}
-  real = {name: float(sum(rows.sum() for _, rows in batches))
-          for name, batches in (('padded', padded), ('bucketed', bucketed))}
-  computed = {name: float(sum(width * size for width, _ in batches))
-              for name, batches in (('padded', padded), ('bucketed', bucketed))}
+  real = {name: float(sum(np.sum(b['mask']) for b in batches)) for name, batches in sides.items()}
+  computed = {name: float(sum(np.size(b['mask']) for b in batches))
+              for name, batches in sides.items()}
   step = Trainer(MDNRNN(z, a, FLAGS.hidden_size, FLAGS.num_mixtures), 1e-3,
                  grad_clip=1.0).train_step
   for one in {b['mask'].shape[1]: b for b in sides['bucketed'] + sides['padded']}.values():

@@ -107,18 +107,26 @@ def bucketed(windows_data: tf.data.Dataset, length: int, batch_size: int,
   train_batches). The order is the stream's: a bucket's batch is emitted once it is full."""
 
   def bucket(window):
-    steps = tf.reduce_sum(tf.cast(window['mask'] > 0, tf.int64))
-    return tf.maximum(steps - 1, 0) // bucket_steps
+    return bucket_of(tf.reduce_sum(tf.cast(window['mask'] > 0, tf.int64)), bucket_steps)
 
   def cut(key, batch):
-    end = tf.minimum((key + 1) * bucket_steps, length)
+    end = bucket_end(key, bucket_steps, length)
     return {name: value[:, :end] if name in TIMED else value for name, value in batch.items()}
 
-  batches = windows_data.group_by_window(
+  return windows_data.group_by_window(
       key_func=bucket, window_size=batch_size,
       reduce_func=lambda key, group: group.batch(batch_size, drop_remainder=True).map(
           lambda batch: cut(key, batch)))
-  return batches
+
+
+def bucket_of(steps, bucket_steps: int):
+  """The bucket of a window with `steps` (>= 1) real steps: a tensor or an array of them."""
+  return (steps - 1) // bucket_steps
+
+
+def bucket_end(key, bucket_steps: int, length: int) -> tf.Tensor:
+  """Where a batch of bucket `key` is cut: the bucket's last step, or the window's end."""
+  return tf.minimum((key + 1) * bucket_steps, length)
 
 
 TIMED = ('z', 'actions', 'z_next', 'reward', 'done', 'mask')  # the window fields with a time axis
