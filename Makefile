@@ -8,6 +8,9 @@ PRESET ?= small
 # each preset its own run dir: a debug run never meets a small one
 RUN_DIR ?= runs/$(PRESET)
 ARGS ?=
+# pytest-xdist workers for `make test`: most tests wait on one process at a time, so two workers
+# keep both cores of a 2-core machine busy (docs/testing.md); TEST_WORKERS=0 runs in one process
+TEST_WORKERS ?= 2
 
 .PHONY: venv run test bench clean-venv
 
@@ -29,7 +32,7 @@ run: venv
 	$(PY) -m wm --run_dir=$(RUN_DIR) --config=configs/carracing.py:$(PRESET) $(ARGS)
 
 test: venv
-	$(PY) -m pytest -c tests/pytest.ini --rootdir=. tests -q $(ARGS)
+	$(PY) -m pytest -c tests/pytest.ini --rootdir=. tests -q -n $(TEST_WORKERS) --dist=loadgroup $(ARGS)
 
 bench: venv
 	$(PY) scripts/benchmark_data.py

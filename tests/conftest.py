@@ -1,11 +1,17 @@
-"""Shared test set-up: run stage scripts as a user would, and one debug data set per session.
+"""Shared test set-up: run stage scripts as a user would, and one debug data set per test run.
 
 The session fixtures build the debug preset's data once (collect, shard, ...) in a temporary run
-dir; later stages' tests copy or read it instead of collecting again.
+dir; later stages' tests copy or read it instead of collecting again. `make test` runs the suite
+on several pytest-xdist workers (processes): the first worker to ask for a data set builds it,
+under a file lock, in the folder the workers share, and the others wait for it and read it, so
+each is built once per run, not once per worker. The tests that submit to the local SLURM
+cluster run one after another on one worker (the `slurm` marker puts them in one xdist group):
+the cluster's one node is sized for one such test at a time.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -75,23 +81,60 @@ def copy_run(src: str, dst: str) -> str:
   return dst
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items) -> None:
+  for item in items:
+    if item.get_closest_marker('slurm'):
+      item.add_marker(pytest.mark.xdist_group('slurm'))
+
+
+def built_once(tmp_path_factory, name: str, build) -> str:
+  """The folder `name`, made by build(folder) once per test run however many xdist workers ask:
+  the first builds it while holding a lock, the others wait and reuse it. A build that failed
+  (or was killed) left no NAME.built mark beside the folder, so the next to ask starts it again
+  from nothing."""
+  shared = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    shared = shared.parent  # every worker's own basetemp lies in the run's
+  folder, built = shared / name, shared / f'{name}.built'
+  with open(shared / f'{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not built.exists():
+      shutil.rmtree(folder, ignore_errors=True)
+      folder.mkdir()
+      build(str(folder))
+      built.touch()
+  return str(folder)
+
+
 @pytest.fixture(scope='session')
 def debug_data(tmp_path_factory) -> str:
   """A run dir with the debug preset's rollouts and shards (read-only: copy before changing)."""
-  run_dir = str(tmp_path_factory.mktemp('debug_run'))
-  run_script('collect_rollouts', f'--run_dir={run_dir}', '--parallelism=2')
-  run_script('shard_rollouts', f'--run_dir={run_dir}', '--parallelism=1')
-  return run_dir
+
+  def build(run_dir):
+    run_script('collect_rollouts', f'--run_dir={run_dir}', '--parallelism=2')
+    run_script('shard_rollouts', f'--run_dir={run_dir}', '--parallelism=1')
+
+  return built_once(tmp_path_factory, 'debug_run', build)
+
+
+def copy_and_run(src: str, *scripts: str):
+  """A build for built_once: `src` copied to FOLDER/run, then each script run on it."""
+
+  def build(folder):
+    run_dir = copy_run(src, os.path.join(folder, 'run'))
+    for script in scripts:
+      run_script(script, f'--run_dir={run_dir}')
+
+  return build
 
 
 @pytest.fixture(scope='session')
 def debug_encoded(debug_data, tmp_path_factory) -> str:
   """A copy of `debug_data` with V trained (debug preset, exported to RUN/vae/export) and both
   splits encoded into RUN/encoded/{train,valid} (read-only: copy before changing)."""
-  run_dir = copy_run(debug_data, str(tmp_path_factory.mktemp('debug_encoded') / 'run'))
-  run_script('train_vae', f'--run_dir={run_dir}')
-  run_script('encode_rollouts', f'--run_dir={run_dir}')
-  return run_dir
+  build = copy_and_run(debug_data, 'train_vae', 'encode_rollouts')
+  return os.path.join(built_once(tmp_path_factory, 'debug_encoded', build), 'run')
 
 
 @pytest.fixture(scope='session')
@@ -99,27 +142,23 @@ def synthetic_encoded(tmp_path_factory) -> str:
   """A run dir with only RUN/encoded/{train,valid}: a toy deterministic latent dynamics written
   with the real encoded schema (tests/synthetic_encoded_data.py). Read-only: copy to change."""
   import synthetic_encoded_data  # tests/ is on sys.path while pytest runs
-  run_dir = str(tmp_path_factory.mktemp('synthetic_encoded_run'))
-  synthetic_encoded_data.write(run_dir)
-  return run_dir
+  return built_once(tmp_path_factory, 'synthetic_encoded_run', synthetic_encoded_data.write)
 
 
 @pytest.fixture(scope='session')
 def debug_world_model(debug_encoded, tmp_path_factory) -> str:
   """A copy of `debug_encoded` with M trained too (debug preset): V and M as play and the
   controller load them (read-only: copy before changing)."""
-  run_dir = copy_run(debug_encoded, str(tmp_path_factory.mktemp('debug_world_model') / 'run'))
-  run_script('train_sequence_model', f'--run_dir={run_dir}')
-  return run_dir
+  build = copy_and_run(debug_encoded, 'train_sequence_model')
+  return os.path.join(built_once(tmp_path_factory, 'debug_world_model', build), 'run')
 
 
 @pytest.fixture(scope='session')
 def debug_agent(debug_world_model, tmp_path_factory) -> str:
   """A copy of `debug_world_model` with the controller evolved too (debug preset): all of V, M
   and C as play loads them (read-only: copy before changing)."""
-  run_dir = copy_run(debug_world_model, str(tmp_path_factory.mktemp('debug_agent') / 'run'))
-  run_script('train_controller', f'--run_dir={run_dir}')
-  return run_dir
+  build = copy_and_run(debug_world_model, 'train_controller')
+  return os.path.join(built_once(tmp_path_factory, 'debug_agent', build), 'run')
 
 
 @pytest.fixture(scope='session')
@@ -127,7 +166,7 @@ def controller_models(tmp_path_factory) -> str:
   """A run dir holding V and M exports (randomly initialised ConvVAE and MDNRNN at debug sizes)
   and dream starts, for the controller stage's tests. Read-only: copy before changing."""
   import controller_models as models  # tests/ is on sys.path while pytest runs
-  return models.write(str(tmp_path_factory.mktemp('controller_run')))
+  return built_once(tmp_path_factory, 'controller_run', models.write)
 
 
 @pytest.fixture
