@@ -25,8 +25,12 @@ def test_benchmark_controller_prints_each_side_of_its_ratios(debug_agent):
   assert len(figures) == 6 and all(v > 0 for v in figures.values()), out
   assert "the run's controller" in out  # the debug agent has one: it plays it
   cost = re.search(r'V\+M\+C cost (-?\d+)% of the agent', out)
-  printed = 100 * (1 - figures['agent'] / figures['replayed'])  # from the rounded rates
-  assert cost and abs(int(cost[1]) - printed) <= 1.5, out
+  # computed from the unrounded rates: the printed ones, each within 0.5, bound it (at the slow
+  # rates of a loaded machine, 18 against 34 steps/s, that is a few percent either way)
+  agent, replayed = figures['agent'], figures['replayed']
+  low = 100 * (1 - (agent + 0.5) / (replayed - 0.5)) - 0.5
+  high = 100 * (1 - (agent - 0.5) / (replayed + 0.5)) + 0.5
+  assert cost and low <= int(cost[1]) <= high, (low, high, out)
 
 
 def test_benchmark_judges_times_both_sides_and_leaves_no_scratch_run(synthetic_encoded, tmp_path):
