@@ -32,7 +32,8 @@ run: venv
 	$(PY) -m wm --run_dir=$(RUN_DIR) --config=configs/carracing.py:$(PRESET) $(ARGS)
 
 test: venv
-	$(PY) -m pytest -c tests/pytest.ini --rootdir=. tests -q -n $(TEST_WORKERS) --dist=loadgroup $(ARGS)
+	$(PY) -m pytest -c tests/pytest.ini --rootdir=. tests -q -n $(TEST_WORKERS) --dist=loadgroup \
+	  $(ARGS)
 
 bench: venv
 	$(PY) scripts/benchmark_data.py
