@@ -12,6 +12,7 @@ import pytest
 
 from conftest import DEBUG, REPO, copy_run, run_script, script_env
 from wm import datasets
+from wm.infra import fileio
 from wm.stages import encode, shard
 from wm.errors import ConfigError
 from wm.models import export
@@ -131,3 +132,52 @@ def test_a_corrupted_raw_shard_is_named_not_a_traceback(debug_encoded, tmp_path)
   assert os.path.basename(bad) in result.stderr
   assert 'find_corrupted_tfrecords.py' in result.stderr and 'shard_rollouts.py' in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def encoded_meta(run_dir: str, split: str) -> list[dict]:
+  return [fileio.read_json(os.path.join(run_dir, 'encoded', split, shard.META, n))
+          for n in sorted(os.listdir(os.path.join(run_dir, 'encoded', split, shard.META)))]
+
+
+def test_rollouts_the_same_encoder_encoded_are_copied_from_reuse_from(debug_encoded, tmp_path):
+  """records.reuse_from (an iterate round with vae_steps=0): a rollout whose raw shard the donor
+  holds byte for byte, encoded there by the same encoder, is copied, not encoded; one of a shard
+  with other bytes, or of a split another encoder wrote, is encoded anew. A corrupted donor file
+  is named, with the way around it."""
+  donor = copy_run(debug_encoded, str(tmp_path / 'donor'))
+  run_dir = copy_run(debug_encoded, str(tmp_path / 'run'))
+  shutil.rmtree(os.path.join(run_dir, 'encoded'))
+  raw_path = os.path.join(donor, 'records', 'train', shard.MANIFEST)
+  raw = fileio.read_json(raw_path)
+  other = raw['shards'][0]['rollouts']  # the donor's shard "holds other bytes"
+  raw['shards'][0]['sha256'] = '0' * 64
+  fileio.write_json(raw_path, raw)
+  encoded_path = os.path.join(donor, 'encoded', 'valid', shard.MANIFEST)
+  fileio.write_json(encoded_path, dict(fileio.read_json(encoded_path), encoder='another V'))
+
+  result = run_script('encode_rollouts', f'--run_dir={run_dir}',
+                      f'--config.records.reuse_from={donor}')
+  assert os.path.exists(os.path.join(run_dir, 'encoded', 'DONE')), result.stderr[-3000:]
+  train = encoded_meta(run_dir, 'train')
+  assert sum(m['reused'] for m in train) == sum(m['num_rollouts'] for m in train) - len(other)
+  assert sum(m['reused'] for m in encoded_meta(run_dir, 'valid')) == 0
+  for split in ('train', 'valid'):
+    mine = read_split(os.path.join(run_dir, 'encoded', split))
+    theirs = read_split(os.path.join(donor, 'encoded', split))
+    assert sorted(mine) == sorted(theirs)
+    for index, x in mine.items():
+      np.testing.assert_allclose(x['mu'], theirs[index]['mu'], atol=1e-5)
+      np.testing.assert_array_equal(x['actions'], theirs[index]['actions'])
+    assert shard.read_manifest(os.path.join(run_dir, 'encoded', split))['num_frames'] == (
+        shard.read_manifest(os.path.join(run_dir, 'records', split))['num_frames'])
+
+  shutil.rmtree(os.path.join(run_dir, 'encoded'))
+  bad = glob.glob(os.path.join(donor, 'encoded', 'train', 'encoded.tfrecord-*'))[0]
+  with open(bad, 'r+b') as f:
+    f.truncate(os.path.getsize(bad) // 2)
+  result = run_script('encode_rollouts', f'--run_dir={run_dir}',
+                      f'--config.records.reuse_from={donor}', check=False)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert bad in result.stderr and '--config.records.reuse_from=' in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not glob.glob(os.path.join(run_dir, 'encoded', 'train', 'encoded.tfrecord-*'))

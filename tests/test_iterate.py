@@ -57,6 +57,11 @@ def test_a_round_collects_with_the_controller_and_trains_on(debug_agent, tmp_pat
   old = [np.load(os.path.join(folder, n)) for n in names[:6]]
   assert not {int(r['seed']) for r in new} & {int(r['seed']) for r in old}
 
+  # V trained on, so the new V encoded every rollout: none of round 0's latents were copied.
+  for split in ('train', 'valid'):
+    meta = os.path.join(round1.split_dir('encode', split), shard.META)
+    assert [fileio.read_json(os.path.join(meta, n))['reused'] for n in os.listdir(meta)] == [0]
+
   # Training continued from round 0's checkpoints, by the round's amounts.
   steps = {s: fileio.read_json(r.done_path(s))['step'] for r in (base, round1)
            for s in ('vae', 'seq')}

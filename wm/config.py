@@ -60,7 +60,7 @@ class CollectConfig:
 class RecordsConfig:
   shard_size_mb: float = 150.0  # target size of one TFRecord shard on disk
   valid_fraction: float = 0.1  # share of rollouts in the validation split (at least one if > 0)
-  reuse_from: str = ''  # a run dir whose complete shards of the same rollouts are hard-linked, not written again (python -m wm iterate: the round before)
+  reuse_from: str = ''  # a run dir whose complete shards of the same rollouts are hard-linked, and whose latents of them by the same V copied, not made again (python -m wm iterate: the round before)
 
 
 @dataclasses.dataclass

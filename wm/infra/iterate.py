@@ -10,7 +10,8 @@ models and scores stay apart, and every stage in it resumes by rerun like any ot
                  round k-1's controller exploring with collect.action_noise
                  (collect.policy=controller, collect.controller_run=<round k-1>)
     records/, encoded/   all of them, sharded (round k-1's full shards hard-linked:
-                 records.reuse_from), and encoded by the new V
+                 records.reuse_from), and encoded by the new V (with iterate.vae_steps=0,
+                 round k-1's V: the latents it gave those shards are copied)
     vae/, seq/   round k-1's checkpoints, trained iterate.vae_steps / iterate.seq_steps further
                  on all the data (the stages' top-up: vae.train_steps, seq.train_steps raised)
     controller/  round k-1's CMA-ES state, continued for iterate.generations more generations

@@ -32,6 +32,8 @@ from wm.stages import shard
 
 PREFIX = 'encoded'
 FORMAT = datasets.ENCODED_FORMAT
+# What a reused rollout is checked by and counted with, read without decoding its arrays.
+INDEX_SPEC = {k: tf.io.FixedLenFeature([], tf.int64) for k in ('index', 'steps')}
 
 
 @dataclasses.dataclass
@@ -135,6 +137,58 @@ class Encoder:
     return {k: np.concatenate([p[k].numpy() for p in parts]) for k in ('mu', 'logvar')}
 
 
+def reusable(donor_root: str, split: str, raw_manifest: dict, encoder_fingerprint: str
+             ) -> dict[int, str]:
+  """{rollout index: the encoded file of `donor_root` holding it} for the rollouts of this split
+  whose raw shard the donor holds byte for byte and encoded with the same encoder; {} when it
+  has no finished encoding of the split, or one by another encoder."""
+  donor = runs.Run(donor_root)
+  try:
+    encoded = fileio.read_json(os.path.join(donor.split_dir('encode', split), shard.MANIFEST))
+    raw = fileio.read_json(os.path.join(donor.split_dir('shard', split), shard.MANIFEST))
+  except (OSError, ValueError):
+    return {}
+  if encoded.get('encoder') != encoder_fingerprint:
+    return {}
+  same = {s['sha256'] for s in raw['shards']}
+  shared = {i for s in raw_manifest['shards'] if s.get('sha256') in same for i in s['rollouts']}
+  folder = donor.split_dir('encode', split)
+  return {i: os.path.join(folder, s['file']) for s in encoded['shards'] for i in s['rollouts']
+          if i in shared}
+
+
+def reused_examples(wanted: dict[int, str]) -> Iterator[tuple[bytes, int]]:
+  """(serialized encoded rollout, its frames) of the rollouts `wanted` ({index: file})."""
+  left = set(wanted)
+  for path in dict.fromkeys(wanted.values()):
+    try:
+      for serialized in records.read([path]):
+        x = tf.io.parse_single_example(serialized, INDEX_SPEC)
+        if int(x['index']) in left:
+          left.remove(int(x['index']))
+          yield serialized.numpy(), int(x['steps']) + 1
+    except tf.errors.OpError as e:
+      raise DataError(f'{path}, whose encoded rollouts records.reuse_from lends here, cannot be '
+                      f'read ({records.clean_message(e.message or str(e))}); rerun with '
+                      '--config.records.reuse_from= to encode every rollout anew') from None
+  if left:
+    raise DataError(f'rollouts {sorted(left)} are missing from the encoded files of '
+                    'records.reuse_from that list them; rerun with --config.records.reuse_from= '
+                    'to encode every rollout anew')
+
+
+def without(output: Output, reused: set[int]) -> Output:
+  """`output` with the reads that hold only `reused` rollouts left out (the reads give the
+  output's rollouts in order, `count` each)."""
+  reads, position = [], 0
+  for read in output.reads:
+    members = output.rollouts[position:position + read[2]]
+    position += read[2]
+    if not reused.issuperset(members):
+      reads.append(read)
+  return Output(output.name, [i for i in output.rollouts if i not in reused], reads)
+
+
 def rollouts_of(in_dir: str, output: Output) -> tf.data.Dataset:
   """The raw rollouts of one output, read (several shards at once) and decoded ahead in
   parallel, in a deterministic order: round robin over its input shards."""
@@ -150,15 +204,27 @@ def rollouts_of(in_dir: str, output: Output) -> tf.data.Dataset:
 
 
 def write_output(encoder: Encoder, in_dir: str, out_dir: str, output: Output,
-                 data: dict, progress: Progress, counts: dict) -> dict:
+                 data: dict, progress: Progress, counts: dict,
+                 lent: dict[int, str] | None = None) -> dict:
+  """Writes one output: its rollouts encoded, or copied from `lent` ({index: encoded file} of
+  records.reuse_from, see reusable)."""
   path = os.path.join(out_dir, output.name)
+  lent = {i: lent[i] for i in output.rollouts if i in (lent or {})}
+  fresh = without(output, set(lent))
   frames = 0
 
   def examples():
     nonlocal frames
-    missing = set(output.rollouts)
-    for x in rollouts_of(in_dir, output):
+    for serialized, length in reused_examples(lent):
+      frames += length
+      counts['rollouts'] += 1
+      progress.update(counts['rollouts'], frames=counts['frames'])
+      yield serialized
+    missing = set(fresh.rollouts)
+    for x in rollouts_of(in_dir, fresh):
       index = int(x['index'])
+      if index in lent:
+        continue  # a read shared with reused rollouts
       if index not in missing:
         raise DataError(f'{in_dir}: found rollout {index} where {output.name} expects '
                         f'{sorted(missing)}; the shards do not match their manifest.json (rerun '
@@ -178,16 +244,18 @@ def write_output(encoder: Encoder, in_dir: str, out_dir: str, output: Output,
   with shards_named_on_corruption(in_dir), fileio.atomic_path(path) as tmp:
     records.write(tmp, examples())
   info = {'file': output.name, 'rollouts': output.rollouts, 'num_rollouts': len(output.rollouts),
-          'frames': frames, 'bytes': os.path.getsize(path), 'sha256': shard.sha256(path),
-          'encoder': encoder.fingerprint, 'z_size': encoder.model.z_size,
-          'action_size': data['action_size']}
+          'reused': len(lent), 'frames': frames, 'bytes': os.path.getsize(path),
+          'sha256': shard.sha256(path), 'encoder': encoder.fingerprint,
+          'z_size': encoder.model.z_size, 'action_size': data['action_size']}
   shard.write_meta(out_dir, output.name, info)
   return info
 
 
 def encode_split(encoder: Encoder, in_dir: str, out_dir: str, outputs: list[Output],
-                 mine: list[Output], data: dict) -> dict | None:
-  """Writes this process's missing outputs of a split; the manifest once the split is complete."""
+                 mine: list[Output], data: dict, lent: dict[int, str] | None = None
+                 ) -> dict | None:
+  """Writes this process's missing outputs of a split (copying the rollouts `lent`: see
+  reusable); the manifest once the split is complete."""
   expected = {'encoder': encoder.fingerprint}
   todo = [o for o in mine if not shard.shard_complete(out_dir, o.name, o.rollouts, **expected)]
   os.makedirs(os.path.join(out_dir, shard.META), exist_ok=True)
@@ -202,9 +270,9 @@ def encode_split(encoder: Encoder, in_dir: str, out_dir: str, outputs: list[Outp
       if not held:
         logging.info('%s is being written by another process: skipped', output.name)
         continue
-      info = write_output(encoder, in_dir, out_dir, output, data, progress, counts)
-      logging.info('wrote %s: %d rollouts, %d frames', output.name, info['num_rollouts'],
-                   info['frames'])
+      info = write_output(encoder, in_dir, out_dir, output, data, progress, counts, lent)
+      logging.info('wrote %s: %d rollouts (%d of them reused), %d frames', output.name,
+                   info['num_rollouts'], info['reused'], info['frames'])
   progress.update(counts['rollouts'], force=True, frames=counts['frames'])
   logging.info('%s: %d of this process\'s %d outputs were complete already',
                os.path.basename(out_dir), len(mine) - len(todo), len(mine))
@@ -228,21 +296,29 @@ def run(stage: cli.Stage, split: str = 'all', num_outer_shards: int = 1,
   encoder_dir = encoder_dir or os.path.join(stage.run.stage_dir('vae'), 'export')
   encoder = Encoder(encoder_dir, stage.config.encode.batch_size)
   splits = [split] if split != 'all' else present_splits(stage.run) or ['train']
+  donor = stage.config.records.reuse_from
+  if donor and not os.path.isdir(donor):
+    raise ConfigError(f'records.reuse_from={donor!r} is not a folder: give the run dir whose '
+                      'encoded rollouts to reuse, or leave it empty')
   plans = {}
   for name in splits:  # every check before anything is written
     in_dir = stage.run.split_dir('shard', name)
     raw_manifest = shard.read_manifest(in_dir)
     data = probe(in_dir, shard.shard_paths(in_dir))
     check_encoder(encoder.model, encoder_dir, data, in_dir, stage.config.vae.z_size)
-    plans[name] = (in_dir, plan(raw_manifest, num_outer_shards, num_sub_shards), data)
+    lent = reusable(donor, name, raw_manifest, encoder.fingerprint) if donor else {}
+    if lent:
+      logging.info('%s: %d rollouts reused from %s, encoded there by the same encoder', name,
+                   len(lent), donor)
+    plans[name] = (in_dir, plan(raw_manifest, num_outer_shards, num_sub_shards), data, lent)
   logging.info('encoding %s on %s with the encoder in %s (%s)', splits, device, encoder_dir,
                encoder.fingerprint)
   stage.run.clear_done('encode')
   first = outer_shard_index * num_sub_shards
-  for name, (in_dir, outputs, data) in plans.items():
+  for name, (in_dir, outputs, data, lent) in plans.items():
     mine = outputs[first:first + num_sub_shards]
     manifest = encode_split(encoder, in_dir, stage.run.split_dir('encode', name), outputs, mine,
-                            data)
+                            data, lent)
     if manifest is None:
       logging.info('%s: waiting for outputs of other processes', name)
     else:
