@@ -225,8 +225,9 @@ def wait_for(predicate, what: str, timeout: float = 120) -> None:
 def preempt_training(run_dir: str, job: str) -> None:
   """Sends the job USR1 (what --signal=B:USR1@600 sends before the time limit) once it saved."""
   checkpoints = os.path.join(run_dir, 'vae', 'checkpoints')
+  # Collect, shard and V's first steps come before it: minutes beside the other test worker.
   wait_for(lambda: glob.glob(os.path.join(checkpoints, 'ckpt-*.index')), 'a first checkpoint',
-           timeout=300)
+           timeout=600)
   assert sh('scancel', '--batch', '--signal=USR1', job).returncode == 0
 
 
@@ -258,10 +259,11 @@ def test_m_on_two_srun_workers_is_preempted_requeued_and_resumes(slurm_cluster, 
   assert submitted.returncode == 0, submitted.stderr
   job = submitted.stdout.strip()
   checkpoints = os.path.join(run_dir, 'seq', 'checkpoints')
+  # The waits bound a hang, not the speed: this test took 119 s alone, 225-295 s beside another.
   wait_for(lambda: glob.glob(os.path.join(checkpoints, 'ckpt-*.index')), 'a first checkpoint',
-           timeout=300)
+           timeout=600)
   assert sh('scancel', '--batch', '--signal=USR1', job).returncode == 0
-  states = slurm.wait([job], log=lambda _: None, timeout_s=400)
+  states = slurm.wait([job], log=lambda _: None, timeout_s=600)
   with open(os.path.join(run_dir, 'logs', f'seq-{job}.log')) as f:
     log = f.read()
   assert set(states.values()) == {'COMPLETED'}, (states, log[-4000:])
