@@ -150,7 +150,7 @@ def reusable(donor_root: str, split: str, raw_manifest: dict, encoder_fingerprin
     return {}
   if encoded.get('encoder') != encoder_fingerprint:
     return {}
-  same = {s['sha256'] for s in raw['shards']}
+  same = {s.get('sha256') for s in raw['shards']} - {None}
   shared = {i for s in raw_manifest['shards'] if s.get('sha256') in same for i in s['rollouts']}
   folder = donor.split_dir('encode', split)
   return {i: os.path.join(folder, s['file']) for s in encoded['shards'] for i in s['rollouts']
