@@ -13,9 +13,13 @@ Output: the ratios the data stages must reach, printed as a table (and --json_ou
                     CarRacing draws only the frames the agent sees)
   env/render_scale  raw env+policy agent steps/s at the preset's env.render_scale / at 1 (both
                     at the preset's action repeat)
+  env/make_kwargs   raw env+policy steps/s with the config's env.make_kwargs / without them, on
+                    the same whole episodes (only when env.make_kwargs is set: e.g. VizDoom's
+                    --config.env.make_kwargs=screen_resolution=RES_160X120)
 
     python scripts/benchmark_data.py [--config=configs/doom.py:small] [--steps=500 --rollouts=8]
                                      [--config.collect.compress_level=0 ...]
+                                     [--config.env.make_kwargs=screen_resolution=RES_160X120]
 
 The environment, the random policy and the collector's settings are the --config preset's
 (default the CarRacing small preset) with any --config.a.b=v overrides; the collector's ratios
@@ -54,6 +58,8 @@ _SCALING_STEPS = flags.DEFINE_integer('scaling_steps', 20000, 'Steps each side o
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds per ratio.')
 _WORK_DIR = flags.DEFINE_string('work_dir', None, 'Scratch folder (default: a temp folder).')
 _JSON_OUT = flags.DEFINE_string('json_out', None, 'Also write the results here.')
+_READING_SECONDS = flags.DEFINE_float('reading_seconds', 8.0, 'Seconds each reading rate is '
+                                      'measured for.')
 
 
 def make_config(num_rollouts: int) -> config_lib.Config:
@@ -118,14 +124,14 @@ def collector_steps_per_s(config, folder: str, parallelism: int) -> float:
   return steps / (time.perf_counter() - start)
 
 
-def reading_frames_per_s(paths, per_rollout: int, seconds: float = 8.0) -> float:
+def reading_frames_per_s(paths, per_rollout: int) -> float:
   from wm import datasets
   data = datasets.raw_frames(paths, per_rollout, shuffle_buffer=10000, batch_size=100)
   iterator = iter(data)
   for _ in range(20):  # warm up the pipeline
     next(iterator)
   frames, start = 0, time.perf_counter()
-  while time.perf_counter() - start < seconds:
+  while time.perf_counter() - start < _READING_SECONDS.value:
     frames += next(iterator).shape[0]
   return frames / (time.perf_counter() - start)
 
@@ -137,6 +143,8 @@ def main(argv):
   results = collector_ratios(work)
   if flags.FLAGS.config.split(':')[0].endswith('carracing.py'):
     results.update(carracing_ratios())
+  if make_config(1).env.make_kwargs:
+    results.update(make_kwargs_ratios(int(results['collect/overhead_rollouts'])))
   results.update(reading_rates(work, int(results['collect/scaling_rollouts'])))
   report(results)
 
@@ -185,6 +193,25 @@ def carracing_ratios() -> dict[str, float]:
           'env/action_repeat_ratio': kth / every, 'env/agent_steps_per_s_render_scale_1': full,
           f'env/agent_steps_per_s_render_scale_{preset.render_scale}': small,
           'env/render_scale_ratio': small / full}
+
+
+def make_kwargs_ratios(num_rollouts: int) -> dict[str, float]:
+  """Raw env+policy steps/s on the same whole episodes (as many as the overhead ratio plays)
+  without env.make_kwargs and with them, in alternating rounds; medians."""
+  given = make_config(1).env.make_kwargs
+  rounds = []
+  for _ in range(_ROUNDS.value):
+    config = make_config(num_rollouts)
+    seeds = [collection_seed(config, i) for i in range(num_rollouts)]
+    rates = []
+    for make_kwargs in ('', given):
+      config.env.make_kwargs = make_kwargs
+      rates.append(raw_episodes_steps_per_s(config, seeds))
+    rounds.append(rates)
+  without, with_them = np.median(rounds, axis=0)
+  return {'env/raw_steps_per_s_without_make_kwargs': without,
+          'env/raw_steps_per_s_with_make_kwargs': with_them,
+          'env/make_kwargs_ratio': with_them / without}
 
 
 def reading_rates(work: str, num_rollouts: int) -> dict[str, float]:

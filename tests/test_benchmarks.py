@@ -105,3 +105,17 @@ def test_benchmark_seq_buckets_time_the_same_windows_both_ways(debug_data, tmp_p
                        config=None, check=False)
   assert missing.returncode != 0 and 'no rollouts in' in missing.stderr, missing.stderr[-2000:]
   assert 'Traceback' not in missing.stderr, missing.stderr[-2000:]
+
+
+def test_benchmark_data_prints_the_collectors_and_the_environments_ratios(tmp_path):
+  # CarRacing's debug preset with a make_kwargs setting (its own default lap share, so the two
+  # sides play the same game): every ratio the script names is printed.
+  result = run_script('benchmark_data', '--steps=10', '--min_steps=20', '--scaling_steps=20',
+                      '--rollouts=2', '--rounds=1', '--reading_seconds=0.5',
+                      f'--work_dir={tmp_path}', '--config.env.make_kwargs=lap_complete_percent=0.95')
+  out = result.stdout
+  for key in ('collect/overhead_ratio', 'collect/scaling_ratio', 'env/action_repeat_ratio',
+              'env/render_scale_ratio', 'env/raw_steps_per_s_without_make_kwargs',
+              'env/make_kwargs_ratio', 'data/frames_per_s_all_frames'):
+    figure = re.search(rf'^{re.escape(key)}\s+([\d,]+\.\d\d)$', out, re.M)
+    assert figure and float(figure[1].replace(',', '')) > 0, (key, out)

@@ -45,6 +45,20 @@ def test_overrides_are_parsed_by_type():
   assert c.env.crop_dashboard is False and c.collect.policy == 'held'
 
 
+def test_make_kwargs_are_read_as_literals_else_text():
+  parse = config_lib.parse_make_kwargs
+  assert parse('') == {}
+  assert parse('screen_resolution=RES_160X120') == {'screen_resolution': 'RES_160X120'}
+  assert parse('a=1, b=0.5,c=True,d=(1, 2),e=two words') == {
+      'a': 1, 'b': 0.5, 'c': True, 'd': (1, 2), 'e': 'two words'}
+  for text, message in (('a', "'a' is not key=value"), ('a=1,a=2', 'sets a twice'),
+                        ('2x=1', "'2x=1' is not key=value"),
+                        ('max_episode_steps=9', 'max_episode_steps is set by env.max_steps'),
+                        ('render_mode=human', 'render_mode is set by the stage itself')):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+      parse(text)
+
+
 @pytest.mark.parametrize('key,value,message', [
     ('collect.bogus', '1', "unknown config field 'collect.bogus'"),
     ('nosection.x', '1', "unknown config field 'nosection'"),
@@ -112,6 +126,8 @@ def test_json_round_trip_refuses_unknown_fields():
     (['--parallelism=0'], '--parallelism=0: 0 is not a positive integer'),
     (['--num_tasks=2', '--task_index=2'], '--task_index must be smaller than --num_tasks'),
     (['--nonsense_flag=1'], 'nonsense_flag'),
+    (['--config.env.make_kwargs=bogus=1'],
+     "could not be made with env.make_kwargs='bogus=1' (TypeError:"),
 ])
 def test_script_refuses_bad_input_and_writes_nothing(tmp_path, args, message):
   run_dir = tmp_path / 'run'

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,6 +49,21 @@ def test_doom_frames_come_from_the_screen_key_and_the_precheck_says_so():
   facts = envs.check(config.env, seed=0)
   assert facts['frames_from'] == "observation['screen'] (inferred)"
   assert facts['env_frame_shape'] == (240, 320, 3)
+
+
+def test_doom_takes_its_game_settings_from_make_kwargs():
+  # VizDoom reads gym.make's extra arguments as game settings: a quarter of the pixels to draw.
+  config = config_lib.load(DOOM)
+  config.env.make_kwargs = 'screen_resolution=RES_160X120'
+  config_lib.validate(config)
+  facts = envs.check(config.env, seed=0)
+  assert facts['env_frame_shape'] == (120, 160, 3) and facts['frame_shape'] == (64, 64, 3)
+  assert facts['make_kwargs'] == {'screen_resolution': 'RES_160X120'}
+  # VizDoom skips a setting it does not know with a warning, not an error: validate() asks.
+  config.env.make_kwargs = 'screen_resolution=RES_999X1'
+  with pytest.raises(ConfigError, match=re.escape("did not take every setting of "
+                                                  "env.make_kwargs='screen_resolution=RES_999X1'")):
+    config_lib.validate(config)
 
 
 ORPHAN_PROBE = """

@@ -2,6 +2,7 @@
 broken envs; random policies stay in bounds and are reproducible."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -117,6 +118,21 @@ def test_check_makes_the_env_as_the_stages_do(monkeypatch):
   with pytest.raises(UserError, match=r'environment FrameEnv-v0: reset\(\) observation \(shape '
                      r'\(8, 8, 3\), dtype uint8\) is outside observation_space'):
     envs.check(EnvConfig(name='FrameEnv-v0'))
+
+
+def test_make_kwargs_reach_the_env_and_one_it_refuses_is_named(monkeypatch):
+  gym.register('FrameEnv-v0', entry_point=_FrameEnv)
+  monkeypatch.setitem(envs.REGISTRY, 'FrameEnv-v0', envs.EnvSpec('FrameEnv-v0', 'observation'))
+  with pytest.raises(UserError, match=r'reset\(\) observation .* is outside observation_space'):
+    envs.check(EnvConfig(name='FrameEnv-v0', make_kwargs='bad=True'))
+  car = envs.make(EnvConfig(max_steps=5, make_kwargs='lap_complete_percent=0.5'))
+  try:
+    assert car.env.unwrapped.lap_complete_percent == 0.5
+  finally:
+    car.close()
+  with pytest.raises(ConfigError, match=re.escape(
+      "could not be made with env.make_kwargs='laps=2' (TypeError: ")):
+    envs.check_make_kwargs(EnvConfig(make_kwargs='laps=2'))
 
 
 def test_check_reports_the_configured_env():

@@ -38,10 +38,15 @@ class EnvConfig:
   fast_render: bool = True  # CarRacing only: draw only visible polygons (wm/carracing.py), ~2x faster
   action_repeat: int = 1  # the agent acts every this many frames, holding its action; rewards summed
   render_scale: float = 1.0  # CarRacing, fast_render: draw on this fraction of the window (0.25: 2.5x)
+  make_kwargs: str = ''  # more keyword arguments for gym.make, 'key=value,...' (values as Python literals, else strings): e.g. screen_resolution=RES_160X120 (VizDoom)
 
   def agent_steps(self) -> int:
     """Steps of the agent (one per action_repeat frames) in an episode of max_steps frames."""
     return -(-self.max_steps // self.action_repeat)
+
+  def gym_kwargs(self) -> dict[str, Any]:
+    """env.make_kwargs as gym.make's keyword arguments; a ConfigError names a malformed item."""
+    return parse_make_kwargs(self.make_kwargs)
 
 
 @dataclasses.dataclass
@@ -429,6 +434,47 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
                     f'got {value!r}')
 
 
+# gym.make arguments a config field already sets: env.make_kwargs may not set them again.
+_MADE_BY_FIELDS = {'max_episode_steps': 'env.max_steps', 'render_mode': 'the stage itself',
+                   'domain_randomize': 'env.domain_randomize',
+                   'render_scale': 'env.render_scale'}
+
+
+def parse_make_kwargs(text: str) -> dict[str, Any]:
+  """'key=value,key=value' -> {key: value}: a value is a Python literal when it reads as one
+  (1, 0.5, True, (1, 2), 'text'), else the text itself (RES_160X120). Items are split at commas
+  that start a new `key=`, so a tuple's commas stay in its value."""
+  field = 'config field env.make_kwargs'
+  kwargs: dict[str, Any] = {}
+  for item in _split_items(text):
+    key, sep, value = item.partition('=')
+    key = key.strip()
+    if not sep or not key.isidentifier():
+      raise ConfigError(f'{field}={text!r}: {item!r} is not key=value (write '
+                        '--config.env.make_kwargs=key=value,key2=value2)')
+    if key in kwargs:
+      raise ConfigError(f'{field}={text!r} sets {key} twice')
+    if key in _MADE_BY_FIELDS:
+      raise ConfigError(f'{field}={text!r}: {key} is set by {_MADE_BY_FIELDS[key]}, not here')
+    try:
+      kwargs[key] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+      kwargs[key] = value.strip()
+  return kwargs
+
+
+def _split_items(text: str) -> list[str]:
+  items: list[str] = []
+  for part in text.split(','):
+    if not part.strip():
+      continue
+    if items and not ('=' in part and part.partition('=')[0].strip().isidentifier()):
+      items[-1] += ',' + part  # a comma inside the value before it
+    else:
+      items.append(part)
+  return items
+
+
 # ---------------------------------------------------------------------------- validation
 
 _CHOICES = {
@@ -478,8 +524,9 @@ def get(config: Config, dotted: str) -> Any:
 def validate(config: Config) -> Config:
   """Refuses impossible values with a message naming the field and the allowed range.
 
-  env.name must be in wm/envs.py's REGISTRY, so a stage refuses a mistyped environment before it
-  writes anything rather than when it first makes the environment.
+  env.name must be a gymnasium id with pixels, and the environment must take env.make_kwargs, so
+  a stage refuses a mistyped environment or argument before it writes anything rather than when
+  it first makes the environment.
   """
   for name, allowed in _CHOICES.items():
     if get(config, name) not in allowed:
@@ -490,8 +537,10 @@ def validate(config: Config) -> Config:
   for name, ok, requirement in _range_checks(config):
     if not ok:
       raise ConfigError(f'config field {name}={get(config, name)!r} {requirement}')
+  config.env.gym_kwargs()  # a ConfigError naming a malformed item
   from wm import envs  # pylint: disable=import-outside-toplevel  (wm/envs.py imports this module)
   envs.spec_for(config.env.name)  # a ConfigError naming the registered environments
+  envs.check_make_kwargs(config.env)  # ... or an argument the environment does not take
   return config
 
 

@@ -134,7 +134,7 @@ class PixelEnv:
   def __init__(self, config: EnvConfig, render_mode: str | None = None):
     self.config = config
     self.spec = spec_for(config.name)
-    kwargs = dict(self.spec.make_kwargs)
+    kwargs = {**dict(self.spec.make_kwargs), **config.gym_kwargs()}
     gym_id = self.spec.gym_id
     if config.name.startswith('CarRacing'):
       kwargs['domain_randomize'] = config.domain_randomize
@@ -144,8 +144,15 @@ class PixelEnv:
     if self.spec.pixels_from == 'render':
       render_mode = 'rgb_array'
     _ensure_headless_sdl()
-    self.env = gym.make(gym_id, render_mode=render_mode, max_episode_steps=config.max_steps,
-                        **kwargs)
+    try:
+      self.env = gym.make(gym_id, render_mode=render_mode, max_episode_steps=config.max_steps,
+                          **kwargs)
+    except Exception as e:  # pylint: disable=broad-except  (any environment's own error)
+      if not config.make_kwargs:
+        raise
+      raise ConfigError(f'environment env.name={config.name!r} could not be made with '
+                        f'env.make_kwargs={config.make_kwargs!r} ({type(e).__name__}: '
+                        f'{str(e).strip()[:300]}); fix or drop the field') from None
     prepare_vizdoom(self.env)
     self.action_space = self.env.action_space
     self.action_size = action_size(self.action_space)
@@ -296,9 +303,41 @@ def check(config: EnvConfig, seed: int = 0) -> dict[str, Any]:
     return {'frame_shape': frames[-1].shape, 'action_size': pixel_env.action_size,
             'action_space': str(act_space), 'env_frame_shape': env_frame.shape,
             'gym_id': env.spec.id if env.spec else None,
-            'frames_from': _describe_source(spec)}
+            'frames_from': _describe_source(spec),
+            **({'make_kwargs': config.gym_kwargs()} if config.make_kwargs else {})}
   finally:
     pixel_env.close()
+
+
+_KWARGS_CHECKED: set[tuple[str, str]] = set()
+
+
+def check_make_kwargs(config: EnvConfig) -> None:
+  """Makes the environment with `env.make_kwargs` (once per process; no reset, so no game
+  starts): wm/config.py's validate() calls it, so a stage refuses arguments the environment
+  does not take before it writes anything. A ConfigError names the field and the refusal."""
+  key = (config.name, config.make_kwargs)
+  if not config.make_kwargs or key in _KWARGS_CHECKED:
+    return
+  pixel_env = make(config)
+  try:
+    _check_vizdoom_kwargs(pixel_env.env, config)
+  finally:
+    pixel_env.close()
+  _KWARGS_CHECKED.add(key)
+
+
+def _check_vizdoom_kwargs(env: gym.Env, config: EnvConfig) -> None:
+  """VizDoom takes gym.make's extra arguments as game settings and skips one it does not know
+  with a warning on stderr, not an error: a scratch game (never started) says whether it took
+  them all."""
+  game = getattr(env.unwrapped, 'game', None)
+  if not config.make_kwargs or game is None or not hasattr(game, 'set_config'):
+    return
+  if not type(game)().set_config(config.gym_kwargs()):
+    raise ConfigError(f'environment env.name={config.name!r}: VizDoom did not take every '
+                      f'setting of env.make_kwargs={config.make_kwargs!r} (its "Unsupported" '
+                      'warning above names the one; settings: VizDoom\'s DoomGame.set_config)')
 
 
 def _check_gym_env(env: gym.Env, spec: EnvSpec, where: str, seed: int) -> np.ndarray:

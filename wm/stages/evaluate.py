@@ -47,7 +47,7 @@ def run(stage: cli.Stage, policy: str = 'controller', episodes: int | None = Non
     outcomes = pool.play(params, seeds)
   returns = outcomes.returns
   result = {'policy': policy, 'params': params_path, 'env': config.env.name,
-            'render_scale': config.env.render_scale,
+            'render_scale': config.env.render_scale, 'make_kwargs': config.env.make_kwargs,
             'episodes': len(returns), 'mean': float(returns.mean()), 'std': float(returns.std()),
             'min': float(returns.min()), 'max': float(returns.max()),
             'seed': config.seed, 'seed_stream': es.TEST_STREAM,
