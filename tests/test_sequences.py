@@ -1,11 +1,12 @@
 """Training windows cut from encoded rollouts: contents, padding, and no crossing of rollouts."""
 
+import collections
 import os
 
 import numpy as np
 
 import synthetic_encoded_data as synthetic
-from wm import sequences
+from wm import datasets, sequences
 from wm.stages import shard
 
 
@@ -94,6 +95,40 @@ def test_bucketed_batches_are_cut_to_their_windows_bucket(synthetic_encoded):
       np.testing.assert_allclose(batch['actions'][i][:real], rollout['actions'][:real])
     widths.add(width)
   assert widths == {10, 20, 30, 40}, widths
+
+
+def resample(run_dir, seed):
+  rollouts = datasets.encoded_rollouts(paths(run_dir, 'train'))
+  counts = collections.Counter(
+      int(r['index']) for r in sequences.resampled(rollouts, seed).as_numpy_iterator())
+  return counts
+
+
+def test_a_bootstrap_resample_is_fixed_by_its_seed_and_leaves_some_rollouts_out(synthetic_encoded):
+  # seq.judge_data=bootstrap: each rollout read a Poisson(1) number of times, the same on every
+  # read for one seed (a judge's data must not change when it resumes), another for another.
+  train = set(range(len(synthetic.LENGTHS['train'])))
+  draws = [resample(synthetic_encoded, seed) for seed in range(1, 41)]
+  assert resample(synthetic_encoded, 1) == draws[0]
+  assert len({tuple(sorted(d.items())) for d in draws}) > 30
+  for counts in draws:
+    assert set(counts) <= train, counts
+  assert any(set(d) < train for d in draws) and any(max(d.values()) > 1 for d in draws)
+  sizes = [sum(d.values()) for d in draws]
+  assert 8 < np.mean(sizes) < 12, sizes  # as many rollouts as the data on average
+  left_out = np.mean([len(train - set(d)) / len(train) for d in draws])
+  assert 0.25 < left_out < 0.5, left_out  # e^-1 = 0.37 of them
+
+
+def test_training_windows_come_only_from_the_resample(synthetic_encoded):
+  counts = resample(synthetic_encoded, 3)
+  assert len(counts) < len(synthetic.LENGTHS['train']), counts  # some rollouts left out
+  data = sequences.train_batches(paths(synthetic_encoded, 'train'), 10, batch_size=4,
+                                 shuffle_buffer=16, seed=1, from_start=True, resample_seed=3)
+  seen = collections.Counter()
+  for batch in data.take(60).as_numpy_iterator():
+    seen.update(int(i) for i, start in zip(batch['index'], batch['start']) if start == 0)
+  assert set(seen) == set(counts), (seen, counts)
 
 
 def test_validation_windows_are_fixed_and_cover_every_step(synthetic_encoded):

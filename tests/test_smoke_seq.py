@@ -205,8 +205,29 @@ def test_judges_train_after_m_and_judge_the_dream(debug_world_model, tmp_path):
   assert Dream.load(world, run, max_steps=5, temperature=1.0, seq_judges=1).worlds == 2
   with pytest.raises(DataError, match='judge M 2 .*rerun the seq stage'):
     Dream.load(world, run, max_steps=5, temperature=1.0, seq_judges=2)
+  # The judge was trained on M's rollouts: asked for a bootstrap judge, the stage says so.
+  result = run_script('train_sequence_model', f'--run_dir={run_dir}', '--config.seq.judges=1',
+                      '--config.seq.judge_hidden_size=8', '--config.seq.judge_data=bootstrap',
+                      '--config.controller.trials=2', '--config.controller.eval_episodes=2',
+                      check=False)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert f'{judge_dir} was trained with seq.judge_data=same' in result.stderr
+  assert 'Traceback' not in result.stderr
   with pytest.raises(ConfigError, match=r'controller.trials=3 .*seq.judges \(1\)'):
     config = debug_config()
     config.seq.judges, config.controller.trials = 1, 3
     from wm import config as config_lib  # pylint: disable=import-outside-toplevel
     config_lib.validate(config)
+
+
+def test_a_bootstrap_judge_learns_from_its_own_resample(debug_world_model, tmp_path):
+  # seq.judge_data=bootstrap: the judge reads a resample of the rollouts seeded by its seed, and
+  # its DONE says what it learned from.
+  run_dir = copy_run(debug_world_model, str(tmp_path / 'run'))
+  result = run_script('train_sequence_model', f'--run_dir={run_dir}', '--config.seq.judges=1',
+                      '--config.seq.judge_hidden_size=8', '--config.seq.judge_data=bootstrap',
+                      '--config.controller.trials=2', '--config.controller.eval_episodes=2')
+  assert 'bootstrap resample' in result.stderr and '(seed 1)' in result.stderr, result.stderr
+  with open(os.path.join(run_dir, 'seq', 'judges', '1', 'DONE')) as f:
+    judged = json.load(f)
+  assert judged['data'] == 'bootstrap' and judged['seed'] == 1 and judged['step'] == 20

@@ -128,6 +128,7 @@ class SeqConfig:
   num_heads: int = 4  # transformer: attention heads
   judges: int = 0  # more Ms trained on the same latents (seeds seed+1, ...; beside M with --parallelism > 1, else after it) whose worlds also play an equal share of the controller's dream episodes (controller.dream_fitness)
   judge_hidden_size: int = 0  # the judges' hidden_size (0: seq.hidden_size; smaller costs less but judged worse on Doom)
+  judge_data: str = 'same'  # what the judges learn from: same (M's training rollouts; worlds differ by their seeds only) | bootstrap (each its own resample of them, every rollout counted a Poisson(1) number of times: worlds that also differ where the data is thin)
 
 
 @dataclasses.dataclass
@@ -491,6 +492,7 @@ _CHOICES = {
     'controller.dream_precision': ('auto', 'float32', 'bfloat16'),
     'iterate.search': ('continue', 'restart'),
     'seq.window_start': ('random', 'episode'),
+    'seq.judge_data': ('same', 'bootstrap'),
     'vae.precision': ('auto', 'float32', 'bfloat16'),
     'distribute.strategy': ('auto', 'one_device', 'mirrored', 'multi_worker'),
 }

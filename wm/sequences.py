@@ -66,7 +66,7 @@ def windows(rollout: dict[str, tf.Tensor], length: int, offset: tf.Tensor,
 def train_batches(paths: list[str], length: int, batch_size: int, shuffle_buffer: int = 1000,
                   seed: int = 0, shard: InputShard | None = None,
                   from_start: bool = False, start_step: int = 0,
-                  bucket_steps: int = 0) -> tf.data.Dataset:
+                  bucket_steps: int = 0, resample_seed: int | None = None) -> tf.data.Dataset:
   """Endless shuffled batches of windows with random offsets (or, `from_start`, windows at
   t = 0, L, 2L, ...: every window chain starts where an episode does) and fresh latent samples,
   from all the rollouts or from `shard`'s part of them. The stream is a function of (seed,
@@ -78,7 +78,9 @@ def train_batches(paths: list[str], length: int, batch_size: int, shuffle_buffer
   bucket_steps-long span of the window ((n - 1) // bucket_steps for n real steps), cut to that
   span's end: [batch_size, k * bucket_steps] with k <= length / bucket_steps, every real step
   kept and most of the padding gone. A batch then has as many windows as ever and fewer steps,
-  so its loss, a mask-weighted mean, weighs a short window's steps more than without buckets."""
+  so its loss, a mask-weighted mean, weighs a short window's steps more than without buckets.
+
+  With `resample_seed` the rollouts are a bootstrap resample of them (see `resampled`)."""
   stream = datasets.stream_seed(seed, start_step)
 
   def cut(position, rollout):
@@ -93,12 +95,27 @@ def train_batches(paths: list[str], length: int, batch_size: int, shuffle_buffer
     return windows(rollout, length, offset, noise)
 
   data = datasets.encoded_rollouts(paths, shuffle=True, seed=stream, shard=shard)
+  if resample_seed is not None:
+    data = resampled(data, resample_seed)
   data = data.repeat().enumerate()
   data = data.map(cut, num_parallel_calls=AUTOTUNE).unbatch()
   data = data.shuffle(shuffle_buffer, seed=stream, reshuffle_each_iteration=True)
   if bucket_steps:
     return bucketed(data, length, batch_size, bucket_steps).prefetch(AUTOTUNE)
   return data.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def resampled(rollouts: tf.data.Dataset, seed: int) -> tf.data.Dataset:
+  """Each rollout as many times as a Poisson(1) draw seeded by (seed, its index) says: a
+  bootstrap resample of the rollouts (the Poisson bootstrap: about 37% left out, the others once
+  or more, as many as the data in all on average), the same on every pass, rerun and shard."""
+
+  def copies(rollout):
+    draw = tf.stack([tf.constant(seed, tf.int64), rollout['index']])
+    count = tf.random.stateless_poisson([], draw, 1.0, dtype=tf.int64)
+    return tf.data.Dataset.from_tensors(rollout).repeat(count)
+
+  return rollouts.flat_map(copies)
 
 
 def bucketed(windows_data: tf.data.Dataset, length: int, batch_size: int,

@@ -194,15 +194,21 @@ def fit(trainer: Trainer, checkpoints: training.Checkpoints, batches, seq: SeqCo
 
 
 def fit_and_validate(stage: cli.Stage, trainer: Trainer, checkpoints: training.Checkpoints,
-                     train_paths: list[str], valid_paths: list[str]) -> dict[str, float]:
-  """Trains to seq.train_steps with summaries in STAGE/tb and STAGE/metrics.jsonl; returns the
-  final valid terms."""
+                     train_paths: list[str], valid_paths: list[str],
+                     resample: bool = False) -> dict[str, float]:
+  """Trains to seq.train_steps with summaries in STAGE/tb and STAGE/metrics.jsonl, on the
+  training rollouts or, `resample`, on a bootstrap resample of them seeded by the stage's seed;
+  returns the final valid terms."""
   seq, seed, dist = stage.config.seq, stage.config.seed, trainer.dist
+  if resample:
+    logging.info('seq: learning from a bootstrap resample of the %d training shards\' rollouts '
+                 '(seed %d)', len(train_paths), seed)
   train_data = dist.datasets(
       lambda part: sequences.train_batches(
           train_paths, seq.sequence_length, part.batch_size, seq.shuffle_buffer, seed=seed,
           shard=part, from_start=seq.window_start == 'episode',
-          start_step=int(checkpoints.step), bucket_steps=seq.bucket_steps),
+          start_step=int(checkpoints.step), bucket_steps=seq.bucket_steps,
+          resample_seed=seed if resample else None),
       seq.batch_size, 'seq.batch_size')
   valid_paths = valid_paths if dist.chief else []  # validation is the chief's, computed once
   valid_data = valid_paths and sequences.valid_batches(valid_paths, seq.sequence_length,
@@ -223,11 +229,11 @@ def fit_and_validate(stage: cli.Stage, trainer: Trainer, checkpoints: training.C
 
 
 def train(stage: cli.Stage, dist: distribute.Distribution | None = None,
-          first_latents: bool = True) -> dict[str, Any] | None:
+          judge: bool = False) -> dict[str, Any] | None:
   """Trains (or resumes, or tops up) M to seq.train_steps under `dist` (by default the
-  config's) and exports it, with the first latents dreams start from unless `first_latents` is
-  False (a judge: dreams start from the run's own); returns DONE's info (None on a worker that
-  is not the chief)."""
+  config's) and exports it, with the first latents dreams start from unless M is a `judge`
+  (dreams start from the run's own; with seq.judge_data=bootstrap a judge learns from its own
+  resample of the rollouts); returns DONE's info (None on a worker that is not the chief)."""
   seq, run = stage.config.seq, stage.run
   dist = dist or distribute.create(stage.config.distribute)
   train_paths, manifest = read_split(run, 'train')
@@ -246,14 +252,15 @@ def train(stage: cli.Stage, dist: distribute.Distribution | None = None,
   if dist.chief:
     run.clear_done('seq')  # only once the inputs and checkpoints are known to fit
   try:
-    final = fit_and_validate(stage, trainer, checkpoints, train_paths, valid_paths)
+    final = fit_and_validate(stage, trainer, checkpoints, train_paths, valid_paths,
+                             resample=judge and seq.judge_data == 'bootstrap')
     step = int(checkpoints.step)
     if not dist.chief:
       return None
     export.save(model, os.path.join(stage.dir, 'export'), 'sequence_model', seq.model, kwargs,
                 step=step, valid=final)
     count = 0
-    if first_latents:
+    if not judge:
       count = save_initial_latents(train_paths, os.path.join(stage.dir, 'initial_latents.npz'))
   except tf.errors.DataLossError as e:  # a shard is corrupted: inflate() or a CRC failed
     raise training.read_error(e, checkpoints, run, 'encode') from None
@@ -339,9 +346,10 @@ def train_judge(stage: cli.Stage, index: int, dist: distribute.Distribution,
         logging.info('seq: judge %d is trained already (%s)', index, judge.run.done_path('seq'))
         return
       if held:
-        judged = train(judge, dist, first_latents=False)
+        judged = train(judge, dist, judge=True)
         if judged is not None:
-          judge.run.mark_done('seq', **judged, seed=judge.config.seed, device=device)
+          judge.run.mark_done('seq', **judged, seed=judge.config.seed,
+                              data=judge.config.seq.judge_data, device=device)
         return
     logging.info('seq: judge %d is being trained by %s; waiting for it', index,
                  fileio.claim_holder(judge.dir))
@@ -349,15 +357,20 @@ def train_judge(stage: cli.Stage, index: int, dist: distribute.Distribution,
 
 
 def judge_finished(judge: cli.Stage) -> bool:
-  """Whether the judge's DONE and export are this config's model trained to seq.train_steps: a
-  judge trained by another process (--judge) is then used as it is, not exported again (which
-  would change M's fingerprint under a controller searched with it)."""
+  """Whether the judge's DONE and export are this config's model trained to seq.train_steps on
+  seq.judge_data: a judge trained by another process (--judge) is then used as it is, not
+  exported again (which would change M's fingerprint under a controller searched with it)."""
   if not judge.run.is_done('seq'):
     return False
   try:
     info = fileio.read_json(os.path.join(judge.dir, 'export', 'model.json'))
+    data = fileio.read_json(judge.run.done_path('seq')).get('data', 'same')
   except (OSError, ValueError):
     return False
+  if data != judge.config.seq.judge_data:
+    raise UserError(f'{judge.dir} was trained with seq.judge_data={data} (its DONE), this '
+                    f'config says {judge.config.seq.judge_data}: remove that folder to train the '
+                    f'judge anew, or set --config.seq.judge_data={data}')
   manifest = read_split(judge.run, 'train')[1]
   kwargs = model_kwargs(judge.config.seq, int(manifest['z_size']), int(manifest['action_size']))
   return (info.get('name'), info.get('kwargs'), info.get('step')) == (
