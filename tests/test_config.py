@@ -84,11 +84,23 @@ def test_bad_overrides_name_the_field(key, value, message):
                                        ('seq.dropout', '1.0'),
                                        ('seq.bucket_steps', '11'),  # debug: sequence_length 10
                                        ('seq.bucket_steps', '-1'),
-                                       ('controller.dream_dropout', 'true')])  # seq.dropout 0
+                                       ('controller.dream_dropout', 'true'),  # seq.dropout 0
+                                       ('controller.dream_done_from', 'all'),  # no judges
+                                       ('seq.judge_data', 'half')])
 def test_impossible_values_are_refused(key, value):
   c = debug_config()
   config_lib.override(c, key, value)
   with pytest.raises(ConfigError, match=re.escape(key)):
+    config_lib.validate(c)
+
+
+def test_every_ms_end_is_not_combined_with_dropout_masks():
+  c = debug_config()
+  config_lib.apply_overrides(c, {'seq.judges': '1', 'controller.dream_done_from': 'all',
+                                 'controller.trials': '2', 'controller.eval_episodes': '2'})
+  config_lib.validate(c)
+  config_lib.apply_overrides(c, {'seq.dropout': '0.2', 'controller.dream_dropout': 'true'})
+  with pytest.raises(ConfigError, match='dream_done_from.*dream_dropout'):
     config_lib.validate(c)
 
 

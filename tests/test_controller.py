@@ -415,6 +415,36 @@ def test_dream_judges_play_their_share_in_their_own_world(debug_world_model):
     earlier.episodes(params, 3, seed=5)
 
 
+def test_every_ms_end_counts_on_every_episode_with_done_from_all(debug_world_model):
+  # controller.dream_done_from=all: each row's world is still its own M's, but every M steps on
+  # every row and the likeliest end counts. Judged by M itself, the dream is the unjudged one;
+  # judged by step 10's M, the final M's rows end by that judge's ends too where they are likelier
+  # (with dream_done=expected no end is drawn, so a likelier end can only shorten a life), and
+  # the judge's rows keep the judge's world.
+  run, world, batch, _, z0 = _unjudged_dream(debug_world_model, candidates=3, rng_seed=12)
+  seed = np.array([4, 5])
+
+  def dream(step: int, done_from: str, every: int = 30, rule: str = 'expected') -> Dream:
+    made = Dream.load(world, run, max_steps=30, temperature=1.0, checkpoints=[step],
+                      done_rule=rule, done_from=done_from)
+    made.compact_every = every
+    return made
+
+  own, own_steps = dream(10, 'own').returns(batch, z0, seed)
+  itself, _ = dream(20, 'all').returns(batch, z0, seed)
+  np.testing.assert_allclose(itself, dream(20, 'own').returns(batch, z0, seed)[0], rtol=1e-5)
+  judged, judged_steps = dream(10, 'all').returns(batch, z0, seed)
+  assert not np.allclose(judged[:6], own[:6])  # the judge now ends M's episodes too
+  assert judged_steps < own_steps
+  # Ended episodes leaving the batch change nothing: the judge's state leaves with its row.
+  whole, whole_steps = dream(10, 'all', rule='sample').returns(batch, z0, seed)
+  leaving = dream(10, 'all', every=3, rule='sample')
+  sizes = _stretch_sizes(leaving)
+  dropping, dropping_steps = leaving.returns(batch, z0, seed)
+  np.testing.assert_allclose(dropping, whole, rtol=1e-5, atol=1e-5)
+  assert dropping_steps == whole_steps and sizes[-1] < len(batch), sizes
+
+
 def _stretch_sizes(dream: Dream) -> list[int]:
   """Records the batch size of every compiled stretch of steps that `dream` runs."""
   sizes, run = [], dream._stretch

@@ -160,6 +160,7 @@ class ControllerConfig:
   dream_judge_runs: str = ''  # dream: run dirs (comma-separated) whose own final M, trained on this run's V (e.g. with another seed), also plays an equal share of the episodes
   dream_dropout: bool = False  # dream: each episode reads M's features through one dropout mask of seq.dropout, drawn at its start and kept (every episode another M; needs seq.dropout > 0)
   dream_fitness: str = 'mean'  # dream: a candidate's fitness: mean (of all its episodes) | worst (the lowest of the Ms' means)
+  dream_done_from: str = 'own'  # dream with judges: an episode ends by its own world's M | all (by the likeliest end any M predicts on its steps: every judge steps on every episode too, so a death one M misses, another sees; ~1.5x the dream's cost with one judge)
   dream_common: bool = False  # dream: a generation's candidates all play the same episodes (start latents, M's noise, the draws of their ends: common random numbers), so they are ranked by their moves more than their luck
   eval_every: int = 25  # every this many generations the best and the centroid are evaluated, in the real env and in the dream
   eval_episodes: int = 16  # ... over this many episodes
@@ -489,6 +490,7 @@ _CHOICES = {
     'controller.warm_keep': ('real', 'dream', 'final', 'average'),
     'controller.dream_done': ('sample', 'threshold', 'expected'),
     'controller.dream_fitness': ('mean', 'worst'),
+    'controller.dream_done_from': ('own', 'all'),
     'controller.dream_precision': ('auto', 'float32', 'bfloat16'),
     'iterate.search': ('continue', 'restart'),
     'seq.window_start': ('random', 'episode'),
@@ -588,6 +590,13 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
       ('seq.bucket_steps', 0 <= config.seq.bucket_steps <= config.seq.sequence_length,
        f'must be in 0..seq.sequence_length ({config.seq.sequence_length}); 0: no buckets'),
       ('seq.dropout', 0.0 <= config.seq.dropout < 1.0, 'must be in [0, 1)'),
+      ('controller.dream_done_from', config.controller.dream_done_from == 'own' or worlds > 1,
+       'all needs judges (seq.judges, controller.dream_checkpoints or '
+       'controller.dream_judge_runs): with M alone every episode ends by its own M already'),
+      ('controller.dream_done_from', config.controller.dream_done_from == 'own' or (
+          not config.controller.dream_dropout),
+       'all cannot be combined with controller.dream_dropout (a judge\'s masks are drawn for '
+       'its own episodes only): set one of them off'),
       ('controller.dream_dropout', not config.controller.dream_dropout or config.seq.dropout > 0,
        'needs an M trained with dropout: set seq.dropout > 0 (its rate is the masks\' rate)'),
       ('seq.judge_hidden_size', config.seq.judge_hidden_size >= 0,

@@ -25,7 +25,9 @@ while the controller's memory h still comes from the final M run on what it saw,
 A blind spot of one M (a move it lets live for ever) then pays in that M's share of episodes
 only, or not at all with controller.dream_fitness=worst (a candidate scores its worst M's mean).
 The final M's head predicts its own rows only (SequenceModel.step's head_rows): on the judges'
-rows only its state steps.
+rows only its state steps. With controller.dream_done_from=all every M steps on every row, each
+row's world still its own M's, and an episode ends by the likeliest end any of them predicts
+there: a death its own M misses, another M may see on the same steps.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class Dream:
   def __init__(self, world: WorldModel, start: artifacts.StartLatents, max_steps: int,
                temperature: float, use_done: bool = True, done_rule: str = 'sample',
                done_odds: float = 1.0, judges: Sequence[Any] = (), fitness: str = 'mean',
-               precision: str = 'float32', dropout: float = 0.0, common: bool = False):
+               precision: str = 'float32', dropout: float = 0.0, common: bool = False,
+               done_from: str = 'own'):
     self.world, self.start = world, start
     # M's steps (the final M's, then each judge's), their products in controller.dream_precision
     for judge in judges:  # its predictions join the final M's rows: they must have one shape
@@ -77,6 +80,8 @@ class Dream:
     self.dropout = dropout
     # controller.dream_common: every candidate plays the same episodes (common random numbers)
     self.common = common
+    # controller.dream_done_from: each row ends by its own M's end (own) or every M's likeliest
+    self.done_from_all = done_from == 'all' and bool(judges)  # (dropout refused: wm/config.py)
     self.compact_every = COMPACT_EVERY
     self._stretch = tf.function(self._steps, reduce_retracing=True)
 
@@ -85,13 +90,14 @@ class Dream:
            use_done: bool = True, done_rule: str = 'sample', done_odds: float = 1.0,
            checkpoints: Sequence[int] = (), fitness: str = 'mean',
            precision: str = 'float32', judge_runs: Sequence[str] = (),
-           seq_judges: int = 0, dropout: float = 0.0, common: bool = False) -> 'Dream':
+           seq_judges: int = 0, dropout: float = 0.0, common: bool = False,
+           done_from: str = 'own') -> 'Dream':
     judges = ([artifacts.load_seq_checkpoint(run, step) for step in checkpoints] +
               [artifacts.load_judge_seq(run, root) for root in judge_runs] +
               [artifacts.load_seq_judge(run, i) for i in range(1, seq_judges + 1)])
     return cls(world, artifacts.StartLatents.of_run(run, world.encoder.z_size), max_steps,
                temperature, use_done, done_rule, done_odds, judges, fitness, precision, dropout,
-               common)
+               common, done_from)
 
   @property
   def worlds(self) -> int:
@@ -160,7 +166,8 @@ class Dream:
     params = tf.constant(params, tf.float32)
     z = tf.constant(z0, tf.float32)
     state = self.world.seq.initial_state(size)
-    judge_states = [judge.initial_state(share) for judge in self.judges]
+    judge_rows = size if self.done_from_all else share  # the rows each judge steps on
+    judge_states = [judge.initial_state(judge_rows) for judge in self.judges]
     mask, judge_masks = self._feature_masks(size, share, seed)
     mask = _gather(draws)(mask)
     judge_masks = [_gather(block - block[0])(m)  # a judge's masks count from its block's first
@@ -187,7 +194,8 @@ class Dream:
       params, z, total, alive, state = map(take, (params, z, total, alive, state))
       mask = take(mask)
       for i in range(len(self.judges)):
-        own = keep[world_of[keep] == i + 1] - starts[i + 1]  # the judge's rows, in its block
+        own = keep if self.done_from_all else (  # the rows the judge steps on
+            keep[world_of[keep] == i + 1] - starts[i + 1])  # ... its own, in its block
         judge_states[i], judge_masks[i] = map(_gather(own), (judge_states[i], judge_masks[i]))
       rows, draws = rows[keep], draws[keep]
       sizes = np.bincount(world_of[keep], minlength=worlds)
@@ -204,9 +212,10 @@ class Dream:
     steps = tf.constant(0.0)
     for t in tf.range(t0, t0 + stretch):
       action = controller(params, z, controller.memory(seq, state))
-      # with judges, M predicts its own rows only (the first sizes[0]); its state steps on all
+      # with judges, M predicts its own rows only (the first sizes[0]), unless every M's end
+      # counts on every row; its state steps on all
       prediction, state = self._step(z, action, state, mask,
-                                     sizes[0] if self.judges else None)
+                                     sizes[0] if self.judges and not self.done_from_all else None)
       if self.judges:
         prediction, judge_states = self._judged(prediction, z, action, judge_states, sizes,
                                                 judge_masks)
@@ -240,16 +249,29 @@ class Dream:
   def _judged(self, prediction, z, action, judge_states, sizes, judge_masks):
     """The prediction [batch] from M's for its rows [sizes[0]] and each judge's rows
     (world-major blocks of `sizes` rows: the final M's, then each judge's) from that judge
-    stepping on them (through its feature mask, if any), and the judges' next states."""
-    parts, states, start = [prediction], [], sizes[0]
+    stepping on them (through its feature mask, if any), and the judges' next states. With
+    done_from_all, M's prediction covers every row, each judge steps on every row, and each
+    row's end logit is the largest of all the Ms'."""
+    every = self.done_from_all
+    parts = [_rows(prediction, 0, sizes[0]) if every else prediction]
+    states, ends, start = [], [prediction.done_logit], sizes[0]
     for i, (step, judge_state) in enumerate(zip(self._judge_steps, judge_states)):
       end = start + sizes[i + 1]
-      judged, judge_state = step(z[start:end], action[start:end], judge_state, judge_masks[i])
+      if every:
+        judged, judge_state = step(z, action, judge_state)
+        ends.append(judged.done_logit)
+        judged = _rows(judged, start, end)
+      else:
+        judged, judge_state = step(z[start:end], action[start:end], judge_state, judge_masks[i])
       parts.append(judged)
       states.append(judge_state)
       start = end
-    joined = {f.name: tf.concat([tf.cast(getattr(p, f.name), getattr(prediction, f.name).dtype)
-                                 for p in parts], 0) for f in dataclasses.fields(prediction)}
+    dtypes = {f.name: getattr(prediction, f.name).dtype for f in dataclasses.fields(prediction)}
+    joined = {name: tf.concat([tf.cast(getattr(p, name), dtype) for p in parts], 0)
+              for name, dtype in dtypes.items()}
+    if every:
+      joined['done_logit'] = tf.reduce_max(
+          tf.stack([tf.cast(e, dtypes['done_logit']) for e in ends]), axis=0)
     return type(prediction)(**joined), tuple(states)
 
   def _ends(self, done_logit: tf.Tensor, rows: tf.Tensor, size, seed: tf.Tensor) -> tf.Tensor:
@@ -265,6 +287,12 @@ class Dream:
       return tf.sigmoid(logit)
     draw = tf.random.stateless_uniform([size], tf.random.experimental.stateless_fold_in(seed, 1))
     return tf.cast(tf.gather(draw, rows) < tf.sigmoid(logit), tf.float32)
+
+
+def _rows(prediction, start, end):
+  """Rows start .. end - 1 of every field of a prediction."""
+  return type(prediction)(**{f.name: getattr(prediction, f.name)[start:end]
+                             for f in dataclasses.fields(prediction)})
 
 
 def _gather(keep: np.ndarray):

@@ -117,7 +117,7 @@ def dream_of(run: runs.Run, config: Config, model: WorldModel) -> Dream:
                     seq_judges=config.seq.judges, fitness=c.dream_fitness,
                     precision=hardware.precision(c.dream_precision),
                     dropout=config.seq.dropout if c.dream_dropout else 0.0,
-                    common=c.dream_common)
+                    common=c.dream_common, done_from=c.dream_done_from)
 
 
 class Episodes:

@@ -201,8 +201,8 @@ def fit_and_validate(stage: cli.Stage, trainer: Trainer, checkpoints: training.C
   returns the final valid terms."""
   seq, seed, dist = stage.config.seq, stage.config.seed, trainer.dist
   if resample:
-    logging.info('seq: learning from a bootstrap resample of the %d training shards\' rollouts '
-                 '(seed %d)', len(train_paths), seed)
+    logging.info('seq: learning from a bootstrap resample of the training rollouts (seed %d)',
+                 seed)
   train_data = dist.datasets(
       lambda part: sequences.train_batches(
           train_paths, seq.sequence_length, part.batch_size, seq.shuffle_buffer, seed=seed,
