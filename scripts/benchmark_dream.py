@@ -14,7 +14,10 @@ Output: printed figures from one run, the sides interleaved on the same generati
         the largest difference between the two sides' returns (float rounding only). A dream
         with judges adds a third side, (c) leaving as (a) but with M's head predicting every
         row and the judged rows' predictions dropped (the dream before `head_rows`: M
-        predicts only its own rows). The population is the one the run's search asks next
+        predicts only its own rows), and a fourth, (d) leaving as (a) with every judge stepping
+        on every row and the likeliest end counting (controller.dream_done_from=all; its returns
+        differ by design, so their mean is printed, not their difference), or (d) with each
+        row's own end when the run's config sets all. The population is the one the run's search asks next
         (its CMA-ES state replayed, to --after_generation), or, for a run without one, random
         parameters at controller.init_sigma.
 
@@ -78,6 +81,9 @@ def main(argv: list[str]) -> None:
   if dream.judges:
     sides['head on every row'] = (head_on_every_row(controller_stage.dream_of(run, config, model)),
                                   _COMPACT_EVERY.value)
+    other = controller_stage.dream_of(run, config, model)
+    other.done_from_all = not dream.done_from_all  # before its first episode traces the steps
+    sides[ENDS[other.done_from_all]] = (other, _COMPACT_EVERY.value)
   for played, every in sides.values():
     played.compact_every = every
     played.returns(*played.rows(population, c.trials, 0))  # traces both stretch lengths' shapes
@@ -103,9 +109,16 @@ def main(argv: list[str]) -> None:
     print(f'{side:17} {1000 * total / len(times[side]):9.1f} ms a generation, '
           f'{sum(steps[side]) / total:9,.0f} episode steps/s')
   for side in list(sides)[1:]:
+    if side in ENDS.values():
+      print(f'leaving / {side}: {sum(times[side]) / sum(times["leaving"]):.2f}x faster; mean '
+            f'return {np.mean(returns[side]):.1f} against {np.mean(returns["leaving"]):.1f}')
+      continue
     print(f'leaving / {side}: {sum(times[side]) / sum(times["leaving"]):.2f}x faster; largest '
           'difference in an episode\'s return: '
           f'{max(np.abs(a - b).max() for a, b in zip(returns["leaving"], returns[side])):.3g}')
+
+
+ENDS = {True: 'ends of every M', False: 'own M\'s ends'}  # side (d): controller.dream_done_from
 
 
 def head_on_every_row(dream: dream_lib.Dream) -> dream_lib.Dream:

@@ -47,7 +47,8 @@ def test_benchmark_judges_times_both_sides_and_leaves_no_scratch_run(synthetic_e
 
 def test_benchmark_dream_times_every_side_on_the_same_generations(debug_agent):
   # Episodes ending at a fiftieth of the odds M gives live several stretches of 2 steps; M's
-  # step-10 checkpoint judges half of them, which adds the side with M's head on every row.
+  # step-10 checkpoint judges half of them, which adds the side with M's head on every row and
+  # the side with every M's ends on every row.
   result = run_script('benchmark_dream', f'--run_dir={debug_agent}', '--generations=2',
                       '--compact_every=2', '--after_generation=1',
                       '--config.controller.dream_done_odds=0.02',
@@ -66,6 +67,12 @@ def test_benchmark_dream_times_every_side_on_the_same_generations(debug_agent):
     assert ratio and abs(float(ratio[1]) - seconds[side] / seconds['leaving']) < 0.01 + 0.01 * (
         float(ratio[1])), out
     assert float(ratio[2]) < 1e-3, out  # the same episodes, to float rounding
+  # The fourth side: every M's ends on every row (controller.dream_done_from=all).
+  every = re.search(r'ends of every M\s+([\d.]+) ms a generation', out)
+  mean = re.search(r"leaving / ends of every M: ([\d.]+)x faster; mean return (\S+) against "
+                   r'(\S+)', out)
+  assert every and float(every[1]) > 0 and mean, out
+  assert abs(float(mean[1]) - float(every[1]) / seconds['leaving']) < 0.01 + 0.01 * float(mean[1])
 
 
 def test_benchmark_cpu_kernels_measures_each_work_with_both_libraries(debug_agent):
