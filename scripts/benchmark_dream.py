@@ -16,10 +16,10 @@ Output: printed figures from one run, the sides interleaved on the same generati
         row and the judged rows' predictions dropped (the dream before `head_rows`: M
         predicts only its own rows), and a fourth, (d) leaving as (a) with every judge stepping
         on every row and the likeliest end counting (controller.dream_done_from=all; its returns
-        differ by design, so their mean is printed, not their difference), or (d) with each
-        row's own end when the run's config sets all. The population is the one the run's search asks next
-        (its CMA-ES state replayed, to --after_generation), or, for a run without one, random
-        parameters at controller.init_sigma.
+        differ by design, so their mean is printed, not their difference), or with each row's
+        own M's end when the run's config sets all. The population is the one the run's search
+        asks next (its CMA-ES state replayed, to --after_generation), or, for a run without one,
+        random parameters at controller.init_sigma.
 
     python scripts/benchmark_dream.py --run_dir=runs/doom_small --config=configs/doom.py:small
 """

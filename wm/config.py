@@ -160,7 +160,7 @@ class ControllerConfig:
   dream_judge_runs: str = ''  # dream: run dirs (comma-separated) whose own final M, trained on this run's V (e.g. with another seed), also plays an equal share of the episodes
   dream_dropout: bool = False  # dream: each episode reads M's features through one dropout mask of seq.dropout, drawn at its start and kept (every episode another M; needs seq.dropout > 0)
   dream_fitness: str = 'mean'  # dream: a candidate's fitness: mean (of all its episodes) | worst (the lowest of the Ms' means)
-  dream_done_from: str = 'own'  # dream with judges: an episode ends by its own world's M | all (by the likeliest end any M predicts on its steps: every judge steps on every episode too, so a death one M misses, another sees; ~1.5x the dream's cost with one judge)
+  dream_done_from: str = 'own'  # dream with judges: an episode ends by its own world's M | all (by the likeliest end any M predicts on its steps: every judge steps on every episode too, so a death one M misses, another sees; 1.14x a Doom generation with one judge, docs/benchmarks.md)
   dream_common: bool = False  # dream: a generation's candidates all play the same episodes (start latents, M's noise, the draws of their ends: common random numbers), so they are ranked by their moves more than their luck
   eval_every: int = 25  # every this many generations the best and the centroid are evaluated, in the real env and in the dream
   eval_episodes: int = 16  # ... over this many episodes
