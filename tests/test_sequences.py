@@ -98,10 +98,10 @@ def test_bucketed_batches_are_cut_to_their_windows_bucket(synthetic_encoded):
 
 
 def resample(run_dir, seed):
+  """How many times the resample of `seed` reads each training rollout, by index."""
   rollouts = datasets.encoded_rollouts(paths(run_dir, 'train'))
-  counts = collections.Counter(
+  return collections.Counter(
       int(r['index']) for r in sequences.resampled(rollouts, seed).as_numpy_iterator())
-  return counts
 
 
 def test_a_bootstrap_resample_is_fixed_by_its_seed_and_leaves_some_rollouts_out(synthetic_encoded):

@@ -229,11 +229,12 @@ def fit_and_validate(stage: cli.Stage, trainer: Trainer, checkpoints: training.C
 
 
 def train(stage: cli.Stage, dist: distribute.Distribution | None = None,
-          judge: bool = False) -> dict[str, Any] | None:
+          as_judge: bool = False) -> dict[str, Any] | None:
   """Trains (or resumes, or tops up) M to seq.train_steps under `dist` (by default the
-  config's) and exports it, with the first latents dreams start from unless M is a `judge`
-  (dreams start from the run's own; with seq.judge_data=bootstrap a judge learns from its own
-  resample of the rollouts); returns DONE's info (None on a worker that is not the chief)."""
+  config's) and exports it, with the first latents dreams start from unless M is trained
+  `as_judge` (dreams start from the run's own; with seq.judge_data=bootstrap a judge learns from
+  its own resample of the rollouts); returns DONE's info (None on a worker that is not the
+  chief)."""
   seq, run = stage.config.seq, stage.run
   dist = dist or distribute.create(stage.config.distribute)
   train_paths, manifest = read_split(run, 'train')
@@ -253,14 +254,14 @@ def train(stage: cli.Stage, dist: distribute.Distribution | None = None,
     run.clear_done('seq')  # only once the inputs and checkpoints are known to fit
   try:
     final = fit_and_validate(stage, trainer, checkpoints, train_paths, valid_paths,
-                             resample=judge and seq.judge_data == 'bootstrap')
+                             resample=as_judge and seq.judge_data == 'bootstrap')
     step = int(checkpoints.step)
     if not dist.chief:
       return None
     export.save(model, os.path.join(stage.dir, 'export'), 'sequence_model', seq.model, kwargs,
                 step=step, valid=final)
     count = 0
-    if not judge:
+    if not as_judge:
       count = save_initial_latents(train_paths, os.path.join(stage.dir, 'initial_latents.npz'))
   except tf.errors.DataLossError as e:  # a shard is corrupted: inflate() or a CRC failed
     raise training.read_error(e, checkpoints, run, 'encode') from None
@@ -346,7 +347,7 @@ def train_judge(stage: cli.Stage, index: int, dist: distribute.Distribution,
         logging.info('seq: judge %d is trained already (%s)', index, judge.run.done_path('seq'))
         return
       if held:
-        judged = train(judge, dist, judge=True)
+        judged = train(judge, dist, as_judge=True)
         if judged is not None:
           judge.run.mark_done('seq', **judged, seed=judge.config.seed,
                               data=judge.config.seq.judge_data, device=device)
