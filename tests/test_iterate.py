@@ -5,6 +5,7 @@ their checkpoints on all the data, CMA-ES continues, and the round is evaluated 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -108,6 +109,33 @@ def test_a_round_continues_or_restarts_the_search(debug_agent, tmp_path, search,
   assert os.path.isdir(os.path.join(round1.stage_dir('seq'), 'checkpoints'))
   iterate.prepare(root, 1, settings)  # idempotent: nothing changes on a rerun
   assert os.path.exists(os.path.join(round1.stage_dir('controller'), es.STATE)) == carried
+
+
+def test_a_round_continues_each_judge_from_its_own_checkpoints(debug_agent, tmp_path):
+  """seq.judges: each judge M trains on from round k-1's checkpoints like M, not from scratch
+  (before, a round trained its judges anew to round k-1's steps plus iterate.seq_steps)."""
+  root = copy_run(debug_agent, str(tmp_path / 'run'))
+  base = runs.Run(root)
+  base.mark_done('evaluate')
+  judges = os.path.join(base.stage_dir('seq'), runs.JUDGES)
+  # Judge 1 with checkpoints (M's, as a stand-in); judge 2 never started: nothing to carry.
+  shutil.copytree(os.path.join(base.stage_dir('seq'), 'checkpoints'),
+                  os.path.join(judges, '1', 'checkpoints'))
+  os.makedirs(os.path.join(judges, '2'))
+  assert iterate.judge_indices(base) == [1]
+  round1 = iterate.prepare(root, 1, config_lib.IterateConfig(iterations=1))
+  carried = os.path.join(round1.stage_dir('seq'), runs.JUDGES, '1', 'checkpoints')
+  source = os.path.join(judges, '1', 'checkpoints')
+  assert sorted(os.listdir(carried)) == sorted(os.listdir(source))
+  for name in os.listdir(source):
+    with open(os.path.join(source, name), 'rb') as a, open(os.path.join(carried, name), 'rb') as b:
+      assert a.read() == b.read(), name
+  assert not os.path.exists(os.path.join(round1.stage_dir('seq'), runs.JUDGES, '2'))
+  # A judge the round has started keeps its own checkpoints on a rerun.
+  mine = os.path.join(carried, 'started_here')
+  fileio.write_text(mine, 'x')
+  iterate.prepare(root, 1, config_lib.IterateConfig(iterations=1))
+  assert os.path.exists(mine)
 
 
 def test_collecting_with_a_controller_needs_a_trained_one(debug_data, tmp_path):

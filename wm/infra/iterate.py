@@ -13,7 +13,8 @@ models and scores stay apart, and every stage in it resumes by rerun like any ot
                  records.reuse_from), and encoded by the new V (with iterate.vae_steps=0,
                  round k-1's V: the latents it gave those shards are copied)
     vae/, seq/   round k-1's checkpoints, trained iterate.vae_steps / iterate.seq_steps further
-                 on all the data (the stages' top-up: vae.train_steps, seq.train_steps raised)
+                 on all the data (the stages' top-up: vae.train_steps, seq.train_steps raised);
+                 M's judges (seq.judges: seq/judges/<i>) from theirs, by as many steps
     controller/  round k-1's CMA-ES state, continued for iterate.generations more generations
                  through the new V and M (controller.generations raised); with
                  iterate.search=restart a new search of iterate.generations from scratch,
@@ -42,7 +43,7 @@ import time
 
 from absl import flags
 
-from wm import config as config_lib, es, rollouts
+from wm import artifacts, config as config_lib, es, rollouts
 from wm.config import Config
 from wm.errors import UserError
 from wm.infra import cli, fileio, pipeline, runs
@@ -105,7 +106,8 @@ def link_rollouts(previous: runs.Run, run: runs.Run) -> int:
 
 
 def continue_from(previous: runs.Run, run: runs.Run, search: str = 'continue') -> None:
-  """Copies what V, M and the controller continue from, unless the round has started them.
+  """Copies what V, M (and each of M's judges, seq.judges) and the controller continue from,
+  unless the round has started them.
 
   The CMA-ES search continues (iterate.search=continue; with restart the round's search starts
   from scratch), but not its best: round k-1's best parameters were scored through round k-1's
@@ -116,20 +118,37 @@ def continue_from(previous: runs.Run, run: runs.Run, search: str = 'continue') -
   for stage, names in CONTINUED.items():
     if stage == 'controller' and search == 'restart':
       continue
-    source, target = previous.stage_dir(stage), run.stage_dir(stage)
-    if os.path.exists(os.path.join(target, names[0])):
-      continue  # started (or copied) before
-    os.makedirs(target, exist_ok=True)
-    for name in reversed(names):  # the first, which marks the copy done, last
-      path = os.path.join(source, name)
-      if name == es.STATE:
-        es.copy_without_best(source, target)
-      elif os.path.isdir(path):
-        with fileio.atomic_dir(os.path.join(target, name)) as tmp:
-          shutil.copytree(path, tmp, dirs_exist_ok=True)
-      elif os.path.exists(path):
-        with fileio.atomic_path(os.path.join(target, name)) as tmp:
-          shutil.copyfile(path, tmp)
+    _copy_started(previous.stage_dir(stage), run.stage_dir(stage), names)
+  for index in judge_indices(previous):  # a judge trains on from its own checkpoints, as M does
+    _copy_started(artifacts.seq_judge_run(previous, index).stage_dir('seq'),
+                  artifacts.seq_judge_run(run, index).stage_dir('seq'), CONTINUED['seq'])
+
+
+def judge_indices(run: runs.Run) -> list[int]:
+  """The judges of M (seq.judges) that have checkpoints in `run`: RUN/seq/judges/<i>."""
+  folder = os.path.join(run.stage_dir('seq'), runs.JUDGES)
+  if not os.path.isdir(folder):
+    return []
+  return sorted(int(name) for name in os.listdir(folder) if name.isdigit()
+                and os.path.isdir(os.path.join(folder, name, CONTINUED['seq'][0])))
+
+
+def _copy_started(source: str, target: str, names: tuple[str, ...]) -> None:
+  """Copies `names` from folder `source` to `target`, the first last (it marks the copy done);
+  nothing when `target` holds the first already (started, or copied before)."""
+  if os.path.exists(os.path.join(target, names[0])):
+    return
+  os.makedirs(target, exist_ok=True)
+  for name in reversed(names):
+    path = os.path.join(source, name)
+    if name == es.STATE:
+      es.copy_without_best(source, target)
+    elif os.path.isdir(path):
+      with fileio.atomic_dir(os.path.join(target, name)) as tmp:
+        shutil.copytree(path, tmp, dirs_exist_ok=True)
+    elif os.path.exists(path):
+      with fileio.atomic_path(os.path.join(target, name)) as tmp:
+        shutil.copyfile(path, tmp)
 
 
 def prepare(root: str, k: int, settings: config_lib.IterateConfig) -> runs.Run:
