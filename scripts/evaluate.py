@@ -2,9 +2,11 @@
 
 Input:  RUN/vae/export, RUN/seq/export and RUN/controller/best.npz (or --params=FILE); nothing
         but the config with --policy=random.
-Output: RUN/evaluate/result.json (or --output=NAME.json): returns of every episode, mean, std,
-        min, max, the policy and the seeds' stream; RUN/evaluate/DONE. Prints `mean +- std (min .. max)` as the
-        paper's table does.
+Output: RUN/evaluate/result.json: returns of every episode, mean, std, min, max, the policy and
+        the seeds' stream; RUN/evaluate/DONE. Prints `mean +- std (min .. max)` as the paper's
+        table does. --output=NAME.json writes a side result instead (a baseline, another
+        controller's --params), beside result.json: DONE, and the score the run reports
+        (`python -m wm status`, the pipeline's summary), stay the run's own.
 
     python scripts/evaluate.py --run_dir=RUN --episodes=100 --parallelism=2
     python scripts/evaluate.py --run_dir=RUN --policy=random --output=random.json

@@ -207,6 +207,7 @@ def test_dream_with_the_transformer(tmp_path):
 
 def test_evaluate_random_baseline(controller_models, tmp_path):
   run_dir = copy_run(controller_models, str(tmp_path / 'run'))
+  runs.Run(run_dir).mark_done('evaluate', output='result.json', mean=123.0)  # the run's score
   out = run_script('evaluate', f'--run_dir={run_dir}', '--policy=random', '--episodes=2',
                    '--output=random.json', '--config.env.max_steps=20',
                    '--config.env.render_scale=0.5')
@@ -214,6 +215,9 @@ def test_evaluate_random_baseline(controller_models, tmp_path):
   assert result['policy'] == 'random' and len(result['returns']) == 2
   assert result['render_scale'] == 1.0  # scores are on the environment's own frames
   assert f'{result["mean"]:.1f} +- {result["std"]:.1f}' in out.stdout
+  # A side result: the run's own evaluation still marks the stage done, and its score stands.
+  done = json.load(open(os.path.join(run_dir, 'evaluate', 'DONE')))
+  assert (done['output'], done['mean']) == ('result.json', 123.0), done
 
 
 def test_parameter_files_are_checked(tmp_path):

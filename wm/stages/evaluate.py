@@ -21,11 +21,15 @@ from wm.agent import WorldModel, action_space_of
 from wm.errors import UserError
 from wm.infra import cli, fileio, mpi
 
+RESULT = 'result.json'  # the stage's own result: the one that marks it done
+
 
 def run(stage: cli.Stage, policy: str = 'controller', episodes: int | None = None,
         parallelism: int = 1, params_path: str | None = None,
-        output: str = 'result.json') -> None:
-  """The stage, on every MPI rank: rank 0 scores the episodes the ranks (or workers) play."""
+        output: str = RESULT) -> None:
+  """The stage, on every MPI rank: rank 0 scores the episodes the ranks (or workers) play.
+  Only RUN/evaluate/result.json finishes the stage (DONE, the score the run reports): another
+  `output` (a random baseline, another controller's --params) is written beside it."""
   if os.path.basename(output) != output or not output.endswith('.json'):
     raise UserError(f'--output={output!r} must be a file name ending in .json (it is '
                     f'written inside {stage.dir})')
@@ -65,13 +69,17 @@ def run(stage: cli.Stage, policy: str = 'controller', episodes: int | None = Non
           f'{config.env.agent_steps()} steps, {result["mean_steps"]:.0f} steps on average')
   print(line, flush=True)
   logging.info('wrote %s', path)
-  stage.run.mark_done('evaluate', output=output, mean=result['mean'])
+  if output == RESULT:
+    stage.run.mark_done('evaluate', output=output, mean=result['mean'])
+  else:  # a side evaluation (a baseline, another controller): the run's score stays its own
+    logging.info('%s is a side result: %s, and the score the run reports, stay as they were',
+                 output, stage.run.done_path('evaluate'))
 
 
 def tb_dir(stage_dir: str, output: str) -> str:
   """STAGE/tb for result.json; STAGE/tb/NAME for --output=NAME.json (a run of its own there)."""
   name = os.path.splitext(output)[0]
-  return os.path.join(stage_dir, 'tb', *([] if output == 'result.json' else [name]))
+  return os.path.join(stage_dir, 'tb', *([] if output == RESULT else [name]))
 
 
 def write_scalars(folder: str, returns: np.ndarray) -> None:
