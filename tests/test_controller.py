@@ -5,6 +5,7 @@ V and M are randomly initialised real ConvVAE and MDNRNN at debug sizes (tests/c
 
 import json
 import os
+import re
 
 import gymnasium as gym
 import numpy as np
@@ -579,3 +580,45 @@ def test_dream_judges_are_checked(debug_world_model):
   config.controller.dream_eval_episodes = -1
   with pytest.raises(ConfigError, match='controller.dream_eval_episodes=-1 must be >= 0'):
     config_lib.validate(config)
+
+
+def _rank_inputs(run_dir: str, folder, means: list[float], seeds: list[int]):
+  """Random controllers for the run's V and M, and a stand-in evaluation for each (only its mean
+  and which episodes it scored are read)."""
+  world = WorldModel.load(runs.Run(run_dir), debug_config())
+  rng = np.random.default_rng(3)
+  params, results = [], []
+  for i, (mean, seed) in enumerate(zip(means, seeds)):
+    params.append(str(folder / f'c{i}.npz'))
+    save_params(params[-1], rng.normal(size=world.controller.num_params), world.controller)
+    results.append(str(folder / f'r{i}.json'))
+    with open(results[-1], 'w') as f:
+      json.dump({'mean': mean, 'env': 'CarRacing-v3', 'seed': seed, 'seed_stream': 104,
+                 'episodes': 5, 'make_kwargs': ''}, f)
+  return f'--params={",".join(params)}', f'--results={",".join(results)}'
+
+
+def test_rank_dream_ranks_dream_scores_against_real_ones(debug_agent, tmp_path):
+  """scripts/rank_dream.py plays every controller in the run's real dream and prints the rank
+  correlation of each M's column and of the search's score with the real means."""
+  means = [30.0, 10.0, 20.0, 40.0]
+  args = _rank_inputs(debug_agent, tmp_path, means, [0] * 4)
+  out = run_script('rank_dream', f'--run_dir={debug_agent}', *args, '--episodes=6').stdout
+  rows = [line.split() for line in out.splitlines() if line.startswith(str(tmp_path))]
+  assert [float(r[1]) for r in rows] == means, out
+  dream = np.array([[float(v) for v in r[2:]] for r in rows])  # M, then the search's score
+  assert dream.shape == (4, 2) and np.ptp(dream[:, 1]) > 0, out  # the controllers differ
+
+  def rank(x):  # ties share their mean rank
+    return np.array([np.sum(x < v) + (np.sum(x == v) - 1) / 2 for v in x])
+  expected = np.corrcoef(rank(dream[:, 1]), rank(np.array(means)))[0, 1]
+  printed = re.search(r'searched ([+-][\d.]+)', out)
+  assert printed and abs(float(printed[1]) - expected) < 0.006, out
+  # Evaluations of other episodes, or a count that does not match, are refused by name.
+  params, results = _rank_inputs(debug_agent, tmp_path, means[:3], [0, 0, 1])
+  bad = run_script('rank_dream', f'--run_dir={debug_agent}', params, results, check=False)
+  assert bad.returncode != 0 and 'scored other episodes' in bad.stderr + bad.stdout, bad
+  assert 'Traceback' not in bad.stderr
+  bad = run_script('rank_dream', f'--run_dir={debug_agent}', params, results.rsplit(',', 1)[0],
+                   check=False)
+  assert bad.returncode != 0 and '--results 2' in bad.stderr + bad.stdout, bad

@@ -84,11 +84,13 @@ NOISE_STREAM = 7_000_001  # the exploration noise's seed stream (episode seed, t
 class Agent(Policy):
   """One environment's policy from a WorldModel and one controller parameter vector.
 
-  The controller is deterministic (z is V's mean, as in the paper's). With `noise` > 0 (the
-  iterative training's collection: collect.action_noise) it explores: each bounded action
-  dimension gets Gaussian noise of std noise x its range, clipped to the range (unbounded ones
-  std noise); a Discrete action is replaced by a uniformly random one with probability noise.
-  The noise is seeded by the episode's seed. `info['action']` stays the controller's own.
+  The controller is deterministic: z is V's mean (the paper's code drew z from V's posterior in
+  the real game, as M learns and the dream plays; on Doom that scored lower: docs/results.md).
+  With `noise` > 0 (the iterative training's collection: collect.action_noise) it explores:
+  each bounded action dimension gets Gaussian noise of std noise x its range, clipped to the
+  range (unbounded ones std noise); a Discrete action is replaced by a uniformly random one with
+  probability noise. The noise is seeded by the episode's seed. `info['action']` stays the
+  controller's own.
   """
 
   def __init__(self, world: WorldModel, params: np.ndarray, noise: float = 0.0):

@@ -154,7 +154,7 @@ class ControllerConfig:
   dream_generations: int = 0  # mode=real: the first this many generations of the same search evolve in M's dream (a warm start weaker than warm_generations on CarRacing), the rest in the real env
   dream_temperature: float = 1.15  # dream: sampling temperature of M
   dream_done: str = 'sample'  # dream: an episode ends with M's done probability | threshold (> 0.5) | expected (rewards weighted by the probability of being alive: no draw's noise)
-  dream_done_odds: float = 1.0  # dream: M's odds of an episode's end times this (> 1: a cautious dream, harder than M predicts)
+  dream_done_odds: float = 1.0  # dream: M's odds of an episode's end times this (> 1: a cautious dream, harder than M predicts; with threshold, an end where M's probability is over 1 / (1 + this))
   dream_precision: str = 'float32'  # dream: M's matrix products in float32 | bfloat16 (1.3x the dream's speed with AMX, not shown to train as well) | auto (bfloat16 where the device computes it natively: wm/hardware.py)
   dream_checkpoints: str = ''  # dream: steps of M's checkpoints (comma-separated, e.g. '1000') whose worlds play an equal share of each candidate's episodes beside the final M's
   dream_judge_runs: str = ''  # dream: run dirs (comma-separated) whose own final M, trained on this run's V (e.g. with another seed), also plays an equal share of the episodes
