@@ -99,7 +99,7 @@ def main(argv: list[str]) -> None:
   params = np.stack([artifacts.load_params(p, model.controller) for p in _PARAMS.value])
   dream = controller_stage.dream_of(run, config, model)
   returns = dream.episodes(params, _EPISODES.value, es.derive_seed(_SEED.value, RANK_STREAM))
-  worlds = returns.reshape(len(params), dream.worlds, -1).mean(axis=2)
+  worlds = dream.world_means(returns)
   columns = {'M': worlds[:, 0], **{f'judge {i}': worlds[:, i] for i in range(1, dream.worlds)},
              'searched': dream.score(returns)}
   c = config.controller

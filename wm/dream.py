@@ -114,8 +114,13 @@ class Dream:
     mean, or with fitness=worst the lowest of the Ms' means. The search and the dream's choice
     of best.npz (controller.keep=dream) both rank by it."""
     if self.fitness == 'worst':
-      return returns.reshape(len(returns), self.worlds, -1).mean(axis=2).min(axis=1)
+      return self.world_means(returns).min(axis=1)
     return returns.mean(axis=1)
+
+  def world_means(self, returns: np.ndarray) -> np.ndarray:
+    """Each candidate's mean in each M [P, worlds] (the final M's first) from its episodes [P, E]
+    as `episodes` orders them."""
+    return returns.reshape(len(returns), self.worlds, -1).mean(axis=2)
 
   def episodes(self, params: np.ndarray, trials: int, seed: int) -> np.ndarray:
     """Dream returns [P, trials]: `trials` episodes of each candidate of params [P, n], in

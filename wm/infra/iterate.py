@@ -126,11 +126,8 @@ def continue_from(previous: runs.Run, run: runs.Run, search: str = 'continue') -
 
 def judge_indices(run: runs.Run) -> list[int]:
   """The judges of M (seq.judges) that have checkpoints in `run`: RUN/seq/judges/<i>."""
-  folder = os.path.join(run.stage_dir('seq'), runs.JUDGES)
-  if not os.path.isdir(folder):
-    return []
-  return sorted(int(name) for name in os.listdir(folder) if name.isdigit()
-                and os.path.isdir(os.path.join(folder, name, CONTINUED['seq'][0])))
+  return [i for i in run.judge_indices() if os.path.isdir(os.path.join(
+      artifacts.seq_judge_run(run, i).stage_dir('seq'), CONTINUED['seq'][0]))]
 
 
 def _copy_started(source: str, target: str, names: tuple[str, ...]) -> None:

@@ -164,15 +164,21 @@ class Run:
         return None
     return digest.hexdigest()[:16]
 
+  def judge_indices(self) -> list[int]:
+    """The indices of the folders of M's judges (seq.judges: RUN/seq/judges/<i>), ascending."""
+    folder = os.path.join(self.stage_dir('seq'), JUDGES)
+    if not os.path.isdir(folder):
+      return []
+    return sorted(int(name) for name in os.listdir(folder) if name.isdigit())
+
   def _judge_files(self, stage: str) -> tuple[str, ...]:
     """M's judges (seq.judges: RUN/seq/judges/<i>) are part of its result: they judge the dream."""
-    folder = os.path.join(self.stage_dir(stage), JUDGES)
-    if stage != 'seq' or not os.path.isdir(folder):
+    if stage != 'seq':
       return ()
-    found = sorted((name for name in os.listdir(folder) if name.isdigit()), key=int)
-    return tuple(os.path.join(JUDGES, name, file) for name in found
+    folder = os.path.join(self.stage_dir(stage), JUDGES)
+    return tuple(os.path.join(JUDGES, str(i), file) for i in self.judge_indices()
                  for file in RESULT_FILES['seq']
-                 if os.path.exists(os.path.join(folder, name, RESULT_FILES['seq'][0])))
+                 if os.path.exists(os.path.join(folder, str(i), RESULT_FILES['seq'][0])))
 
   def stale_reason(self, stage: str) -> str | None:
     """Why the finished `stage` no longer fits its inputs (one changed since), or None.
