@@ -115,6 +115,10 @@ def test_one_warm_start_at_a_time():
   config_lib.override(unused, 'controller.warm_generations', '5')
   with pytest.raises(ConfigError, match='controller.warm_trials'):
     config_lib.validate(unused)
+  config_lib.override(unused, 'controller.warm_generations', '0')  # select_episodes likewise
+  config_lib.override(unused, 'controller.keep', 'select')
+  with pytest.raises(ConfigError, match='controller.select_episodes=128 must be a multiple of 3'):
+    config_lib.validate(unused)
   for key, value in (('controller.start_from', 'runs/other'), ('controller.dream_generations', '2')):
     both = copy.deepcopy(c)
     config_lib.override(both, key, value)

@@ -4,6 +4,7 @@ switches from the dream to the real environment, and gives the same result under
 V and M of the script runs are randomly initialised real ConvVAE and MDNRNN (debug sizes).
 """
 
+import collections
 import glob
 import json
 import os
@@ -211,6 +212,38 @@ def test_keep_dream_ranks_by_the_searchs_own_dream_score(tmp_path):
   assert state.columns['dream_eval_mean'][1] == 5.0  # fidelity still logs every episode's mean
 
 
+def test_keep_select_keeps_the_centroid_the_selection_scores_best_across_a_resume(tmp_path):
+  """keep=select: every select_every generations and at the last the centroid is scored by
+  `select` alone (neither the fitness nor the evaluations choose), best.npz keeps the best
+  scored so far, and a search stopped and resumed keeps comparing against it."""
+  settings = es.Settings(3, 4, 0.5, seed=1)
+  scores, played, saved = iter([1.0, 3.0, 2.0, 4.0]), [], []  # in the order centroids play
+
+  def select(centroid):
+    played.append(centroid.copy())
+    return next(scores)
+
+  objective = es.Objective(_quadratic, lambda p, s: saved.append((p.copy(), s)),
+                           lambda p, g: np.full((2, 4), 99.0), eval_every=1, keep='select',
+                           select=select, select_every=2)
+  folder = str(tmp_path / 'search')
+  gens = list(es.run(folder, es.State.empty(settings), 3, 'dream', objective))
+  assert len(played) == 2  # generation 2, and 3: the last
+  assert [s for _, s in saved] == [1.0, 3.0] and es.load(folder, settings).best_score == 3.0
+  np.testing.assert_array_equal(saved[-1][0], played[1])
+  assert not np.allclose(saved[-1][0], gens[-1].best_params)  # the centroid, not the best
+
+  state = es.load(folder, settings)  # resumed: generation 4 scores 2.0, 5 (the last) 4.0
+  list(es.run(folder, state, 5, 'dream', objective))
+  assert [s for _, s in saved] == [1.0, 3.0, 4.0] and state.best_score == 4.0
+  np.testing.assert_array_equal(saved[-1][0], played[3])
+  rows = state.rows()
+  assert [r['select_score'] for r in rows] == [None, 1.0, 3.0, 2.0, 4.0]
+  assert all(r['select_s'] >= 0 for r in rows if r['select_score'] is not None)
+  with pytest.raises(ValueError, match='select'):
+    es.Objective(_quadratic, _ignore, keep='select')
+
+
 def test_keep_dream_without_a_dream_is_refused():
   with pytest.raises(ValueError, match='dream_evaluate'):
     es.Objective(_quadratic, _ignore, keep='dream')
@@ -322,6 +355,33 @@ def test_a_real_search_warm_started_in_the_dream(controller_models, tmp_path):
              for g in (1, 3))
   state = np.load(os.path.join(run_dir, 'controller', es.STATE))
   assert list(state['modes']) == ['dream', 'dream', 'real', 'real']
+
+
+def test_keep_select_plays_centroids_in_a_dream_of_its_own_and_keeps_the_best(
+    controller_models, tmp_path):
+  """controller.keep=select through the stage: the centroid plays the selection dream every
+  select_every generations and at the last, best.npz is the centroid that scored best there,
+  DONE carries its score, and TensorBoard logs the scores."""
+  run_dir = copy_run(controller_models, str(tmp_path / 'run'))
+  run_script('train_controller', f'--run_dir={run_dir}', f'--config={DEBUG}',
+             '--config.controller.mode=dream', '--config.controller.keep=select',
+             '--config.controller.select_every=2', '--config.controller.select_episodes=6',
+             '--config.controller.generations=5', '--config.controller.eval_every=5',
+             '--config.env.max_steps=30', '--config.controller.init_sigma=1')
+  rows = _history(run_dir)
+  scored = [r['generation'] for r in rows if r['select_score'] is not None]
+  assert scored == [2, 4, 5], scored
+  best = max((r['select_score'], r['generation']) for r in rows if r['select_score'] is not None)
+  folder = os.path.join(run_dir, 'controller')
+  with np.load(os.path.join(folder, es.STATE)) as data:
+    settings = es.Settings(**json.loads(str(data['settings'])))
+  centroids = collections.deque(maxlen=10)
+  es.replay(es.load(folder, settings), centroids)
+  with np.load(os.path.join(folder, es.BEST)) as data:
+    np.testing.assert_allclose(data['params'], centroids[best[1] - 1])
+  with open(os.path.join(folder, 'DONE')) as f:
+    assert json.load(f)['best_score'] == pytest.approx(best[0])
+  assert 'select/centroid_score' in _tensorboard_tags(run_dir)
 
 
 def test_a_search_starts_from_a_given_mean_and_resumes_from_it(tmp_path):

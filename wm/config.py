@@ -165,8 +165,12 @@ class ControllerConfig:
   eval_every: int = 25  # every this many generations the best and the centroid are evaluated, in the real env and in the dream
   eval_episodes: int = 16  # ... over this many episodes
   dream_eval_episodes: int = 0  # ... and over this many in the dream (0: eval_episodes); dream episodes cost ~1/100 of real ones, and more give the fidelity and keep=dream's score less noise
-  keep: str = 'real'  # which controller best.npz keeps: real (the best real evaluation) | dream (the best dream evaluation: the real game is watched, never used to choose) | final (the newest evaluation's centroid: no world chooses, so no world's noise or blind spots pick it) | average (the mean of the last keep_average generations' centroids: no evaluation chooses)
+  keep: str = 'real'  # which controller best.npz keeps: real (the best real evaluation) | dream (the best dream evaluation: the real game is watched, never used to choose) | final (the newest evaluation's centroid: no world chooses, so no world's noise or blind spots pick it) | average (the mean of the last keep_average generations' centroids: no evaluation chooses) | select (the centroid a second dream, ended by select_done, scores best: a judge other than the fitness)
   keep_average: int = 40  # keep=average (and warm_keep=average): how many of the newest generations' centroids are averaged
+  select_every: int = 5  # keep=select: every this many generations (and at the last) the centroid plays the selection dream, and best.npz keeps the one that scored best there
+  select_episodes: int = 128  # keep=select: its dream episodes a centroid (the same ones every time: a multiple of the dream's Ms)
+  select_done: str = 'threshold'  # keep=select: how the selection dream's episodes end (as dream_done; its Ms, temperature, judges and fitness are the search's)
+  select_done_odds: float = 4.0  # keep=select: ... with M's odds of an end times this (as dream_done_odds): on Doom, ends that rank controllers as the game does
   test_episodes: int = 20  # scripts/evaluate.py: episodes (the paper's table used 100)
 
   def judge_steps(self) -> tuple[int, ...]:
@@ -486,9 +490,10 @@ _CHOICES = {
     'controller.discrete': ('argmax', 'line'),
     'controller.covariance': ('full', 'diagonal'),
     'controller.mode': ('real', 'dream'),
-    'controller.keep': ('real', 'dream', 'final', 'average'),
-    'controller.warm_keep': ('real', 'dream', 'final', 'average'),
+    'controller.keep': ('real', 'dream', 'final', 'average', 'select'),
+    'controller.warm_keep': ('real', 'dream', 'final', 'average', 'select'),
     'controller.dream_done': ('sample', 'threshold', 'expected'),
+    'controller.select_done': ('sample', 'threshold', 'expected'),
     'controller.dream_fitness': ('mean', 'worst'),
     'controller.dream_done_from': ('own', 'all'),
     'controller.dream_precision': ('auto', 'float32', 'bfloat16'),
@@ -511,7 +516,8 @@ _POSITIVE = (
     'controller.population_size',
     'controller.trials', 'controller.generations', 'controller.init_sigma',
     'controller.start_sigma', 'controller.warm_population', 'controller.warm_trials',
-    'controller.keep_average',
+    'controller.keep_average', 'controller.select_every', 'controller.select_episodes',
+    'controller.select_done_odds',
     'controller.dream_temperature', 'controller.eval_every', 'controller.eval_episodes',
     'controller.test_episodes',
     'play.num_episodes', 'play.fps',
@@ -586,6 +592,11 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
        f'({config.controller.dream_checkpoints!r}), controller.dream_judge_runs '
        f'({config.controller.dream_judge_runs!r}) and seq.judges ({config.seq.judges}) play '
        'equal shares of the dream episodes'),
+      ('controller.select_episodes', config.controller.select_episodes % worlds == 0 or (
+          'select' not in (config.controller.keep, config.controller.warm_generations
+                           and config.controller.warm_keep)),
+       f'must be a multiple of {worlds}, as controller.trials: every M of the dream plays an '
+       'equal share of a centroid\'s episodes'),
       ('seq.judges', config.seq.judges >= 0, 'must be >= 0'),
       ('seq.bucket_steps', 0 <= config.seq.bucket_steps <= config.seq.sequence_length,
        f'must be in 0..seq.sequence_length ({config.seq.sequence_length}); 0: no buckets'),

@@ -32,6 +32,7 @@ there: a death its own M misses, another M may see on the same steps.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Any, Sequence
@@ -98,6 +99,14 @@ class Dream:
     return cls(world, artifacts.StartLatents.of_run(run, world.encoder.z_size), max_steps,
                temperature, use_done, done_rule, done_odds, judges, fitness, precision, dropout,
                common, done_from)
+
+  def with_ends(self, done_rule: str, done_odds: float) -> 'Dream':
+    """The same dream (its Ms, starts, temperature, judges, fitness) whose episodes end by
+    another rule and odds: controller.keep=select's selection dream."""
+    other = copy.copy(self)
+    other.done_rule, other.done_shift = done_rule, math.log(done_odds)
+    other._stretch = tf.function(other._steps, reduce_retracing=True)  # traced with its own ends
+    return other
 
   @property
   def worlds(self) -> int:

@@ -39,18 +39,21 @@ from wm.infra import fileio
 
 STATE, HISTORY = 'es_state.npz', 'history.jsonl'
 BEST = artifacts.BEST  # the best parameters (RUN/controller/best.npz)
-KEEP = ('real', 'dream', 'final', 'average')  # what best.npz can keep (Objective.keep)
+KEEP = ('real', 'dream', 'final', 'average', 'select')  # what best.npz can keep (Objective.keep)
 COLUMNS = ('best', 'mean', 'worst', 'sigma', 'eval_mean', 'eval_std', 'centroid_eval_mean',
            'centroid_eval_std', 'dream_eval_mean', 'dream_eval_std', 'centroid_dream_eval_mean',
            'centroid_dream_eval_std',
            'dream_eval_episodes',  # dream episodes in each of those (controller.dream_eval_episodes)
            'dream_eval_score',  # keep=dream: what the choice ranks by (dream_score: with judges
            'centroid_dream_eval_score',  # and dream_fitness=worst, the worst M's mean)
+           'select_score',  # keep=select: the centroid's score in the selection dream
            'fitness_s',  # wall seconds the generation's fitness took: the search's own cost
-           'eval_s')  # ... and its evaluations (real and dream), a measurement, not training
+           'eval_s',  # ... and its evaluations (real and dream), a measurement, not training
+           'select_s')  # ... and keep=select's play of the centroid in the selection dream
 # Independent seed streams: CMA-ES sampling, training episodes, evaluations during training,
-# and scripts/evaluate.py's episodes (never the same episodes as training).
-ES_STREAM, TRAIN_STREAM, EVAL_STREAM, TEST_STREAM = 101, 102, 103, 104
+# and scripts/evaluate.py's episodes (never the same episodes as training); keep=select's dream
+# episodes, the same at every generation so that centroids of any two are compared on them.
+ES_STREAM, TRAIN_STREAM, EVAL_STREAM, TEST_STREAM, SELECT_STREAM = 101, 102, 103, 104, 105
 
 
 def derive_seed(seed: int, stream: int, *keys: int) -> int:
@@ -251,9 +254,12 @@ class Objective:
   dream_score: Callable[[np.ndarray], np.ndarray] = lambda returns: returns.mean(axis=1)
   # which evaluation chooses best.npz: real | dream (needs dream_evaluate) | final (none: the
   # centroid of the newest evaluation, whatever either world scored) | average (none: the mean of
-  # the centroids of the last `average` generations, saved after every generation)
+  # the centroids of the last `average` generations, saved after every generation) | select (the
+  # centroid `select` scores best, every `select_every` generations and at the last)
   keep: str = 'real'
   average: int = 1  # keep=average: how many of the newest generations' centroids
+  select: Callable[[np.ndarray], float] | None = None  # keep=select: centroid [n] -> its score
+  select_every: int = 1  # keep=select: generations between two plays of the centroid
 
   def __post_init__(self):
     if self.keep not in KEEP:
@@ -262,6 +268,8 @@ class Objective:
       raise ValueError(f'average must be >= 1, not {self.average}')
     if self.keep == 'dream' and self.dream_evaluate is None:
       raise ValueError("keep='dream' chooses by the dream's evaluations: give dream_evaluate")
+    if self.keep == 'select' and (self.select is None or self.select_every < 1):
+      raise ValueError("keep='select' chooses by select's scores: give select, select_every >= 1")
 
 
 def run(folder: str, state: State, generations: int, mode: str | Callable[[int], str],
@@ -276,7 +284,10 @@ def run(folder: str, state: State, generations: int, mode: str | Callable[[int],
   evaluation's centroid, chosen by neither world; with objective.keep == 'average', after
   every generation, the mean of the newest objective.average generations' centroids: once the
   search has converged its mean wanders with the noise of its fitness, and the average of its
-  last steps sits nearer their middle. Stops early (after saving) when objective.stop() is true.
+  last steps sits nearer their middle; with objective.keep == 'select', the centroid that
+  objective.select scored best of those it played, every objective.select_every generations and
+  at the last: a judge other than the fitness that drove the walk, which can see where the walk
+  went past its best. Stops early (after saving) when objective.stop() is true.
   """
   centroids = collections.deque(maxlen=objective.average)
   search = replay(state, centroids)
@@ -299,6 +310,14 @@ def run(folder: str, state: State, generations: int, mode: str | Callable[[int],
     if objective.keep == 'average':  # scored by its population's mean fitness, no evaluation
       objective.save_best(np.mean(centroids, axis=0), float(returns.mean()))
       state.best_score, state.best_evaluated = float(returns.mean()), evaluated
+    elif objective.keep == 'select':
+      if g % objective.select_every == 0 or g == generations:
+        start = time.perf_counter()
+        row['select_score'] = float(objective.select(search.centroid))
+        row['select_s'] = time.perf_counter() - start
+        if not state.best_evaluated or row['select_score'] > state.best_score:
+          objective.save_best(search.centroid, row['select_score'])
+          state.best_score, state.best_evaluated = row['select_score'], True
     elif (evaluated and (objective.keep == 'final' or not state.best_evaluated)) or (
         evaluated == state.best_evaluated and score > state.best_score):
       objective.save_best(best, float(score))

@@ -7,7 +7,9 @@ starts from zeros, or warm from a controller evolved in the dream on the same V 
 controller.warm_generations runs a dream search of its own first (its own population and trials,
 RUN/controller/warm), controller.start_from takes another run's, and controller.dream_generations
 plays the search's own first generations in the dream. Every evaluation plays the best candidate
-and the centroid in both, logging the dream's fidelity beside the real returns.
+and the centroid in both, logging the dream's fidelity beside the real returns. With
+controller.keep=select a second dream, ended by its own rule (controller.select_done), plays the
+centroid every controller.select_every generations and keeps the best it saw.
 Inputs, outputs and flags: scripts/train_controller.py.
 """
 
@@ -132,6 +134,9 @@ class Episodes:
     self.dream = dream_of(stage.run, self.config, model)
     logging.info('dream: M computes in %s (controller.dream_precision=%s: %s)',
                  self.dream.precision, self.c.dream_precision, hardware.native_bfloat16()[1])
+    # keep=select: the dream that chooses best.npz among the centroids, ended by its own rule
+    self.selection = (self.dream.with_ends(self.c.select_done, self.c.select_done_odds)
+                      if self.c.keep == 'select' else None)
 
   def real(self) -> evaluation.Evaluator:
     if self.mpi_evaluator is not None:
@@ -168,6 +173,13 @@ class Episodes:
     by default as many as the real ones), their own seeds."""
     return self.dream.episodes(params, self.c.dream_eval_count(),
                                es.derive_seed(self.config.seed, es.EVAL_STREAM, generation))
+
+  def select(self, centroid: np.ndarray) -> float:
+    """keep=select: the centroid's score (the search's rule: with judges and
+    dream_fitness=worst, its worst M's mean) over controller.select_episodes in the selection
+    dream, the same episodes at every generation."""
+    seed = es.derive_seed(self.config.seed, es.SELECT_STREAM)
+    return float(self.selection.evaluate(centroid[None], self.c.select_episodes, seed)[0])
 
   def close(self) -> None:
     if self.local is not None:
@@ -222,7 +234,8 @@ def search(stage: cli.Stage, model: WorldModel, state: es.State, episodes: Episo
                              stop=lambda: preemption.requested,
                              dream_evaluate=episodes.dream_evaluate,
                              dream_score=episodes.dream.score, keep=c.keep,
-                             average=c.keep_average)
+                             average=c.keep_average, select=episodes.select,
+                             select_every=c.select_every)
     for gen in es.run(stage.dir, state, c.generations, episodes.mode, objective):
       log(writer, gen)
       progress.update(gen.generation)
@@ -244,4 +257,6 @@ def log(writer, gen: es.Generation) -> None:
     if 'dream_eval_mean' in row:  # dream fidelity: a positive gap is a dream easier than reality
       tf.summary.scalar('eval/dream_return_mean', row['dream_eval_mean'])
       tf.summary.scalar('eval/dream_gap', row['dream_eval_mean'] - row['eval_mean'])
+    if 'select_score' in row:
+      tf.summary.scalar('select/centroid_score', row['select_score'])
   writer.flush()
