@@ -213,6 +213,15 @@ def test_judges_train_after_m_and_judge_the_dream(debug_world_model, tmp_path):
   assert result.returncode == 2, result.stderr[-3000:]
   assert f'{judge_dir} was trained with seq.judge_data=same' in result.stderr
   assert 'Traceback' not in result.stderr
+  # Stopped part-way (no DONE, its checkpoints kept), it is not continued on other data either.
+  os.remove(os.path.join(judge_dir, 'DONE'))
+  result = run_script('train_sequence_model', f'--run_dir={run_dir}', '--config.seq.judges=1',
+                      '--config.seq.judge_hidden_size=8', '--config.seq.judge_data=bootstrap',
+                      '--config.controller.trials=2', '--config.controller.eval_episodes=2',
+                      check=False)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert (f'{judge_dir} started training with seq.judge_data=same' in result.stderr
+          and 'Traceback' not in result.stderr), result.stderr[-3000:]
   with pytest.raises(ConfigError, match=r'controller.trials=3 .*seq.judges \(1\)'):
     config = debug_config()
     config.seq.judges, config.controller.trials = 1, 3

@@ -347,6 +347,7 @@ def train_judge(stage: cli.Stage, index: int, dist: distribute.Distribution,
         logging.info('seq: judge %d is trained already (%s)', index, judge.run.done_path('seq'))
         return
       if held:
+        check_judge_data(judge)
         judged = train(judge, dist, as_judge=True)
         if judged is not None:
           judge.run.mark_done('seq', **judged, seed=judge.config.seed,
@@ -377,6 +378,28 @@ def judge_finished(judge: cli.Stage) -> bool:
   return (info.get('name'), info.get('kwargs'), info.get('step')) == (
       judge.config.seq.model, kwargs, judge.config.seq.train_steps)
 
+
+JUDGE_DATA = 'judge_data.json'  # in a judge's folder: the seq.judge_data its training started on
+
+
+def check_judge_data(judge: cli.Stage) -> None:
+  """Records what the judge learns from (seq.judge_data, in JUDGE_DATA) as its training starts;
+  a judge started on other data, stopped part-way and resumed with another seq.judge_data, is
+  refused rather than continued on a mix of both."""
+  path, wanted = os.path.join(judge.dir, JUDGE_DATA), judge.config.seq.judge_data
+  if os.path.exists(path):
+    try:
+      started = fileio.read_json(path)['data']
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise DataError(f'{path} is unreadable ({e}): it records what the judge in {judge.dir} '
+                      'learns from; remove that folder to train the judge anew') from e
+    if started != wanted:
+      raise UserError(f'{judge.dir} started training with seq.judge_data={started} ({path}), '
+                      f'this config says {wanted}: remove that folder to train the judge anew, '
+                      f'or set --config.seq.judge_data={started} to finish it')
+    return
+  os.makedirs(judge.dir, exist_ok=True)
+  fileio.write_json(path, {'data': wanted})
 
 JUDGE_POLL_S = 10.0  # how often a stage waiting for a judge trained elsewhere looks again
 STOP_GRACE_S = 120.0  # a judge's child process told to stop saves within this, or is killed
