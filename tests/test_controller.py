@@ -384,13 +384,8 @@ def test_expected_dream_is_the_mean_of_sampled_dreams(controller_models):
 def test_a_dream_with_other_ends_is_the_same_dream_ended_by_its_own_rule(controller_models):
   # controller.keep=select's dream: Dream.with_ends plays what a dream loaded with that rule
   # plays, with the same Ms; the dream it came from keeps its own rule.
-  config = _debug_config()
-  run = runs.Run(controller_models)
-  world = WorldModel.load(run, config)
-  rng = np.random.default_rng(3)
-  batch = np.repeat(rng.normal(size=(2, world.controller.num_params)), 50, axis=0)
-  sample = Dream.load(world, run, max_steps=30, temperature=1.0)
-  z0, seed = sample.start.draw(len(batch), rng), np.array([7, 8])
+  run, world, batch, sample, z0 = _unjudged_dream(controller_models, candidates=25, rng_seed=3)
+  seed = np.array([7, 8])
   before, _ = sample.returns(batch, z0, seed)
   threshold = sample.with_ends('threshold', 4.0)
   loaded, _ = Dream.load(world, run, max_steps=30, temperature=1.0, done_rule='threshold',
