@@ -44,7 +44,6 @@ _EPISODES = flags.DEFINE_integer('episodes', 256, 'Dream episodes a controller p
                                  'evenly between the Ms.', lower_bound=1)
 _SEED = flags.DEFINE_integer('seed', 0, 'The dream episodes\' seed (its own stream).')
 
-RANK_STREAM = 105  # the dream episodes' seed stream: not the search's (wm/es.py's streams)
 SAME_EPISODES = ('env', 'seed', 'seed_stream', 'episodes', 'make_kwargs')  # result fields
 
 
@@ -98,7 +97,7 @@ def main(argv: list[str]) -> None:
   model = WorldModel.load(run, config, action_space_of(config))
   params = np.stack([artifacts.load_params(p, model.controller) for p in _PARAMS.value])
   dream = controller_stage.dream_of(run, config, model)
-  returns = dream.episodes(params, _EPISODES.value, es.derive_seed(_SEED.value, RANK_STREAM))
+  returns = dream.episodes(params, _EPISODES.value, es.derive_seed(_SEED.value, es.RANK_STREAM))
   worlds = dream.world_means(returns)
   columns = {'M': worlds[:, 0], **{f'judge {i}': worlds[:, i] for i in range(1, dream.worlds)},
              'searched': dream.score(returns)}

@@ -52,8 +52,10 @@ COLUMNS = ('best', 'mean', 'worst', 'sigma', 'eval_mean', 'eval_std', 'centroid_
            'select_s')  # ... and keep=select's play of the centroid in the selection dream
 # Independent seed streams: CMA-ES sampling, training episodes, evaluations during training,
 # and scripts/evaluate.py's episodes (never the same episodes as training); keep=select's dream
-# episodes, the same at every generation so that centroids of any two are compared on them.
-ES_STREAM, TRAIN_STREAM, EVAL_STREAM, TEST_STREAM, SELECT_STREAM = 101, 102, 103, 104, 105
+# episodes, the same at every generation so that centroids of any two are compared on them;
+# scripts/rank_dream.py's dream episodes.
+ES_STREAM, TRAIN_STREAM, EVAL_STREAM, TEST_STREAM = 101, 102, 103, 104
+SELECT_STREAM, RANK_STREAM = 105, 106
 
 
 def derive_seed(seed: int, stream: int, *keys: int) -> int:

@@ -401,6 +401,7 @@ def check_judge_data(judge: cli.Stage) -> None:
   os.makedirs(judge.dir, exist_ok=True)
   fileio.write_json(path, {'data': wanted})
 
+
 JUDGE_POLL_S = 10.0  # how often a stage waiting for a judge trained elsewhere looks again
 STOP_GRACE_S = 120.0  # a judge's child process told to stop saves within this, or is killed
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
