@@ -31,6 +31,12 @@ def _hang_on_two(x: int) -> int:
   return x
 
 
+def _mark_and_hang(path: str) -> None:
+  with open(path, 'w') as f:
+    f.write(str(os.getpid()))
+  time.sleep(600)
+
+
 def _ignore_sigterm() -> None:
   signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as pygame/SDL's own handler effectively does
 
@@ -84,26 +90,30 @@ def test_close_kills_workers_that_ignore_sigterm():
   assert not any(p.is_alive() for p in procs)
 
 
-def test_workers_exit_when_their_parent_is_killed(tmp_path):
-  pids = tmp_path / 'pids'
+@pytest.mark.parametrize('busy', [False, True], ids=['idle', 'busy'])
+def test_workers_exit_when_their_parent_is_killed(tmp_path, busy):
+  """Idle workers find their pipe closed; a busy one (on a task of 10 minutes) is killed by the
+  kernel when its parent dies, not left to finish a task nobody will read."""
+  pids, marker = tmp_path / 'pids', tmp_path / 'busy'
   code = textwrap.dedent(f'''
       import os, time
       from wm.infra import workers
       import test_workers
-      pool = workers.WorkerPool(2, test_workers._square, name='t')
-      pool.map([1, 2])
+      pool = workers.WorkerPool(2, test_workers._mark_and_hang, name='t')
       open({str(pids)!r}, 'w').write(' '.join(str(w.process.pid) for w in pool.workers))
-      time.sleep(600)
+      pool.map([{str(marker)!r}]) if {busy} else time.sleep(600)
   ''')
   env = script_env()
   env['PYTHONPATH'] = os.path.join(REPO, 'tests') + os.pathsep + env['PYTHONPATH']
   parent = subprocess.Popen([sys.executable, '-c', code], env=env, cwd=REPO)
   try:
     for _ in range(600):
-      if pids.exists() and pids.read_text():
+      if (pids.exists() and pids.read_text()
+          and (not busy or marker.exists() and marker.read_text())):
         break
       time.sleep(0.1)
     children = [int(p) for p in pids.read_text().split()]
+    assert not busy or int(marker.read_text()) in children  # a worker is on the 10-minute task
   finally:
     parent.kill()
     parent.wait()

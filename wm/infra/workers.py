@@ -8,7 +8,10 @@ environment survives (SDL installs its own handler). This pool:
 - names a worker that died (its exit code or signal) or is stuck (no result within
   `task_timeout` seconds: it is killed) together with its task, as a `WorkerError`;
 - closes by telling workers to stop, then kills (SIGKILL) any that has not exited within
-  `grace` seconds; a worker whose parent died finds its pipe closed and exits.
+  `grace` seconds;
+- dies with its parent: an idle worker whose parent died finds its pipe closed and exits, and a
+  busy one is killed by the kernel (SIGKILL on the parent's death, whatever killed the parent), not
+  left to finish a task nobody will read, or to hang on one forever.
 
 Workers are spawned (never forked: TensorFlow's threads do not survive a fork) and ignore SIGINT:
 Ctrl-C reaches the whole process group, and the parent alone decides what happens next.
@@ -32,13 +35,13 @@ from wm.errors import UserError
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def end_with_parent() -> None:
-  """The `preexec_fn` of a stage's process (or a judge's, wm/stages/seq.py): SIGTERM when the
-  process that started it dies, however it dies (a kill -9 included), so it saves and stops as
-  on a preemption instead of running on alone, unseen, into a run dir that a rerun would then
-  share with it."""
+def end_with_parent(sig: int = signal.SIGTERM) -> None:
+  """`sig` when the process that started this one dies, however it dies (a kill -9 included).
+  The `preexec_fn` of a stage's process (or a judge's, wm/stages/seq.py), with SIGTERM: it saves
+  and stops as on a preemption instead of running on alone, unseen, into a run dir that a rerun
+  would then share with it; a pool worker asks for SIGKILL (_serve)."""
   try:
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
   except (OSError, AttributeError):  # not Linux: a killed parent leaves its child running
     pass
 
@@ -209,6 +212,11 @@ class WorkerPool:
 def _serve(conn, fn: Callable, initializer: Callable | None, initargs: tuple) -> None:
   """A worker's loop: run the initializer, then one task per message until told to stop."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  # SIGKILL, not SIGTERM: evaluation workers and SDL's handler ignore SIGTERM. A worker writes
+  # files as every writer here does (a temporary name, then a rename), so a kill loses no file.
+  end_with_parent(signal.SIGKILL)
+  if os.getppid() != multiprocessing.parent_process().pid:
+    return  # the parent died before the line above: no signal will come
   try:
     if initializer is not None:
       initializer(*initargs)
