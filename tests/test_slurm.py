@@ -17,7 +17,7 @@ import sys
 import time
 
 import pytest
-from conftest import DEBUG, REPO, copy_run, script_env
+from conftest import DEBUG, REPO, UNGROUPED_SLURM_TESTS, copy_run, script_env
 
 from wm import config as config_lib, rollouts
 from wm.infra import fileio, iterate, pipeline, runs, slurm
@@ -45,6 +45,11 @@ def slurm_cluster():
   """The local cluster, started here when needed and able; skips the test when not."""
   if os.environ.get('WM_SLURM_TESTS') == '0':
     pytest.skip('WM_SLURM_TESTS=0')
+  if UNGROUPED_SLURM_TESTS:
+    pytest.fail(f'pytest-xdist did not put the SLURM tests in one group with pytest '
+                f'{pytest.__version__} ({UNGROUPED_SLURM_TESTS[0]} has no @slurm suffix): they '
+                'would run at once on the one-node cluster. Install the versions '
+                'requirements.txt pins (make venv), or run with TEST_WORKERS=0.', pytrace=False)
   started = sh('bash', 'slurm/local_cluster.sh', timeout=300)
   if started.returncode != 0:
     pytest.skip('local SLURM cluster unavailable: '
