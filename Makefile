@@ -8,9 +8,10 @@ PRESET ?= small
 # each preset its own run dir: a debug run never meets a small one
 RUN_DIR ?= runs/$(PRESET)
 ARGS ?=
-# pytest-xdist workers for `make test`: most tests wait on one process at a time, so two workers
-# keep both cores of a 2-core machine busy (docs/testing.md); TEST_WORKERS=0 runs in one process
-TEST_WORKERS ?= 2
+# pytest-xdist workers for `make test`: most tests wait on one process at a time (and the SLURM
+# tests on the cluster), so three keep a 2-core machine's cores busier than two (docs/testing.md);
+# TEST_WORKERS=0 runs in one process
+TEST_WORKERS ?= 3
 
 .PHONY: venv run test bench clean-venv
 
