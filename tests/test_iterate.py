@@ -19,7 +19,7 @@ from wm.stages import shard
 
 ROUND = ['--config.iterate.iterations=1', '--config.iterate.rollouts=2',
          '--config.iterate.vae_steps=10', '--config.iterate.seq_steps=10',
-         '--config.iterate.generations=1', '--parallelism=2']
+         '--config.iterate.generations=1', '--parallelism=1']
 
 
 def wm(*args: str) -> subprocess.CompletedProcess:
