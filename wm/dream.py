@@ -74,8 +74,6 @@ class Dream:
     self.fitness = fitness  # controller.dream_fitness: mean | worst (over the Ms' means)
     self.max_steps, self.temperature = max_steps, temperature
     self.use_done = use_done  # False runs every episode max_steps (the benchmark's untrained M)
-    self.done_rule = done_rule  # controller.dream_done: sample | threshold | expected
-    self.done_shift = math.log(done_odds)  # controller.dream_done_odds, added to the logit
     # controller.dream_dropout: each episode reads M's features through one dropout mask of
     # this rate (seq.dropout's), drawn at its start and kept: every episode another M
     self.dropout = dropout
@@ -84,6 +82,12 @@ class Dream:
     # controller.dream_done_from: each row ends by its own M's end (own) or every M's likeliest
     self.done_from_all = done_from == 'all' and bool(judges)  # (dropout refused: wm/config.py)
     self.compact_every = COMPACT_EVERY
+    self._end_by(done_rule, done_odds)
+
+  def _end_by(self, done_rule: str, done_odds: float) -> None:
+    """How episodes end, and the compiled stretch of steps that plays them (traced with them)."""
+    self.done_rule = done_rule  # controller.dream_done: sample | threshold | expected
+    self.done_shift = math.log(done_odds)  # controller.dream_done_odds, added to the logit
     self._stretch = tf.function(self._steps, reduce_retracing=True)
 
   @classmethod
@@ -104,8 +108,7 @@ class Dream:
     """The same dream (its Ms, starts, temperature, judges, fitness) whose episodes end by
     another rule and odds: controller.keep=select's selection dream."""
     other = copy.copy(self)
-    other.done_rule, other.done_shift = done_rule, math.log(done_odds)
-    other._stretch = tf.function(other._steps, reduce_retracing=True)  # traced with its own ends
+    other._end_by(done_rule, done_odds)
     return other
 
   @property
