@@ -130,6 +130,55 @@ def test_fused_lstm_equals_the_keras_layer():
       np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_fused_lstm_in_bfloat16_follows_float32():
+  """seq.precision=bfloat16: the fused LSTM's products outside its loops (the input projection,
+  the weights' and inputs' gradients) in bfloat16 give float32's values and gradients to
+  bfloat16's rounding (8 bits of mantissa), and are not float32's own numbers."""
+  rng = np.random.default_rng(2)
+  x = tf.constant(rng.normal(size=(4, 9, 6)), tf.float32)
+  u = tf.constant(rng.normal(size=(4, 9, 32)), tf.float32)
+  layer = tf.keras.layers.LSTM(32, return_sequences=True, return_state=True)
+  layer(x)
+
+  def values_and_gradients(precision):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      hs, _ = fused_lstm.unroll(layer, x, precision=precision)
+      loss = tf.reduce_sum(hs * u)
+    return [hs] + tape.gradient(loss, [x] + layer.weights)
+
+  exact, fast = values_and_gradients('float32'), values_and_gradients('bfloat16')
+  for name, a, b in zip(['hs', 'x', 'kernel', 'recurrent_kernel', 'bias'], exact, fast):
+    a, b = a.numpy(), b.numpy()
+    assert b.dtype == np.float32
+    scale = np.abs(a).max()
+    np.testing.assert_allclose(b, a, atol=0.02 * scale, err_msg=name)
+    assert not np.array_equal(a, b), f'{name}: the bfloat16 path computed float32\'s numbers'
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_trainer_in_bfloat16_follows_float32(kind):
+  """Trainer(precision='bfloat16'): the loss and the gradients of a step are float32's to
+  bfloat16's rounding, for both models (the transformer's blocks stay float32, its head does not)."""
+  model, _ = make(kind, hidden_size=32)
+  rng = np.random.default_rng(3)
+  batch = {'z': rng.normal(size=(3, 6, Z)), 'actions': rng.uniform(-1, 1, (3, 6, A)),
+           'z_next': rng.normal(size=(3, 6, Z)), 'reward': rng.normal(size=(3, 6)),
+           'done': np.eye(6)[[5, 2, 0]], 'mask': np.ones((3, 6))}
+  batch = {key: tf.constant(value, tf.float32) for key, value in batch.items()}
+  exact = Trainer(model, learning_rate=1e-3).gradients(batch)
+  fast = Trainer(model, learning_rate=1e-3, precision='bfloat16').gradients(batch)
+  np.testing.assert_allclose(fast[0]['loss'].numpy(), exact[0]['loss'].numpy(), rtol=0.02)
+  for mine, theirs, variable in zip(fast[1], exact[1], exact[2]):
+    mine, theirs = tf.convert_to_tensor(mine).numpy(), tf.convert_to_tensor(theirs).numpy()
+    np.testing.assert_allclose(mine, theirs, atol=0.03 * np.abs(theirs).max() + 1e-6,
+                               err_msg=variable.path)
+  head = model.head.dense.kernel.path
+  differs = [not np.array_equal(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy())
+             for a, b, v in zip(fast[1], exact[1], exact[2]) if v.path == head]
+  assert differs == [True]  # the head's product ran in bfloat16
+
+
 @pytest.mark.parametrize('kind', KINDS)
 def test_trainer_gradients_equal_autodiff_of_the_loss(kind):
   """Trainer.gradients (the loss compiled apart, its gradient carried back by the tape) equals

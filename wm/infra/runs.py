@@ -64,10 +64,11 @@ STAGE_CONFIG = {
 # Fields a finished stage continues from when raised (a top-up), instead of starting over.
 TOP_UPS = {'collect.num_rollouts', 'vae.train_steps', 'seq.train_steps', 'seq.judges',
            'controller.generations'}
-# Fields that change only how fast or where, never a result. (vae.precision changes rounding, as
-# the device does: a V trained in bfloat16 is kept when float32 is asked for, and shared by sweeps.)
+# Fields that change only how fast or where, never a result. (vae.precision and seq.precision
+# change rounding, as the device does: a V or M trained in bfloat16 is kept when float32 is asked
+# for, and shared by sweeps.)
 NO_EFFECT = {'env.render_scale', 'encode.batch_size', 'controller.test_episodes',
-             'vae.precision', 'records.reuse_from'}
+             'vae.precision', 'seq.precision', 'records.reuse_from'}
 # Fields that act only when another field has a value: {field: (that field, its value)}. Elsewhere
 # they are left out, so a random-policy collection is not redone for a new exploration noise.
 ONLY_WHEN = {'collect.controller_run': ('collect.policy', 'controller'),

@@ -80,9 +80,10 @@ class SequenceModel(tf.keras.Model, abc.ABC):
     self.built = True  # Keras tracks `built` only through call(); weights exist now
 
   @abc.abstractmethod
-  def sequence_features(self, z: tf.Tensor, actions: tf.Tensor,
-                        training: bool = False) -> tf.Tensor:
-    """Teacher forcing: z [B, T, Z], actions [B, T, A] -> features [B, T, feature_size]."""
+  def sequence_features(self, z: tf.Tensor, actions: tf.Tensor, training: bool = False,
+                        precision: str = 'float32') -> tf.Tensor:
+    """Teacher forcing: z [B, T, Z], actions [B, T, A] -> features [B, T, feature_size];
+    `precision` (seq.precision, resolved): the products the model can run in bfloat16."""
 
   def predict_sequence(self, z: tf.Tensor, actions: tf.Tensor,
                        training: bool = False) -> Prediction:

@@ -10,12 +10,17 @@ for training on a CPU, where the Keras layer runs its loop op by op:
   steps, where autodiff of the loop would accumulate them step by step.
 
 Values and gradients equal the Keras layer's to float rounding (tests/test_sequence_model.py).
+With seq.precision=bfloat16 the products outside the loops (the input projection, the weights'
+and the inputs' gradients) run in bfloat16, float32 accumulated: 1.3x M's training step with the
+head's on a CPU with AMX (docs/benchmarks.md).
 On a GPU the Keras layer runs cuDNN's fused kernel instead: `enabled` says which is used.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
+
+from wm import hardware
 
 
 def enabled() -> bool:
@@ -64,41 +69,55 @@ _forward = tf.function(_forward_loop, jit_compile=True)
 _backward = tf.function(_backward_loop, jit_compile=True)
 
 
-@tf.custom_gradient
-def _unroll(x, h0, c0, kernel, recurrent_kernel, bias):
-  """Time-major x [T, B, I], state [B, H] -> (hs [T, B, H], h_T, c_T)."""
-  steps, batch, inputs = tf.unstack(tf.shape(x))
-  units = tf.shape(h0)[-1]
-  flat_x = tf.reshape(x, [steps * batch, inputs])
-  projected = tf.reshape(tf.matmul(flat_x, kernel) + bias, [steps, batch, 4 * units])
-  # No tape may record the compiled loop (this function's gradient is `grad`): an eager tape
-  # would ask XLA for the loop's own autodiff, which it cannot compile.
-  hs, cs, gates = _forward(*[tf.stop_gradient(t) for t in (projected, h0, c0, recurrent_kernel)])
+def _make_unroll(precision: str):
+  """The whole-sequence pass with its products outside the loops (the input projection, every
+  weight's gradient, the inputs' gradient) in `precision`; the loops stay float32 (in bfloat16
+  XLA's CPU loop is no faster: docs/benchmarks.md)."""
 
-  def grad(d_hs, d_h_last, d_c_last):
-    d_h = tf.zeros_like(h0) if d_h_last is None else d_h_last
-    d_c = tf.zeros_like(c0) if d_c_last is None else d_c_last
-    d_z, d_h0, d_c0 = _backward(d_hs, d_h, d_c, gates, cs, c0, recurrent_kernel)
-    d_z = tf.reshape(d_z, [steps * batch, 4 * units])
-    # Every weight's gradient in one product: the rows of [h_{t-1}, x_t, 1]^T d_z are the
-    # recurrent kernel's, the kernel's and (input 1) the bias's.
-    h_before = tf.reshape(tf.concat([h0[None], hs[:-1]], 0), [steps * batch, units])
-    ones = tf.ones([steps * batch, 1])
-    d_weights = tf.matmul(tf.concat([h_before, flat_x, ones], -1), d_z, transpose_a=True)
-    d_recurrent, d_kernel, d_bias = tf.split(d_weights, [units, inputs, 1], axis=0)
-    d_x = tf.reshape(tf.matmul(d_z, kernel, transpose_b=True), tf.shape(x))
-    return d_x, d_h0, d_c0, d_kernel, d_recurrent, d_bias[0]
+  def matmul(a, b, **kwargs):
+    return hardware.matmul(a, b, precision, **kwargs)
 
-  return (hs, hs[-1], cs[-1]), grad
+  @tf.custom_gradient
+  def unroll_sequence(x, h0, c0, kernel, recurrent_kernel, bias):
+    """Time-major x [T, B, I], state [B, H] -> (hs [T, B, H], h_T, c_T)."""
+    steps, batch, inputs = tf.unstack(tf.shape(x))
+    units = tf.shape(h0)[-1]
+    flat_x = tf.reshape(x, [steps * batch, inputs])
+    projected = tf.reshape(matmul(flat_x, kernel) + bias, [steps, batch, 4 * units])
+    # No tape may record the compiled loop (this function's gradient is `grad`): an eager tape
+    # would ask XLA for the loop's own autodiff, which it cannot compile.
+    hs, cs, gates = _forward(*[tf.stop_gradient(t) for t in (projected, h0, c0, recurrent_kernel)])
+
+    def grad(d_hs, d_h_last, d_c_last):
+      d_h = tf.zeros_like(h0) if d_h_last is None else d_h_last
+      d_c = tf.zeros_like(c0) if d_c_last is None else d_c_last
+      d_z, d_h0, d_c0 = _backward(d_hs, d_h, d_c, gates, cs, c0, recurrent_kernel)
+      d_z = tf.reshape(d_z, [steps * batch, 4 * units])
+      # Every weight's gradient in one product: the rows of [h_{t-1}, x_t, 1]^T d_z are the
+      # recurrent kernel's, the kernel's and (input 1) the bias's.
+      h_before = tf.reshape(tf.concat([h0[None], hs[:-1]], 0), [steps * batch, units])
+      ones = tf.ones([steps * batch, 1])
+      d_weights = matmul(tf.concat([h_before, flat_x, ones], -1), d_z, transpose_a=True)
+      d_recurrent, d_kernel, d_bias = tf.split(d_weights, [units, inputs, 1], axis=0)
+      d_x = tf.reshape(matmul(d_z, kernel, transpose_b=True), tf.shape(x))
+      return d_x, d_h0, d_c0, d_kernel, d_recurrent, d_bias[0]
+
+    return (hs, hs[-1], cs[-1]), grad
+
+  return unroll_sequence
+
+
+_UNROLL = {precision: _make_unroll(precision) for precision in ('float32', 'bfloat16')}
 
 
 def unroll(layer: tf.keras.layers.LSTM, x: tf.Tensor,
-           state: tuple[tf.Tensor, tf.Tensor] | None = None):
-  """The layer's weights over batch-major x [B, T, I] -> (outputs [B, T, H], (h_T, c_T))."""
+           state: tuple[tf.Tensor, tf.Tensor] | None = None, precision: str = 'float32'):
+  """The layer's weights over batch-major x [B, T, I] -> (outputs [B, T, H], (h_T, c_T)), the
+  products outside the loops in `precision` (float32 | bfloat16: seq.precision)."""
   cell = layer.cell
   if state is None:
     zeros = tf.zeros([tf.shape(x)[0], cell.units], x.dtype)
     state = (zeros, zeros)
   weights = [tf.convert_to_tensor(w) for w in (cell.kernel, cell.recurrent_kernel, cell.bias)]
-  hs, h, c = _unroll(tf.transpose(x, [1, 0, 2]), *state, *weights)
+  hs, h, c = _UNROLL[precision](tf.transpose(x, [1, 0, 2]), *state, *weights)
   return tf.transpose(hs, [1, 0, 2]), (h, c)

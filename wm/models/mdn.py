@@ -24,6 +24,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from wm import hardware
 from wm.models.base import Prediction
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -39,6 +40,15 @@ class PredictionHead(tf.keras.layers.Layer):
 
   def call(self, features: tf.Tensor) -> Prediction:
     return self.unpack(self.dense(features))
+
+  def outputs(self, features: tf.Tensor, precision: str = 'float32') -> tf.Tensor:
+    """The dense layer's outputs [..., Z * K * 3 + 2], its product in `precision` (float32 |
+    bfloat16: seq.precision, for training)."""
+    if precision != 'bfloat16':
+      return self.dense(features)
+    flat = tf.reshape(features, [-1, tf.shape(features)[-1]])
+    outputs = hardware.matmul(flat, self.dense.kernel, precision) + self.dense.bias
+    return tf.reshape(outputs, tf.concat([tf.shape(features)[:-1], [-1]], 0))
 
   def unpack(self, outputs: tf.Tensor) -> Prediction:
     """The dense layer's outputs [..., Z * K * 3 + 2] as a Prediction."""

@@ -45,16 +45,17 @@ class MDNRNN(SequenceModel):
     return {'z_size': self.z_size, 'action_size': self.action_size,
             'hidden_size': self.hidden_size, 'num_mixtures': self.num_mixtures}
 
-  def sequence_features(self, z: tf.Tensor, actions: tf.Tensor,
-                        training: bool = False) -> tf.Tensor:
-    """The LSTM's h after each step: [B, T, hidden_size]."""
+  def sequence_features(self, z: tf.Tensor, actions: tf.Tensor, training: bool = False,
+                        precision: str = 'float32') -> tf.Tensor:
+    """The LSTM's h after each step: [B, T, hidden_size]. On a CPU, `precision` is that of the
+    fused loops' products outside the loops; on a GPU cuDNN's kernel runs in float32."""
     del training
     x = tf.concat([z, actions], -1)
     if not fused_lstm.enabled():
       return self.lstm(x)[0]
     if not self.lstm.built:
       self.lstm.build(x.shape)
-    return fused_lstm.unroll(self.lstm, x)[0]
+    return fused_lstm.unroll(self.lstm, x, precision=precision)[0]
 
   def initial_state(self, batch_size: int) -> tuple[tf.Tensor, tf.Tensor]:
     zeros = tf.zeros([batch_size, self.hidden_size])

@@ -148,10 +148,11 @@ class Transformer(SequenceModel):
       x = block(x, mask)
     return self.norm(x)
 
-  def sequence_features(self, z: tf.Tensor, actions: tf.Tensor,
-                        training: bool = False) -> tf.Tensor:
-    """Teacher forcing: z [B, T, Z], actions [B, T, A] with T <= max_context -> [B, T, H]."""
-    del training
+  def sequence_features(self, z: tf.Tensor, actions: tf.Tensor, training: bool = False,
+                        precision: str = 'float32') -> tf.Tensor:
+    """Teacher forcing: z [B, T, Z], actions [B, T, A] with T <= max_context -> [B, T, H]
+    (its blocks compute in float32 whatever the `precision`)."""
+    del training, precision
     steps = tf.shape(z)[1]
     tf.debugging.assert_less_equal(steps, self.max_context,
                                    message='sequence longer than the transformer\'s max_context')

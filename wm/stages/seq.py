@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wm import artifacts, distribute, sequences, training
+from wm import artifacts, distribute, hardware, sequences, training
 from wm.config import SeqConfig
 from wm.errors import ConfigError, DataError, UserError
 from wm.infra import cli, fileio, workers
@@ -63,16 +63,19 @@ class Trainer:
   head's dense outputs, are one XLA-compiled function that returns the terms and their gradient:
   compiled, its elementwise arithmetic runs as a few fused loops instead of dozens of
   whole-tensor ops. The tape then carries that gradient back through the dense layer and the
-  body (LSTM or transformer). scripts/benchmark_seq.py measures the step.
+  body (LSTM or transformer). With `precision` bfloat16 (seq.precision, resolved) the head's
+  product and the body's that can (the fused LSTM's outside its loops) run in bfloat16; the loss,
+  the weights and the optimizer stay float32. scripts/benchmark_seq.py measures the step.
   """
 
   def __init__(self, model, learning_rate: float, grad_clip: float = 0.0,
                dist: distribute.Distribution | None = None, done_weight: float = 1.0,
-               dropout: float = 0.0):
+               dropout: float = 0.0, precision: str = 'float32'):
     """Under `dist` (default: one device), make the model and this in dist.scope().
     `dropout` (seq.dropout) drops that share of the features the head reads, while training."""
     self.model = model
     self.grad_clip, self.done_weight, self.dropout = grad_clip, done_weight, dropout
+    self.precision = precision
     self.dist = dist or distribute.one_device()
     self.optimizer = tf.keras.optimizers.Adam(learning_rate)
     model.build_for_loading()
@@ -99,10 +102,11 @@ class Trainer:
     """(terms, gradients, variables) of the loss on one batch, scaled by `share`: this
     replica's part of the global batch's mask-weighted mean."""
     with tf.GradientTape() as tape:
-      features = self.model.sequence_features(batch['z'], batch['actions'], training=True)
+      features = self.model.sequence_features(batch['z'], batch['actions'], training=True,
+                                              precision=self.precision)
       if self.dropout:
         features = tf.nn.dropout(features, self.dropout)
-      outputs = self.model.head.dense(features)
+      outputs = self.model.head.outputs(features, self.precision)
     targets = {key: batch[key] for key in ('z_next', 'reward', 'done', 'mask')}
     terms, d_outputs = self.loss_step(outputs, targets)
     variables = self.model.trainable_variables
@@ -246,7 +250,8 @@ def train(stage: cli.Stage, dist: distribute.Distribution | None = None,
   tf.keras.utils.set_random_seed(stage.config.seed)  # M's initial weights: the same every run
   with dist.scope():
     model = registry.sequence_model_class(seq.model)(**kwargs)
-    trainer = Trainer(model, seq.learning_rate, seq.grad_clip, dist, seq.done_weight, seq.dropout)
+    trainer = Trainer(model, seq.learning_rate, seq.grad_clip, dist, seq.done_weight, seq.dropout,
+                      hardware.precision(seq.precision))
   checkpoints = training.Checkpoints(stage.dir, model, trainer.optimizer, seq.model, kwargs,
                                      'seq', dist)
   checkpoints.restore(seq.learning_rate)
@@ -297,7 +302,7 @@ def run(stage: cli.Stage, parallelism: int = 1, judge: int = 0) -> None:
     raise ConfigError(f'{dist.workers} workers train M together: judges then train after M in '
                       'the same workers, so drop --judge and --parallelism (or run the judges as '
                       'jobs of one worker each with --judge=<i>)')
-  device = distribute.record(stage, dist, {'precision': 'float32'})
+  device = distribute.record(stage, dist, hardware.describe(seq.precision))
   if judge:
     folder = judge_stage(stage, judge).dir
     os.makedirs(os.path.dirname(folder), exist_ok=True)
