@@ -6,7 +6,8 @@ Output: sequence-steps/s (batch x sequence length per second) of both, side by s
         (printed; nothing is written).
 
     python scripts/benchmark_seq.py [--batch_size=100 --sequence_length=100 --z_size=32
-                                     --hidden_size=256 --num_mixtures=5 --steps=15 --rounds=5]
+                                     --hidden_size=256 --num_mixtures=5 --steps=15 --rounds=5
+                                     --sides=fit,step,ours,layer,bf16 --threads=0]
 
 All four train the same LSTM and the same output layer (mixture, reward, done; same parameter
 count) with Adam and gradient clipping on the same batch:
@@ -16,7 +17,11 @@ count) with Adam and gradient clipping on the same batch:
   ours   wm.stages.seq.Trainer on MDNRNN: the log-sum-exp likelihood of wm/models/mdn.py
          compiled apart by XLA, the LSTM unrolled by wm/models/fused_lstm.py (as on a CPU);
   layer  the same Trainer with the LSTM unrolled by the Keras layer itself (isolates the share
-         of wm/models/fused_lstm.py).
+         of wm/models/fused_lstm.py);
+  bf16   ours with its products in bfloat16 (seq.precision=bfloat16; `ours` is float32): what
+         seq.precision=auto gains where the CPU computes bfloat16 natively, and costs elsewhere.
+--sides picks some of them (the Doom preset's M: --sides=ours,bf16, too slow for Keras' loop);
+--threads=1 gives TensorFlow one core, as each of the seq stage's side-by-side trainings has.
 It then times the mixture likelihood alone (forward and gradient), tfp's and ours.
 Rounds alternate between them so a machine busy with other work slows all alike. Rates are
 medians over rounds; ratios are medians of each round's ratio.
@@ -66,6 +71,11 @@ flags.DEFINE_integer('hidden_size', 256, 'LSTM units.')
 flags.DEFINE_integer('num_mixtures', 5, 'Gaussians per latent dimension.')
 flags.DEFINE_integer('steps', 15, 'Timed training steps per round.')
 flags.DEFINE_integer('rounds', 5, 'Alternating rounds per model.')
+flags.DEFINE_list('sides', ['fit', 'step', 'ours', 'layer', 'bf16'], 'The training steps to time '
+                  '(fit, step, ours, layer, bf16: the module docstring); the mixture NLL alone is '
+                  'timed with fit.')
+flags.DEFINE_integer('threads', 0, 'TensorFlow\'s intra- and inter-op threads (0: its default, '
+                     'every core).')
 flags.DEFINE_list('step_contexts', [], 'If set, time the transformer\'s step at these '
                   'max_context values (e.g. 25,50,100,200) instead of training.')
 flags.DEFINE_integer('step_batch_size', 64, 'Rows per step in the --step_contexts mode.')
@@ -176,7 +186,8 @@ def keras_layer_mdnrnn():
   from wm.models.mdnrnn import MDNRNN
 
   class KerasLayerMDNRNN(MDNRNN):
-    def sequence_features(self, z, actions, training=False):
+    def sequence_features(self, z, actions, training=False, precision='float32'):
+      del training, precision
       return self.lstm(tf.concat([z, actions], -1))[0]
 
   return KerasLayerMDNRNN
@@ -383,6 +394,10 @@ def bucket_table() -> None:
 
 def main(argv):
   del argv
+  if FLAGS.threads:
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
   if FLAGS.step_contexts:
     step_table()
     return
@@ -397,15 +412,27 @@ def main(argv):
   from wm.stages.seq import Trainer
 
   b, t, z, a = FLAGS.batch_size, FLAGS.sequence_length, FLAGS.z_size, FLAGS.action_size
+  sides = [side for side in ('fit', 'step', 'ours', 'layer', 'bf16') if side in FLAGS.sides]
+  unknown = sorted(set(FLAGS.sides) - set(sides))
+  if unknown:
+    raise app.UsageError(f'--sides: unknown {", ".join(unknown)}; the sides are fit, step, '
+                         f'ours, layer, bf16')
   batch = sequences.random_batch(b, t, z, a)
-  ours = MDNRNN(z, a, FLAGS.hidden_size, FLAGS.num_mixtures)
-  layer = keras_layer_mdnrnn()(z, a, FLAGS.hidden_size, FLAGS.num_mixtures)
-  steps = {'ours': Trainer(ours, 1e-3, grad_clip=1.0).train_step,
-           'layer': Trainer(layer, 1e-3, grad_clip=1.0).train_step}
-  for name, build in (('fit', baseline_fit), ('step', baseline_step)):
-    steps[name], params = build(z, a, FLAGS.hidden_size, FLAGS.num_mixtures)
-    assert params == ours.count_params(), (name, params, ours.count_params())
-  steps.update(likelihood_steps(b, t, z, FLAGS.num_mixtures))
+  size = (z, a, FLAGS.hidden_size, FLAGS.num_mixtures)
+  ours = MDNRNN(*size)
+  makers = {'ours': lambda: Trainer(ours, 1e-3, grad_clip=1.0).train_step,
+            'layer': lambda: Trainer(keras_layer_mdnrnn()(*size), 1e-3, grad_clip=1.0).train_step,
+            'bf16': lambda: Trainer(MDNRNN(*size), 1e-3, grad_clip=1.0,
+                                    precision='bfloat16').train_step,
+            'fit': lambda: baseline_fit(*size), 'step': lambda: baseline_step(*size)}
+  steps = {}
+  for name in sides:
+    steps[name] = makers[name]()
+    if name in ('fit', 'step'):
+      steps[name], params = steps[name]
+      assert params == ours.count_params(), (name, params, ours.count_params())
+  if 'fit' in sides:
+    steps.update(likelihood_steps(b, t, z, FLAGS.num_mixtures))
   results = {name: [] for name in steps}
   for _ in range(FLAGS.rounds):
     for name, step in steps.items():
@@ -417,16 +444,23 @@ def main(argv):
 
   print(f'M training, batch {b} x {t} steps, z {z}, LSTM {FLAGS.hidden_size}, '
         f'{FLAGS.num_mixtures} mixtures, {ours.count_params():,} parameters each')
+  fused = ' (fused LSTM)' if fused_lstm.enabled() else ''
   labels = {'fit': 'tfp MixtureSameFamily Keras model, train_on_batch',
             'step': 'same model and tfp loss, tf.function step',
-            'ours': 'MDNRNN, Trainer' + (' (fused LSTM)' if fused_lstm.enabled() else ''),
-            'layer': 'MDNRNN, Trainer, Keras LSTM layer'}
-  for name in ('fit', 'step', 'ours', 'layer'):
+            'ours': 'MDNRNN, Trainer' + fused,
+            'layer': 'MDNRNN, Trainer, Keras LSTM layer',
+            'bf16': 'MDNRNN, Trainer' + fused + ', bfloat16 products'}
+  for name in sides:
     rounds = ', '.join(f'{r:,.0f}' for r in results[name])
     print(f'  {labels[name]:<50s} {median[name]:>8,.0f} sequence-steps/s  ({rounds})')
-  print(f'  ratio vs the tfp Keras model:          {ratio("ours", "fit"):.2f}x')
-  print(f'  ratio vs the tfp loss in our step:     {ratio("ours", "step"):.2f}x')
-  print(f'  ratio with the Keras LSTM layer:       {ratio("layer", "fit"):.2f}x')
+  for mine, theirs, what in (('ours', 'fit', 'ours vs the tfp Keras model'),
+                             ('ours', 'step', 'ours vs the tfp loss in our step'),
+                             ('layer', 'fit', 'the Keras LSTM layer vs the tfp Keras model'),
+                             ('bf16', 'ours', 'bfloat16 vs float32 (seq.precision)')):
+    if mine in results and theirs in results:
+      print(f'  ratio, {what + ":":<45s} {ratio(mine, theirs):.2f}x')
+  if 'fit' not in sides:
+    return
   print(f'The mixture NLL alone, forward + gradient, [{b}, {t}, {z}, {FLAGS.num_mixtures}]:')
   for name in ('nll_tfp', 'nll_ours'):
     rounds = ', '.join(f'{r:,.0f}' for r in results[name])

@@ -114,6 +114,26 @@ def test_benchmark_seq_buckets_time_the_same_windows_both_ways(debug_data, tmp_p
   assert 'Traceback' not in missing.stderr, missing.stderr[-2000:]
 
 
+def test_benchmark_seq_times_m_in_float32_and_bfloat16_side_by_side():
+  # seq.precision's two sides, one thread (as each of the seq stage's side-by-side trainings):
+  # both timed, the ratio the one of their rates; a side that does not exist is refused.
+  result = run_script('benchmark_seq', '--sides=ours,bf16', '--threads=1', '--batch_size=2',
+                      '--sequence_length=6', '--z_size=4', '--hidden_size=8', '--num_mixtures=2',
+                      '--steps=2', '--rounds=1', config=None)
+  out = result.stdout
+  rates = {name: float(m[1].replace(',', '')) for name, label in (
+      ('ours', r'Trainer \(fused LSTM\)'), ('bf16', 'bfloat16 products'))
+      if (m := re.search(label + r'\s+([\d,]+) sequence-steps/s', out))}
+  assert sorted(rates) == ['bf16', 'ours'] and min(rates.values()) > 0, out
+  ratio = re.search(r'bfloat16 vs float32 \(seq.precision\):\s+([\d.]+)x', out)
+  assert ratio and abs(float(ratio[1]) - rates['bf16'] / rates['ours']) < 0.01 + 0.01 * (
+      float(ratio[1])), out
+  assert 'tfp' not in out, out  # the sides not asked for are not run
+  refused = run_script('benchmark_seq', '--sides=ours,fp8', config=None, check=False)
+  assert refused.returncode != 0 and '--sides: unknown fp8' in refused.stderr, refused.stderr
+  assert 'Traceback' not in refused.stderr, refused.stderr[-2000:]
+
+
 def test_benchmark_data_prints_the_collectors_and_the_environments_ratios(tmp_path):
   # CarRacing's debug preset with a make_kwargs setting (its own default lap share, so the two
   # sides play the same game): every ratio the script names is printed.

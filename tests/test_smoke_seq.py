@@ -49,13 +49,15 @@ def test_preempted_run_saves_exits_75_and_rerun_continues(synthetic_encoded, tmp
   assert stopped and stopped >= 5, output[-3000:]
   assert not os.path.exists(os.path.join(run_dir, 'seq', 'DONE'))
 
-  # The rerun resumes from the saved step and tops up to train_steps.
+  # The rerun resumes from the saved step and tops up to train_steps, here with its products in
+  # bfloat16: seq.precision changes rounding, not what is learned, so the checkpoint goes on.
   result = run_script('train_sequence_model', f'--run_dir={run_dir}',
-                      f'--config.seq.train_steps={stopped + 5}')
+                      f'--config.seq.train_steps={stopped + 5}', '--config.seq.precision=bfloat16')
   assert f'ckpt-{stopped} at step {stopped}' in result.stderr, result.stderr[-3000:]
   with open(os.path.join(run_dir, 'seq', 'DONE')) as f:
     done = json.load(f)
   assert done['step'] == stopped + 5 and latest_step(run_dir) == stopped + 5
+  assert done['device']['precision']['precision'] == 'bfloat16', done['device']
   assert set(done['valid']) == {'loss', 'latent_nll', 'reward_nll', 'done_nll'}
   model = export.load(os.path.join(run_dir, 'seq', 'export'), kind='sequence_model')
   assert (model.z_size, model.action_size) == (4, 3)
