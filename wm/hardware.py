@@ -59,8 +59,8 @@ def describe(setting: str) -> dict[str, str]:
 
 
 def matmul(a: tf.Tensor, b: tf.Tensor, precision: str = 'float32', **kwargs) -> tf.Tensor:
-  """tf.matmul(a, b, **kwargs) with its products in `precision` (float32 | bfloat16: the
-  operands rounded to bfloat16, the result returned as float32)."""
+  """tf.matmul(a, b, **kwargs) with its products in `precision` (float32 | bfloat16: operands and
+  result rounded to bfloat16, the sums inside the product kept wider; returned as float32)."""
   if precision != 'bfloat16':
     return tf.matmul(a, b, **kwargs)
   return tf.cast(tf.matmul(tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16), **kwargs),

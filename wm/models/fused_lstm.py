@@ -11,8 +11,8 @@ for training on a CPU, where the Keras layer runs its loop op by op:
 
 Values and gradients equal the Keras layer's to float rounding (tests/test_sequence_model.py).
 With seq.precision=bfloat16 the products outside the loops (the input projection, the weights'
-and the inputs' gradients) run in bfloat16, float32 accumulated: 1.3x M's training step with the
-head's on a CPU with AMX (docs/benchmarks.md).
+and the inputs' gradients) take bfloat16 operands and give bfloat16 results: with the head's,
+1.25x M's training step on a CPU with AMX (docs/benchmarks.md).
 On a GPU the Keras layer runs cuDNN's fused kernel instead: `enabled` says which is used.
 """
 
