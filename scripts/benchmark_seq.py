@@ -420,17 +420,18 @@ def main(argv):
   batch = sequences.random_batch(b, t, z, a)
   size = (z, a, FLAGS.hidden_size, FLAGS.num_mixtures)
   ours = MDNRNN(*size)
-  makers = {'ours': lambda: Trainer(ours, 1e-3, grad_clip=1.0).train_step,
-            'layer': lambda: Trainer(keras_layer_mdnrnn()(*size), 1e-3, grad_clip=1.0).train_step,
-            'bf16': lambda: Trainer(MDNRNN(*size), 1e-3, grad_clip=1.0,
-                                    precision='bfloat16').train_step,
-            'fit': lambda: baseline_fit(*size), 'step': lambda: baseline_step(*size)}
+  ours.build_for_loading()  # its parameter count is the baselines' check, whichever runs first
+  trainers = {'ours': lambda: Trainer(ours, 1e-3, grad_clip=1.0),
+              'layer': lambda: Trainer(keras_layer_mdnrnn()(*size), 1e-3, grad_clip=1.0),
+              'bf16': lambda: Trainer(MDNRNN(*size), 1e-3, grad_clip=1.0, precision='bfloat16')}
+  baselines = {'fit': baseline_fit, 'step': baseline_step}
   steps = {}
   for name in sides:
-    steps[name] = makers[name]()
-    if name in ('fit', 'step'):
-      steps[name], params = steps[name]
+    if name in baselines:
+      steps[name], params = baselines[name](*size)
       assert params == ours.count_params(), (name, params, ours.count_params())
+    else:
+      steps[name] = trainers[name]().train_step
   if 'fit' in sides:
     steps.update(likelihood_steps(b, t, z, FLAGS.num_mixtures))
   results = {name: [] for name in steps}

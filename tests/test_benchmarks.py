@@ -134,6 +134,18 @@ def test_benchmark_seq_times_m_in_float32_and_bfloat16_side_by_side():
   assert 'Traceback' not in refused.stderr, refused.stderr[-2000:]
 
 
+def test_benchmark_seq_times_every_side_by_default():
+  # All five training steps (the baselines first, before our model is trained once) and the
+  # mixture likelihood alone: a line each, every rate positive.
+  out = run_script('benchmark_seq', '--batch_size=2', '--sequence_length=6', '--z_size=4',
+                   '--hidden_size=8', '--num_mixtures=2', '--steps=1', '--rounds=1',
+                   config=None).stdout
+  rates = re.findall(r'([\d,]+) sequence-steps/s', out)
+  assert len(rates) == 7 and all(float(r.replace(',', '')) > 0 for r in rates), out
+  for label in ('train_on_batch', 'Keras LSTM layer', 'bfloat16 products', 'mdn.log_prob'):
+    assert label in out, out
+
+
 def test_benchmark_data_prints_the_collectors_and_the_environments_ratios(tmp_path):
   # CarRacing's debug preset with a make_kwargs setting (its own default lap share, so the two
   # sides play the same game): every ratio the script names is printed.

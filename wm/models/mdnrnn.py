@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
+from wm import hardware
 from wm.models import fused_lstm, mdn
 from wm.models.base import Prediction, SequenceModel, head_input
 
@@ -88,7 +89,7 @@ class MDNRNN(SequenceModel):
       c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
       h = tf.sigmoid(o) * tf.tanh(c)
       read = head_input(h, feature_mask, head_rows)
-      outputs = tf.cast(tf.matmul(tf.cast(read, tf.bfloat16), head_kernel), tf.float32) + head_bias
+      outputs = hardware.matmul(read, head_kernel, 'bfloat16') + head_bias
       return self.head.unpack(outputs), (h, c)
 
     return step, 'bfloat16'
