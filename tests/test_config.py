@@ -75,6 +75,7 @@ def test_bad_overrides_name_the_field(key, value, message):
 @pytest.mark.parametrize('key,value', [('collect.num_rollouts', '0'),
                                        ('collect.policy', 'clever'),
                                        ('records.valid_fraction', '1.5'),
+                                       ('records.compress_level', '10'),
                                        ('collect.hold_max', '0'),
                                        ('controller.dream_generations', '-1'),
                                        ('controller.dream_generations', '5'),  # debug: dream mode

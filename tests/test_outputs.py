@@ -128,6 +128,10 @@ def test_seq_metrics_jsonl_holds_its_tensorboard_scalars(debug_world_model):
   assert {'train/loss', 'train/latent_nll', 'train/sequence_steps_per_s'} <= set(rows[0])
   assert 'valid/loss' in rows[-1] and rows[-1]['step'] == config.train_steps
   assert all(math.isfinite(v) for row in rows for v in row.values())
+  valid_steps = [step for step, _ in read_scalars(os.path.join(
+      debug_world_model, 'seq', 'tb'))['valid/loss']]
+  assert valid_steps == list(range(config.valid_every, config.train_steps + 1,
+                                   config.valid_every)), valid_steps  # the last step's once
 
 
 def test_metrics_drop_the_steps_after_the_checkpoint_a_rerun_resumes_from(tmp_path):

@@ -143,3 +143,19 @@ def test_a_missing_run_to_reuse_shards_from_is_named(debug_data, tmp_path):
   with pytest.raises(ConfigError, match='records.reuse_from=.*no_such_run.* is not a folder'):
     shard.shard(config, os.path.join(debug_data, 'rollouts'), str(tmp_path / 'records'))
   assert not os.path.exists(tmp_path / 'records')  # nothing written
+
+
+def test_shards_are_written_at_the_configured_zlib_level_and_read_the_same(debug_data, tmp_path):
+  source, sizes, read = os.path.join(debug_data, 'rollouts'), {}, {}
+  for level in (0, 9):
+    config = debug_config()
+    config.records.compress_level = level
+    config.records.shard_size_mb = 1000.0  # one shard a split
+    out = str(tmp_path / f'level{level}')
+    shard.shard(config, source, out, log=lambda message: None)
+    paths = shard.shard_paths(os.path.join(out, 'train'))
+    sizes[level] = sum(os.path.getsize(p) for p in paths)
+    read[level] = [(int(x['index']), x['frames'].numpy().tobytes())
+                   for x in datasets.raw_rollouts(paths)]
+  assert sizes[0] > 2 * sizes[9], sizes  # level 0 stores, level 9 deflates
+  assert read[0] == read[9] and read[0]

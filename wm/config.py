@@ -65,6 +65,7 @@ class CollectConfig:
 class RecordsConfig:
   shard_size_mb: float = 150.0  # target size of one TFRecord shard on disk
   valid_fraction: float = 0.1  # share of rollouts in the validation split (at least one if > 0)
+  compress_level: int = 1  # zlib level of the GZIP shards, raw and encoded (1 writes ~4.6x faster than 6 for ~20% more bytes; reads as fast)
   reuse_from: str = ''  # a run dir whose complete shards of the same rollouts are hard-linked, and whose latents of them by the same V copied, not made again (python -m wm iterate: the round before)
 
 
@@ -578,6 +579,7 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
        or config.iterate.search == 'restart', 'needs iterate.search=restart: a warm start '
        'begins a new search, it does not continue round k-1\'s'),
       ('records.valid_fraction', 0 <= config.records.valid_fraction < 1, 'must be in [0, 1)'),
+      ('records.compress_level', 0 <= config.records.compress_level <= 9, 'must be in 0..9'),
       ('env.render_scale', 0 < config.env.render_scale <= 1, 'must be in (0, 1]'),
       ('env.render_scale', config.env.render_scale == 1 or config.env.fast_render,
        'needs env.fast_render=True (the scaled drawing is part of the fast renderer)'),

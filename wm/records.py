@@ -110,9 +110,11 @@ def parse_encoded(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
   return out
 
 
-def write(path: str, serialized_records) -> None:
-  """Writes records to `path` (GZIP). The caller handles atomicity (wm.infra.fileio.atomic_path)."""
-  with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type=COMPRESSION)) as writer:
+def write(path: str, serialized_records, compress_level: int = 1) -> None:
+  """Writes records to `path` (GZIP, zlib level `compress_level`: records.compress_level). The
+  caller handles atomicity (wm.infra.fileio.atomic_path)."""
+  options = tf.io.TFRecordOptions(compression_type=COMPRESSION, compression_level=compress_level)
+  with tf.io.TFRecordWriter(path, options) as writer:
     for record in serialized_records:
       writer.write(record)
 

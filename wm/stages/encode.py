@@ -205,9 +205,9 @@ def rollouts_of(in_dir: str, output: Output) -> tf.data.Dataset:
 
 def write_output(encoder: Encoder, in_dir: str, out_dir: str, output: Output,
                  data: dict, progress: Progress, counts: dict,
-                 lent: dict[int, str] | None = None) -> dict:
-  """Writes one output: its rollouts encoded, or copied from `lent` ({index: encoded file} of
-  records.reuse_from, see reusable)."""
+                 lent: dict[int, str] | None = None, compress_level: int = 1) -> dict:
+  """Writes one output (zlib level `compress_level`): its rollouts encoded, or copied from
+  `lent` ({index: encoded file} of records.reuse_from, see reusable)."""
   path = os.path.join(out_dir, output.name)
   lent = {i: lent[i] for i in output.rollouts if i in (lent or {})}
   fresh = without(output, set(lent))
@@ -242,7 +242,7 @@ def write_output(encoder: Encoder, in_dir: str, out_dir: str, output: Output,
                       'manifest.json lists them in (rerun scripts/shard_rollouts.py)')
 
   with shards_named_on_corruption(in_dir), fileio.atomic_path(path) as tmp:
-    records.write(tmp, examples())
+    records.write(tmp, examples(), compress_level)
   info = {'file': output.name, 'rollouts': output.rollouts, 'num_rollouts': len(output.rollouts),
           'reused': len(lent), 'frames': frames, 'bytes': os.path.getsize(path),
           'sha256': shard.sha256(path), 'encoder': encoder.fingerprint,
@@ -252,10 +252,10 @@ def write_output(encoder: Encoder, in_dir: str, out_dir: str, output: Output,
 
 
 def encode_split(encoder: Encoder, in_dir: str, out_dir: str, outputs: list[Output],
-                 mine: list[Output], data: dict, lent: dict[int, str] | None = None
-                 ) -> dict | None:
+                 mine: list[Output], data: dict, lent: dict[int, str] | None = None,
+                 compress_level: int = 1) -> dict | None:
   """Writes this process's missing outputs of a split (copying the rollouts `lent`: see
-  reusable); the manifest once the split is complete."""
+  reusable; zlib level `compress_level`); the manifest once the split is complete."""
   expected = {'encoder': encoder.fingerprint}
   todo = [o for o in mine if not shard.shard_complete(out_dir, o.name, o.rollouts, **expected)]
   os.makedirs(os.path.join(out_dir, shard.META), exist_ok=True)
@@ -270,7 +270,8 @@ def encode_split(encoder: Encoder, in_dir: str, out_dir: str, outputs: list[Outp
       if not held:
         logging.info('%s is being written by another process: skipped', output.name)
         continue
-      info = write_output(encoder, in_dir, out_dir, output, data, progress, counts, lent)
+      info = write_output(encoder, in_dir, out_dir, output, data, progress, counts, lent,
+                          compress_level)
       logging.info('wrote %s: %d rollouts (%d of them reused), %d frames', output.name,
                    info['num_rollouts'], info['reused'], info['frames'])
   progress.update(counts['rollouts'], force=True, frames=counts['frames'])
@@ -318,7 +319,7 @@ def run(stage: cli.Stage, split: str = 'all', num_outer_shards: int = 1,
   for name, (in_dir, outputs, data, lent) in plans.items():
     mine = outputs[first:first + num_sub_shards]
     manifest = encode_split(encoder, in_dir, stage.run.split_dir('encode', name), outputs, mine,
-                            data, lent)
+                            data, lent, stage.config.records.compress_level)
     if manifest is None:
       logging.info('%s: waiting for outputs of other processes', name)
     else:

@@ -167,7 +167,8 @@ def batch_steps(batch: dict[str, Any], batch_size: int) -> int:
 def fit(trainer: Trainer, checkpoints: training.Checkpoints, batches, seq: SeqConfig, evaluate,
         preemption: training.Preemption, metrics: training.Metrics) -> None:
   """Steps from checkpoints.step up to seq.train_steps, paced by seq's clocks, writing scalars
-  to `metrics`; ends with a checkpoint. `evaluate()` writes and returns the valid terms.
+  to `metrics`; ends with a checkpoint. `evaluate()` writes and returns the valid terms (the
+  caller validates the last step, once).
   """
   clocks = {name: training.Every(getattr(seq, name + '_every'))
             for name in ('log', 'valid', 'save')}
@@ -189,7 +190,7 @@ def fit(trainer: Trainer, checkpoints: training.Checkpoints, batches, seq: SeqCo
       write_scalars(metrics, 'train', {**terms, 'sequence_steps_per_s': rate}, step)
     if clocks['save'](step):  # before validating: a failure there keeps the steps trained
       checkpoints.save()
-    if clocks['valid'](step):
+    if clocks['valid'](step) and step < seq.train_steps:  # the last step's is the final one
       evaluate()
     if stop:
       checkpoints.save_and_exit(metrics.flush)

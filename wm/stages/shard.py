@@ -102,10 +102,11 @@ def sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def write_shard(job: tuple[str, str, list[int], str]) -> dict:
-  """Writes one shard from rollout files; returns its metadata. `job` = (in, out, members, name)."""
+def write_shard(job: tuple[str, str, list[int], str, int]) -> dict:
+  """Writes one shard from rollout files; returns its metadata. `job` = (in, out, members, name,
+  zlib level)."""
   from wm import records  # TensorFlow is imported only by the processes that write
-  in_dir, out_dir, members, name = job
+  in_dir, out_dir, members, name, compress_level = job
   path = os.path.join(out_dir, name)
   frames = 0
 
@@ -117,7 +118,7 @@ def write_shard(job: tuple[str, str, list[int], str]) -> dict:
       yield records.raw_example(rollout, index)
 
   with fileio.atomic_path(path) as tmp:
-    records.write(tmp, examples())
+    records.write(tmp, examples(), compress_level)
   info = {'file': name, 'rollouts': members, 'num_rollouts': len(members), 'frames': frames,
           'bytes': os.path.getsize(path), 'sha256': sha256(path)}
   fileio.write_json(_meta_path(out_dir, name), info)
@@ -183,7 +184,7 @@ def shard(config: Config, in_dir: str, out_root: str, parallelism: int = 1, task
         link_shard(donor_dir, donors[tuple(members)], out_dir, name)
         linked += 1
       else:
-        jobs.append((in_dir, out_dir, members, name))
+        jobs.append((in_dir, out_dir, members, name, config.records.compress_level))
   reused = f', {linked} linked from {donor_root}' if linked else ''
   log(f'{sum(map(len, the_plan.values()))} shards planned, {len(jobs)} to write here{reused}')
   if parallelism > 1 and len(jobs) > 1:
