@@ -9,6 +9,10 @@ Output: the ratios the data stages must reach, printed as a table (and --json_ou
                     would otherwise measure making the environment and starting the workers)
   data/frames_per_s raw dataset builder output frames/s (all frames of each rollout, and 100 of
                     each)                                                          (goal >= 30k)
+  shard/level_ratio the shard stage's frames/s at the config's records.compress_level / at zlib's
+                    default level 6, on the same rollouts in this process, TensorFlow imported (as
+                    each of the stage's workers runs once started), with the bytes' ratio and
+                    the ratio of V's reading speed (data/frames_per_s_all_frames) on the two
   env/action_repeat raw env+policy frames/s at the preset's env.action_repeat / at 1 (context:
                     CarRacing draws only the frames the agent sees)
   env/render_scale  raw env+policy agent steps/s at the preset's env.render_scale / at 1 (both
@@ -145,6 +149,7 @@ def main(argv):
     results.update(carracing_ratios())
   if make_config(1).env.make_kwargs:
     results.update(make_kwargs_ratios(int(results['collect/overhead_rollouts'])))
+  results.update(shard_rates(work, int(results['collect/scaling_rollouts'])))
   results.update(reading_rates(work, int(results['collect/scaling_rollouts'])))
   report(results)
 
@@ -212,6 +217,36 @@ def make_kwargs_ratios(num_rollouts: int) -> dict[str, float]:
   return {'env/raw_steps_per_s_without_make_kwargs': without,
           'env/raw_steps_per_s_with_make_kwargs': with_them,
           'env/make_kwargs_ratio': with_them / without}
+
+
+def shard_rates(work: str, num_rollouts: int) -> dict[str, float]:
+  """The shard stage (in this process, shards of ~1 MB of rollouts) on the last scaling data
+  set at zlib level 6 and at the config's records.compress_level, alternating; medians."""
+  from wm.stages import shard
+  config = make_config(num_rollouts)
+  config.records.shard_size_mb = 1.0
+  source = os.path.join(work, f'scale2-{_ROUNDS.value - 1}')
+  levels = (6, config.records.compress_level)
+  rounds = []
+  for r in range(_ROUNDS.value):
+    rates = []
+    for level in levels:
+      config.records.compress_level = level
+      out = os.path.join(work, f'shard-{r}-level{level}')
+      start = time.perf_counter()
+      manifests = shard.shard(config, source, out, log=lambda m: None)
+      seconds = time.perf_counter() - start
+      frames = sum(m['num_frames'] for m in manifests.values())
+      size = sum(e['bytes'] for m in manifests.values() for e in m['shards'])
+      reading = reading_frames_per_s(shard.shard_paths(os.path.join(out, 'train')),
+                                     _STEPS.value + 1)
+      rates.append((frames / seconds, size, reading))
+    rounds.append(rates)
+  (default_rate, default_bytes, default_reading), (rate, size, reading) = np.median(rounds, axis=0)
+  level = levels[1]
+  return {'shard/frames_per_s_level_6': default_rate, f'shard/frames_per_s_level_{level}': rate,
+          'shard/level_ratio': rate / default_rate, 'shard/bytes_ratio': size / default_bytes,
+          'shard/reading_ratio': reading / default_reading}
 
 
 def reading_rates(work: str, num_rollouts: int) -> dict[str, float]:

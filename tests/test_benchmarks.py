@@ -155,6 +155,7 @@ def test_benchmark_data_prints_the_collectors_and_the_environments_ratios(tmp_pa
   out = result.stdout
   for key in ('collect/overhead_ratio', 'collect/scaling_ratio', 'env/action_repeat_ratio',
               'env/render_scale_ratio', 'env/raw_steps_per_s_without_make_kwargs',
-              'env/make_kwargs_ratio', 'data/frames_per_s_all_frames'):
+              'env/make_kwargs_ratio', 'data/frames_per_s_all_frames', 'shard/level_ratio',
+              'shard/bytes_ratio'):
     figure = re.search(rf'^{re.escape(key)}\s+([\d,]+\.\d\d)$', out, re.M)
     assert figure and float(figure[1].replace(',', '')) > 0, (key, out)
