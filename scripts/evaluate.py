@@ -6,7 +6,8 @@ Output: RUN/evaluate/result.json: returns of every episode, mean, std, min, max,
         the seeds' stream; RUN/evaluate/DONE. Prints `mean +- std (min .. max)` as the paper's
         table does. --output=NAME.json writes a side result instead (a baseline, another
         controller's --params), beside result.json: DONE, and the score the run reports
-        (`python -m wm status`, the pipeline's summary), stay the run's own.
+        (`python -m wm status`, the pipeline's summary), stay the run's own, and so does
+        RUN/config.json, whatever --config says (--save_config aside).
 
     python scripts/evaluate.py --run_dir=RUN --episodes=100 --parallelism=2
     python scripts/evaluate.py --run_dir=RUN --policy=random --output=random.json
@@ -52,4 +53,4 @@ def main(stage: cli.Stage) -> None:
 if __name__ == '__main__':
   if mpi.launched_ranks()[1] > 0:
     sys.argv.append('--nostore_snapshot')  # rank 0 writes the stage's snapshot
-  cli.run('evaluate', main)
+  cli.run('evaluate', main, side_result=lambda: _OUTPUT.value != evaluate.RESULT)

@@ -96,6 +96,21 @@ def test_evaluation_writes_every_return_and_the_mean_and_a_rerun_replaces_them(t
   assert result['ended_count'] == sum(result['ended'])
 
 
+def test_a_side_evaluation_leaves_the_run_config_as_it_was(tmp_path):
+  # Another seed's test episodes for a side result: the run's own config (which later stages
+  # read) keeps its seed, though --config is explicit (run_script passes the debug preset).
+  run_dir = str(tmp_path / 'run')
+  run_script('evaluate', f'--run_dir={run_dir}', '--policy=random', '--episodes=1')
+  with open(os.path.join(run_dir, 'config.json')) as f:
+    before = f.read()
+  side = run_script('evaluate', f'--run_dir={run_dir}', '--policy=random', '--episodes=1',
+                    '--output=seed9.json', '--config.seed=9')
+  with open(os.path.join(run_dir, 'config.json')) as f:
+    assert f.read() == before
+  assert json.load(open(os.path.join(run_dir, 'evaluate', 'seed9.json')))['episodes'] == 1
+  assert 'config.json is unchanged' in side.stderr, side.stderr[-2000:]
+
+
 def check_metrics_match_tensorboard(stage_dir: str, log_every: int, train_steps: int) -> list:
   """STAGE/metrics.jsonl has a line per logged step, each scalar as TensorBoard has it."""
   rows = [json.loads(line) for line in open(os.path.join(stage_dir, training.METRICS))]

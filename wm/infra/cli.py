@@ -13,7 +13,7 @@ field. The run's config is RUN/config.json, written when the run starts (by the 
 its overrides); without --config later stages read it, and refuse a run dir that has none. An
 override given to a later stage applies to that stage only (its snapshot records it) unless
 --save_config asks to keep it; an explicit --config rewrites RUN/config.json once the stage
-succeeds. Everything is checked (config, env.name, the run dir) before anything is written.
+succeeds (but for a side result, such as scripts/evaluate.py --output=NAME.json). Everything is checked (config, env.name, the run dir) before anything is written.
 A `UserError` is printed as one clear message (no traceback) and exits with status 2.
 
 Other entry points (`python -m wm`, the SLURM submitter, benchmarks) parse the same way:
@@ -257,17 +257,23 @@ def save_run_config(stage: Stage) -> None:
 
 
 def run(name: str, main: Callable[[Stage], None], require_run_dir: bool = True,
-        snapshot_name: Callable[[], str] = lambda: 'snapshot') -> None:
+        snapshot_name: Callable[[], str] = lambda: 'snapshot',
+        side_result: Callable[[], bool] = lambda: False) -> None:
   """Parses flags and runs `main(stage)`, turning a UserError into a message and exit 2.
-  `snapshot_name()`, called once the flags are parsed, names the stage's snapshot folder."""
+  `snapshot_name()`, called once the flags are parsed, names the stage's snapshot folder; when
+  `side_result()` (say, an evaluation written beside the stage's own result), an explicit
+  --config is for this command alone: RUN/config.json is rewritten only with --save_config."""
 
   @exits_on_user_error
   def wrapped(argv: list[str]) -> None:
     del argv  # parse_flags refused positional arguments
     stage = start(name, require_run_dir, snapshot_name())
     main(stage)
-    if FLAGS['config'].present or FLAGS.save_config:  # a new run's was written by start()
-      save_run_config(stage)
+    if FLAGS.save_config or (FLAGS['config'].present and not side_result()):
+      save_run_config(stage)  # (a new run's was written by start())
+    elif FLAGS['config'].present:
+      logging.info('a side result: %s is unchanged (--save_config would rewrite it)',
+                   stage.run.config_path)
 
   app.run(wrapped, flags_parser=functools.partial(parse_flags, key_flags=STAGE_KEY_FLAGS))
 
