@@ -13,7 +13,8 @@ field. The run's config is RUN/config.json, written when the run starts (by the 
 its overrides); without --config later stages read it, and refuse a run dir that has none. An
 override given to a later stage applies to that stage only (its snapshot records it) unless
 --save_config asks to keep it; an explicit --config rewrites RUN/config.json once the stage
-succeeds (but for a side result, such as scripts/evaluate.py --output=NAME.json). Everything is checked (config, env.name, the run dir) before anything is written.
+succeeds (but for a side result, such as scripts/evaluate.py --output=NAME.json). Everything is
+checked (config, env.name, the run dir) before anything is written.
 A `UserError` is printed as one clear message (no traceback) and exits with status 2.
 
 Other entry points (`python -m wm`, the SLURM submitter, benchmarks) parse the same way:
