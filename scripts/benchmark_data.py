@@ -149,8 +149,9 @@ def main(argv):
     results.update(carracing_ratios())
   if make_config(1).env.make_kwargs:
     results.update(make_kwargs_ratios(int(results['collect/overhead_rollouts'])))
-  results.update(shard_rates(work, int(results['collect/scaling_rollouts'])))
-  results.update(reading_rates(work, int(results['collect/scaling_rollouts'])))
+  shard_results, paths = shard_rates(work, int(results['collect/scaling_rollouts']))
+  results.update(shard_results)
+  results.update(reading_rates(paths))
   report(results)
 
 
@@ -219,12 +220,14 @@ def make_kwargs_ratios(num_rollouts: int) -> dict[str, float]:
           'env/make_kwargs_ratio': with_them / without}
 
 
-def shard_rates(work: str, num_rollouts: int) -> dict[str, float]:
-  """The shard stage (in this process, shards of ~1 MB of rollouts) on the last scaling data
-  set at zlib level 6 and at the config's records.compress_level, alternating; medians."""
+def shard_rates(work: str, num_rollouts: int) -> tuple[dict[str, float], list[str]]:
+  """The shard stage (in this process, shards of ~1 MB of rollouts, no validation split) on the
+  last scaling data set at zlib level 6 and at the config's records.compress_level,
+  alternating; medians, and the last round's shards at the config's level."""
   from wm.stages import shard
   config = make_config(num_rollouts)
   config.records.shard_size_mb = 1.0
+  config.records.valid_fraction = 0.0
   source = os.path.join(work, f'scale2-{_ROUNDS.value - 1}')
   levels = (6, config.records.compress_level)
   rounds = []
@@ -238,26 +241,19 @@ def shard_rates(work: str, num_rollouts: int) -> dict[str, float]:
       seconds = time.perf_counter() - start
       frames = sum(m['num_frames'] for m in manifests.values())
       size = sum(e['bytes'] for m in manifests.values() for e in m['shards'])
-      reading = reading_frames_per_s(shard.shard_paths(os.path.join(out, 'train')),
-                                     _STEPS.value + 1)
-      rates.append((frames / seconds, size, reading))
+      paths = shard.shard_paths(os.path.join(out, 'train'))
+      rates.append((frames / seconds, size, reading_frames_per_s(paths, _STEPS.value + 1)))
     rounds.append(rates)
   (default_rate, default_bytes, default_reading), (rate, size, reading) = np.median(rounds, axis=0)
   level = levels[1]
   return {'shard/frames_per_s_level_6': default_rate, f'shard/frames_per_s_level_{level}': rate,
           'shard/level_ratio': rate / default_rate, 'shard/bytes_ratio': size / default_bytes,
-          'shard/reading_ratio': reading / default_reading}
+          'shard/reading_ratio': reading / default_reading}, paths
 
 
-def reading_rates(work: str, num_rollouts: int) -> dict[str, float]:
-  """Shards the last scaling data set (num_rollouts rollouts) and reads it back."""
-  from wm.stages import shard
-  config = make_config(num_rollouts)
-  config.records.shard_size_mb = 1.0
-  config.records.valid_fraction = 0.0
-  source = os.path.join(work, f'scale2-{_ROUNDS.value - 1}')
-  shard.shard(config, source, os.path.join(work, 'records'), parallelism=2, log=lambda m: None)
-  paths = shard.shard_paths(os.path.join(work, 'records', 'train'))
+def reading_rates(paths: list[str]) -> dict[str, float]:
+  """Reads the shards shard_rates wrote at the config's level back, every frame and 100 of each
+  rollout."""
   return {'data/shards': len(paths),
           'data/frames_per_s_all_frames': reading_frames_per_s(paths, _STEPS.value + 1),
           'data/frames_per_s_100_per_rollout': reading_frames_per_s(paths, 100)}
