@@ -32,7 +32,6 @@ quiet.install()  # before TensorFlow is imported: its start-up notices stay out 
 from absl import flags
 
 from wm.infra import cli, mpi
-from wm.stages import evaluate
 
 _POLICY = flags.DEFINE_enum('policy', 'controller', ['controller', 'random'],
                             'controller: the trained one; random: uniform random actions.')
@@ -46,6 +45,7 @@ _OUTPUT = flags.DEFINE_string('output', 'result.json', 'Result file name inside 
 
 
 def main(stage: cli.Stage) -> None:
+  from wm.stages import evaluate  # TensorFlow loads after the flags and config are checked
   evaluate.run(stage, _POLICY.value, _EPISODES.value, _PARALLELISM.value, _PARAMS.value,
                _OUTPUT.value)
 
@@ -53,4 +53,4 @@ def main(stage: cli.Stage) -> None:
 if __name__ == '__main__':
   if mpi.launched_ranks()[1] > 0:
     sys.argv.append('--nostore_snapshot')  # rank 0 writes the stage's snapshot
-  cli.run('evaluate', main, side_result=lambda: _OUTPUT.value != evaluate.RESULT)
+  cli.run('evaluate', main, side_result=lambda: _OUTPUT.value != _OUTPUT.default)

@@ -28,13 +28,13 @@ quiet.install()  # before TensorFlow is imported: its start-up notices stay out 
 from absl import flags
 
 from wm.infra import cli, mpi
-from wm.stages import controller
 
 _PARALLELISM = flags.DEFINE_integer('parallelism', 1, 'Local worker processes for real-env '
                                     'episodes (ignored under MPI: the ranks are the workers).')
 
 
 def main(stage: cli.Stage) -> None:
+  from wm.stages import controller  # TensorFlow loads after the flags and config are checked
   controller.run(stage, _PARALLELISM.value)
 
 

@@ -34,7 +34,6 @@ cpu_kernels.use_onednn()  # Doom's M trains 1.16x faster on oneDNN's kernels (wm
 from absl import flags
 
 from wm.infra import cli
-from wm.stages import seq
 
 _PARALLELISM = flags.DEFINE_integer(
     'parallelism', 1, 'Trainings at once: M here and up to N - 1 of its seq.judges in processes '
@@ -45,6 +44,7 @@ _JUDGE = flags.DEFINE_integer(
 
 
 def main(stage: cli.Stage) -> None:
+  from wm.stages import seq  # TensorFlow loads after the flags and config are checked
   seq.run(stage, _PARALLELISM.value, _JUDGE.value)
 
 

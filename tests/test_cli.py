@@ -110,6 +110,29 @@ def test_a_bad_flag_is_refused_before_anything_is_written(tmp_path, args, messag
   assert not run_dir.exists()
 
 
+STAGE_SCRIPTS = ('collect_rollouts', 'shard_rollouts', 'train_vae', 'encode_rollouts',
+                 'train_sequence_model', 'train_controller', 'evaluate', 'play')
+
+
+@pytest.mark.parametrize('script', [*STAGE_SCRIPTS, '-m wm'])
+def test_a_wrong_config_field_is_refused_before_tensorflow_loads(tmp_path, script):
+  # A mistyped field is answered at once, not after the seconds TensorFlow takes to import: a
+  # `tensorflow` that fails when imported comes first on the path, and the refusal still names
+  # the field.
+  fake = tmp_path / 'site' / 'tensorflow'
+  fake.mkdir(parents=True)
+  (fake / '__init__.py').write_text('raise ImportError("tensorflow was imported")\n')
+  env = script_env()
+  env['PYTHONPATH'] = str(fake.parent) + os.pathsep + env['PYTHONPATH']
+  target = ['-m', 'wm'] if script == '-m wm' else [os.path.join(REPO, 'scripts', script + '.py')]
+  run_dir = tmp_path / 'run'
+  result = subprocess.run([sys.executable, *target, f'--run_dir={run_dir}', f'--config={DEBUG}',
+                           '--config.seq.hidden_sise=8'], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=REPO)
+  refused(result, "unknown config field 'seq.hidden_sise'", 'hidden_size')
+  assert not run_dir.exists()
+
+
 # ---------------------------------------------------------------------------- env.name
 
 
