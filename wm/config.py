@@ -56,7 +56,7 @@ class CollectConfig:
   brownian_sigma: float = 0.3  # brownian: std of the action change per step, in action-range units
   hold_min: int = 1  # held: an action is held for at least this many frames
   hold_max: int = 10  # held: ... and at most this many frames
-  compress_level: int = 1  # zlib level of the rollout .npz files (1 is fast, 9 is small)
+  compress_level: int = 1  # zlib level of the rollout .npz files (1 is fast, 9 is small; the bytes, not the frames: a finished collect stands when it changes)
   controller_run: str = ''  # policy=controller: the run dir whose V, M and controller/best.npz act
   action_noise: float = 0.1  # policy=controller: exploration, Gaussian std per action in units of its range (Discrete: P(random action))
 

@@ -68,7 +68,8 @@ TOP_UPS = {'collect.num_rollouts', 'vae.train_steps', 'seq.train_steps', 'seq.ju
 # change rounding, as the device does: a V or M trained in bfloat16 is kept when float32 is asked
 # for, and shared by sweeps.)
 NO_EFFECT = {'env.render_scale', 'encode.batch_size', 'controller.test_episodes',
-             'vae.precision', 'seq.precision', 'records.reuse_from', 'records.compress_level'}
+             'vae.precision', 'seq.precision', 'records.reuse_from', 'collect.compress_level',
+             'records.compress_level'}
 # Fields that act only when another field has a value: {field: (that field, its value)}. Elsewhere
 # they are left out, so a random-policy collection is not redone for a new exploration noise.
 ONLY_WHEN = {'collect.controller_run': ('collect.policy', 'controller'),
