@@ -7,7 +7,8 @@ Output: RUN/evaluate/result.json: returns of every episode, mean, std, min, max,
         table does. --output=NAME.json writes a side result instead (a baseline, another
         controller's --params), beside result.json: DONE, and the score the run reports
         (`python -m wm status`, the pipeline's summary), stay the run's own, and so does
-        RUN/config.json, whatever --config says (--save_config aside).
+        RUN/config.json, whatever --config says (--save_config aside); its code and config
+        go to RUN/evaluate/snapshot-NAME/, leaving RUN/evaluate/snapshot/ to result.json.
 
     python scripts/evaluate.py --run_dir=RUN --episodes=100 --parallelism=2
     python scripts/evaluate.py --run_dir=RUN --policy=random --output=random.json
@@ -53,4 +54,8 @@ def main(stage: cli.Stage) -> None:
 if __name__ == '__main__':
   if mpi.launched_ranks()[1] > 0:
     sys.argv.append('--nostore_snapshot')  # rank 0 writes the stage's snapshot
-  cli.run('evaluate', main, side_result=lambda: _OUTPUT.value != _OUTPUT.default)
+  # A side result (--output=NAME.json) keeps the stage's snapshot, which made result.json, and
+  # writes its own beside it: STAGE/snapshot-NAME.
+  cli.run('evaluate', main, side_result=lambda: _OUTPUT.value != _OUTPUT.default,
+          snapshot_name=lambda: ('snapshot' if _OUTPUT.value == _OUTPUT.default else
+                                 'snapshot-' + os.path.splitext(_OUTPUT.value)[0]))

@@ -109,6 +109,11 @@ def test_a_side_evaluation_leaves_the_run_config_as_it_was(tmp_path):
     assert f.read() == before
   assert json.load(open(os.path.join(run_dir, 'evaluate', 'seed9.json')))['episodes'] == 1
   assert 'config.json is unchanged' in side.stderr, side.stderr[-2000:]
+  # The stage's snapshot still says how result.json was made; the side result's is beside it.
+  def snapshot_seed(name):
+    with open(os.path.join(run_dir, 'evaluate', name, 'config.json')) as f:
+      return json.load(f)['seed']
+  assert (snapshot_seed('snapshot'), snapshot_seed('snapshot-seed9')) == (0, 9)
 
 
 def check_metrics_match_tensorboard(stage_dir: str, log_every: int, train_steps: int) -> list:
