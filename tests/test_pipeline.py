@@ -170,6 +170,16 @@ def test_a_field_newer_than_a_stored_config_counts_as_its_default():
                                    'seq.done_weight': (1.0, 10.0)}
 
 
+def test_a_stages_size_counts_its_outputs_not_its_snapshots_or_logs(tmp_path):
+  for name, size in (('result.json', 5), ('snapshot/code.tar.gz', 100),
+                     ('snapshot-seed9/code.tar.gz', 100), ('tb/events', 100),
+                     ('progress.json', 100), ('search2.json', 7)):
+    path = tmp_path / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(b'x' * size)
+  assert pipeline.folder_size(str(tmp_path)) == (2, 12)
+
+
 def test_fields_that_act_only_under_a_policy_count_only_under_it():
   random_policy = {'collect': {'policy': 'random', 'action_noise': 0.1, 'controller_run': ''}}
   noisier = {'collect': {'policy': 'random', 'action_noise': 0.3, 'controller_run': 'r'}}

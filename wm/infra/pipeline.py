@@ -119,11 +119,12 @@ def run_logged(argv: list[str], path: str) -> int:
 
 
 def folder_size(path: str) -> tuple[int, int]:
-  """(files, bytes) under `path`: what the stage made, its snapshot, TensorBoard and progress.json
-  left out."""
+  """(files, bytes) under `path`: what the stage made, its snapshots (snapshot/ and a side
+  result's snapshot-NAME/), TensorBoard and progress.json left out."""
   files = size = 0
   for root, dirs, names in os.walk(path):
-    dirs[:] = [d for d in dirs if d not in ('snapshot', 'tb')]  # code and logs, not outputs
+    dirs[:] = [d for d in dirs  # code and logs, not outputs
+               if d != 'tb' and d != 'snapshot' and not d.startswith('snapshot-')]
     for name in (n for n in names if n != 'progress.json'):  # what the stage made, not its state
       try:
         size += os.path.getsize(os.path.join(root, name))
