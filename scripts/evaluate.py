@@ -32,7 +32,7 @@ quiet.install()  # before TensorFlow is imported: its start-up notices stay out 
 
 from absl import flags
 
-from wm.infra import cli, mpi
+from wm.infra import cli, mpi, snapshot
 
 _POLICY = flags.DEFINE_enum('policy', 'controller', ['controller', 'random'],
                             'controller: the trained one; random: uniform random actions.')
@@ -45,6 +45,11 @@ _PARAMS = flags.DEFINE_string('params', None, 'Controller parameters (default: '
 _OUTPUT = flags.DEFINE_string('output', 'result.json', 'Result file name inside RUN/evaluate/.')
 
 
+def side_name() -> str | None:
+  """NAME of --output=NAME.json, a side result; None for the stage's own result.json."""
+  return None if _OUTPUT.value == _OUTPUT.default else os.path.splitext(_OUTPUT.value)[0]
+
+
 def main(stage: cli.Stage) -> None:
   from wm.stages import evaluate  # TensorFlow loads after the flags and config are checked
   evaluate.run(stage, _POLICY.value, _EPISODES.value, _PARALLELISM.value, _PARAMS.value,
@@ -54,8 +59,6 @@ def main(stage: cli.Stage) -> None:
 if __name__ == '__main__':
   if mpi.launched_ranks()[1] > 0:
     sys.argv.append('--nostore_snapshot')  # rank 0 writes the stage's snapshot
-  # A side result (--output=NAME.json) keeps the stage's snapshot, which made result.json, and
-  # writes its own beside it: STAGE/snapshot-NAME.
-  cli.run('evaluate', main, side_result=lambda: _OUTPUT.value != _OUTPUT.default,
-          snapshot_name=lambda: ('snapshot' if _OUTPUT.value == _OUTPUT.default else
-                                 'snapshot-' + os.path.splitext(_OUTPUT.value)[0]))
+  # A side result keeps the stage's snapshot, which made result.json: its own is snapshot-NAME.
+  cli.run('evaluate', main, side_result=lambda: side_name() is not None,
+          snapshot_name=lambda: snapshot.folder(side_name()))

@@ -32,7 +32,7 @@ quiet.install()  # before TensorFlow is imported: its start-up notices stay out 
 
 from absl import flags
 
-from wm.infra import cli
+from wm.infra import cli, snapshot
 from wm.stages import play
 
 _NUM_EPISODES = flags.DEFINE_integer('num_episodes', None, 'Episodes to play (default: '
@@ -61,4 +61,4 @@ def main(stage: cli.Stage) -> None:
 
 
 if __name__ == '__main__':
-  cli.run('play', main, snapshot_name=lambda: play.snapshot_name(options().view))
+  cli.run('play', main, snapshot_name=lambda: snapshot.folder(options().view))

@@ -214,7 +214,7 @@ def _write_error(error: OSError, path: str) -> str:
           'for this user (or free space there), or pass another --run_dir')
 
 
-def start(name: str, require_run_dir: bool = True, snapshot_name: str = 'snapshot') -> Stage:
+def start(name: str, require_run_dir: bool = True, snapshot_name: str = snapshot.FOLDER) -> Stage:
   """Checks the config and the run dir, then (only once both are fine) writes RUN/config.json
   if the run is new, and the stage's snapshot (STAGE/`snapshot_name`)."""
   if require_run_dir and not FLAGS.run_dir:
@@ -258,7 +258,7 @@ def save_run_config(stage: Stage) -> None:
 
 
 def run(name: str, main: Callable[[Stage], None], require_run_dir: bool = True,
-        snapshot_name: Callable[[], str] = lambda: 'snapshot',
+        snapshot_name: Callable[[], str] = lambda: snapshot.FOLDER,
         side_result: Callable[[], bool] = lambda: False) -> None:
   """Parses flags and runs `main(stage)`, turning a UserError into a message and exit 2.
   `snapshot_name()`, called once the flags are parsed, names the stage's snapshot folder; when

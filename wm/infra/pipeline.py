@@ -27,7 +27,7 @@ from absl import app, flags
 from wm import config as config_lib
 from wm.config import REPO_ROOT
 from wm.errors import UserError
-from wm.infra import changes, cli, fileio, runs, workers
+from wm.infra import changes, cli, fileio, runs, snapshot, workers
 
 _PARALLELISM = flags.DEFINE_integer('parallelism', os.cpu_count() or 1,
                                     'Worker processes for the parallel stages.')
@@ -123,8 +123,7 @@ def folder_size(path: str) -> tuple[int, int]:
   result's snapshot-NAME/), TensorBoard and progress.json left out."""
   files = size = 0
   for root, dirs, names in os.walk(path):
-    dirs[:] = [d for d in dirs  # code and logs, not outputs
-               if d != 'tb' and d != 'snapshot' and not d.startswith('snapshot-')]
+    dirs[:] = [d for d in dirs if d != 'tb' and not snapshot.is_folder(d)]  # not outputs
     for name in (n for n in names if n != 'progress.json'):  # what the stage made, not its state
       try:
         size += os.path.getsize(os.path.join(root, name))

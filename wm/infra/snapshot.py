@@ -36,6 +36,19 @@ _SKIP = ('__pycache__', '.pyc', '.claim')
 LEAVE_OUT = ('.mp4', '.gif', '.webm', '.avi', '.png', '.jpg', '.jpeg', '.npz', '.npy', '.h5',
              '.pkl', '.tfrecord')
 MAX_FILE_BYTES = 1 << 20
+FOLDER = 'snapshot'  # STAGE/snapshot/: what made the stage's own result
+
+
+def folder(view: str | None = None) -> str:
+  """STAGE/snapshot/ for the stage's own result (wm/infra/changes.py compares its config);
+  STAGE/snapshot-VIEW/ beside it for another view of the stage (play's random or dream episodes,
+  a side evaluation NAME.json), which leaves the stage's own alone."""
+  return f'{FOLDER}-{view}' if view else FOLDER
+
+
+def is_folder(name: str) -> bool:
+  """Whether a stage's subfolder `name` is one of its snapshots (`folder`)."""
+  return name == FOLDER or name.startswith(FOLDER + '-')
 
 
 def write(stage_dir: str, config: config_lib.Config, overrides: dict[str, str],

@@ -46,12 +46,6 @@ def returns_name(view: str | None) -> str:
   return f'returns-{view}.json' if view else 'returns.json'
 
 
-def snapshot_name(view: str | None) -> str:
-  """RUN/play/snapshot/ is the stage's (wm/infra/changes.py compares its config); another view's
-  goes beside it."""
-  return f'snapshot-{view}' if view else 'snapshot'
-
-
 def run(stage: cli.Stage, options: Options) -> None:
   """The stage: play, show and record episodes; returns.json and DONE (options.view: its own
   returns file, no DONE)."""
