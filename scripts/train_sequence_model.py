@@ -33,6 +33,7 @@ cpu_kernels.use_onednn()  # Doom's M trains 1.16x faster on oneDNN's kernels (wm
 
 from absl import flags
 
+from wm.errors import UserError
 from wm.infra import cli
 
 _PARALLELISM = flags.DEFINE_integer(
@@ -44,6 +45,11 @@ _JUDGE = flags.DEFINE_integer(
 
 
 def main(stage: cli.Stage) -> None:
+  judges = stage.config.seq.judges
+  if _JUDGE.value > judges:  # refused here, before TensorFlow loads
+    which = f'the judges are 1 to {judges}' if judges else 'there is no judge to train'
+    raise UserError(f'--judge={_JUDGE.value} but seq.judges={judges}: {which} (raise '
+                    '--config.seq.judges to train more)')
   from wm.stages import seq  # TensorFlow loads after the flags and config are checked
   seq.run(stage, _PARALLELISM.value, _JUDGE.value)
 

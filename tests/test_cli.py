@@ -114,23 +114,38 @@ STAGE_SCRIPTS = ('collect_rollouts', 'shard_rollouts', 'train_vae', 'encode_roll
                  'train_sequence_model', 'train_controller', 'evaluate', 'play')
 
 
-@pytest.mark.parametrize('script', [*STAGE_SCRIPTS, '-m wm'])
-def test_a_wrong_config_field_is_refused_before_tensorflow_loads(tmp_path, script):
-  # A mistyped field is answered at once, not after the seconds TensorFlow takes to import: a
-  # `tensorflow` that fails when imported comes first on the path, and the refusal still names
-  # the field.
+def run_without_tensorflow(tmp_path, script: str, *args: str) -> subprocess.CompletedProcess:
+  """Runs a stage script (or `-m wm`) with a `tensorflow` that fails when imported first on the
+  path: a refusal that still comes out whole came before TensorFlow was needed."""
   fake = tmp_path / 'site' / 'tensorflow'
   fake.mkdir(parents=True)
   (fake / '__init__.py').write_text('raise ImportError("tensorflow was imported")\n')
   env = script_env()
   env['PYTHONPATH'] = str(fake.parent) + os.pathsep + env['PYTHONPATH']
   target = ['-m', 'wm'] if script == '-m wm' else [os.path.join(REPO, 'scripts', script + '.py')]
+  return subprocess.run([sys.executable, *target, f'--config={DEBUG}', *args],
+                        capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+
+
+@pytest.mark.parametrize('script', [*STAGE_SCRIPTS, '-m wm'])
+def test_a_wrong_config_field_is_refused_before_tensorflow_loads(tmp_path, script):
+  # A mistyped field is answered at once, not after the seconds TensorFlow takes to import.
   run_dir = tmp_path / 'run'
-  result = subprocess.run([sys.executable, *target, f'--run_dir={run_dir}', f'--config={DEBUG}',
-                           '--config.seq.hidden_sise=8'], capture_output=True, text=True,
-                          timeout=120, env=env, cwd=REPO)
+  result = run_without_tensorflow(tmp_path, script, f'--run_dir={run_dir}',
+                                  '--config.seq.hidden_sise=8')
   refused(result, "unknown config field 'seq.hidden_sise'", 'hidden_size')
   assert not run_dir.exists()
+
+
+@pytest.mark.parametrize('judges,message', [(2, 'the judges are 1 to 2'),
+                                            (0, 'seq.judges=0: there is no judge to train')])
+def test_a_judge_that_is_not_configured_is_refused_before_tensorflow_loads(tmp_path, judges,
+                                                                            message):
+  result = run_without_tensorflow(tmp_path, 'train_sequence_model', f'--run_dir={tmp_path}/run',
+                                  '--judge=3', f'--config.seq.judges={judges}',
+                                  '--config.controller.trials=6',
+                                  '--config.controller.eval_episodes=6')
+  refused(result, f'--judge=3 but seq.judges={judges}', message)
 
 
 # ---------------------------------------------------------------------------- env.name

@@ -293,9 +293,6 @@ def run(stage: cli.Stage, parallelism: int = 1, judge: int = 0) -> None:
   on 2 cores share them, where waves of two left a core idle in the last). `judge` > 0 trains
   that judge alone (the child's work, or a job of its own), on 1/`parallelism` of the cores."""
   seq = stage.config.seq
-  if judge and not 1 <= judge <= seq.judges:
-    raise UserError(f'--judge={judge} but seq.judges={seq.judges}: the judges are 1 to '
-                    f'{seq.judges} (raise --config.seq.judges to train more)')
   at_once = 1 if judge or parallelism <= 1 else 1 + seq.judges
   share_cores(parallelism if judge else at_once)
   dist = distribute.create(stage.config.distribute)  # before any other TensorFlow op
