@@ -32,6 +32,7 @@ quiet.install()  # before TensorFlow is imported: its start-up notices stay out 
 
 from absl import flags
 
+from wm import artifacts
 from wm.infra import cli, mpi, snapshot
 
 _POLICY = flags.DEFINE_enum('policy', 'controller', ['controller', 'random'],
@@ -51,7 +52,11 @@ def side_name() -> str | None:
 
 
 def main(stage: cli.Stage) -> None:
-  from wm.stages import evaluate  # TensorFlow loads after the flags and config are checked
+  if _POLICY.value == 'controller':  # what is missing or mismatched is said at once ...
+    artifacts.require_world_model(stage.run)
+    if not _PARAMS.value:
+      artifacts.require_controller(stage.run)
+  from wm.stages import evaluate  # ... and TensorFlow loads only after these checks
   evaluate.run(stage, _POLICY.value, _EPISODES.value, _PARALLELISM.value, _PARAMS.value,
                _OUTPUT.value)
 

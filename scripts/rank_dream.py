@@ -32,10 +32,8 @@ import numpy as np
 from absl import app, flags
 
 from wm import artifacts, es
-from wm.agent import WorldModel, action_space_of
 from wm.errors import UserError
 from wm.infra import cli, fileio
-from wm.stages import controller as controller_stage
 
 _PARAMS = flags.DEFINE_list('params', [], 'Controller parameter files (best.npz), 3 or more.')
 _RESULTS = flags.DEFINE_list('results', [], 'Each controller\'s real evaluation '
@@ -94,6 +92,9 @@ def main(argv: list[str]) -> None:
                     f'{len(_PARAMS.value)}, --results {len(_RESULTS.value)}')
   run, config = cli.run_to_read('a run dir with trained V and M exports')
   real = real_means(_RESULTS.value)
+  artifacts.require_world_model(run)
+  from wm.agent import WorldModel, action_space_of  # TensorFlow loads after these checks
+  from wm.stages import controller as controller_stage
   model = WorldModel.load(run, config, action_space_of(config))
   params = np.stack([artifacts.load_params(p, model.controller) for p in _PARAMS.value])
   dream = controller_stage.dream_of(run, config, model)

@@ -27,6 +27,7 @@ quiet.install()  # before TensorFlow is imported: its start-up notices stay out 
 
 from absl import flags
 
+from wm import artifacts
 from wm.infra import cli, mpi
 
 _PARALLELISM = flags.DEFINE_integer('parallelism', 1, 'Local worker processes for real-env '
@@ -34,7 +35,10 @@ _PARALLELISM = flags.DEFINE_integer('parallelism', 1, 'Local worker processes fo
 
 
 def main(stage: cli.Stage) -> None:
-  from wm.stages import controller  # TensorFlow loads after the flags and config are checked
+  artifacts.require_world_model(stage.run)  # what is missing or mismatched is said at once ...
+  if stage.config.controller.start_from:
+    artifacts.require_start_run(stage.run, stage.config.controller.start_from)
+  from wm.stages import controller  # ... and TensorFlow loads only after these checks
   controller.run(stage, _PARALLELISM.value)
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import DEBUG, REPO, run_script, script_env
+from conftest import DEBUG, REPO, copy_run, run_script, script_env
 from wm import config as config_lib
 
 
@@ -118,7 +118,7 @@ def run_without_tensorflow(tmp_path, script: str, *args: str) -> subprocess.Comp
   """Runs a stage script (or `-m wm`) with a `tensorflow` that fails when imported first on the
   path: a refusal that still comes out whole came before TensorFlow was needed."""
   fake = tmp_path / 'site' / 'tensorflow'
-  fake.mkdir(parents=True)
+  fake.mkdir(parents=True, exist_ok=True)
   (fake / '__init__.py').write_text('raise ImportError("tensorflow was imported")\n')
   env = script_env()
   env['PYTHONPATH'] = str(fake.parent) + os.pathsep + env['PYTHONPATH']
@@ -146,6 +146,28 @@ def test_a_judge_that_is_not_configured_is_refused_before_tensorflow_loads(tmp_p
                                   '--config.controller.trials=6',
                                   '--config.controller.eval_episodes=6')
   refused(result, f'--judge=3 but seq.judges={judges}', message)
+
+
+@pytest.mark.parametrize('script', ['train_controller', 'evaluate'])
+def test_a_missing_world_model_is_refused_before_tensorflow_loads(tmp_path, script):
+  empty = started_run(tmp_path / 'empty')
+  result = run_without_tensorflow(tmp_path, script, f'--run_dir={empty}')
+  refused(result, 'has no trained V (VAE)', '--stages=vae')
+
+
+def test_a_controller_start_that_is_not_a_run_is_refused_before_tensorflow_loads(
+    tmp_path, controller_models):
+  run_dir = copy_run(controller_models, str(tmp_path / 'run'))
+  result = run_without_tensorflow(tmp_path, 'train_controller', f'--run_dir={run_dir}',
+                                  f'--config.controller.start_from={tmp_path / "nowhere"}')
+  refused(result, 'controller.start_from=', 'is not a folder')
+  assert not os.path.exists(os.path.join(run_dir, 'controller', 'es_state.npz'))
+
+
+def test_rank_dream_refuses_what_it_cannot_rank_before_tensorflow_loads(tmp_path):
+  result = run_without_tensorflow(tmp_path, 'rank_dream', f'--run_dir={tmp_path}',
+                                  '--params=a.npz,b.npz', '--results=a.json,b.json')
+  refused(result, 'give 3 or more controllers')
 
 
 # ---------------------------------------------------------------------------- env.name

@@ -7,7 +7,7 @@
 
 Every reader goes through here: `load_models` (V and M, checked to fit each other and to have
 been made from each other's latents), `StartLatents`, `load_params` / `save_params`, and the
-`require_*` checks that name the stage to run before TensorFlow is even imported.
+`require_*` checks that name what is missing or mismatched before TensorFlow is even imported.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from wm.errors import DataError
+from wm.errors import ConfigError, DataError
 from wm.infra import fileio, runs
 
 INITIAL_LATENTS = 'initial_latents.npz'
@@ -55,15 +55,40 @@ def require_stage(run: runs.Run, stage: str, path: str, what: str) -> str:
 
 
 def require_world_model(run: runs.Run) -> tuple[str, str]:
-  """The export folders of V and M (checked before TensorFlow is even imported)."""
-  require_stage(run, 'vae', os.path.join(vae_export(run), 'model.json'), 'trained V (VAE)')
-  require_stage(run, 'seq', os.path.join(seq_export(run), 'model.json'),
-                'trained M (sequence model)')
-  return vae_export(run), seq_export(run)
+  """The export folders of V and M, refused (before TensorFlow is even imported) when either is
+  missing or M learned the latents of another V (wm/infra/runs.py stale_reason)."""
+  vae_dir, seq_dir = vae_export(run), seq_export(run)
+  require_stage(run, 'vae', os.path.join(vae_dir, 'model.json'), 'trained V (VAE)')
+  require_stage(run, 'seq', os.path.join(seq_dir, 'model.json'), 'trained M (sequence model)')
+  for stage in ('encode', 'seq'):  # M learned the latents of this V?
+    reason = run.stale_reason(stage)
+    if reason:
+      raise DataError(f'V in {vae_dir} and M in {seq_dir} do not fit each other: {reason}. '
+                      'Rerun the encode stage, then train M afresh (move RUN/seq away), or '
+                      'restore the earlier V')
+  return vae_dir, seq_dir
 
 
 def require_controller(run: runs.Run) -> str:
   return require_stage(run, 'controller', controller_params_path(run), 'trained controller (C)')
+
+
+def require_start_run(run: runs.Run, source: str) -> runs.Run:
+  """controller.start_from's run dir, checked to have searched through this run's V and M (the
+  same results, e.g. linked): through others its controller's parameters mean something else."""
+  if not os.path.isdir(source):
+    raise ConfigError(f'controller.start_from={source!r} is not a folder: give a run dir whose '
+                      'controller stage finished on this run\'s V and M')
+  other = runs.Run(source)
+  for stage in ('vae', 'seq'):
+    mine, theirs = run.fingerprint(stage), other.fingerprint(stage)
+    if mine != theirs:
+      raise DataError(f'controller.start_from={source!r} searched through another {stage} '
+                      f'result than this run\'s ({other.stage_dir(stage)}: {theirs}; '
+                      f'{run.stage_dir(stage)}: {mine}): start from a run that shares this '
+                      f'run\'s V and M (link RUN/vae and RUN/seq into it), or leave '
+                      'controller.start_from empty')
+  return other
 
 
 # ---------------------------------------------------------------------------- V and M
@@ -77,14 +102,8 @@ class Models:
 
 def load_models(run: runs.Run) -> Models:
   """V and M exported by their stages, refused when they do not fit each other: another latent
-  size, or an M trained on the latents of another V (wm/infra/runs.py stale_reason)."""
+  size, or an M trained on the latents of another V (require_world_model)."""
   vae_dir, seq_dir = require_world_model(run)
-  for stage in ('encode', 'seq'):  # M learned the latents of this V?
-    reason = run.stale_reason(stage)
-    if reason:
-      raise DataError(f'V in {vae_dir} and M in {seq_dir} do not fit each other: {reason}. '
-                      'Rerun the encode stage, then train M afresh (move RUN/seq away), or '
-                      'restore the earlier V')
   from wm.models import export  # pylint: disable=import-outside-toplevel
   encoder = export.load(vae_dir, 'encoder')
   seq = export.load(seq_dir, 'sequence_model')

@@ -26,7 +26,7 @@ from wm.agent import WorldModel, action_space_of
 from wm.artifacts import save_params
 from wm.config import Config
 from wm.dream import Dream
-from wm.errors import ConfigError, DataError, UserError
+from wm.errors import UserError
 from wm.infra import cli, mpi, runs
 from wm.infra.progress import Progress
 
@@ -84,26 +84,14 @@ def warm_start(stage: cli.Stage, model: WorldModel, mpi_evaluator, parallelism: 
 def start_params(run: runs.Run, config: Config, model: WorldModel,
                  warm: runs.Run | None = None) -> np.ndarray | None:
   """The search's first mean: the warm search's controller, or controller.start_from's (None:
-  zeros). start_from's run must share this run's V and M (the same results, e.g. linked):
-  through others its parameters would mean something else."""
+  zeros), whose run must share this run's V and M (artifacts.require_start_run)."""
   if warm is not None:
     return artifacts.load_params(artifacts.controller_params_path(warm),
                                  model.controller).astype(np.float64)
   source = config.controller.start_from
   if not source:
     return None
-  if not os.path.isdir(source):
-    raise ConfigError(f'controller.start_from={source!r} is not a folder: give a run dir whose '
-                      'controller stage finished on this run\'s V and M')
-  other = runs.Run(source)
-  for stage in ('vae', 'seq'):
-    mine, theirs = run.fingerprint(stage), other.fingerprint(stage)
-    if mine != theirs:
-      raise DataError(f'controller.start_from={source!r} searched through another {stage} '
-                      f'result than this run\'s ({other.stage_dir(stage)}: {theirs}; '
-                      f'{run.stage_dir(stage)}: {mine}): start from a run that shares this '
-                      f'run\'s V and M (link RUN/vae and RUN/seq into it), or leave '
-                      'controller.start_from empty')
+  other = artifacts.require_start_run(run, source)
   params = artifacts.load_params(artifacts.controller_params_path(other), model.controller)
   logging.info('search starts from %s (controller.start_from)',
                artifacts.controller_params_path(other))
