@@ -44,6 +44,9 @@ _PARALLELISM = flags.DEFINE_integer('parallelism', 1, 'Local worker processes (i
 _PARAMS = flags.DEFINE_string('params', None, 'Controller parameters (default: '
                               'RUN/controller/best.npz).')
 _OUTPUT = flags.DEFINE_string('output', 'result.json', 'Result file name inside RUN/evaluate/.')
+flags.register_validator(  # refused before anything is written (its snapshot-NAME/ included)
+    'output', lambda name: os.path.basename(name) == name and name.endswith('.json'),
+    message='--output must be a file name ending in .json (it is written inside RUN/evaluate/)')
 
 
 def side_name() -> str | None:

@@ -170,6 +170,16 @@ def test_rank_dream_refuses_what_it_cannot_rank_before_tensorflow_loads(tmp_path
   refused(result, 'give 3 or more controllers')
 
 
+@pytest.mark.parametrize('output', ['side/seed9.json', 'seed9.txt'])
+def test_a_side_result_that_is_not_a_file_name_is_refused_before_anything_is_written(
+    tmp_path, output):
+  run_dir = tmp_path / 'run'
+  result = run_without_tensorflow(tmp_path, 'evaluate', f'--run_dir={run_dir}',
+                                  '--policy=random', f'--output={output}')
+  refused(result, f'--output={output}', 'a file name ending in .json')
+  assert not run_dir.exists()  # not even its snapshot-NAME/
+
+
 # ---------------------------------------------------------------------------- env.name
 
 

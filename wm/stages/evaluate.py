@@ -18,7 +18,6 @@ from absl import logging
 
 from wm import artifacts, envs, es, evaluation
 from wm.agent import WorldModel, action_space_of
-from wm.errors import UserError
 from wm.infra import cli, fileio, mpi
 
 RESULT = 'result.json'  # the stage's own result: the one that marks it done
@@ -30,9 +29,6 @@ def run(stage: cli.Stage, policy: str = 'controller', episodes: int | None = Non
   """The stage, on every MPI rank: rank 0 scores the episodes the ranks (or workers) play.
   Only RUN/evaluate/result.json finishes the stage (DONE, the score the run reports): another
   `output` (a random baseline, another controller's --params) is written beside it."""
-  if os.path.basename(output) != output or not output.endswith('.json'):
-    raise UserError(f'--output={output!r} must be a file name ending in .json (it is '
-                    f'written inside {stage.dir})')
   config = envs.full_size(stage.config)
   world = mpi.world()
   if not world.root:
