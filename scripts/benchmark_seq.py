@@ -74,6 +74,18 @@ flags.DEFINE_integer('rounds', 5, 'Alternating rounds per model.')
 flags.DEFINE_list('sides', ['fit', 'step', 'ours', 'layer', 'bf16'], 'The training steps to time '
                   '(fit, step, ours, layer, bf16: the module docstring); the mixture NLL alone is '
                   'timed with fit.')
+SIDES = ('fit', 'step', 'ours', 'layer', 'bf16')
+
+
+@flags.validator('sides')  # refused as the flags are read, before TensorFlow loads
+def _known_sides(sides: list[str]) -> bool:
+  unknown = sorted(set(sides) - set(SIDES))
+  if unknown:
+    raise flags.ValidationError(f'--sides: unknown {", ".join(unknown)}; the sides are '
+                                f'{", ".join(SIDES)}')
+  return True
+
+
 flags.DEFINE_integer('threads', 0, 'TensorFlow\'s intra- and inter-op threads (0: its default, '
                      'every core).')
 flags.DEFINE_list('step_contexts', [], 'If set, time the transformer\'s step at these '
@@ -412,11 +424,7 @@ def main(argv):
   from wm.stages.seq import Trainer
 
   b, t, z, a = FLAGS.batch_size, FLAGS.sequence_length, FLAGS.z_size, FLAGS.action_size
-  sides = [side for side in ('fit', 'step', 'ours', 'layer', 'bf16') if side in FLAGS.sides]
-  unknown = sorted(set(FLAGS.sides) - set(sides))
-  if unknown:
-    raise app.UsageError(f'--sides: unknown {", ".join(unknown)}; the sides are fit, step, '
-                         f'ours, layer, bf16')
+  sides = [side for side in SIDES if side in FLAGS.sides]
   batch = sequences.random_batch(b, t, z, a)
   size = (z, a, FLAGS.hidden_size, FLAGS.num_mixtures)
   ours = MDNRNN(*size)
