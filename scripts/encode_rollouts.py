@@ -27,6 +27,7 @@ cpu_kernels.use_onednn()  # V encodes 1.5x faster on oneDNN's kernels (wm/infra/
 
 from absl import flags
 
+from wm import artifacts
 from wm.errors import UserError
 from wm.infra import cli
 
@@ -51,7 +52,11 @@ def check_flags() -> None:
 
 def main(stage: cli.Stage) -> None:
   check_flags()
-  from wm.stages import encode  # TensorFlow loads after the flags and config are checked
+  if not _ENCODER_DIR.value:  # a missing input is said at once ...
+    artifacts.require_vae(stage.run)
+  # (with --split=all the valid split is optional)
+  artifacts.require_shards(stage.run, 'shard', 'train' if _SPLIT.value == 'all' else _SPLIT.value)
+  from wm.stages import encode  # ... and TensorFlow loads after the flags, config and input checks
   encode.run(stage, _SPLIT.value, _NUM_OUTER.value, _OUTER_INDEX.value, _NUM_SUB.value,
              _GPU_INDEX.value, _ENCODER_DIR.value)
 

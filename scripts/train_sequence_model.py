@@ -33,6 +33,7 @@ cpu_kernels.use_onednn()  # Doom's M trains 1.16x faster on oneDNN's kernels (wm
 
 from absl import flags
 
+from wm import artifacts
 from wm.errors import UserError
 from wm.infra import cli
 
@@ -50,7 +51,8 @@ def main(stage: cli.Stage) -> None:
     which = f'the judges are 1 to {judges}' if judges else 'there is no judge to train'
     raise UserError(f'--judge={_JUDGE.value} but seq.judges={judges}: {which} (raise '
                     '--config.seq.judges to train more)')
-  from wm.stages import seq  # TensorFlow loads after the flags and config are checked
+  artifacts.require_shards(stage.run, 'encode')  # a missing input is said at once ...
+  from wm.stages import seq  # ... and TensorFlow loads after the flags, config and input checks
   seq.run(stage, _PARALLELISM.value, _JUDGE.value)
 
 

@@ -26,6 +26,7 @@ cpu_kernels.use_onednn()  # V trains 1.6x faster on oneDNN's kernels (wm/infra/c
 
 from absl import flags
 
+from wm import artifacts
 from wm.infra import cli
 
 _CHECK_NUMERICS = flags.DEFINE_bool('check_numerics', False,
@@ -35,7 +36,8 @@ _RUN_EAGERLY = flags.DEFINE_bool('run_eagerly', False,
 
 
 def main(stage: cli.Stage) -> None:
-  from wm.stages import vae  # TensorFlow loads after the flags and config are checked
+  artifacts.require_shards(stage.run, 'shard')  # a missing input is said at once ...
+  from wm.stages import vae  # ... and TensorFlow loads after the flags, config and input checks
   vae.run(stage, check_numerics=_CHECK_NUMERICS.value, run_eagerly=_RUN_EAGERLY.value)
 
 

@@ -148,11 +148,17 @@ def test_a_judge_that_is_not_configured_is_refused_before_tensorflow_loads(tmp_p
   refused(result, f'--judge=3 but seq.judges={judges}', message)
 
 
-@pytest.mark.parametrize('script', ['train_controller', 'evaluate'])
-def test_a_missing_world_model_is_refused_before_tensorflow_loads(tmp_path, script):
+@pytest.mark.parametrize('script,missing,stage', [
+    ('train_vae', 'no sharded rollouts of the train split', 'shard'),
+    ('encode_rollouts', 'no trained V (VAE)', 'vae'),
+    ('train_sequence_model', 'no encoded rollouts of the train split', 'encode'),
+    ('train_controller', 'no trained V (VAE)', 'vae'),
+    ('evaluate', 'no trained V (VAE)', 'vae')])
+def test_a_stage_without_its_input_names_the_stage_before_tensorflow_loads(tmp_path, script,
+                                                                           missing, stage):
   empty = started_run(tmp_path / 'empty')
   result = run_without_tensorflow(tmp_path, script, f'--run_dir={empty}')
-  refused(result, 'has no trained V (VAE)', '--stages=vae')
+  refused(result, missing, f'--stages={stage}')
 
 
 def test_a_controller_start_that_is_not_a_run_is_refused_before_tensorflow_loads(

@@ -54,11 +54,25 @@ def require_stage(run: runs.Run, stage: str, path: str, what: str) -> str:
   return path
 
 
+def require_shards(run: runs.Run, stage: str, split: str = 'train') -> str:
+  """RUN/records/<split> (stage 'shard') or RUN/encoded/<split> (stage 'encode'), checked to hold
+  the manifest.json its stage writes last (before TensorFlow is even imported)."""
+  folder = run.split_dir(stage, split)
+  what = {'shard': 'sharded rollouts', 'encode': 'encoded rollouts'}[stage]
+  require_stage(run, stage, os.path.join(folder, 'manifest.json'), f'{what} of the {split} split')
+  return folder
+
+
+def require_vae(run: runs.Run) -> str:
+  """V's export folder, checked to exist (before TensorFlow is even imported)."""
+  require_stage(run, 'vae', os.path.join(vae_export(run), 'model.json'), 'trained V (VAE)')
+  return vae_export(run)
+
+
 def require_world_model(run: runs.Run) -> tuple[str, str]:
   """The export folders of V and M, refused (before TensorFlow is even imported) when either is
   missing or M learned the latents of another V (wm/infra/runs.py stale_reason)."""
-  vae_dir, seq_dir = vae_export(run), seq_export(run)
-  require_stage(run, 'vae', os.path.join(vae_dir, 'model.json'), 'trained V (VAE)')
+  vae_dir, seq_dir = require_vae(run), seq_export(run)
   require_stage(run, 'seq', os.path.join(seq_dir, 'model.json'), 'trained M (sequence model)')
   for stage in ('encode', 'seq'):  # M learned the latents of this V?
     reason = run.stale_reason(stage)
