@@ -71,10 +71,9 @@ flags.DEFINE_integer('hidden_size', 256, 'LSTM units.')
 flags.DEFINE_integer('num_mixtures', 5, 'Gaussians per latent dimension.')
 flags.DEFINE_integer('steps', 15, 'Timed training steps per round.')
 flags.DEFINE_integer('rounds', 5, 'Alternating rounds per model.')
-flags.DEFINE_list('sides', ['fit', 'step', 'ours', 'layer', 'bf16'], 'The training steps to time '
-                  '(fit, step, ours, layer, bf16: the module docstring); the mixture NLL alone is '
-                  'timed with fit.')
 SIDES = ('fit', 'step', 'ours', 'layer', 'bf16')
+flags.DEFINE_list('sides', list(SIDES), 'The training steps to time (fit, step, ours, layer, '
+                  'bf16: the module docstring); the mixture NLL alone is timed with fit.')
 
 
 @flags.validator('sides')  # refused as the flags are read, before TensorFlow loads

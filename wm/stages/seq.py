@@ -290,8 +290,9 @@ def run(stage: cli.Stage, parallelism: int = 1, judge: int = 0) -> None:
   with a DONE of its own; then M's DONE (the chief's). With `parallelism` > 1 M and all its
   judges train at once, M here and each judge in a child process running this stage with
   --judge (JudgeProcesses), the cores split evenly between them (one thread each at least: three
-  on 2 cores share them, where waves of two left a core idle in the last). `judge` > 0 trains
-  that judge alone (the child's work, or a job of its own), on 1/`parallelism` of the cores."""
+  on 2 cores share them, where waves of two left a core idle in the last). `judge` in 1 ..
+  seq.judges (the script refuses others) trains that judge alone (the child's work, or a job of
+  its own), on 1/`parallelism` of the cores."""
   seq = stage.config.seq
   at_once = 1 if judge or parallelism <= 1 else 1 + seq.judges
   share_cores(parallelism if judge else at_once)
