@@ -63,8 +63,9 @@ def stage_argv(script: str, run_dir: str, *args: str) -> list[str]:
 
 
 def test_every_world_size_takes_the_same_steps_on_the_same_global_batches(tmp_path):
-  """V and M (with gradient clipping that binds) on one device, on two mirrored CPU devices,
-  and on two workers: the losses of 4 steps agree to float tolerance."""
+  """V and M (with gradient clipping that binds, and M with each batch weighted by its fill as
+  with seq.bucket_steps) on one device, on two mirrored CPU devices, and on two workers: the
+  losses of 4 steps agree to float tolerance."""
   harness = os.path.join(REPO, 'tests', 'distributed_steps.py')
   (tmp_path / 'tmp').mkdir()
   out = {kind: str(tmp_path / f'{kind}.json') for kind in ('one_device', 'mirrored',
@@ -78,7 +79,7 @@ def test_every_world_size_takes_the_same_steps_on_the_same_global_batches(tmp_pa
   assert wait_all([single, mirrored, *workers]) == [0, 0, 0, 0], log_of(tmp_path, 'steps', 0)
   results = {kind: json.load(open(path)) for kind, path in out.items()}
   assert [(r['replicas'], r['workers']) for r in results.values()] == [(1, 1), (2, 1), (2, 2)]
-  for model in ('vae', 'seq'):
+  for model in ('vae', 'seq', 'seq_weighted'):
     reference = results['one_device'][model]
     assert len(set(np.round(reference, 3))) == len(reference), reference  # training moves it
     for kind in ('mirrored', 'multi_worker'):

@@ -208,6 +208,32 @@ def test_trainer_gradients_equal_autodiff_of_the_loss(kind):
                                err_msg=variable.path)
 
 
+@pytest.mark.parametrize('grad_clip', [0.0, 1e-3])  # 1e-3: clipping binds
+def test_bucketed_batches_weigh_each_real_step_alike(grad_clip):
+  """seq.bucket_steps: a batch cut short of sequence_length L (Trainer's padded_length) steps
+  with its padded twin's gradient, clipped, times its fill (real steps over batch x L): a short
+  window's steps count no more than a long one's, as in padded batches."""
+  model, _ = make('mdnrnn')
+  rng = np.random.default_rng(2)
+  length, real = 8, [[3], [2]]
+  padded = {'z': rng.normal(size=(2, length, Z)), 'actions': rng.uniform(-1, 1, (2, length, A)),
+            'z_next': rng.normal(size=(2, length, Z)), 'reward': rng.normal(size=(2, length)),
+            'done': np.eye(length)[[2, 1]], 'mask': np.arange(length) < real}
+  padded = {key: tf.constant(value, tf.float32) for key, value in padded.items()}
+  cut = {key: value[:, :4] for key, value in padded.items()}  # its bucket: steps 1-4
+  plain = Trainer(model, learning_rate=1e-3, grad_clip=grad_clip).step_gradients(padded)
+  bucketed = Trainer(model, learning_rate=1e-3, grad_clip=grad_clip,
+                     padded_length=length).step_gradients(cut)
+  np.testing.assert_allclose(bucketed[0]['loss'].numpy(), plain[0]['loss'].numpy(), rtol=1e-5)
+  fill = 5 / (2 * length)
+  for weighted, whole in zip(bucketed[1], plain[1]):
+    np.testing.assert_allclose(tf.convert_to_tensor(weighted).numpy(),
+                               fill * tf.convert_to_tensor(whole).numpy(), rtol=1e-4, atol=1e-9)
+  norm = tf.linalg.global_norm([tf.convert_to_tensor(g) for g in bucketed[1]]).numpy()
+  if grad_clip:
+    np.testing.assert_allclose(norm, fill * grad_clip, rtol=1e-4)
+
+
 @pytest.mark.parametrize('kind', KINDS)
 def test_a_feature_mask_changes_only_what_the_head_reads(kind):
   """step(..., feature_mask): the head reads the features times the mask (the dream's dropout

@@ -120,7 +120,7 @@ class SeqConfig:
   valid_batches: int = 10  # validation batches per evaluation at most
   grad_clip: float = 1.0  # clip gradients to this global norm (0: no clipping)
   precision: str = 'float32'  # training's matrix products: float32 | bfloat16 (the head's, and the MDN-RNN's outside its compiled loops on a CPU: 1.25x its step with AMX, the same validation loss, controllers not shown to score as well: docs/results.md) | auto (bfloat16 where the device has it natively: wm/hardware.py)
-  bucket_steps: int = 0  # 0: every training batch is batch_size x sequence_length steps, padding included | N: windows are batched with others whose length falls in the same N-step bucket, and each batch cut to that bucket's end: padding not computed (windows longer than most episodes: 1.5-2.4x the real steps/s of Doom's M, docs/benchmarks.md; but Doom's dream transferred worse from such an M: docs/results.md)
+  bucket_steps: int = 0  # 0: every training batch is batch_size x sequence_length steps, padding included | N: windows are batched with others whose length falls in the same N-step bucket, and each batch cut to that bucket's end and its gradient weighted by its real steps: padding not computed (windows longer than most episodes: 1.5-2.4x the real steps/s of Doom's M, docs/benchmarks.md and docs/results.md)
   window_start: str = 'random'  # training windows start at a random offset each pass | episode: at t = 0, L, 2L, ... (as dreams start)
   done_weight: float = 1.0  # weight of terminated steps in the done loss (rare ends; the paper's Doom M: 10); the done probability stays calibrated
   dropout: float = 0.0  # while training, drop this share of the features (h) the head reads (0: off; 0.2 did not curb the Doom done head's overfitting: docs/results.md)

@@ -211,8 +211,12 @@ def replica_share(count: tf.Tensor) -> tf.Tensor:
   """This replica's share of a global mean over examples: its `count` over the count summed over
   every replica (1 on one device)."""
   count = tf.cast(count, tf.float32)
-  total = tf.distribute.get_replica_context().all_reduce(SUM, count)
-  return count / tf.maximum(total, 1.0)
+  return count / tf.maximum(replica_sum(count), 1.0)
+
+
+def replica_sum(value: tf.Tensor) -> tf.Tensor:
+  """`value` summed over every replica (itself on one device)."""
+  return tf.distribute.get_replica_context().all_reduce(SUM, tf.cast(value, tf.float32))
 
 
 def replica_first_row(local_size: tf.Tensor) -> tf.Tensor:

@@ -77,8 +77,9 @@ def train_batches(paths: list[str], length: int, batch_size: int, shuffle_buffer
   With `bucket_steps` (seq.bucket_steps) a batch holds windows whose real steps end in the same
   bucket_steps-long span of the window ((n - 1) // bucket_steps for n real steps), cut to that
   span's end: [batch_size, k * bucket_steps] with k <= length / bucket_steps, every real step
-  kept and most of the padding gone. A batch then has as many windows as ever and fewer steps,
-  so its loss, a mask-weighted mean, weighs a short window's steps more than without buckets.
+  kept and most of the padding gone. A batch then has as many windows as ever and fewer steps:
+  M's training weighs its gradient by that fill (wm/stages/seq.py Trainer), so that a short
+  window's steps do not count more than a long one's.
 
   With `resample_seed` the rollouts are a bootstrap resample of them (see `resampled`)."""
   stream = datasets.stream_seed(seed, start_step)

@@ -70,11 +70,19 @@ class Trainer:
 
   def __init__(self, model, learning_rate: float, grad_clip: float = 0.0,
                dist: distribute.Distribution | None = None, done_weight: float = 1.0,
-               dropout: float = 0.0, precision: str = 'float32'):
+               dropout: float = 0.0, precision: str = 'float32', padded_length: int = 0):
     """Under `dist` (default: one device), make the model and this in dist.scope().
-    `dropout` (seq.dropout) drops that share of the features the head reads, while training."""
+    `dropout` (seq.dropout) drops that share of the features the head reads, while training.
+    `padded_length` (seq.sequence_length, given with seq.bucket_steps): batches are cut short
+    of it, and each step's gradient, a mean over the batch's real steps, is weighted by the
+    batch's fill (its real steps over batch x padded_length), so a real step weighs about the
+    same in every batch. Unweighted, a batch of short windows would weigh each of its steps
+    several times more than a batch of long ones: the short episodes and their deaths would
+    count more than in padded batches, where every batch holds a mix of lengths. (Adam does not
+    see the weights' common scale, only how they differ between batches.)"""
     self.model = model
     self.grad_clip, self.done_weight, self.dropout = grad_clip, done_weight, dropout
+    self.padded_length = padded_length
     self.precision = precision
     self.dist = dist or distribute.one_device()
     self.optimizer = tf.keras.optimizers.Adam(learning_rate)
@@ -113,13 +121,23 @@ class Trainer:
     grads = tape.gradient(outputs, variables, output_gradients=d_outputs * share)
     return {key: value * share for key, value in terms.items()}, grads, variables
 
+  def step_gradients(self, batch: dict[str, tf.Tensor]):
+    """(terms, gradients, variables) of this replica's part of a training step: the gradients
+    clipped (seq.grad_clip) and, with padded_length, weighted by the global batch's fill."""
+    count = tf.reduce_sum(tf.cast(batch['mask'], tf.float32))
+    terms, grads, variables = self.gradients(batch, distribute.replica_share(count))
+    if self.grad_clip > 0:
+      grads = self.clip(grads)
+    if self.padded_length:  # after clipping, which would undo a weight given before it
+      slots = tf.shape(batch['mask'])[0] * self.dist.replicas * self.padded_length
+      fill = distribute.replica_sum(count) / tf.cast(slots, tf.float32)
+      grads = [g * fill for g in grads]
+    return terms, grads, variables
+
   def _train_step(self, batch: dict[str, tf.Tensor], stop: tf.Tensor | float = 0.0
                   ) -> dict[str, tf.Tensor]:
     """One replica's part of a step (all of it on one device)."""
-    share = distribute.replica_share(tf.reduce_sum(tf.cast(batch['mask'], tf.float32)))
-    terms, grads, variables = self.gradients(batch, share)
-    if self.grad_clip > 0:
-      grads = self.clip(grads)
+    terms, grads, variables = self.step_gradients(batch)
     self.optimizer.apply_gradients(zip(grads, variables))
     return {**terms, 'stop': stop}
 
@@ -252,7 +270,8 @@ def train(stage: cli.Stage, dist: distribute.Distribution | None = None,
   with dist.scope():
     model = registry.sequence_model_class(seq.model)(**kwargs)
     trainer = Trainer(model, seq.learning_rate, seq.grad_clip, dist, seq.done_weight, seq.dropout,
-                      hardware.precision(seq.precision))
+                      hardware.precision(seq.precision),
+                      padded_length=seq.sequence_length if seq.bucket_steps else 0)
   checkpoints = training.Checkpoints(stage.dir, model, trainer.optimizer, seq.model, kwargs,
                                      'seq', dist)
   checkpoints.restore(seq.learning_rate)
