@@ -143,6 +143,15 @@ WORK = tuple(WORKLOADS)
 _WORK = flags.DEFINE_list('work', list(WORK), f'What to measure, of {", ".join(WORK)}.')
 
 
+@flags.validator('work')  # refused as the flags are read, before TensorFlow loads
+def _known_work(work: list[str]) -> bool:
+  unknown = sorted(set(work) - set(WORK))
+  if unknown:
+    raise flags.ValidationError(f'--work: unknown {", ".join(unknown)}; the work is '
+                                f'{", ".join(WORK)}')
+  return True
+
+
 def child(work: str, kernels: str) -> tuple[float, str]:
   argv = [sys.executable, os.path.abspath(__file__), f'--child={work}',
           f'--seconds={_SECONDS.value}', f'--dream_steps={_DREAM_STEPS.value}',
@@ -166,9 +175,6 @@ def main(argv: list[str]) -> None:
     print(json.dumps({'rate': rate, 'unit': unit, 'kernels': kernels}))
     return
   cli.run_to_read('a run dir with V and M exports')  # refused here, before any child starts
-  unknown = sorted(set(_WORK.value) - set(WORK))
-  if unknown:
-    raise SystemExit(f'error: --work={",".join(unknown)}: not one of {", ".join(WORK)}')
   rates = {(w, k): [] for w in _WORK.value for k in KERNELS}
   units = {}
   for r in range(_ROUNDS.value):

@@ -62,6 +62,9 @@ cpu_kernels.use_onednn()  # the kernels of the seq stage, for both sides
 
 from absl import app, flags
 
+from wm.errors import UserError
+from wm.infra import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('batch_size', 100, 'Sequences per batch.')
 flags.DEFINE_integer('sequence_length', 100, 'Steps per sequence.')
@@ -94,6 +97,25 @@ flags.DEFINE_integer('bucket_steps', 0, 'If set, time M\'s training on RUN\'s ep
                      '(--lengths_from), padded and in buckets of this many steps, instead.')
 flags.DEFINE_string('lengths_from', None, 'A run dir whose rollouts/ give the episode lengths '
                     'of the --bucket_steps mode.')
+
+
+@flags.multi_flags_validator(['bucket_steps', 'lengths_from'])  # before TensorFlow loads
+def _lengths_to_bucket(values: dict) -> bool:
+  if values['bucket_steps']:
+    rollout_indices(values['lengths_from'])
+  return True
+
+
+def rollout_indices(run_dir: str | None) -> list[int]:
+  """The indices of RUN/rollouts' rollouts; refused (ValidationError) when there are none."""
+  from wm import rollouts
+  folder = os.path.join(run_dir or '', 'rollouts')
+  indices = rollouts.list_indices(folder) if run_dir and os.path.isdir(folder) else []
+  if not indices:
+    raise flags.ValidationError(
+        f'--lengths_from={run_dir or ""}: no rollouts in {folder}; --bucket_steps times M on the '
+        'episode lengths of a run dir whose collect stage has run')
+  return indices
 
 
 def tfp_loss(z_size, num_mixtures):
@@ -325,12 +347,8 @@ def episode_lengths(run_dir: str):
 
   from wm import rollouts
   folder = os.path.join(run_dir, 'rollouts')
-  indices = rollouts.list_indices(folder) if os.path.isdir(folder) else []
-  if not indices:
-    raise app.UsageError(f'--lengths_from={run_dir}: no rollouts in {folder}; give a run dir '
-                         'whose collect stage has run')
   lengths = []
-  for index in indices:
+  for index in rollout_indices(run_dir):
     with np.load(rollouts.path_for(folder, index)) as rollout:
       lengths.append(len(rollout['actions']))
   return np.array(lengths)
@@ -477,5 +495,16 @@ def main(argv):
   print(f'  ratio: {ratio("nll_ours", "nll_tfp"):.2f}x')
 
 
+def parse(argv: list[str]) -> list[str]:
+  """cli.parse_flags (a mistake is one line and exit 2), refusing --config overrides: this
+  script's own flags set what it times."""
+  remaining = cli.parse_flags(argv)
+  if cli.overrides():
+    given = ', '.join(f'--config.{name}' for name in cli.overrides())
+    cli.fail(UserError(f'benchmark_seq.py reads no config: {given} would '
+                       'change nothing; its flags (--help) set what it times'))
+  return remaining
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse)

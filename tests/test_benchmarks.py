@@ -91,7 +91,7 @@ def test_benchmark_cpu_kernels_measures_each_work_with_both_libraries(debug_agen
   assert refused.returncode != 0 and '--work=train: not one of' in refused.stderr, refused.stderr
 
 
-def test_benchmark_seq_buckets_time_the_same_windows_both_ways(debug_data, tmp_path):
+def test_benchmark_seq_buckets_time_the_same_windows_both_ways(debug_data):
   result = run_script('benchmark_seq', '--bucket_steps=4', f'--lengths_from={debug_data}',
                       '--batch_size=2', '--sequence_length=12', '--z_size=4', '--hidden_size=8',
                       '--num_mixtures=2', '--steps=8', '--rounds=1', config=None)
@@ -108,10 +108,6 @@ def test_benchmark_seq_buckets_time_the_same_windows_both_ways(debug_data, tmp_p
   ratio = re.search(r'bucketed / padded: ([\d.]+)x', out)
   assert ratio and abs(float(ratio[1]) - rates['bucketed'] / rates['padded']) < 0.01 + 0.01 * (
       float(ratio[1])), out
-  missing = run_script('benchmark_seq', '--bucket_steps=4', f'--lengths_from={tmp_path}',
-                       config=None, check=False)
-  assert missing.returncode != 0 and 'no rollouts in' in missing.stderr, missing.stderr[-2000:]
-  assert 'Traceback' not in missing.stderr, missing.stderr[-2000:]
 
 
 def test_benchmark_seq_times_m_in_float32_and_bfloat16_side_by_side():

@@ -114,16 +114,19 @@ STAGE_SCRIPTS = ('collect_rollouts', 'shard_rollouts', 'train_vae', 'encode_roll
                  'train_sequence_model', 'train_controller', 'evaluate', 'play')
 
 
-def run_without_tensorflow(tmp_path, script: str, *args: str) -> subprocess.CompletedProcess:
-  """Runs a stage script (or `-m wm`) with a `tensorflow` that fails when imported first on the
-  path: a refusal that still comes out whole came before TensorFlow was needed."""
+def run_without_tensorflow(tmp_path, script: str, *args: str,
+                           config: str | None = DEBUG) -> subprocess.CompletedProcess:
+  """Runs a script (or `-m wm`), with --config=`config` unless None, and a `tensorflow` that
+  fails when imported first on the path: a refusal that still comes out whole came before
+  TensorFlow was needed."""
   fake = tmp_path / 'site' / 'tensorflow'
   fake.mkdir(parents=True, exist_ok=True)
   (fake / '__init__.py').write_text('raise ImportError("tensorflow was imported")\n')
   env = script_env()
   env['PYTHONPATH'] = str(fake.parent) + os.pathsep + env['PYTHONPATH']
   target = ['-m', 'wm'] if script == '-m wm' else [os.path.join(REPO, 'scripts', script + '.py')]
-  return subprocess.run([sys.executable, *target, f'--config={DEBUG}', *args],
+  config_flag = [f'--config={config}'] if config else []
+  return subprocess.run([sys.executable, *target, *config_flag, *args],
                         capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
 
 
@@ -135,6 +138,16 @@ def test_a_wrong_config_field_is_refused_before_tensorflow_loads(tmp_path, scrip
                                   '--config.seq.hidden_sise=8')
   refused(result, "unknown config field 'seq.hidden_sise'", 'hidden_size')
   assert not run_dir.exists()
+
+
+@pytest.mark.parametrize('script,args,message', [
+    ('benchmark_seq', ['--bucket_steps=4', '--lengths_from={tmp}'], 'no rollouts in {tmp}'),
+    ('benchmark_cpu_kernels', ['--run_dir={tmp}', '--work=seq,vea'], '--work: unknown vea')])
+def test_a_benchmark_given_nothing_to_measure_is_refused_before_tensorflow_loads(
+    tmp_path, script, args, message):
+  result = run_without_tensorflow(tmp_path, script, *(a.format(tmp=tmp_path) for a in args),
+                                  config=None)
+  refused(result, message.format(tmp=tmp_path))
 
 
 @pytest.mark.parametrize('judges,message', [(2, 'the judges are 1 to 2'),
