@@ -51,6 +51,9 @@ def main(stage: cli.Stage) -> None:
     which = f'the judges are 1 to {judges}' if judges else 'there is no judge to train'
     raise UserError(f'--judge={_JUDGE.value} but seq.judges={judges}: {which} (raise '
                     '--config.seq.judges to train more)')
+  for index in [_JUDGE.value] if _JUDGE.value else range(1, judges + 1):
+    artifacts.require_judge_data(artifacts.seq_judge_run(stage.run, index),
+                                 stage.config.seq.judge_data)
   artifacts.require_shards(stage.run, 'encode')  # a missing input is said at once ...
   from wm.stages import seq  # ... and TensorFlow loads after the flags, config and input checks
   seq.run(stage, _PARALLELISM.value, _JUDGE.value)

@@ -140,6 +140,26 @@ def test_a_wrong_config_field_is_refused_before_tensorflow_loads(tmp_path, scrip
   assert not run_dir.exists()
 
 
+@pytest.mark.parametrize('written,message', [
+    ('DONE', 'was trained with seq.judge_data=same (its DONE)'),
+    ('judge_data.json', 'started training with seq.judge_data=same')])
+def test_a_judge_of_other_data_is_refused_before_tensorflow_loads(tmp_path, written, message):
+  # seq.judge_data=bootstrap asked of a judge trained (its DONE), or started and stopped (what it
+  # learns from, recorded as it starts), on M's own rollouts: kept, or finished on a mix of both.
+  judged = {'seq.judges': 1, 'controller.trials': 2, 'controller.eval_episodes': 2}
+  run_dir = started_run(tmp_path / 'run', **{k.replace('.', '__'): v for k, v in judged.items()})
+  judge_dir = os.path.join(run_dir, 'seq', 'judges', '1')
+  os.makedirs(judge_dir)
+  with open(os.path.join(judge_dir, written), 'w') as f:
+    json.dump({'data': 'same'}, f)
+  for judge in ([], ['--judge=1']):
+    result = run_without_tensorflow(tmp_path, 'train_sequence_model', f'--run_dir={run_dir}',
+                                    *(f'--config.{k}={v}' for k, v in judged.items()),
+                                    '--config.seq.judge_data=bootstrap', *judge)
+    refused(result, f'{judge_dir} {message}', 'remove that folder')
+  assert sorted(os.listdir(judge_dir)) == [written]
+
+
 @pytest.mark.parametrize('script,args,message', [
     ('benchmark_seq', ['--bucket_steps=4', '--lengths_from={tmp}'], 'no rollouts in {tmp}'),
     ('benchmark_cpu_kernels', ['--run_dir={tmp}', '--work=seq,vea'], '--work: unknown vea')])

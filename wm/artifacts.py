@@ -161,6 +161,39 @@ def seq_judge_run(run: runs.Run, index: int) -> runs.Run:
   return run.redirected('seq', os.path.join(run.stage_dir('seq'), runs.JUDGES, str(index)))
 
 
+JUDGE_DATA = 'judge_data.json'  # in a judge's folder: the seq.judge_data its training started on
+
+
+def require_judge_data(judge: runs.Run, wanted: str) -> None:
+  """Refuses (before TensorFlow is even imported) judge M in `judge`'s seq folder
+  (seq_judge_run) when it was trained (its DONE) or started (JUDGE_DATA) on other data than
+  seq.judge_data=`wanted`: it would be kept as it is, or continued on a mix of both."""
+  folder = judge.stage_dir('seq')
+  if judge.is_done('seq'):
+    try:
+      trained = fileio.read_json(judge.done_path('seq')).get('data', 'same')
+    except (OSError, ValueError, AttributeError):
+      trained = None  # unreadable: not finished, so trained anew below
+    if trained is not None and trained != wanted:
+      raise ConfigError(f'{folder} was trained with seq.judge_data={trained} (its DONE), this '
+                        f'config says {wanted}: remove that folder to train the judge anew, or '
+                        f'set --config.seq.judge_data={trained}')
+    if trained is not None:
+      return
+  path = os.path.join(folder, JUDGE_DATA)
+  if not os.path.exists(path):
+    return
+  try:
+    started = fileio.read_json(path)['data']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise DataError(f'{path} is unreadable ({e}): it records what the judge in {folder} '
+                    'learns from; remove that folder to train the judge anew') from e
+  if started != wanted:
+    raise ConfigError(f'{folder} started training with seq.judge_data={started} ({path}), this '
+                      f'config says {wanted}: remove that folder to train the judge anew, or set '
+                      f'--config.seq.judge_data={started} to finish it')
+
+
 def load_seq_judge(run: runs.Run, index: int):
   """The final M of seq.judges' judge `index`, checked to have learned this run's latents."""
   judge = seq_judge_run(run, index)

@@ -366,11 +366,13 @@ def train_judge(stage: cli.Stage, index: int, dist: distribute.Distribution,
   os.makedirs(os.path.dirname(judge.dir), exist_ok=True)
   while True:
     with fileio.claim(judge.dir) if wait else contextlib.nullcontext(True) as held:
+      if held:  # checked by the script already; again here, where another job may have been
+        artifacts.require_judge_data(judge.run, judge.config.seq.judge_data)
       if held and judge_finished(judge):
         logging.info('seq: judge %d is trained already (%s)', index, judge.run.done_path('seq'))
         return
       if held:
-        check_judge_data(judge)
+        record_judge_data(judge)
         judged = train(judge, dist, as_judge=True)
         if judged is not None:
           judge.run.mark_done('seq', **judged, seed=judge.config.seed,
@@ -382,47 +384,29 @@ def train_judge(stage: cli.Stage, index: int, dist: distribute.Distribution,
 
 
 def judge_finished(judge: cli.Stage) -> bool:
-  """Whether the judge's DONE and export are this config's model trained to seq.train_steps on
-  seq.judge_data: a judge trained by another process (--judge) is then used as it is, not
-  exported again (which would change M's fingerprint under a controller searched with it)."""
+  """Whether the judge's DONE and export are this config's model trained to seq.train_steps
+  (on seq.judge_data: artifacts.require_judge_data): a judge trained by another process
+  (--judge) is then used as it is, not exported again (which would change M's fingerprint under
+  a controller searched with it)."""
   if not judge.run.is_done('seq'):
     return False
   try:
     info = fileio.read_json(os.path.join(judge.dir, 'export', 'model.json'))
-    data = fileio.read_json(judge.run.done_path('seq')).get('data', 'same')
   except (OSError, ValueError):
     return False
-  if data != judge.config.seq.judge_data:
-    raise UserError(f'{judge.dir} was trained with seq.judge_data={data} (its DONE), this '
-                    f'config says {judge.config.seq.judge_data}: remove that folder to train the '
-                    f'judge anew, or set --config.seq.judge_data={data}')
   manifest = read_split(judge.run, 'train')[1]
   kwargs = model_kwargs(judge.config.seq, int(manifest['z_size']), int(manifest['action_size']))
   return (info.get('name'), info.get('kwargs'), info.get('step')) == (
       judge.config.seq.model, kwargs, judge.config.seq.train_steps)
 
 
-JUDGE_DATA = 'judge_data.json'  # in a judge's folder: the seq.judge_data its training started on
-
-
-def check_judge_data(judge: cli.Stage) -> None:
-  """Records what the judge learns from (seq.judge_data, in JUDGE_DATA) as its training starts;
-  a judge started on other data, stopped part-way and resumed with another seq.judge_data, is
-  refused rather than continued on a mix of both."""
-  path, wanted = os.path.join(judge.dir, JUDGE_DATA), judge.config.seq.judge_data
-  if os.path.exists(path):
-    try:
-      started = fileio.read_json(path)['data']
-    except (OSError, ValueError, KeyError, TypeError) as e:
-      raise DataError(f'{path} is unreadable ({e}): it records what the judge in {judge.dir} '
-                      'learns from; remove that folder to train the judge anew') from e
-    if started != wanted:
-      raise UserError(f'{judge.dir} started training with seq.judge_data={started} ({path}), '
-                      f'this config says {wanted}: remove that folder to train the judge anew, '
-                      f'or set --config.seq.judge_data={started} to finish it')
-    return
-  os.makedirs(judge.dir, exist_ok=True)
-  fileio.write_json(path, {'data': wanted})
+def record_judge_data(judge: cli.Stage) -> None:
+  """Records what the judge learns from (seq.judge_data, in artifacts.JUDGE_DATA) as its
+  training starts, so that it is not resumed later on other data (require_judge_data)."""
+  path = os.path.join(judge.dir, artifacts.JUDGE_DATA)
+  if not os.path.exists(path):
+    os.makedirs(judge.dir, exist_ok=True)
+    fileio.write_json(path, {'data': judge.config.seq.judge_data})
 
 
 JUDGE_POLL_S = 10.0  # how often a stage waiting for a judge trained elsewhere looks again
