@@ -141,15 +141,7 @@ WORKLOADS = {
 }
 WORK = tuple(WORKLOADS)
 _WORK = flags.DEFINE_list('work', list(WORK), f'What to measure, of {", ".join(WORK)}.')
-
-
-@flags.validator('work')  # refused as the flags are read, before TensorFlow loads
-def _known_work(work: list[str]) -> bool:
-  unknown = sorted(set(work) - set(WORK))
-  if unknown:
-    raise flags.ValidationError(f'--work: unknown {", ".join(unknown)}; the work is '
-                                f'{", ".join(WORK)}')
-  return True
+cli.refuse_unknown('work', WORK, 'the work is')
 
 
 def child(work: str, kernels: str) -> tuple[float, str]:

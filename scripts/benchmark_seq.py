@@ -77,17 +77,7 @@ flags.DEFINE_integer('rounds', 5, 'Alternating rounds per model.')
 SIDES = ('fit', 'step', 'ours', 'layer', 'bf16')
 flags.DEFINE_list('sides', list(SIDES), 'The training steps to time (fit, step, ours, layer, '
                   'bf16: the module docstring); the mixture NLL alone is timed with fit.')
-
-
-@flags.validator('sides')  # refused as the flags are read, before TensorFlow loads
-def _known_sides(sides: list[str]) -> bool:
-  unknown = sorted(set(sides) - set(SIDES))
-  if unknown:
-    raise flags.ValidationError(f'--sides: unknown {", ".join(unknown)}; the sides are '
-                                f'{", ".join(SIDES)}')
-  return True
-
-
+cli.refuse_unknown('sides', SIDES, 'the sides are')
 flags.DEFINE_integer('threads', 0, 'TensorFlow\'s intra- and inter-op threads (0: its default, '
                      'every core).')
 flags.DEFINE_list('step_contexts', [], 'If set, time the transformer\'s step at these '
