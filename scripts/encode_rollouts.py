@@ -50,16 +50,19 @@ def check_flags() -> None:
                     f'--num_outer_shards={_NUM_OUTER.value})')
 
 
-def main(stage: cli.Stage) -> None:
+def check(stage: cli.Stage) -> None:
   check_flags()
-  if not _ENCODER_DIR.value:  # a missing input is said at once ...
+  if not _ENCODER_DIR.value:
     artifacts.require_vae(stage.run)
   # (with --split=all the valid split is optional)
   artifacts.require_shards(stage.run, 'shard', 'train' if _SPLIT.value == 'all' else _SPLIT.value)
-  from wm.stages import encode  # ... and TensorFlow loads after the flags, config and input checks
+
+
+def main(stage: cli.Stage) -> None:
+  from wm.stages import encode  # TensorFlow loads after the flags, config and input checks
   encode.run(stage, _SPLIT.value, _NUM_OUTER.value, _OUTER_INDEX.value, _NUM_SUB.value,
              _GPU_INDEX.value, _ENCODER_DIR.value)
 
 
 if __name__ == '__main__':
-  cli.run('encode', main)
+  cli.run('encode', main, check=check)

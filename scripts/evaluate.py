@@ -54,12 +54,15 @@ def side_name() -> str | None:
   return None if _OUTPUT.value == _OUTPUT.default else os.path.splitext(_OUTPUT.value)[0]
 
 
-def main(stage: cli.Stage) -> None:
-  if _POLICY.value == 'controller':  # what is missing or mismatched is said at once ...
+def check(stage: cli.Stage) -> None:
+  if _POLICY.value == 'controller':
     artifacts.require_world_model(stage.run)
     if not _PARAMS.value:
       artifacts.require_controller(stage.run)
-  from wm.stages import evaluate  # ... and TensorFlow loads only after these checks
+
+
+def main(stage: cli.Stage) -> None:
+  from wm.stages import evaluate  # TensorFlow loads only after the checks
   evaluate.run(stage, _POLICY.value, _EPISODES.value, _PARALLELISM.value, _PARAMS.value,
                _OUTPUT.value)
 
@@ -69,4 +72,4 @@ if __name__ == '__main__':
     sys.argv.append('--nostore_snapshot')  # rank 0 writes the stage's snapshot
   # A side result keeps the stage's snapshot, which made result.json: its own is snapshot-NAME.
   cli.run('evaluate', main, side_result=lambda: side_name() is not None,
-          snapshot_name=lambda: snapshot.folder(side_name()))
+          snapshot_name=lambda: snapshot.folder(side_name()), check=check)

@@ -34,15 +34,18 @@ _PARALLELISM = flags.DEFINE_integer('parallelism', 1, 'Local worker processes fo
                                     'episodes (ignored under MPI: the ranks are the workers).')
 
 
-def main(stage: cli.Stage) -> None:
-  artifacts.require_world_model(stage.run)  # what is missing or mismatched is said at once ...
+def check(stage: cli.Stage) -> None:
+  artifacts.require_world_model(stage.run)
   if stage.config.controller.start_from:
     artifacts.require_start_run(stage.run, stage.config.controller.start_from)
-  from wm.stages import controller  # ... and TensorFlow loads only after these checks
+
+
+def main(stage: cli.Stage) -> None:
+  from wm.stages import controller  # TensorFlow loads only after the checks
   controller.run(stage, _PARALLELISM.value)
 
 
 if __name__ == '__main__':
   if mpi.launched_ranks()[1] > 0:
     sys.argv.append('--nostore_snapshot')  # rank 0 writes the stage's snapshot
-  cli.run('controller', main)
+  cli.run('controller', main, check=check)

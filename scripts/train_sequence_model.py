@@ -45,19 +45,22 @@ _JUDGE = flags.DEFINE_integer(
     '--parallelism trainings; 0: M, then every judge.', lower_bound=0)
 
 
-def main(stage: cli.Stage) -> None:
+def check(stage: cli.Stage) -> None:
   judges = stage.config.seq.judges
-  if _JUDGE.value > judges:  # refused here, before TensorFlow loads
+  if _JUDGE.value > judges:
     which = f'the judges are 1 to {judges}' if judges else 'there is no judge to train'
     raise UserError(f'--judge={_JUDGE.value} but seq.judges={judges}: {which} (raise '
                     '--config.seq.judges to train more)')
   for index in [_JUDGE.value] if _JUDGE.value else range(1, judges + 1):
     artifacts.require_judge_data(artifacts.seq_judge_run(stage.run, index),
                                  stage.config.seq.judge_data)
-  artifacts.require_shards(stage.run, 'encode')  # a missing input is said at once ...
-  from wm.stages import seq  # ... and TensorFlow loads after the flags, config and input checks
+  artifacts.require_shards(stage.run, 'encode')
+
+
+def main(stage: cli.Stage) -> None:
+  from wm.stages import seq  # TensorFlow loads after the flags, config and input checks
   seq.run(stage, _PARALLELISM.value, _JUDGE.value)
 
 
 if __name__ == '__main__':
-  cli.run('seq', main)
+  cli.run('seq', main, check=check)

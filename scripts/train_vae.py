@@ -35,11 +35,14 @@ _RUN_EAGERLY = flags.DEFINE_bool('run_eagerly', False,
                                  'Run the train step eagerly instead of as a tf.function (slow).')
 
 
+def check(stage: cli.Stage) -> None:
+  artifacts.require_shards(stage.run, 'shard')
+
+
 def main(stage: cli.Stage) -> None:
-  artifacts.require_shards(stage.run, 'shard')  # a missing input is said at once ...
-  from wm.stages import vae  # ... and TensorFlow loads after the flags, config and input checks
+  from wm.stages import vae  # TensorFlow loads after the flags, config and input checks
   vae.run(stage, check_numerics=_CHECK_NUMERICS.value, run_eagerly=_RUN_EAGERLY.value)
 
 
 if __name__ == '__main__':
-  cli.run('vae', main)
+  cli.run('vae', main, check=check)

@@ -179,6 +179,7 @@ def test_a_judge_that_is_not_configured_is_refused_before_tensorflow_loads(tmp_p
                                   '--config.controller.trials=6',
                                   '--config.controller.eval_episodes=6')
   refused(result, f'--judge=3 but seq.judges={judges}', message)
+  assert not os.path.exists(tmp_path / 'run')
 
 
 @pytest.mark.parametrize('script,missing,stage', [
@@ -189,9 +190,12 @@ def test_a_judge_that_is_not_configured_is_refused_before_tensorflow_loads(tmp_p
     ('evaluate', 'no trained V (VAE)', 'vae')])
 def test_a_stage_without_its_input_names_the_stage_before_tensorflow_loads(tmp_path, script,
                                                                            missing, stage):
+  # Nothing is written first: no stage folder, no snapshot (one would replace the snapshot of
+  # the stage's last run, which made its outputs).
   empty = started_run(tmp_path / 'empty')
   result = run_without_tensorflow(tmp_path, script, f'--run_dir={empty}')
   refused(result, missing, f'--stages={stage}')
+  assert listing(empty) == ['config.json']
 
 
 def test_a_controller_start_that_is_not_a_run_is_refused_before_tensorflow_loads(
@@ -304,7 +308,7 @@ def test_a_read_only_run_is_refused_before_the_stage_starts(tmp_path):
     probe = run_unprivileged(sys.executable, '-c', f'open({run_dir + "/x"!r}, "w")')
     if probe.returncode == 0:
       pytest.skip('file modes do not stop this user from writing here')
-    result = run_unprivileged(sys.executable, os.path.join(REPO, 'scripts', 'train_vae.py'),
+    result = run_unprivileged(sys.executable, os.path.join(REPO, 'scripts', 'collect_rollouts.py'),
                               f'--run_dir={run_dir}')
   finally:
     os.chmod(run_dir, 0o755)

@@ -228,13 +228,18 @@ def _write_error(error: OSError, path: str) -> str:
           'for this user (or free space there), or pass another --run_dir')
 
 
-def start(name: str, require_run_dir: bool = True, snapshot_name: str = snapshot.FOLDER) -> Stage:
-  """Checks the config and the run dir, then (only once both are fine) writes RUN/config.json
-  if the run is new, and the stage's snapshot (STAGE/`snapshot_name`)."""
+def start(name: str, require_run_dir: bool = True, snapshot_name: str = snapshot.FOLDER,
+          check: Callable[[Stage], None] | None = None) -> Stage:
+  """Checks the config, the stage's inputs (`check`) and the run dir, then (only once all are
+  fine) writes RUN/config.json if the run is new, and the stage's snapshot
+  (STAGE/`snapshot_name`): a refused command leaves the run as it was, the snapshot of the
+  stage's last run included."""
   if require_run_dir and not FLAGS.run_dir:
     raise UserError('--run_dir is required: the folder every stage reads and writes')
   config = resolve_config(FLAGS.run_dir, overrides(), name)
   stage = Stage(name, config, runs.Run(FLAGS.run_dir), overrides())
+  if check:
+    check(stage)
   new_run = not os.path.lexists(stage.run.config_path)
   check_run_dir(stage.run, stage.dir)
   log_config(config)
@@ -273,8 +278,11 @@ def save_run_config(stage: Stage) -> None:
 
 def run(name: str, main: Callable[[Stage], None], require_run_dir: bool = True,
         snapshot_name: Callable[[], str] = lambda: snapshot.FOLDER,
-        side_result: Callable[[], bool] = lambda: False) -> None:
+        side_result: Callable[[], bool] = lambda: False,
+        check: Callable[[Stage], None] | None = None) -> None:
   """Parses flags and runs `main(stage)`, turning a UserError into a message and exit 2.
+  `check(stage)` refuses missing or mismatched inputs before anything is written (start()),
+  and before TensorFlow loads where it needs none.
   `snapshot_name()`, called once the flags are parsed, names the stage's snapshot folder; when
   `side_result()` (say, an evaluation written beside the stage's own result), an explicit
   --config is for this command alone: RUN/config.json is rewritten only with --save_config."""
@@ -282,7 +290,7 @@ def run(name: str, main: Callable[[Stage], None], require_run_dir: bool = True,
   @exits_on_user_error
   def wrapped(argv: list[str]) -> None:
     del argv  # parse_flags refused positional arguments
-    stage = start(name, require_run_dir, snapshot_name())
+    stage = start(name, require_run_dir, snapshot_name(), check)
     main(stage)
     if FLAGS.save_config or (FLAGS['config'].present and not side_result()):
       save_run_config(stage)  # (a new run's was written by start())
