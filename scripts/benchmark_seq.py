@@ -62,7 +62,7 @@ cpu_kernels.use_onednn()  # the kernels of the seq stage, for both sides
 
 from absl import app, flags
 
-from wm.errors import UserError
+from wm.errors import DataError, UserError
 from wm.infra import cli
 
 FLAGS = flags.FLAGS
@@ -100,6 +100,10 @@ def rollout_indices(run_dir: str | None) -> list[int]:
   """The indices of RUN/rollouts' rollouts; refused (ValidationError) when there are none."""
   from wm import rollouts
   folder = os.path.join(run_dir or '', 'rollouts')
+  try:
+    rollouts.require_kept(folder, '--lengths_from')
+  except DataError as e:
+    raise flags.ValidationError(str(e)) from None
   indices = rollouts.list_indices(folder) if run_dir and os.path.isdir(folder) else []
   if not indices:
     raise flags.ValidationError(

@@ -22,6 +22,7 @@ quiet.install()  # before TensorFlow is imported: its start-up notices stay out 
 
 from absl import flags
 
+from wm import rollouts
 from wm.infra import cli
 from wm.stages import collect
 
@@ -30,9 +31,14 @@ _PARALLELISM = flags.DEFINE_integer('parallelism', 1, 'Worker processes in this 
 _NUM_TASKS, _TASK_INDEX = cli.define_task_flags('rollouts')
 
 
+def check(stage: cli.Stage) -> None:
+  rollouts.require_kept(stage.dir, 'collecting (collect.num_rollouts='
+                        f'{stage.config.collect.num_rollouts})')
+
+
 def main(stage: cli.Stage) -> None:
   collect.run(stage, _PARALLELISM.value, _TASK_INDEX.value, _NUM_TASKS.value)
 
 
 if __name__ == '__main__':
-  cli.run('collect', main)
+  cli.run('collect', main, check=check)

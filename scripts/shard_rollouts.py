@@ -21,6 +21,7 @@ quiet.install()  # before TensorFlow is imported: its start-up notices stay out 
 
 from absl import flags
 
+from wm import rollouts
 from wm.infra import cli
 from wm.stages import shard
 
@@ -30,9 +31,13 @@ _NUM_TASKS, _TASK_INDEX = cli.define_task_flags('shards')
 _INPUT_DIR = flags.DEFINE_string('input_dir', None, 'Rollout folder (default RUN/rollouts).')
 
 
+def check(stage: cli.Stage) -> None:
+  rollouts.require_kept(_INPUT_DIR.value or stage.run.stage_dir('collect'), 'sharding them again')
+
+
 def main(stage: cli.Stage) -> None:
   shard.run(stage, _PARALLELISM.value, _TASK_INDEX.value, _NUM_TASKS.value, _INPUT_DIR.value)
 
 
 if __name__ == '__main__':
-  cli.run('shard', main)
+  cli.run('shard', main, check=check)

@@ -6,6 +6,8 @@
     python -m wm sweep --root=DIR --grid F=V1,V2 ...    a grid of runs (wm/infra/sweep.py)
     python -m wm iterate --run_dir=RUN                  rounds of the paper's iterative training
                                                         (wm/infra/iterate.py)
+    python -m wm clean RUN [RUN ...] --rollouts         remove rollouts once sharded
+                                                        (wm/infra/clean.py)
 
 The pipeline skips finished stages, so rerunning the same command continues; `--config.a.b=v`
 overrides go to every stage. `python -m wm SUBCOMMAND --help` lists a subcommand's flags.
@@ -100,10 +102,17 @@ def run_iterate(argv: list[str]) -> None:
   app.run(iterate.main, argv=[sys.argv[0], *argv], flags_parser=iterate.parse)
 
 
+def run_clean(argv: list[str]) -> None:
+  from wm.infra import clean  # pylint: disable=import-outside-toplevel
+  as_program(clean.__doc__, clean.__name__)
+  app.run(clean.main, argv=[sys.argv[0], *argv], flags_parser=clean.parse)
+
+
 # The first argument picks one, run on the arguments after it. Only its module is imported: each
 # defines its own flags.
 SUBCOMMANDS: dict[str, Callable[[list[str]], None]] = {
-    'status': run_status, 'config': run_config, 'sweep': run_sweep, 'iterate': run_iterate}
+    'status': run_status, 'config': run_config, 'sweep': run_sweep, 'iterate': run_iterate,
+    'clean': run_clean}
 
 
 def run_pipeline() -> None:

@@ -41,6 +41,19 @@ def list_indices(folder: str) -> list[int]:
   return sorted(int(m.group(1)) for m in map(_NAME.match, os.listdir(folder)) if m)
 
 
+CLEANED = 'CLEANED.json'  # in RUN/rollouts once `python -m wm clean --rollouts` removed them
+
+
+def require_kept(folder: str, needed_for: str) -> None:
+  """Refuses (DataError) to go on when `folder`'s rollouts were removed after sharding
+  (wm/infra/clean.py): `needed_for` says what would have read them."""
+  record = os.path.join(folder, CLEANED)
+  if os.path.exists(record):
+    raise DataError(f'the rollouts of {folder} were removed once sharded ({record}: python -m '
+                    f'wm clean --rollouts), and {needed_for} needs them; the shards and every '
+                    'later stage are as they were. For more data, start another run dir')
+
+
 def list_paths(folder: str) -> list[str]:
   return [path_for(folder, i) for i in list_indices(folder)]
 

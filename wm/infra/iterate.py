@@ -95,6 +95,7 @@ def link_rollouts(previous: runs.Run, run: runs.Run) -> int:
   """Links every rollout of round k-1 into round k's folder (relative links to the files
   themselves); returns how many there are."""
   source, target = previous.stage_dir('collect'), run.stage_dir('collect')
+  rollouts.require_kept(source, 'a round of iterative training (it adds to them)')
   os.makedirs(target, exist_ok=True)
   indices = rollouts.list_indices(source)
   for index in indices:

@@ -38,6 +38,7 @@ import time
 
 from absl import app, flags
 
+from wm import rollouts
 from wm.errors import UserError
 from wm.infra import cli, fileio, progress, runs, slurm
 
@@ -336,6 +337,9 @@ def stage_status(run: runs.Run, stage: str, jobs: list[dict], config: dict, now:
     reason = run.stale_reason(stage)
     status.update(state='stale' if reason else 'done',
                   detail=reason or describe_result(stage, result))
+    if stage == 'collect' and os.path.exists(os.path.join(run.stage_dir(stage),
+                                                          rollouts.CLEANED)):
+      status['detail'] += ' (removed once sharded: python -m wm clean)'
     return status
   running, p, process = activity(run, stage, now)
   job, error = jobs_state(jobs), last_error(log)
