@@ -34,6 +34,10 @@ _ROLLOUTS = flags.DEFINE_bool('rollouts', False, 'Remove the rollout files of ru
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Say what would be removed, remove nothing.')
 
 
+RESHARD = ('run the shard stage again first (python scripts/shard_rollouts.py --run_dir={}: it '
+           'writes what is missing)')
+
+
 def sharded_rollouts(run: runs.Run) -> set[int]:
   """The rollout indices in RUN/records' complete shards: a DataError when the shard stage has
   not finished or a shard its manifests list is missing or of another size than recorded."""
@@ -51,7 +55,7 @@ def sharded_rollouts(run: runs.Run) -> set[int]:
       if size != entry['bytes']:
         state = 'is missing' if size is None else f'has {size} bytes'
         raise DataError(f'{shard} {state} where {path} records {entry["bytes"]}: the shards '
-                        'are not whole, so the rollouts are kept; rerun the shard stage')
+                        f'are not whole, so the rollouts are kept; {RESHARD.format(run.root)}')
       members.update(entry['rollouts'])
   return members
 
@@ -65,17 +69,21 @@ def clean_rollouts(run: runs.Run, dry_run: bool = False) -> tuple[int, int]:
   if unsharded:
     raise DataError(f'{len(unsharded)} rollouts in {folder} are in no shard of '
                     f'{run.stage_dir("shard")} (e.g. {rollouts.path_for(folder, unsharded[0])}): '
-                    'rerun the shard stage first (python -m wm --run_dir=RUN --stages=shard)')
+                    f'{RESHARD.format(run.root)}')
   paths = [rollouts.path_for(folder, i) for i in on_disk]
   size = sum(os.path.getsize(p) for p in paths if not os.path.islink(p))
   if dry_run or not paths:
     return len(paths), size
   record = os.path.join(folder, rollouts.CLEANED)
-  earlier = fileio.read_json(record) if os.path.exists(record) else {'removed': 0, 'bytes': 0}
+  try:
+    earlier = fileio.read_json(record)  # an earlier clean's, when rollouts were put back since
+  except (OSError, ValueError):
+    earlier = None
+  earlier = earlier if isinstance(earlier, dict) else {}
   # The record first: a clean killed halfway leaves it, and the stages then refuse to reshard
   # what is left rather than shard a part of the rollouts.
-  fileio.write_json(record, {'removed': earlier['removed'] + len(paths),
-                             'bytes': earlier['bytes'] + size, 'at': time.strftime('%F %T'),
+  fileio.write_json(record, {'removed': earlier.get('removed', 0) + len(paths),
+                             'bytes': earlier.get('bytes', 0) + size, 'at': time.strftime('%F %T'),
                              'by': 'python -m wm clean --rollouts'})
   for path in paths:
     os.remove(path)
