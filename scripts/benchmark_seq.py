@@ -100,11 +100,12 @@ def rollout_indices(run_dir: str | None) -> list[int]:
   """The indices of RUN/rollouts' rollouts; refused (ValidationError) when there are none."""
   from wm import rollouts
   folder = os.path.join(run_dir or '', 'rollouts')
-  try:
-    rollouts.require_kept(folder, '--lengths_from')
-  except DataError as e:
-    raise flags.ValidationError(str(e)) from None
-  indices = rollouts.list_indices(folder) if run_dir and os.path.isdir(folder) else []
+  if run_dir:
+    try:
+      rollouts.require_kept(folder, '--lengths_from')
+    except DataError as e:
+      raise flags.ValidationError(str(e)) from None
+  indices = rollouts.list_indices(folder) if run_dir else []
   if not indices:
     raise flags.ValidationError(
         f'--lengths_from={run_dir or ""}: no rollouts in {folder}; --bucket_steps times M on the '

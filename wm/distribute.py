@@ -207,11 +207,11 @@ def one_device() -> Distribution:
   return Distribution('one_device', tf.distribute.get_strategy())
 
 
-def replica_share(count: tf.Tensor) -> tf.Tensor:
+def replica_share(count: tf.Tensor, total: tf.Tensor | None = None) -> tf.Tensor:
   """This replica's share of a global mean over examples: its `count` over the count summed over
-  every replica (1 on one device)."""
+  every replica (1 on one device), `total` when the caller has summed it already."""
   count = tf.cast(count, tf.float32)
-  return count / tf.maximum(replica_sum(count), 1.0)
+  return count / tf.maximum(replica_sum(count) if total is None else total, 1.0)
 
 
 def replica_sum(value: tf.Tensor) -> tf.Tensor:

@@ -64,7 +64,7 @@ def clean_rollouts(run: runs.Run, dry_run: bool = False) -> tuple[int, int]:
   """Removes RUN/rollouts' rollouts once sharded (see the module docstring); returns how many
   files and bytes (a link's target not counted) went, or would go with `dry_run`."""
   folder = run.stage_dir('collect')
-  on_disk = rollouts.list_indices(folder) if os.path.isdir(folder) else []
+  on_disk = rollouts.list_indices(folder)
   unsharded = sorted(set(on_disk) - sharded_rollouts(run))
   if unsharded:
     raise DataError(f'{len(unsharded)} rollouts in {folder} are in no shard of '
@@ -97,11 +97,11 @@ def main(argv: list[str]) -> None:
     raise UserError('usage: python -m wm clean RUN [RUN ...] --rollouts [--dry_run] (what to '
                     'remove: --rollouts, the rollout files once sharded)')
   found = [status.open_run(path) for path in paths]
-  for run in found:  # every run checked before any is changed
-    clean_rollouts(run, dry_run=True)
-  for run in found:
-    with pipeline.run_lock(run.root):
-      count, size = clean_rollouts(run, _DRY_RUN.value)
+  planned = [clean_rollouts(run, dry_run=True) for run in found]  # all checked before any change
+  for run, (count, size) in zip(found, planned):
+    if not _DRY_RUN.value:
+      with pipeline.run_lock(run.root):
+        count, size = clean_rollouts(run)
     verb = 'would remove' if _DRY_RUN.value else 'removed'
     print(f'{run.root}: {verb} {count} rollouts ({size / 2**20:.1f} MB); the shards in '
           f'{run.stage_dir("shard")} hold them', flush=True)

@@ -69,6 +69,10 @@ def define_task_flags(unit: str) -> tuple[flags.FlagHolder, flags.FlagHolder]:
 
 # What a stage script's --help lists besides the script's own flags (absl lists only those of the
 # main module): the flags cli defines, where the script has them.
+STAGE_KEY_FLAGS = ('run_dir', 'config', 'save_config', 'store_snapshot', 'num_tasks', 'task_index')
+_OVERRIDES: dict[str, str] = {}  # set by parse_flags
+
+
 def refuse_unknown(name: str, choices: Sequence[str], noun: str) -> None:
   """Makes list flag --`name` refuse, as the flags are read (before TensorFlow loads), values
   that are not `choices`: '--work: unknown x; the work is a, b' for noun 'the work is'."""
@@ -81,10 +85,6 @@ def refuse_unknown(name: str, choices: Sequence[str], noun: str) -> None:
     return True
 
   flags.register_validator(name, known)
-
-
-STAGE_KEY_FLAGS = ('run_dir', 'config', 'save_config', 'store_snapshot', 'num_tasks', 'task_index')
-_OVERRIDES: dict[str, str] = {}  # set by parse_flags
 
 
 @dataclasses.dataclass

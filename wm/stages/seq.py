@@ -125,13 +125,13 @@ class Trainer:
     """(terms, gradients, variables) of this replica's part of a training step: the gradients
     clipped (seq.grad_clip) and, with padded_length, weighted by the global batch's fill."""
     count = tf.reduce_sum(tf.cast(batch['mask'], tf.float32))
-    terms, grads, variables = self.gradients(batch, distribute.replica_share(count))
+    total = distribute.replica_sum(count)  # the global batch's real steps
+    terms, grads, variables = self.gradients(batch, distribute.replica_share(count, total))
     if self.grad_clip > 0:
       grads = self.clip(grads)
     if self.padded_length:  # after clipping, which would undo a weight given before it
       slots = tf.shape(batch['mask'])[0] * self.dist.replicas * self.padded_length
-      fill = distribute.replica_sum(count) / tf.cast(slots, tf.float32)
-      grads = [g * fill for g in grads]
+      grads = [g * (total / tf.cast(slots, tf.float32)) for g in grads]
     return terms, grads, variables
 
   def _train_step(self, batch: dict[str, tf.Tensor], stop: tf.Tensor | float = 0.0
@@ -366,12 +366,12 @@ def train_judge(stage: cli.Stage, index: int, dist: distribute.Distribution,
   os.makedirs(os.path.dirname(judge.dir), exist_ok=True)
   while True:
     with fileio.claim(judge.dir) if wait else contextlib.nullcontext(True) as held:
-      if held:  # checked by the script already; again here, where another job may have been
-        artifacts.require_judge_data(judge.run, judge.config.seq.judge_data)
-      if held and judge_finished(judge):
-        logging.info('seq: judge %d is trained already (%s)', index, judge.run.done_path('seq'))
-        return
       if held:
+        # checked by the script already; again here, where another job may have trained it
+        artifacts.require_judge_data(judge.run, judge.config.seq.judge_data)
+        if judge_finished(judge):
+          logging.info('seq: judge %d is trained already (%s)', index, judge.run.done_path('seq'))
+          return
         record_judge_data(judge)
         judged = train(judge, dist, as_judge=True)
         if judged is not None:
