@@ -59,7 +59,7 @@ def require_shards(run: runs.Run, stage: str, split: str = 'train') -> str:
   the manifest.json its stage writes last (before TensorFlow is even imported)."""
   folder = run.split_dir(stage, split)
   what = {'shard': 'sharded rollouts', 'encode': 'encoded rollouts'}[stage]
-  require_stage(run, stage, os.path.join(folder, 'manifest.json'), f'{what} of the {split} split')
+  require_stage(run, stage, os.path.join(folder, runs.MANIFEST), f'{what} of the {split} split')
   return folder
 
 

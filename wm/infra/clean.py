@@ -46,7 +46,7 @@ def sharded_rollouts(run: runs.Run) -> set[int]:
                     'missing), so the rollouts are the only copy of the data: run it first')
   members = set()
   for split in runs.SPLITS:
-    path = os.path.join(run.split_dir('shard', split), 'manifest.json')
+    path = os.path.join(run.split_dir('shard', split), runs.MANIFEST)
     if not os.path.exists(path):
       continue
     for entry in fileio.read_json(path)['shards']:

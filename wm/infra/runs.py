@@ -41,10 +41,11 @@ STAGE_DIRS = {
 SPLITS = ('train', 'valid')
 JUDGES = 'judges'  # RUN/seq/judges/<i>: the Ms of seq.judges, each a seq stage folder of its own
 WARM = 'warm'  # RUN/controller/warm: the dream search a real search starts from, a folder of its own
+MANIFEST = 'manifest.json'  # a split of RUN/records or RUN/encoded: its shards, written last
 # The files that identify a stage's result, relative to its folder.
 RESULT_FILES = {
     'vae': ('export/model.json', 'export/model.weights.h5'),
-    'encode': tuple(f'{split}/manifest.json' for split in SPLITS),  # shards' sha256 + encoder
+    'encode': tuple(f'{split}/{MANIFEST}' for split in SPLITS),  # shards' sha256 + encoder
     'seq': ('export/model.json', 'export/model.weights.h5'),
     'controller': ('best.npz',),
 }

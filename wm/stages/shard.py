@@ -29,7 +29,7 @@ from wm.infra import cli, fileio, runs, workers
 from wm.errors import ConfigError, DataError
 
 PREFIX = 'raw'
-MANIFEST = 'manifest.json'
+MANIFEST = runs.MANIFEST
 META = '.meta'
 FORMAT = 'raw-rollouts-v1'
 _SHARD = re.compile(r'^(raw|encoded)\.tfrecord-\d{5}-of-\d{5}$')
