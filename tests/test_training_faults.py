@@ -2,6 +2,7 @@
 repair it suggests works), a learning rate changed on resume (used, not the checkpoint's), and a
 checkpoint save killed halfway (its leftovers removed on the next start)."""
 
+import json
 import logging
 import os
 import signal
@@ -90,6 +91,29 @@ def test_m_names_a_corrupted_encoded_shard_and_its_repair_works(debug_encoded, t
   run_script('encode_rollouts', f'--run_dir={run_dir}')
   result = run_script('train_sequence_model', f'--run_dir={run_dir}')
   assert 'ckpt-10 at step 10' in result.stderr and latest_step(ckpt_dir) == 20
+
+
+def test_a_finished_stage_refused_once_tensorflow_loads_keeps_its_last_snapshot(debug_encoded,
+                                                                                 tmp_path):
+  # V's checkpoints refuse another z_size only once they are read, after the snapshot of the
+  # refused command was written; the snapshot of the run that made V's outputs comes back.
+  run_dir = copy_run(debug_encoded, str(tmp_path / 'run'))
+  folder = os.path.join(run_dir, 'vae', 'snapshot')
+  before = {name: open(os.path.join(folder, name), 'rb').read() for name in os.listdir(folder)}
+  result = run_script('train_vae', f'--run_dir={run_dir}', '--config.vae.z_size=16', check=False)
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  assert 'use the vae.* config' in result.stderr, result.stderr[-3000:]
+  assert 'its snapshot' in result.stderr and 'is put back' in result.stderr
+  after = {name: open(os.path.join(folder, name), 'rb').read() for name in os.listdir(folder)}
+  assert after == before
+  assert sorted(os.listdir(os.path.join(run_dir, 'vae'))) == sorted(
+      os.listdir(os.path.join(debug_encoded, 'vae')))  # no snapshot.previous/ left
+
+  # A rerun that finishes keeps its own snapshot, and nothing set aside.
+  result = run_script('train_vae', f'--run_dir={run_dir}', '--config.vae.train_steps=21')
+  assert json.loads(open(os.path.join(folder, 'overrides.json')).read()) == {
+      'vae.train_steps': '21'}
+  assert not os.path.exists(folder + '.previous')
 
 
 def test_m_resumes_with_the_configured_learning_rate(debug_world_model, tmp_path):

@@ -26,11 +26,12 @@ and read the overrides with `cli.overrides()`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from absl import app, flags, logging
 
@@ -228,12 +229,10 @@ def _write_error(error: OSError, path: str) -> str:
           'for this user (or free space there), or pass another --run_dir')
 
 
-def start(name: str, require_run_dir: bool = True, snapshot_name: str = snapshot.FOLDER,
+def start(name: str, require_run_dir: bool = True,
           check: Callable[[Stage], None] | None = None) -> Stage:
   """Checks the config, the stage's inputs (`check`) and the run dir, then (only once all are
-  fine) writes RUN/config.json if the run is new, and the stage's snapshot
-  (STAGE/`snapshot_name`): a refused command leaves the run as it was, the snapshot of the
-  stage's last run included."""
+  fine) writes RUN/config.json if the run is new: a refused command leaves the run as it was."""
   if require_run_dir and not FLAGS.run_dir:
     raise UserError('--run_dir is required: the folder every stage reads and writes')
   config = resolve_config(FLAGS.run_dir, overrides(), name)
@@ -248,13 +247,48 @@ def start(name: str, require_run_dir: bool = True, snapshot_name: str = snapshot
   elif stage.overrides and not FLAGS['config'].present and not FLAGS.save_config:
     logging.info('overrides for this stage only (recorded in its snapshot; %s is unchanged, '
                  '--save_config would keep them): %s', stage.run.config_path, stage.overrides)
-  if FLAGS.store_snapshot:
-    try:
-      path = snapshot.write(stage.dir, config, stage.overrides, name=snapshot_name)
-    except OSError as e:
-      raise UserError(_write_error(e, stage.dir)) from None
-    logging.info('snapshot: %s', path)
   return stage
+
+
+@contextlib.contextmanager
+def snapshot_kept(stage: Stage, name: str = snapshot.FOLDER) -> Iterator[None]:
+  """Writes the stage's snapshot (STAGE/`name`) for the work inside. When the stage had finished
+  and that work fails with its DONE as it was (refused once TensorFlow loaded, say), the last
+  run's snapshot is put back: it still describes the stage's outputs."""
+  if not FLAGS.store_snapshot:
+    yield
+    return
+  done = stage.run.done_path(stage.name)
+  finished = _read_bytes(done)
+  if finished is not None:
+    snapshot.set_aside(stage.dir, name)
+
+  def put_back_if_unchanged() -> None:
+    if finished is not None and _read_bytes(done) == finished and snapshot.put_back(stage.dir,
+                                                                                    name):
+      logging.info('the stage is as its last run left it: its snapshot %s is put back',
+                   os.path.join(stage.dir, name))
+
+  try:
+    path = snapshot.write(stage.dir, stage.config, stage.overrides, name=name)
+  except OSError as e:
+    put_back_if_unchanged()
+    raise UserError(_write_error(e, stage.dir)) from None
+  logging.info('snapshot: %s', path)
+  try:
+    yield
+  except BaseException:
+    put_back_if_unchanged()
+    raise
+  snapshot.drop_previous(stage.dir, name)
+
+
+def _read_bytes(path: str) -> bytes | None:
+  try:
+    with open(path, 'rb') as f:
+      return f.read()
+  except FileNotFoundError:
+    return None
 
 
 def log_config(config: config_lib.Config) -> None:
@@ -290,8 +324,9 @@ def run(name: str, main: Callable[[Stage], None], require_run_dir: bool = True,
   @exits_on_user_error
   def wrapped(argv: list[str]) -> None:
     del argv  # parse_flags refused positional arguments
-    stage = start(name, require_run_dir, snapshot_name(), check)
-    main(stage)
+    stage = start(name, require_run_dir, check)
+    with snapshot_kept(stage, snapshot_name()):
+      main(stage)
     if FLAGS.save_config or (FLAGS['config'].present and not side_result()):
       save_run_config(stage)  # (a new run's was written by start())
     elif FLAGS['config'].present:

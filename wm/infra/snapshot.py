@@ -9,6 +9,9 @@
     pip_freeze.txt    installed distributions and versions
     host.json         host name, pid, time, Python, SLURM job / array / step ids
 It is written before the stage does any work, replaced whole on a rerun (never half-written).
+A rerun of a finished stage that fails before finishing it again (a mismatched model found once
+TensorFlow loads, a corrupted shard) puts the last run's snapshot back (`set_aside`, `put_back`):
+the stage's outputs are still that run's.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,6 +41,7 @@ LEAVE_OUT = ('.mp4', '.gif', '.webm', '.avi', '.png', '.jpg', '.jpeg', '.npz', '
              '.pkl', '.tfrecord')
 MAX_FILE_BYTES = 1 << 20
 FOLDER = 'snapshot'  # STAGE/snapshot/: what made the stage's own result
+PREVIOUS = '.previous'  # STAGE/snapshot.previous/: the last run's, while a rerun may yet fail
 
 
 def folder(view: str | None = None) -> str:
@@ -47,8 +52,40 @@ def folder(view: str | None = None) -> str:
 
 
 def is_folder(name: str) -> bool:
-  """Whether a stage's subfolder `name` is one of its snapshots (`folder`)."""
+  """Whether a stage's subfolder `name` is one of its snapshots (`folder`), or one set aside."""
+  name = name.removesuffix(PREVIOUS)
   return name == FOLDER or name.startswith(FOLDER + '-')
+
+
+def set_aside(stage_dir: str, name: str) -> None:
+  """Moves STAGE/name/ to STAGE/name.previous/ (replacing an older one left by a killed run), so
+  that `put_back` can restore it; nothing when there is none (or a concurrent task moved it)."""
+  current = os.path.join(stage_dir, name)
+  if not os.path.isdir(current):
+    return
+  shutil.rmtree(current + PREVIOUS, ignore_errors=True)
+  try:
+    os.rename(current, current + PREVIOUS)
+  except OSError:
+    pass  # a concurrent task of the same stage moved it first: its own rerun keeps it
+
+
+def put_back(stage_dir: str, name: str) -> bool:
+  """Replaces STAGE/name/ with the one `set_aside` kept; whether there was one."""
+  current = os.path.join(stage_dir, name)
+  if not os.path.isdir(current + PREVIOUS):
+    return False
+  shutil.rmtree(current, ignore_errors=True)
+  try:
+    os.rename(current + PREVIOUS, current)
+  except OSError:
+    return False
+  return True
+
+
+def drop_previous(stage_dir: str, name: str) -> None:
+  """Deletes what `set_aside` kept: the rerun finished, so its own snapshot describes the stage."""
+  shutil.rmtree(os.path.join(stage_dir, name) + PREVIOUS, ignore_errors=True)
 
 
 def write(stage_dir: str, config: config_lib.Config, overrides: dict[str, str],
