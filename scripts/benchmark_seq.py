@@ -1,7 +1,7 @@
 """Benchmark M's training step: this pipeline's MDN-RNN vs a straightforward tfp Keras model.
 
-Input:  nothing (random in-memory batches of the configured shape); with --bucket_steps, the
-        episode lengths of RUN/rollouts (--lengths_from).
+Input:  nothing (random in-memory batches of the configured shape); with --bucket_steps or
+        --pack, the episode lengths of RUN/rollouts (--lengths_from).
 Output: sequence-steps/s (batch x sequence length per second) of both, side by side, and the ratio
         (printed; nothing is written).
 
@@ -45,8 +45,10 @@ times M's training on windows of RUN's own episode lengths (RUN/rollouts) instea
 bucketed (seq.bucket_steps): the same windows (cut from episodes at t = 0, L, 2L, ... as
 seq.window_start=episode cuts them) batched both ways, `padded` as seq.bucket_steps=0 batches
 them ([batch_size, sequence_length], in the order drawn) and `bucketed` as wm/sequences.py's
-bucketed() does (grouped by where their real steps end, each batch cut there). Rates are real
-(unmasked) steps per second, so the ratio is what a seq stage of as many real steps saves.
+bucketed() does (grouped by where their real steps end, each batch cut there). With --pack
+(alone, or beside --bucket_steps) `packed` lays the same windows end to end in rows of
+sequence_length as wm/sequences.py's packed() does (seq.pack), batch_size rows a batch. Rates are
+real (unmasked) steps per second, so a ratio is what a seq stage of as many real steps saves.
 """
 
 import os
@@ -85,13 +87,16 @@ flags.DEFINE_list('step_contexts', [], 'If set, time the transformer\'s step at 
 flags.DEFINE_integer('step_batch_size', 64, 'Rows per step in the --step_contexts mode.')
 flags.DEFINE_integer('bucket_steps', 0, 'If set, time M\'s training on RUN\'s episode lengths '
                      '(--lengths_from), padded and in buckets of this many steps, instead.')
+flags.DEFINE_bool('pack', False, 'Time M\'s training on RUN\'s episode lengths (--lengths_from), '
+                  'padded and packed into rows (seq.pack), instead; with --bucket_steps, '
+                  'bucketed too.')
 flags.DEFINE_string('lengths_from', None, 'A run dir whose rollouts/ give the episode lengths '
-                    'of the --bucket_steps mode.')
+                    'of the --bucket_steps and --pack mode.')
 
 
-@flags.multi_flags_validator(['bucket_steps', 'lengths_from'])  # before TensorFlow loads
+@flags.multi_flags_validator(['bucket_steps', 'pack', 'lengths_from'])  # before TensorFlow loads
 def _lengths_to_bucket(values: dict) -> bool:
-  if values['bucket_steps']:
+  if values['bucket_steps'] or values['pack']:
     rollout_indices(values['lengths_from'])
   return True
 
@@ -108,8 +113,8 @@ def rollout_indices(run_dir: str | None) -> list[int]:
   indices = rollouts.list_indices(folder) if run_dir else []
   if not indices:
     raise flags.ValidationError(
-        f'--lengths_from={run_dir or ""}: no rollouts in {folder}; --bucket_steps times M on the '
-        'episode lengths of a run dir whose collect stage has run')
+        f'--lengths_from={run_dir or ""}: no rollouts in {folder}; --bucket_steps and --pack '
+        'time M on the episode lengths of a run dir whose collect stage has run')
   return indices
 
 
@@ -350,26 +355,53 @@ def episode_lengths(run_dir: str):
 
 
 def bucket_batches(lengths, rng):
-  """(padded, bucketed): lists of (width, real steps of each row) over the same windows, drawn
-  from the episodes' windows at random, batch_size rows a batch; buckets as wm/sequences.py's."""
+  """{side: [(width, real steps of each row, resets or None)]} over the same windows, drawn from
+  the episodes' windows at random, batch_size rows a batch: padded, and bucketed (as
+  wm/sequences.py's bucketed()) with --bucket_steps, packed (its packed()) with --pack."""
   import numpy as np
 
   from wm import sequences
   size, length, bucket = FLAGS.batch_size, FLAGS.sequence_length, FLAGS.bucket_steps
   pool = np.array([min(length, n - start) for n in lengths for start in range(0, n, length)])
   drawn = rng.choice(pool, FLAGS.steps * size)
-  padded = [(length, drawn[i:i + size]) for i in range(0, len(drawn), size)]
-  keys = sequences.bucket_of(drawn, bucket)
-  bucketed = []
-  for key in np.unique(keys):
-    rows = drawn[keys == key]
-    width = int(sequences.bucket_end(key, bucket, length))
-    bucketed += [(width, rows[i:i + size]) for i in range(0, len(rows) - size + 1, size)]
-  return padded, bucketed
+  sides = {'padded': [(length, drawn[i:i + size], None) for i in range(0, len(drawn), size)]}
+  if bucket:
+    keys = sequences.bucket_of(drawn, bucket)
+    sides['bucketed'] = []
+    for key in np.unique(keys):
+      rows = drawn[keys == key]
+      width = int(sequences.bucket_end(key, bucket, length))
+      sides['bucketed'] += [(width, rows[i:i + size], None)
+                            for i in range(0, len(rows) - size + 1, size)]
+  if FLAGS.pack:
+    rows = packed_rows(drawn, length)
+    sides['packed'] = [(length, np.array([r[0] for r in rows[i:i + size]]),
+                        np.stack([r[1] for r in rows[i:i + size]]))
+                       for i in range(0, len(rows) - size + 1, size)]
+  return sides
+
+
+def packed_rows(drawn, length):
+  """[(real steps, resets [length])] of the rows wm/sequences.py's packed() lays `drawn`'s
+  windows in (the rows still open after the last window are left out, as an endless training
+  stream never reaches them: the rates are per real step of the rows timed)."""
+  import numpy as np
+  import tensorflow as tf
+
+  from wm import sequences
+  count = len(drawn)
+  windows = {name: np.zeros((count, length, 1), np.float32) for name in ('z', 'actions',
+                                                                          'z_next')}
+  windows.update({name: np.zeros((count, length), np.float32) for name in ('reward', 'done')})
+  windows['mask'] = (np.arange(length)[None] < np.asarray(drawn)[:, None]).astype(np.float32)
+  rows = sequences.packed(tf.data.Dataset.from_tensor_slices(windows), length,
+                          {'z': 1, 'actions': 1, 'z_next': 1})
+  return [(int(row['mask'].sum()), row['reset']) for row in rows.as_numpy_iterator()]
 
 
 def bucket_table() -> None:
-  """Prints the --bucket_steps comparison: real steps/s of M's training, padded and bucketed."""
+  """Prints the --bucket_steps / --pack comparison: real steps/s of M's training, padded,
+  bucketed and packed."""
   import numpy as np
   import tensorflow as tf
 
@@ -378,22 +410,24 @@ def bucket_table() -> None:
   from wm.stages.seq import Trainer
 
   lengths = episode_lengths(FLAGS.lengths_from)
-  padded, bucketed = bucket_batches(lengths, np.random.default_rng(0))
+  drawn = bucket_batches(lengths, np.random.default_rng(0))
   size, z, a = FLAGS.batch_size, FLAGS.z_size, FLAGS.action_size
   full = sequences.random_batch(size, FLAGS.sequence_length, z, a)
 
-  def batch(width, rows):
+  def batch(width, rows, resets):
     mask = (np.arange(width)[None] < rows[:, None]).astype(np.float32)
-    return {**{key: value[:, :width] for key, value in full.items()}, 'mask': tf.constant(mask)}
+    one = {**{key: value[:, :width] for key, value in full.items()}, 'mask': tf.constant(mask)}
+    return one if resets is None else {**one, 'reset': tf.constant(resets, tf.float32)}
 
-  sides = {'padded': [batch(*b) for b in padded], 'bucketed': [batch(*b) for b in bucketed]}
+  sides = {name: [batch(*b) for b in batches] for name, batches in drawn.items()}
   real = {name: float(sum(np.sum(b['mask']) for b in batches)) for name, batches in sides.items()}
   computed = {name: float(sum(np.size(b['mask']) for b in batches))
               for name, batches in sides.items()}
   step = Trainer(MDNRNN(z, a, FLAGS.hidden_size, FLAGS.num_mixtures), 1e-3,
                  grad_clip=1.0).train_step
-  for one in {b['mask'].shape[1]: b for b in sides['bucketed'] + sides['padded']}.values():
-    float(step(one)['loss'])  # trace and compile every width before timing
+  for batches in sides.values():
+    for one in {b['mask'].shape[1]: b for b in batches}.values():
+      float(step(one)['loss'])  # trace and compile every width and kind before timing
   rates = {name: [] for name in sides}
   for _ in range(FLAGS.rounds):
     for name, batches in sides.items():
@@ -402,7 +436,6 @@ def bucket_table() -> None:
         loss = step(one)['loss']
       float(loss)
       rates[name].append(real[name] / (time.perf_counter() - start))
-  ratio = float(np.median(np.divide(rates['bucketed'], rates['padded'])))
   print(f'M training on {FLAGS.lengths_from}\'s {len(lengths)} episodes (median '
         f'{np.median(lengths):.0f} steps, {np.mean(lengths > FLAGS.sequence_length):.0%} longer '
         f'than a window), windows of {FLAGS.sequence_length} from t = 0, batch {size}, z {z}, '
@@ -413,7 +446,10 @@ def bucket_table() -> None:
           f'{real[name] / computed[name]:.0%} of the computed steps real, '
           f'{np.median(rates[name]):>8,.0f} real steps/s  '
           f'({", ".join(f"{r:,.0f}" for r in rates[name])})')
-  print(f'  bucketed / padded: {ratio:.2f}x')
+  for name in sides:
+    if name != 'padded':
+      ratio = float(np.median(np.divide(rates[name], rates['padded'])))
+      print(f'  {name} / padded: {ratio:.2f}x')
 
 
 def main(argv):
@@ -425,7 +461,7 @@ def main(argv):
   if FLAGS.step_contexts:
     step_table()
     return
-  if FLAGS.bucket_steps:
+  if FLAGS.bucket_steps or FLAGS.pack:
     bucket_table()
     return
   import numpy as np

@@ -88,23 +88,26 @@ def test_benchmark_cpu_kernels_measures_each_work_with_both_libraries(debug_agen
     assert eigen > 0 and onednn > 0 and abs(ratio - onednn / eigen) < 0.01 * ratio + 0.01, rows
 
 
-def test_benchmark_seq_buckets_time_the_same_windows_both_ways(debug_data):
-  result = run_script('benchmark_seq', '--bucket_steps=4', f'--lengths_from={debug_data}',
+def test_benchmark_seq_buckets_and_packs_time_the_same_windows_each_way(debug_data):
+  result = run_script('benchmark_seq', '--bucket_steps=4', '--pack', f'--lengths_from={debug_data}',
                       '--batch_size=2', '--sequence_length=12', '--z_size=4', '--hidden_size=8',
                       '--num_mixtures=2', '--steps=8', '--rounds=1', config=None)
   out = result.stdout
-  sides = {name: m for name in ('padded', 'bucketed') if (m := re.search(
+  sides = {name: m for name in ('padded', 'bucketed', 'packed') if (m := re.search(
       name + r'\s+(\d+) batches, widths \[([\d, ]+)\]: (\d+)% of the computed steps real,\s+'
       r'([\d,]+) real steps/s', out))}
-  assert len(sides) == 2, out
+  assert len(sides) == 3, out
   assert sides['padded'][2] == '12' and sides['padded'][1] == '8', out  # 8 full-length batches
   widths = [int(w) for w in sides['bucketed'][2].split(',')]
   assert all(w % 4 == 0 and w <= 12 for w in widths), out
-  assert int(sides['bucketed'][3]) >= int(sides['padded'][3]), out  # less padding computed
+  assert sides['packed'][2] == '12' and int(sides['packed'][1]) < 8, out  # fewer rows
+  for name in ('bucketed', 'packed'):  # less padding computed
+    assert int(sides[name][3]) >= int(sides['padded'][3]), out
   rates = {name: float(m[4].replace(',', '')) for name, m in sides.items()}
-  ratio = re.search(r'bucketed / padded: ([\d.]+)x', out)
-  assert ratio and abs(float(ratio[1]) - rates['bucketed'] / rates['padded']) < 0.01 + 0.01 * (
-      float(ratio[1])), out
+  for name in ('bucketed', 'packed'):
+    ratio = re.search(name + r' / padded: ([\d.]+)x', out)
+    assert ratio and abs(float(ratio[1]) - rates[name] / rates['padded']) < 0.01 + 0.01 * (
+        float(ratio[1])), out
 
 
 def test_benchmark_seq_times_m_in_float32_and_bfloat16_side_by_side():

@@ -162,6 +162,7 @@ def test_a_judge_of_other_data_is_refused_before_tensorflow_loads(tmp_path, writ
 
 @pytest.mark.parametrize('script,args,message', [
     ('benchmark_seq', ['--bucket_steps=4', '--lengths_from={tmp}'], 'no rollouts in {tmp}'),
+    ('benchmark_seq', ['--pack'], '--lengths_from=: no rollouts in rollouts'),
     ('benchmark_cpu_kernels', ['--run_dir={tmp}', '--work=seq,vea'], '--work: unknown vea')])
 def test_a_benchmark_given_nothing_to_measure_is_refused_before_tensorflow_loads(
     tmp_path, script, args, message):

@@ -95,6 +95,15 @@ def test_impossible_values_are_refused(key, value):
     config_lib.validate(c)
 
 
+def test_packed_rows_are_not_combined_with_buckets():
+  c = debug_config()
+  config_lib.apply_overrides(c, {'seq.pack': 'true', 'seq.bucket_steps': '5'})
+  with pytest.raises(ConfigError, match=r'seq\.pack=True cannot be combined with seq\.bucket_steps'):
+    config_lib.validate(c)
+  config_lib.apply_overrides(c, {'seq.bucket_steps': '0'})
+  config_lib.validate(c)
+
+
 def test_every_ms_end_is_not_combined_with_dropout_masks():
   c = debug_config()
   config_lib.apply_overrides(c, {'seq.judges': '1', 'controller.dream_done_from': 'all',

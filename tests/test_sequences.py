@@ -97,6 +97,38 @@ def test_bucketed_batches_are_cut_to_their_windows_bucket(synthetic_encoded):
   assert widths == {10, 20, 30, 40}, widths
 
 
+def test_packed_rows_hold_whole_windows_end_to_end(synthetic_encoded):
+  # seq.pack: whole episodes (6 to 40 steps) laid end to end in 40-step rows, each window's first
+  # step marked by `reset`, its steps those of one rollout from its start, the padding after them.
+  truth = rollouts_by_index()
+  by_actions = {tuple(np.round(r['actions'][0], 5)): r for r in truth.values()}
+  length = 40
+  data = sequences.train_batches(paths(synthetic_encoded, 'train'), length, batch_size=2,
+                                 shuffle_buffer=16, seed=1, from_start=True, pack=True)
+  windows = real_steps = slots = 0
+  for batch in data.take(40).as_numpy_iterator():
+    for key in sequences.TIMED:
+      assert batch[key].shape[:2] == (2, length), (key, batch[key].shape)
+    for i in range(2):
+      mask, reset = batch['mask'][i], batch['reset'][i]
+      used = int(mask.sum())
+      np.testing.assert_array_equal(mask, np.arange(length) < used)  # no gap between windows
+      starts = list(np.flatnonzero(reset)) + [used]
+      assert starts[0] == 0 and len(starts) > 1, reset
+      for start, end in zip(starts, starts[1:]):
+        rollout = by_actions[tuple(np.round(batch['actions'][i][start], 5))]
+        assert end - start == len(rollout['actions']), (start, end)
+        np.testing.assert_allclose(batch['actions'][i][start:end], rollout['actions'])
+        np.testing.assert_array_equal(batch['done'][i][start:end], rollout['terminated'])
+        windows += 1
+      for key in ('z', 'actions', 'reward', 'done', 'reset'):
+        assert not np.any(batch[key][i][used:]), (key, 'padding must be zeros')
+      real_steps, slots = real_steps + used, slots + length
+  assert windows > 80 * 1.2, windows  # 80 rows: many hold two windows or more
+  lengths = [len(r['actions']) for r in truth.values()]
+  assert real_steps / slots > np.mean(lengths) / length + 0.2, (real_steps / slots, lengths)
+
+
 def resample(run_dir, seed):
   """How many times the resample of `seed` reads each training rollout, by index."""
   rollouts = datasets.encoded_rollouts(paths(run_dir, 'train'))

@@ -121,6 +121,7 @@ class SeqConfig:
   grad_clip: float = 1.0  # clip gradients to this global norm (0: no clipping)
   precision: str = 'float32'  # training's matrix products: float32 | bfloat16 (the head's, and the MDN-RNN's outside its compiled loops on a CPU: 1.25x its step with AMX, the same validation loss, controllers not shown to score as well: docs/results.md) | auto (bfloat16 where the device has it natively: wm/hardware.py)
   bucket_steps: int = 0  # 0: every training batch is batch_size x sequence_length steps, padding included | N: windows are batched with others whose length falls in the same N-step bucket, and each batch cut to that bucket's end and its gradient weighted by its real steps: padding not computed (windows longer than most episodes: 1.5-2.4x the real steps/s of Doom's M, docs/benchmarks.md and docs/results.md)
+  pack: bool = False  # training rows of sequence_length steps hold windows end to end, M restarting at each (batch_size counts rows): padding not computed, batches as mixed as padded ones (Doom: a row holds ~1.5 windows, docs/benchmarks.md)
   window_start: str = 'random'  # training windows start at a random offset each pass | episode: at t = 0, L, 2L, ... (as dreams start)
   done_weight: float = 1.0  # weight of terminated steps in the done loss (rare ends; the paper's Doom M: 10); the done probability stays calibrated
   dropout: float = 0.0  # while training, drop this share of the features (h) the head reads (0: off; 0.2 did not curb the Doom done head's overfitting: docs/results.md)
@@ -604,6 +605,9 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
       ('seq.judges', config.seq.judges >= 0, 'must be >= 0'),
       ('seq.bucket_steps', 0 <= config.seq.bucket_steps <= config.seq.sequence_length,
        f'must be in 0..seq.sequence_length ({config.seq.sequence_length}); 0: no buckets'),
+      ('seq.pack', not (config.seq.pack and config.seq.bucket_steps),
+       f'cannot be combined with seq.bucket_steps ({config.seq.bucket_steps}): both remove the '
+       'padding, one by packing windows into rows, the other by batching them by length; set one'),
       ('seq.dropout', 0.0 <= config.seq.dropout < 1.0, 'must be in [0, 1)'),
       ('controller.dream_done_from', config.controller.dream_done_from == 'own' or worlds > 1,
        'all needs judges (seq.judges, controller.dream_checkpoints or '

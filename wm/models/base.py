@@ -81,9 +81,11 @@ class SequenceModel(tf.keras.Model, abc.ABC):
 
   @abc.abstractmethod
   def sequence_features(self, z: tf.Tensor, actions: tf.Tensor, training: bool = False,
-                        precision: str = 'float32') -> tf.Tensor:
+                        precision: str = 'float32', resets: tf.Tensor | None = None) -> tf.Tensor:
     """Teacher forcing: z [B, T, Z], actions [B, T, A] -> features [B, T, feature_size];
-    `precision` (seq.precision, resolved): the products the model can run in bfloat16."""
+    `precision` (seq.precision, resolved): the products the model can run in bfloat16.
+    `resets` [B, T] (seq.pack): 1 where a row's next window starts; each window is then
+    computed as a sequence of its own, from the initial state, seeing nothing before it."""
 
   def predict_sequence(self, z: tf.Tensor, actions: tf.Tensor,
                        training: bool = False) -> Prediction:

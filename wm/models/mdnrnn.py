@@ -47,16 +47,32 @@ class MDNRNN(SequenceModel):
             'hidden_size': self.hidden_size, 'num_mixtures': self.num_mixtures}
 
   def sequence_features(self, z: tf.Tensor, actions: tf.Tensor, training: bool = False,
-                        precision: str = 'float32') -> tf.Tensor:
+                        precision: str = 'float32', resets: tf.Tensor | None = None) -> tf.Tensor:
     """The LSTM's h after each step: [B, T, hidden_size]. On a CPU, `precision` is that of the
-    fused loops' products outside the loops; on a GPU cuDNN's kernel runs in float32."""
+    fused loops' products outside the loops; on a GPU cuDNN's kernel runs in float32, and
+    packed rows (`resets`) run the cell step by step (cuDNN cannot restart mid-sequence)."""
     del training
     x = tf.concat([z, actions], -1)
-    if not fused_lstm.enabled():
-      return self.lstm(x)[0]
     if not self.lstm.built:
       self.lstm.build(x.shape)
-    return fused_lstm.unroll(self.lstm, x, precision=precision)[0]
+    if fused_lstm.enabled():
+      return fused_lstm.unroll(self.lstm, x, precision=precision, resets=resets)[0]
+    if resets is None:
+      return self.lstm(x)[0]
+    return self._stepped_features(x, resets)
+
+  def _stepped_features(self, x: tf.Tensor, resets: tf.Tensor) -> tf.Tensor:
+    """The cell over x [B, T, I] one step at a time, the state zeroed where `resets` is 1."""
+    keep = 1.0 - tf.cast(tf.transpose(resets), x.dtype)[:, :, None]
+    state = self.initial_state(tf.shape(x)[0])
+
+    def body(state, inputs):
+      x_t, keep_t = inputs
+      h, (h, c) = self.lstm.cell(x_t, [state[0] * keep_t, state[1] * keep_t])
+      return h, c
+
+    hs, _ = tf.scan(body, (tf.transpose(x, [1, 0, 2]), keep), initializer=state)
+    return tf.transpose(hs, [1, 0, 2])
 
   def initial_state(self, batch_size: int) -> tuple[tf.Tensor, tf.Tensor]:
     zeros = tf.zeros([batch_size, self.hidden_size])

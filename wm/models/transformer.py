@@ -149,15 +149,21 @@ class Transformer(SequenceModel):
     return self.norm(x)
 
   def sequence_features(self, z: tf.Tensor, actions: tf.Tensor, training: bool = False,
-                        precision: str = 'float32') -> tf.Tensor:
+                        precision: str = 'float32', resets: tf.Tensor | None = None) -> tf.Tensor:
     """Teacher forcing: z [B, T, Z], actions [B, T, A] with T <= max_context -> [B, T, H]
-    (its blocks compute in float32 whatever the `precision`)."""
+    (its blocks compute in float32 whatever the `precision`). With `resets` (packed rows) a
+    step attends only to its own window's steps, at positions counted from the window's start."""
     del training, precision
     steps = tf.shape(z)[1]
     tf.debugging.assert_less_equal(steps, self.max_context,
                                    message='sequence longer than the transformer\'s max_context')
     causal = tf.linalg.band_part(tf.ones([steps, steps], tf.bool), -1, 0)[None]
-    return self._hidden(tf.concat([z, actions], -1), tf.range(steps)[None], causal)
+    positions = tf.range(steps)[None]
+    if resets is not None:
+      window = tf.cumsum(tf.cast(resets, tf.int32), axis=1)  # [B, T]: which window of the row
+      causal = causal & tf.equal(window[:, :, None], window[:, None, :])
+      positions = tf.reduce_sum(tf.cast(causal, tf.int32), axis=2) - 1  # its window's steps so far
+    return self._hidden(tf.concat([z, actions], -1), positions, causal)
 
   def initial_state(self, batch_size: int) -> dict[str, Any]:
     """An empty window per row: tokens [B, C, Z+A] (left-aligned, index = position), keys and

@@ -111,7 +111,8 @@ class Trainer:
     replica's part of the global batch's mask-weighted mean."""
     with tf.GradientTape() as tape:
       features = self.model.sequence_features(batch['z'], batch['actions'], training=True,
-                                              precision=self.precision)
+                                              precision=self.precision,
+                                              resets=batch.get('reset'))
       if self.dropout:
         features = tf.nn.dropout(features, self.dropout)
       outputs = self.model.head.outputs(features, self.precision)
@@ -231,7 +232,7 @@ def fit_and_validate(stage: cli.Stage, trainer: Trainer, checkpoints: training.C
           train_paths, seq.sequence_length, part.batch_size, seq.shuffle_buffer, seed=seed,
           shard=part, from_start=seq.window_start == 'episode',
           start_step=int(checkpoints.step), bucket_steps=seq.bucket_steps,
-          resample_seed=seed if resample else None),
+          resample_seed=seed if resample else None, pack=seq.pack),
       seq.batch_size, 'seq.batch_size')
   valid_paths = valid_paths if dist.chief else []  # validation is the chief's, computed once
   valid_data = valid_paths and sequences.valid_batches(valid_paths, seq.sequence_length,
