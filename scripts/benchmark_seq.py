@@ -219,8 +219,9 @@ def keras_layer_mdnrnn():
   from wm.models.mdnrnn import MDNRNN
 
   class KerasLayerMDNRNN(MDNRNN):
-    def sequence_features(self, z, actions, training=False, precision='float32'):
+    def sequence_features(self, z, actions, training=False, precision='float32', resets=None):
       del training, precision
+      assert resets is None, 'the layer side times padded batches only'
       return self.lstm(tf.concat([z, actions], -1))[0]
 
   return KerasLayerMDNRNN
