@@ -33,11 +33,14 @@ def get_config(preset: str = 'small') -> Config:
     c.vae.train_steps = 5000  # ~3 epochs at batch 100: at 2000 V drew no monsters or far fireballs
     c.vae.learning_rate = 6e-4  # 6x the paper's rate: this budget has ~20x fewer steps
     c.seq.sequence_length = 500  # whole episodes (median 292 steps): hits add up off screen
-    c.seq.batch_size = 16  # 16 x 500 steps a batch
+    c.seq.pack = True  # windows end to end in 500-step rows, M restarting at each: no padding computed
+    c.seq.batch_size = 10  # 10 packed rows: the real steps of 16 padded windows (a row holds ~1.5)
     c.seq.train_steps = 1500
     c.seq.judges = 1  # a second M, trained beside M (--parallelism=2), judges the dream ...
     c.controller.dream_fitness = 'worst'  # ... a candidate scores its worse world's mean
     c.controller.dream_common = True  # every candidate plays the same dream episodes: 692.7 -> 821.5
+    c.controller.dream_done = 'threshold'  # a dream episode ends where M's odds of an end, x16, ...
+    c.controller.dream_done_odds = 16.0  # ... pass even: dreams that rank controllers as the game does
     c.controller.population_size = 32
     c.controller.trials = 16  # the paper's 16 (8 a world): 570.5 -> 735.4 on a run that failed
     c.controller.generations = 75  # ... with the same dream episodes as 8 x 150 (docs/results.md)
