@@ -52,6 +52,9 @@ def get_config(preset: str = 'small') -> Config:
   elif preset == 'debug':
     config_lib.shrink_for_tests(c)
     c.controller.trials = 2  # two dream episodes a candidate: fitness is a mean
+    c.seq.pack = True  # the small preset's M training and dream, run by the tests
+    c.controller.dream_done = 'threshold'
+    c.controller.dream_done_odds = 16.0
   elif preset == 'paper':
     c.collect.num_rollouts = 10000  # the paper's 10,000 random rollouts
     c.data.obs_sampled_per_rollout = 1000
