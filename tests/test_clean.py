@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -108,3 +109,47 @@ def test_a_round_of_iterative_training_or_a_benchmark_refuses_cleaned_rollouts(t
   bench = run_script('benchmark_seq', '--bucket_steps=4', f'--lengths_from={previous.root}',
                      check=False, config=None)
   refused(bench, rollouts.CLEANED, '--lengths_from needs them')
+
+
+def test_raw_shards_go_once_encoded_and_what_reads_them_refuses(debug_data, debug_encoded,
+                                                                tmp_path):
+  refused(wm('clean', debug_data, '--records', '--dry_run'), 'the vae stage has not finished')
+  run = copy_run(debug_encoded, str(tmp_path / 'run'))
+  records_dir = os.path.join(run, 'records')
+  raw = digests(records_dir)
+  shards = sorted(k for k in raw if re.match(r'(train|valid)/raw\.tfrecord-', k))
+  encoded = digests(os.path.join(run, 'encoded'))
+  vae_done = digests(os.path.join(run, 'vae'))
+
+  dry = wm('clean', run, '--records', '--dry_run')
+  assert dry.returncode == 0 and f'would remove {len(shards)} raw shards' in dry.stdout, dry
+  assert digests(records_dir) == raw
+  done = wm('clean', run, '--records')
+  assert done.returncode == 0 and f'removed {len(shards)} raw shards' in done.stdout, done
+  left = digests(records_dir)
+  assert not any(k in left for k in shards) and runs.CLEANED in left
+  assert all(left[k] == v for k, v in raw.items() if k not in shards)  # manifests, DONE kept
+  assert digests(os.path.join(run, 'encoded')) == encoded  # the latents untouched
+  assert 'removed once encoded' in wm('status', run).stdout
+
+  # The pipeline skips the finished stages; V trained further and the rollouts' clean refuse,
+  # changing nothing.
+  again = wm(f'--run_dir={run}', f'--config={DEBUG}', '--stages=shard,vae,encode')
+  assert again.returncode == 0 and again.stdout.count('done already') == 3, again
+  more = wm(f'--run_dir={run}', f'--config={DEBUG}', '--stages=vae',
+            '--config.vae.train_steps=30')
+  refused(more, runs.CLEANED, 'clean --records')
+  topped = run_script('train_vae', f'--run_dir={run}', '--config.vae.train_steps=30',
+                      check=False)
+  refused(topped, runs.CLEANED, 'shard_rollouts.py')
+  assert digests(os.path.join(run, 'vae')) == vae_done  # DONE, V and its checkpoints as they were
+  refused(wm('clean', run, '--rollouts'), 'the only copy of the frames')
+
+  # The shard stage rerun writes the same shards again from the rollouts.
+  os.remove(os.path.join(records_dir, 'DONE'))
+  run_script('shard_rollouts', f'--run_dir={run}')
+  back = digests(records_dir)
+  assert {k: back[k] for k in shards} == {k: raw[k] for k in shards}
+  assert runs.CLEANED not in back
+  shown = wm('status', run).stdout
+  assert 'removed once' not in shown and 'stale' not in shown, shown

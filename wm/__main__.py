@@ -6,8 +6,8 @@
     python -m wm sweep --root=DIR --grid F=V1,V2 ...    a grid of runs (wm/infra/sweep.py)
     python -m wm iterate --run_dir=RUN                  rounds of the paper's iterative training
                                                         (wm/infra/iterate.py)
-    python -m wm clean RUN [RUN ...] --rollouts         remove rollouts once sharded
-                                                        (wm/infra/clean.py)
+    python -m wm clean RUN [RUN ...] --rollouts         remove rollouts once sharded, and with
+                                       --records        raw shards once encoded (wm/infra/clean.py)
 
 The pipeline skips finished stages, so rerunning the same command continues; `--config.a.b=v`
 overrides go to every stage. `python -m wm SUBCOMMAND --help` lists a subcommand's flags.

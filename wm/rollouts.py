@@ -21,7 +21,7 @@ import zlib
 
 import numpy as np
 
-from wm.infra import fileio
+from wm.infra import fileio, runs
 from wm.errors import DataError
 
 _NAME = re.compile(r'^rollout-(\d{6,})\.npz$')
@@ -41,7 +41,7 @@ def list_indices(folder: str) -> list[int]:
   return sorted(int(m.group(1)) for m in map(_NAME.match, os.listdir(folder)) if m)
 
 
-CLEANED = 'CLEANED.json'  # in RUN/rollouts once `python -m wm clean --rollouts` removed them
+CLEANED = runs.CLEANED  # in RUN/rollouts once `python -m wm clean --rollouts` removed them
 
 
 def require_kept(folder: str, needed_for: str) -> None:

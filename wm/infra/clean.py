@@ -1,7 +1,8 @@
-"""`python -m wm clean RUN [RUN ...] --rollouts`: frees the disk a run no longer needs.
+"""`python -m wm clean RUN [RUN ...] --rollouts --records`: frees the disk a run no longer needs.
 
     python -m wm clean runs/doom_small --rollouts --dry_run   # what would go, and how much
     python -m wm clean runs/doom_small --rollouts             # remove it
+    python -m wm clean runs/doom_small --records              # the raw shards, once encoded
 
 A run's rollouts (RUN/rollouts/rollout-*.npz) and its shards (RUN/records) hold the same frames
 twice (the Doom `small` preset: 2.4 GB each). Once every rollout is in a complete shard, every
@@ -16,6 +17,16 @@ A run is cleaned only when its shard stage finished, every rollout on disk is a 
 shard listed in RUN/records/<split>/manifest.json that exists at its recorded size, and no
 pipeline runs in it (its lock is held while removing); otherwise nothing is removed and the
 reason is said (exit 2).
+
+The raw shards (RUN/records/<split>/raw.tfrecord-*) are read by V's training and by the encode
+stage only: once V is trained and every shard encoded (RUN/encoded complete, its files at their
+recorded sizes), `--records` removes them (a hard link made by a round of iterative training:
+that name only) and leaves RUN/records/CLEANED.json; their manifests stay, so the encoded
+latents still name what they were made from. What would read them again refuses, naming that
+file: training V further, encoding again, benchmark_vae.py. Rerunning the shard stage (remove
+RUN/records/DONE first) writes them again from RUN/rollouts when those are still there, and
+removes CLEANED.json; a round of iterative training from this run does the same in its own run
+dir.
 """
 
 from __future__ import annotations
@@ -31,6 +42,8 @@ from wm.infra import cli, fileio, pipeline, runs, status
 
 _ROLLOUTS = flags.DEFINE_bool('rollouts', False, 'Remove the rollout files of runs whose shards '
                               'hold every one of them.')
+_RECORDS = flags.DEFINE_bool('records', False, 'Remove the raw shards of runs whose V is trained '
+                             'and whose encode stage holds every shard\'s latents.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Say what would be removed, remove nothing.')
 
 
@@ -44,6 +57,11 @@ def sharded_rollouts(run: runs.Run) -> set[int]:
   if not run.is_done('shard'):
     raise DataError(f'{run.root}: the shard stage has not finished ({run.done_path("shard")} is '
                     'missing), so the rollouts are the only copy of the data: run it first')
+  cleaned = os.path.join(run.stage_dir('shard'), runs.CLEANED)
+  if os.path.exists(cleaned):
+    raise DataError(f'the raw shards of {run.stage_dir("shard")} were removed ({cleaned}: python '
+                    '-m wm clean --records), so the rollouts are the only copy of the frames: '
+                    'they are kept')
   members = set()
   for split in runs.SPLITS:
     path = os.path.join(run.split_dir('shard', split), runs.MANIFEST)
@@ -90,21 +108,87 @@ def clean_rollouts(run: runs.Run, dry_run: bool = False) -> tuple[int, int]:
   return len(paths), size
 
 
+def encoded_splits(run: runs.Run) -> list[str]:
+  """The splits whose raw shards RUN/encoded holds as latents: a DataError when V or the encode
+  stage has not finished, is stale, or an encoded file its manifests list is missing or of
+  another size than recorded (then the raw shards are the only way to make it again)."""
+  for stage, what in (('vae', 'V is not trained'), ('encode', 'the shards are not encoded')):
+    if not run.is_done(stage):
+      raise DataError(f'{run.root}: the {stage} stage has not finished ({run.done_path(stage)} '
+                      f'is missing): {what}, and the raw shards are what it reads: run it first')
+    reason = run.stale_reason(stage)
+    if reason:
+      raise DataError(f'{run.root}: the {stage} stage is stale ({reason}), and rerunning it '
+                      'reads the raw shards: rerun it first')
+  splits = []
+  for split in runs.SPLITS:
+    if not os.path.exists(os.path.join(run.split_dir('shard', split), runs.MANIFEST)):
+      continue
+    path = os.path.join(run.split_dir('encode', split), runs.MANIFEST)
+    if not os.path.exists(path):
+      raise DataError(f'{path} is missing though {run.split_dir("shard", split)} has shards: '
+                      f'rerun the encode stage (python scripts/encode_rollouts.py '
+                      f'--run_dir={run.root})')
+    for entry in fileio.read_json(path)['shards']:
+      encoded = os.path.join(run.split_dir('encode', split), entry['file'])
+      size = os.path.getsize(encoded) if os.path.exists(encoded) else None
+      if size != entry['bytes']:
+        state = 'is missing' if size is None else f'has {size} bytes'
+        raise DataError(f'{encoded} {state} where {path} records {entry["bytes"]}: the latents '
+                        'are not whole, so the raw shards are kept; rerun the encode stage')
+    splits.append(split)
+  return splits
+
+
+def clean_records(run: runs.Run, dry_run: bool = False) -> tuple[int, int]:
+  """Removes RUN/records' raw shards once encoded (see the module docstring); returns how many
+  files and bytes (a hard link's counted only when it is the last name of its file) went, or
+  would go with `dry_run`."""
+  paths = []
+  for split in encoded_splits(run):
+    folder = run.split_dir('shard', split)
+    manifest = fileio.read_json(os.path.join(folder, runs.MANIFEST))
+    paths += [p for p in (os.path.join(folder, s['file']) for s in manifest['shards'])
+              if os.path.exists(p)]
+  size = sum(os.stat(p).st_size for p in paths if os.stat(p).st_nlink == 1)
+  if dry_run or not paths:
+    return len(paths), size
+  record = os.path.join(run.stage_dir('shard'), runs.CLEANED)
+  try:
+    earlier = fileio.read_json(record)
+  except (OSError, ValueError):
+    earlier = None
+  earlier = earlier if isinstance(earlier, dict) else {}
+  # The record first: a clean killed halfway leaves it, so what reads the shards names it.
+  fileio.write_json(record, {'removed': earlier.get('removed', 0) + len(paths),
+                             'bytes': earlier.get('bytes', 0) + size, 'at': time.strftime('%F %T'),
+                             'by': 'python -m wm clean --records'})
+  for path in paths:
+    os.remove(path)
+  return len(paths), size
+
+
 @cli.exits_on_user_error
 def main(argv: list[str]) -> None:
   paths = argv[1:]
-  if not paths or not _ROLLOUTS.value:
-    raise UserError('usage: python -m wm clean RUN [RUN ...] --rollouts [--dry_run] (what to '
-                    'remove: --rollouts, the rollout files once sharded)')
+  if not paths or not (_ROLLOUTS.value or _RECORDS.value):
+    raise UserError('usage: python -m wm clean RUN [RUN ...] [--rollouts] [--records] '
+                    '[--dry_run] (what to remove: --rollouts, the rollout files once sharded; '
+                    '--records, the raw shards once V is trained and they are encoded)')
   found = [status.open_run(path) for path in paths]
-  planned = [clean_rollouts(run, dry_run=True) for run in found]  # all checked before any change
-  for run, (count, size) in zip(found, planned):
-    if not _DRY_RUN.value:
-      with pipeline.run_lock(run.root):
-        count, size = clean_rollouts(run)
-    verb = 'would remove' if _DRY_RUN.value else 'removed'
-    print(f'{run.root}: {verb} {count} rollouts ({size / 2**20:.1f} MB); the shards in '
-          f'{run.stage_dir("shard")} hold them', flush=True)
+  kinds = [(clean_rollouts, 'rollouts', 'the shards in {} hold them', 'shard')] * _ROLLOUTS.value
+  kinds += [(clean_records, 'raw shards', 'the latents in {} hold them', 'encode')
+            ] * _RECORDS.value
+  # Every run and kind checked before any change.
+  planned = [[clean(run, dry_run=True) for clean, *_ in kinds] for run in found]
+  for run, counts in zip(found, planned):
+    for (clean, what, held, stage), (count, size) in zip(kinds, counts):
+      if not _DRY_RUN.value:
+        with pipeline.run_lock(run.root):
+          count, size = clean(run)
+      verb = 'would remove' if _DRY_RUN.value else 'removed'
+      print(f'{run.root}: {verb} {count} {what} ({size / 2**20:.1f} MB); '
+            f'{held.format(run.stage_dir(stage))}', flush=True)
 
 
 def parse(argv: list[str]) -> list[str]:

@@ -42,6 +42,7 @@ SPLITS = ('train', 'valid')
 JUDGES = 'judges'  # RUN/seq/judges/<i>: the Ms of seq.judges, each a seq stage folder of its own
 WARM = 'warm'  # RUN/controller/warm: the dream search a real search starts from, a folder of its own
 MANIFEST = 'manifest.json'  # a split of RUN/records or RUN/encoded: its shards, written last
+CLEANED = 'CLEANED.json'  # in RUN/rollouts or RUN/records once `python -m wm clean` emptied it
 # The files that identify a stage's result, relative to its folder.
 RESULT_FILES = {
     'vae': ('export/model.json', 'export/model.weights.h5'),

@@ -38,7 +38,6 @@ import time
 
 from absl import app, flags
 
-from wm import rollouts
 from wm.errors import UserError
 from wm.infra import cli, fileio, progress, runs, slurm
 
@@ -337,9 +336,9 @@ def stage_status(run: runs.Run, stage: str, jobs: list[dict], config: dict, now:
     reason = run.stale_reason(stage)
     status.update(state='stale' if reason else 'done',
                   detail=reason or describe_result(stage, result))
-    if stage == 'collect' and os.path.exists(os.path.join(run.stage_dir(stage),
-                                                          rollouts.CLEANED)):
-      status['detail'] += ' (removed once sharded: python -m wm clean)'
+    cleaned = {'collect': 'sharded', 'shard': 'encoded'}.get(stage)
+    if cleaned and os.path.exists(os.path.join(run.stage_dir(stage), runs.CLEANED)):
+      status['detail'] += f' (removed once {cleaned}: python -m wm clean)'
     return status
   running, p, process = activity(run, stage, now)
   job, error = jobs_state(jobs), last_error(log)

@@ -243,6 +243,14 @@ def shard_paths(split_dir: str) -> list[str]:
   manifest = read_manifest(split_dir)
   paths = [os.path.join(split_dir, s['file']) for s in manifest['shards']]
   missing = [p for p in paths if not os.path.exists(p)]
+  cleaned = os.path.join(os.path.dirname(split_dir), runs.CLEANED)
+  if missing and os.path.exists(cleaned):
+    run_dir = os.path.dirname(os.path.dirname(split_dir))
+    raise DataError(f'the raw shards of {split_dir} were removed once encoded ({cleaned}: python '
+                    f'-m wm clean --records), and this reads them: write them again from the '
+                    f'rollouts (remove {os.path.join(os.path.dirname(split_dir), "DONE")}, then '
+                    f'python scripts/shard_rollouts.py --run_dir={run_dir}), or start another '
+                    'run dir; the latents and every later stage are as they were')
   if missing:
     raise DataError(f'{len(missing)} shards listed in {split_dir}/{MANIFEST} are missing, '
                     f'e.g. {missing[0]}; rerun the stage that writes them')
@@ -263,4 +271,7 @@ def run(stage: cli.Stage, parallelism: int = 1, task_index: int = 0, num_tasks: 
                    manifest['num_shards'], manifest['num_rollouts'], manifest['num_frames'],
                    manifest['bytes'] / 2**20)
   if all(m is not None for m in manifests.values()):
+    cleaned = os.path.join(stage.dir, runs.CLEANED)
+    if os.path.exists(cleaned):  # every shard is back: what `clean --records` removed
+      os.remove(cleaned)
     stage.run.mark_done('shard', **{s: m['num_rollouts'] for s, m in manifests.items()})

@@ -164,11 +164,12 @@ class Trainer:
                      'to do; raise vae.train_steps to train longer', start, vae.train_steps,
                      self.export_dir)
         return None
+      # The data first: a refusal (shards missing or removed) leaves a finished V finished.
+      train_paths, valid_paths = self.split_paths('train'), self.split_paths('valid')
       if self.dist.chief:
         run.clear_done('vae')
       self.metrics = training.Metrics(self.stage.dir, enabled=self.dist.chief)
       self.metrics.resume(start)
-      train_paths, valid_paths = self.split_paths('train'), self.split_paths('valid')
       train_dir = run.split_dir('shard', 'train')
       self.dist.check_rollouts(shard.read_manifest(train_dir)['num_rollouts'], train_dir)
       if valid_paths and self.dist.chief:  # validation is the chief's, computed once
