@@ -143,7 +143,9 @@ def test_raw_shards_go_once_encoded_and_what_reads_them_refuses(debug_data, debu
                       check=False)
   refused(topped, runs.CLEANED, 'shard_rollouts.py')
   assert digests(os.path.join(run, 'vae')) == vae_done  # DONE, V and its checkpoints as they were
-  refused(wm('clean', run, '--rollouts'), 'the only copy of the frames')
+  rollouts_dry = wm('clean', run, '--rollouts', '--dry_run')  # the latents hold them now
+  assert rollouts_dry.returncode == 0 and 'rollouts' in rollouts_dry.stdout and (
+      os.path.join(run, 'encoded')) in rollouts_dry.stdout, rollouts_dry
 
   # The shard stage rerun writes the same shards again from the rollouts.
   os.remove(os.path.join(records_dir, 'DONE'))

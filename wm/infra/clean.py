@@ -52,17 +52,18 @@ RESHARD = ('run the shard stage again first (python scripts/shard_rollouts.py --
 
 
 def sharded_rollouts(run: runs.Run) -> set[int]:
-  """The rollout indices in RUN/records' complete shards: a DataError when the shard stage has
-  not finished or a shard its manifests list is missing or of another size than recorded."""
+  """The rollout indices in RUN/records' complete shards (once those were removed by
+  `--records`, in RUN/encoded's complete files): a DataError when the shard stage has not
+  finished or a shard its manifests list is missing or of another size than recorded."""
   if not run.is_done('shard'):
     raise DataError(f'{run.root}: the shard stage has not finished ({run.done_path("shard")} is '
                     'missing), so the rollouts are the only copy of the data: run it first')
-  cleaned = os.path.join(run.stage_dir('shard'), runs.CLEANED)
-  if os.path.exists(cleaned):
-    raise DataError(f'the raw shards of {run.stage_dir("shard")} were removed ({cleaned}: python '
-                    '-m wm clean --records), so the rollouts are the only copy of the frames: '
-                    'they are kept')
   members = set()
+  if os.path.exists(os.path.join(run.stage_dir('shard'), runs.CLEANED)):
+    for split in encoded_splits(run):  # the raw shards went once encoded: the latents hold them
+      path = os.path.join(run.split_dir('encode', split), runs.MANIFEST)
+      members.update(i for entry in fileio.read_json(path)['shards'] for i in entry['rollouts'])
+    return members
   for split in runs.SPLITS:
     path = os.path.join(run.split_dir('shard', split), runs.MANIFEST)
     if not os.path.exists(path):
@@ -176,19 +177,23 @@ def main(argv: list[str]) -> None:
                     '[--dry_run] (what to remove: --rollouts, the rollout files once sharded; '
                     '--records, the raw shards once V is trained and they are encoded)')
   found = [status.open_run(path) for path in paths]
-  kinds = [(clean_rollouts, 'rollouts', 'the shards in {} hold them', 'shard')] * _ROLLOUTS.value
-  kinds += [(clean_records, 'raw shards', 'the latents in {} hold them', 'encode')
-            ] * _RECORDS.value
+  kinds = [(clean_rollouts, 'rollouts')] * _ROLLOUTS.value + [(clean_records, 'raw shards')
+                                                              ] * _RECORDS.value
   # Every run and kind checked before any change.
-  planned = [[clean(run, dry_run=True) for clean, *_ in kinds] for run in found]
+  planned = [[clean(run, dry_run=True) for clean, _ in kinds] for run in found]
   for run, counts in zip(found, planned):
-    for (clean, what, held, stage), (count, size) in zip(kinds, counts):
+    for (clean, what), (count, size) in zip(kinds, counts):
+      # What holds the frames: the shards, or the latents once the shards went (--records)
+      shards_gone = what != 'rollouts' or os.path.exists(
+          os.path.join(run.stage_dir('shard'), runs.CLEANED))
+      holder = f'the latents in {run.stage_dir("encode")}' if shards_gone else (
+          f'the shards in {run.stage_dir("shard")}')
       if not _DRY_RUN.value:
         with pipeline.run_lock(run.root):
           count, size = clean(run)
       verb = 'would remove' if _DRY_RUN.value else 'removed'
-      print(f'{run.root}: {verb} {count} {what} ({size / 2**20:.1f} MB); '
-            f'{held.format(run.stage_dir(stage))}', flush=True)
+      print(f'{run.root}: {verb} {count} {what} ({size / 2**20:.1f} MB); {holder} hold them',
+            flush=True)
 
 
 def parse(argv: list[str]) -> list[str]:
