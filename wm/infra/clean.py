@@ -68,15 +68,23 @@ def sharded_rollouts(run: runs.Run) -> set[int]:
     path = os.path.join(run.split_dir('shard', split), runs.MANIFEST)
     if not os.path.exists(path):
       continue
-    for entry in fileio.read_json(path)['shards']:
-      shard = os.path.join(run.split_dir('shard', split), entry['file'])
-      size = os.path.getsize(shard) if os.path.exists(shard) else None
-      if size != entry['bytes']:
-        state = 'is missing' if size is None else f'has {size} bytes'
-        raise DataError(f'{shard} {state} where {path} records {entry["bytes"]}: the shards '
-                        f'are not whole, so the rollouts are kept; {RESHARD.format(run.root)}')
+    for entry in whole_files(path, 'the shards are not whole, so the rollouts are kept; '
+                             f'{RESHARD.format(run.root)}'):
       members.update(entry['rollouts'])
   return members
+
+
+def whole_files(manifest: str, consequence: str) -> list[dict]:
+  """The entries of a split's `manifest`, each file checked at its recorded size: a DataError
+  naming the first that is missing or of another size, and the `consequence`."""
+  entries = fileio.read_json(manifest)['shards']
+  for entry in entries:
+    path = os.path.join(os.path.dirname(manifest), entry['file'])
+    size = os.path.getsize(path) if os.path.exists(path) else None
+    if size != entry['bytes']:
+      state = 'is missing' if size is None else f'has {size} bytes'
+      raise DataError(f'{path} {state} where {manifest} records {entry["bytes"]}: {consequence}')
+  return entries
 
 
 def clean_rollouts(run: runs.Run, dry_run: bool = False) -> tuple[int, int]:
@@ -93,17 +101,23 @@ def clean_rollouts(run: runs.Run, dry_run: bool = False) -> tuple[int, int]:
   size = sum(os.path.getsize(p) for p in paths if not os.path.islink(p))
   if dry_run or not paths:
     return len(paths), size
-  record = os.path.join(folder, rollouts.CLEANED)
+  # A clean killed halfway leaves the record, and the stages then refuse to reshard what is left
+  # rather than shard a part of the rollouts.
+  return remove_recorded(folder, paths, size, '--rollouts')
+
+
+def remove_recorded(folder: str, paths: list[str], size: int, flag: str) -> tuple[int, int]:
+  """Removes `paths` after adding them to folder/CLEANED.json (an earlier clean's counts kept,
+  when the files were put back since): the record first, so what would read them names it."""
+  record = os.path.join(folder, runs.CLEANED)
   try:
-    earlier = fileio.read_json(record)  # an earlier clean's, when rollouts were put back since
+    earlier = fileio.read_json(record)
   except (OSError, ValueError):
     earlier = None
   earlier = earlier if isinstance(earlier, dict) else {}
-  # The record first: a clean killed halfway leaves it, and the stages then refuse to reshard
-  # what is left rather than shard a part of the rollouts.
   fileio.write_json(record, {'removed': earlier.get('removed', 0) + len(paths),
                              'bytes': earlier.get('bytes', 0) + size, 'at': time.strftime('%F %T'),
-                             'by': 'python -m wm clean --rollouts'})
+                             'by': f'python -m wm clean {flag}'})
   for path in paths:
     os.remove(path)
   return len(paths), size
@@ -130,13 +144,8 @@ def encoded_splits(run: runs.Run) -> list[str]:
       raise DataError(f'{path} is missing though {run.split_dir("shard", split)} has shards: '
                       f'rerun the encode stage (python scripts/encode_rollouts.py '
                       f'--run_dir={run.root})')
-    for entry in fileio.read_json(path)['shards']:
-      encoded = os.path.join(run.split_dir('encode', split), entry['file'])
-      size = os.path.getsize(encoded) if os.path.exists(encoded) else None
-      if size != entry['bytes']:
-        state = 'is missing' if size is None else f'has {size} bytes'
-        raise DataError(f'{encoded} {state} where {path} records {entry["bytes"]}: the latents '
-                        'are not whole, so the raw shards are kept; rerun the encode stage')
+    whole_files(path, 'the latents are not whole, so the raw shards are kept; rerun the encode '
+                'stage')
     splits.append(split)
   return splits
 
@@ -154,19 +163,7 @@ def clean_records(run: runs.Run, dry_run: bool = False) -> tuple[int, int]:
   size = sum(os.stat(p).st_size for p in paths if os.stat(p).st_nlink == 1)
   if dry_run or not paths:
     return len(paths), size
-  record = os.path.join(run.stage_dir('shard'), runs.CLEANED)
-  try:
-    earlier = fileio.read_json(record)
-  except (OSError, ValueError):
-    earlier = None
-  earlier = earlier if isinstance(earlier, dict) else {}
-  # The record first: a clean killed halfway leaves it, so what reads the shards names it.
-  fileio.write_json(record, {'removed': earlier.get('removed', 0) + len(paths),
-                             'bytes': earlier.get('bytes', 0) + size, 'at': time.strftime('%F %T'),
-                             'by': 'python -m wm clean --records'})
-  for path in paths:
-    os.remove(path)
-  return len(paths), size
+  return remove_recorded(run.stage_dir('shard'), paths, size, '--records')
 
 
 @cli.exits_on_user_error
