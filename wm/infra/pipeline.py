@@ -185,12 +185,9 @@ def finished_stage(run: runs.Run, name: str, tag: str, resolved: dict | None,
     if name in CANNOT_REDO:
       print(f'== {tag}: {why}; {CANNOT_REDO[name]}', file=sys.stderr, flush=True)
       return 'refuse'
-  cleaned = os.path.join(run.stage_dir('shard'), runs.CLEANED)
-  if name in READS_RAW_SHARDS and os.path.exists(cleaned):
-    print(f'== {tag}: {why}, but redoing it reads the raw shards, removed once encoded '
-          f'({cleaned}: python -m wm clean --records); write them again first (remove '
-          f'{run.done_path("shard")} and rerun the shard stage), or start another run dir',
-          file=sys.stderr, flush=True)
+  removed = runs.raw_shards_removed(run) if name in READS_RAW_SHARDS else None
+  if removed:
+    print(f'== {tag}: {why}, but redoing it reads the raw shards: {removed}', file=sys.stderr, flush=True)
     return 'refuse'
   print(f'== {tag}: redoing it: {why}', flush=True)
   run.clear_done(name)

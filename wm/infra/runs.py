@@ -208,3 +208,15 @@ class Run:
       os.remove(self.done_path(stage))
     except FileNotFoundError:
       pass
+
+
+def raw_shards_removed(run: Run) -> str | None:
+  """What to do, when `python -m wm clean --records` removed the run's raw shards (its record
+  named, and how to write them again); None while they are kept."""
+  cleaned = os.path.join(run.stage_dir('shard'), CLEANED)
+  if not os.path.exists(cleaned):
+    return None
+  return (f'the raw shards of {run.stage_dir("shard")} were removed once encoded ({cleaned}: '
+          f'python -m wm clean --records): write them again from the rollouts (remove '
+          f'{run.done_path("shard")}, then python scripts/shard_rollouts.py '
+          f'--run_dir={run.root}), or start another run dir')

@@ -243,14 +243,12 @@ def shard_paths(split_dir: str) -> list[str]:
   manifest = read_manifest(split_dir)
   paths = [os.path.join(split_dir, s['file']) for s in manifest['shards']]
   missing = [p for p in paths if not os.path.exists(p)]
-  cleaned = os.path.join(os.path.dirname(split_dir), runs.CLEANED)
-  if missing and os.path.exists(cleaned):
-    run_dir = os.path.dirname(os.path.dirname(split_dir))
-    raise DataError(f'the raw shards of {split_dir} were removed once encoded ({cleaned}: python '
-                    f'-m wm clean --records), and this reads them: write them again from the '
-                    f'rollouts (remove {os.path.join(os.path.dirname(split_dir), "DONE")}, then '
-                    f'python scripts/shard_rollouts.py --run_dir={run_dir}), or start another '
-                    'run dir; the latents and every later stage are as they were')
+  run = runs.Run(os.path.dirname(os.path.dirname(split_dir)))
+  raw = os.path.abspath(os.path.dirname(split_dir)) == run.stage_dir('shard')  # not RUN/encoded
+  removed = missing and raw and runs.raw_shards_removed(run)
+  if removed:
+    raise DataError(f'{len(missing)} shards of {split_dir} are gone, and this reads them: '
+                    f'{removed}; the latents and every later stage are as they were')
   if missing:
     raise DataError(f'{len(missing)} shards listed in {split_dir}/{MANIFEST} are missing, '
                     f'e.g. {missing[0]}; rerun the stage that writes them')
