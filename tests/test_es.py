@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 from conftest import DEBUG, REPO, copy_run, run_script, script_env
+from wm import config as config_lib
 from wm import es
+from wm.config import Config
 from wm.errors import ConfigError, DataError
 from wm.models.controller import Controller
 
@@ -268,6 +270,39 @@ def test_diagonal_covariance_learns_each_parameters_scale():
   assert found['full'][0] > 0.9, found  # ~0.97: the full matrix has barely moved
   assert found['diagonal'][0] < 0.7, found  # ~0.52
   assert found['diagonal'][1] < found['full'][1], found
+
+
+def test_min_sigma_keeps_the_steps_that_noisy_fitness_shrinks(tmp_path):
+  """controller.min_sigma: near the top of a noisy fitness CMA-ES's step size shrinks to a tenth
+  of where it began (its sigma); with the floor every parameter's std stays at it or above
+  though sigma goes on shrinking, the search's std column says so, and a resumed search with the
+  floor continues exactly."""
+  rng = np.random.default_rng(0)
+  noisy = lambda p, g: -((p - 0.1) ** 2).sum(-1) + 0.01 * rng.normal(size=len(p))  # noqa: E731
+  stds = {}
+  for floor in (0.0, 0.05):
+    search = es.Search(es.Settings(30, 8, 0.1, seed=0, min_sigma=floor))
+    for _ in range(200):
+      x = search.ask()
+      search.tell(x, noisy(x, 0))
+    stds[floor] = (search.sigma, search.std, np.min(search.es.stds))
+  assert stds[0.0][1] < 0.02, stds  # ~0.009: the step has collapsed
+  assert stds[0.05][2] >= 0.05 * (1 - 1e-6), stds  # ... but never under the floor
+  settings = es.Settings(10, 6, 0.1, seed=1, min_sigma=0.08)
+  whole, part = es.State.empty(settings), es.State.empty(settings)
+  list(es.run(str(tmp_path / 'a'), whole, 40, 'real', es.Objective(_quadratic, _ignore)))
+  list(es.run(str(tmp_path / 'b'), part, 25, 'real', es.Objective(_quadratic, _ignore)))
+  resumed = es.load(str(tmp_path / 'b'), settings)
+  list(es.run(str(tmp_path / 'b'), resumed, 40, 'real', es.Objective(_quadratic, _ignore)))
+  np.testing.assert_array_equal(resumed.returns, whole.returns)
+  assert min(whole.columns['std']) >= 0.08 * (1 - 1e-6), whole.columns['std']
+  assert whole.columns['sigma'][-1] < 0.08, whole.columns['sigma']  # the floor is not in sigma
+  with pytest.raises(ConfigError, match='min_sigma=0.08'):
+    es.load(str(tmp_path / 'b'), es.Settings(10, 6, 0.1, seed=1))
+  config = Config()
+  config.controller.min_sigma = -0.1
+  with pytest.raises(ConfigError, match='controller.min_sigma=-0.1 must be >= 0'):
+    config_lib.validate(config)
 
 
 def test_changed_settings_and_corrupted_state_are_refused(tmp_path):

@@ -145,6 +145,7 @@ class ControllerConfig:
   trials: int = 4  # episodes per candidate; fitness is their mean return
   generations: int = 100  # generations in total (a rerun continues up to this)
   init_sigma: float = 0.1  # CMA-ES initial step size of a search from zeros
+  min_sigma: float = 0.0  # CMA-ES floor on each parameter's std (cma's minstd; 0: none): with a few noisy episodes a candidate the step size shrinks long before the search has arrived (docs/results.md)
   start_sigma: float = 0.05  # ... of a search from a controller (start_from, warm_generations): it starts near a good one
   start_from: str = ''  # a run dir whose controller (RUN/controller/best.npz) is the search's first mean instead of zeros: e.g. one evolved in this run's dream, fine-tuned here in the real env (a warm start); it must share this run's V and M
   warm_generations: int = 0  # mode=real: first a search of its own in M's dream, this many generations (RUN/controller/warm), and the real search starts from its best (0: off)
@@ -586,6 +587,7 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
        'needs env.fast_render=True (the scaled drawing is part of the fast renderer)'),
       ('vae.kl_tolerance', config.vae.kl_tolerance >= 0, 'must be >= 0'),
       ('controller.train_patience', config.controller.train_patience >= 0, 'must be >= 0'),
+      ('controller.min_sigma', config.controller.min_sigma >= 0, 'must be >= 0'),
       ('controller.dream_generations', config.controller.dream_generations >= 0, 'must be >= 0'),
       ('controller.dream_eval_episodes', config.controller.dream_eval_episodes >= 0,
        'must be >= 0 (0: controller.eval_episodes)'),

@@ -40,7 +40,9 @@ from wm.infra import fileio
 STATE, HISTORY = 'es_state.npz', 'history.jsonl'
 BEST = artifacts.BEST  # the best parameters (RUN/controller/best.npz)
 KEEP = ('real', 'dream', 'final', 'average', 'select')  # what best.npz can keep (Objective.keep)
-COLUMNS = ('best', 'mean', 'worst', 'sigma', 'eval_mean', 'eval_std', 'centroid_eval_mean',
+COLUMNS = ('best', 'mean', 'worst', 'sigma',
+           'std',  # the median over parameters of the search's std (sigma times each one's scale)
+           'eval_mean', 'eval_std', 'centroid_eval_mean',
            'centroid_eval_std', 'dream_eval_mean', 'dream_eval_std', 'centroid_dream_eval_mean',
            'centroid_dream_eval_std',
            'dream_eval_episodes',  # dream episodes in each of those (controller.dream_eval_episodes)
@@ -75,6 +77,7 @@ class Settings:
   rest: str = 'middle'  # controller.rest: under another, the same vector means other actions
   covariance: str = 'full'  # controller.covariance: full | diagonal (sep-CMA-ES)
   start: str = ''  # digest of the search's first mean (start_digest); '' for zeros
+  min_sigma: float = 0.0  # controller.min_sigma: floor on each parameter's std (0: none)
 
 
 def start_digest(start: np.ndarray | None) -> str:
@@ -104,6 +107,8 @@ class Search:
     options = {'popsize': settings.population_size, 'seed': np.nan, 'verbose': -9,
                'verb_disp': 0, 'verb_log': 0, 'randn': lambda *shape: rng.standard_normal(shape),
                'CMA_diagonal': settings.covariance == 'diagonal'}
+    if settings.min_sigma > 0:  # cma raises a parameter's own scale when its std falls under
+      options['minstd'] = settings.min_sigma
     first = np.zeros(settings.num_params) if start is None else np.asarray(start, np.float64)
     self.es = cma.CMAEvolutionStrategy(first, settings.init_sigma, options)
 
@@ -116,6 +121,12 @@ class Search:
   @property
   def sigma(self) -> float:
     return float(self.es.sigma)
+
+  @property
+  def std(self) -> float:
+    """The median over parameters of the search distribution's std: sigma alone is not the step
+    once min_sigma has raised some parameters' scales (or the diagonal has learned them)."""
+    return float(np.median(self.es.stds))
 
   @property
   def centroid(self) -> np.ndarray:
@@ -302,7 +313,7 @@ def run(folder: str, state: State, generations: int, mode: str | Callable[[int],
     centroids.append(search.centroid)
     top = int(np.argmax(returns))
     row = {'best': returns[top], 'mean': returns.mean(), 'worst': returns.min(),
-           'sigma': search.sigma, 'fitness_s': time.perf_counter() - start}
+           'sigma': search.sigma, 'std': search.std, 'fitness_s': time.perf_counter() - start}
     best, score, evaluated = solutions[top], returns[top], False
     if objective.evaluate is not None and g % objective.eval_every == 0:
       start = time.perf_counter()

@@ -55,7 +55,8 @@ def search_settings(config: Config, model: WorldModel,
   c = config.controller
   sigma = c.init_sigma if start is None else c.start_sigma
   return es.Settings(model.controller.num_params, c.population_size, sigma, config.seed,
-                     c.rest, c.covariance, es.start_digest(start))
+                     c.rest, c.covariance, es.start_digest(start),
+                     min_sigma=c.min_sigma)
 
 
 def warm_config(config: Config) -> Config:
@@ -235,7 +236,7 @@ def log(writer, gen: es.Generation) -> None:
   text = ', '.join(f'{k} {v:.2f}' for k, v in row.items())
   logging.info('generation %d: %s', gen.generation, text)
   with writer.as_default(step=gen.generation):
-    for key in ('best', 'mean', 'worst', 'sigma'):
+    for key in ('best', 'mean', 'worst', 'sigma', 'std'):
       tf.summary.scalar(f'es/{key}', row[key])
     if 'eval_mean' in row:
       tf.summary.scalar('eval/return_mean', row['eval_mean'])
