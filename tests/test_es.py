@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import gymnasium as gym
 import numpy as np
@@ -24,6 +25,7 @@ from wm import es
 from wm.config import Config
 from wm.errors import ConfigError, DataError
 from wm.models.controller import Controller
+from wm.stages import controller as controller_stage
 
 
 def test_cma_es_finds_a_known_controller(tmp_path):
@@ -300,6 +302,9 @@ def test_min_sigma_keeps_the_steps_that_noisy_fitness_shrinks(tmp_path):
   with pytest.raises(ConfigError, match='min_sigma=0.08'):
     es.load(str(tmp_path / 'b'), es.Settings(10, 6, 0.1, seed=1))
   config = Config()
+  config.controller.min_sigma = 0.05  # the stage's search gets the config's floor
+  world = types.SimpleNamespace(controller=types.SimpleNamespace(num_params=7))
+  assert controller_stage.search_settings(config, world).min_sigma == 0.05
   config.controller.min_sigma = -0.1
   with pytest.raises(ConfigError, match='controller.min_sigma=-0.1 must be >= 0'):
     config_lib.validate(config)
