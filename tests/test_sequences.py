@@ -126,7 +126,9 @@ def test_packed_rows_hold_whole_windows_end_to_end(synthetic_encoded):
       real_steps, slots = real_steps + used, slots + length
   assert windows > 80 * 1.2, windows  # 80 rows: many hold two windows or more
   lengths = [len(r['actions']) for r in truth.values()]
-  assert real_steps / slots > np.mean(lengths) / length + 0.2, (real_steps / slots, lengths)
+  # One window a row would fill mean(lengths) / length (0.68 here); packed rows filled 0.88-0.90,
+  # by the shuffle's order (0.877 seen once): the margin tells packing from padding, not luck.
+  assert real_steps / slots > np.mean(lengths) / length + 0.15, (real_steps / slots, lengths)
 
 
 def resample(run_dir, seed):
