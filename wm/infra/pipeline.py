@@ -187,7 +187,8 @@ def finished_stage(run: runs.Run, name: str, tag: str, resolved: dict | None,
       return 'refuse'
   removed = runs.raw_shards_removed(run) if name in READS_RAW_SHARDS else None
   if removed:
-    print(f'== {tag}: {why}, but redoing it reads the raw shards: {removed}', file=sys.stderr, flush=True)
+    print(f'== {tag}: {why}, but redoing it reads the raw shards: {removed}', file=sys.stderr,
+          flush=True)
     return 'refuse'
   print(f'== {tag}: redoing it: {why}', flush=True)
   run.clear_done(name)
